@@ -1,0 +1,95 @@
+"""The `.enc` container: `NAME.<sha256 hex>.enc`, a 32-byte digest, then the XORed payload."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from belle_decrypt.errors import InputError
+
+HEADER_SIZE = 32
+SUFFIX = ".enc"
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+LFS_POINTER_MAX_SIZE = 1024
+
+_NAME_RE = re.compile(r"^(?P<name>.+)\.(?P<hex>[0-9a-f]{64})\.enc$")
+
+
+@dataclass(frozen=True)
+class EncName:
+    """The parts of an encrypted file's name: the decrypted name and the expected SHA-256."""
+
+    name: str
+    sha256_hex: str
+
+    @classmethod
+    def parse(cls, filename: str) -> EncName:
+        """Split `NAME.<64 hex>.enc`; refuse names that would decrypt outside the folder."""
+        match = _NAME_RE.match(filename)
+        if match is None:
+            raise InputError(
+                "not an encrypted file name (expected NAME.<64 lower-case hex>.enc)", filename
+            )
+        name = match.group("name")
+        if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise InputError(f"would decrypt to the unsafe name {name!r}; rename it", filename)
+        return cls(name=name, sha256_hex=match.group("hex"))
+
+    def encrypted_filename(self) -> str:
+        """The `.enc` file name this pair stands for."""
+        return f"{self.name}.{self.sha256_hex}{SUFFIX}"
+
+
+def is_lfs_pointer(head: bytes, size: int) -> bool:
+    """A Git LFS pointer is a small text file starting with the spec line, not the data."""
+    return size <= LFS_POINTER_MAX_SIZE and head.startswith(LFS_POINTER_PREFIX)
+
+
+@dataclass(frozen=True)
+class EncFile:
+    """An encrypted file on disk whose name, size and header have been checked."""
+
+    path: Path
+    enc_name: EncName
+    size: int
+
+    @property
+    def payload_size(self) -> int:
+        """Bytes of decrypted output."""
+        return self.size - HEADER_SIZE
+
+    @classmethod
+    def open(cls, path: Path) -> EncFile:
+        """Check an `.enc` before any writing: name, readability, LFS pointer, size, header."""
+        enc_name = EncName.parse(path.name)
+        try:
+            if not path.exists():
+                raise InputError("no such file", path)
+            if path.is_dir():
+                raise InputError("is a folder, not an encrypted file", path)
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                head = handle.read(max(HEADER_SIZE, len(LFS_POINTER_PREFIX)))
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror or exc}", path) from exc
+        if is_lfs_pointer(head, size):
+            raise InputError(
+                "is a Git LFS pointer, not the data; run `git lfs pull` in the cloned "
+                "repository (or download the file itself)",
+                path,
+            )
+        if size < HEADER_SIZE:
+            raise InputError(
+                f"is {size} bytes, shorter than the {HEADER_SIZE}-byte header; download it again",
+                path,
+            )
+        header_hex = head[:HEADER_SIZE].hex()
+        if header_hex != enc_name.sha256_hex:
+            raise InputError(
+                f"header digest {header_hex} disagrees with the name's {enc_name.sha256_hex}; "
+                "the file is damaged or renamed: download it again",
+                path,
+            )
+        return cls(path=path, enc_name=enc_name, size=size)

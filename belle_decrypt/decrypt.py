@@ -1,0 +1,188 @@
+"""Decrypting one `.enc` file or a folder of them into an output folder, verified."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from belle_decrypt.container import HEADER_SIZE, SUFFIX, EncFile
+from belle_decrypt.engine import BUFFER_SIZE, xor_stream
+from belle_decrypt.errors import BelleError, ChecksumError, InputError, OutputError
+from belle_decrypt.keystream import Key
+from belle_decrypt.output import AtomicFile
+
+WRONG_KEY_HINT = (
+    "the key is probably not the original LLaMA-7B consolidated.00.pth (or the download is damaged)"
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a source path holds: checked `.enc` files (smallest first), skipped files, problems."""
+
+    files: tuple[EncFile, ...]
+    skipped: tuple[Path, ...]
+    problems: tuple[InputError, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        """Decrypted bytes the plan would write."""
+        return sum(enc.payload_size for enc in self.files)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One file's outcome."""
+
+    source: Path
+    target: Path
+    status: str
+    size: int
+    sha256: str
+    seconds: float
+
+
+def plan(source: Path) -> Plan:
+    """Check one `.enc` file, or every `*.enc` directly in a folder, before anything is written."""
+    if not source.exists():
+        raise InputError("no such file or folder", source)
+    if not source.is_dir():
+        return Plan(files=(EncFile.open(source),), skipped=(), problems=())
+    files: list[EncFile] = []
+    skipped: list[Path] = []
+    problems: list[InputError] = []
+    for path in sorted(source.iterdir()):
+        if path.is_dir():
+            continue
+        if not path.name.endswith(SUFFIX):
+            skipped.append(path)
+            continue
+        try:
+            files.append(EncFile.open(path))
+        except InputError as exc:
+            problems.append(exc)
+    if not files and not problems:
+        raise InputError("holds no NAME.<sha256>.enc files", source)
+    files.sort(key=lambda enc: (enc.size, enc.path.name))
+    return Plan(files=tuple(files), skipped=tuple(skipped), problems=tuple(problems))
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Create the output folder with its parents; refuse a path that is not a folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("the output folder is a file; pass a folder", out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create the output folder: {exc.strerror or exc}", out_dir
+        ) from exc
+
+
+def check_free_space(out_dir: Path, needed: int) -> None:
+    """Refuse to start when ``needed`` bytes will not fit in ``out_dir``."""
+    free = shutil.disk_usage(out_dir).free
+    if needed > free:
+        raise OutputError(
+            f"needs {needed:,} bytes but only {free:,} are free; free some space or choose "
+            "another output folder",
+            out_dir,
+        )
+
+
+def sha256_file(path: Path, chunk: int = BUFFER_SIZE) -> str:
+    """Hex SHA-256 of a whole file, read in fixed-size chunks."""
+    digest = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as handle:
+        while got := handle.readinto(buf):
+            digest.update(view[:got])
+    return digest.hexdigest()
+
+
+def _existing_matches(enc: EncFile, target: Path, force: bool) -> bool:
+    """True when ``target`` already holds this file's decrypted bytes; raise if it is in the way."""
+    if not target.exists() and not target.is_symlink():
+        return False
+    if target.is_dir():
+        raise OutputError("a folder is in the way of the output file; move it away", target)
+    try:
+        same = (
+            target.stat().st_size == enc.payload_size
+            and sha256_file(target) == enc.enc_name.sha256_hex
+        )
+    except OSError as exc:
+        raise OutputError(f"cannot read the existing file: {exc.strerror or exc}", target) from exc
+    if same:
+        return True
+    if force:
+        return False
+    raise OutputError(
+        "exists and differs from what this file decrypts to; move it away or pass --force "
+        "to replace it",
+        target,
+    )
+
+
+def decrypt_file(
+    enc: EncFile,
+    key: Key,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    fsync: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+    buffer_size: int = BUFFER_SIZE,
+) -> Result:
+    """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches."""
+    started = time.monotonic()
+    target = out_dir / enc.enc_name.name
+    if _existing_matches(enc, target, force):
+        return Result(
+            source=enc.path,
+            target=target,
+            status="already decrypted",
+            size=enc.payload_size,
+            sha256=enc.enc_name.sha256_hex,
+            seconds=time.monotonic() - started,
+        )
+    digest = hashlib.sha256()
+    atomic = AtomicFile(target, fsync=fsync)
+    try:
+        with open(enc.path, "rb", buffering=0) as src, atomic as out:
+            src.seek(HEADER_SIZE)
+            xor_stream(
+                src,
+                out,
+                key,
+                enc.payload_size,
+                hashers=(digest,),
+                on_progress=on_progress,
+                buffer_size=buffer_size,
+                dst_label=str(target),
+            )
+            actual = digest.hexdigest()
+            if actual != enc.enc_name.sha256_hex:
+                raise ChecksumError(
+                    f"decrypted SHA-256 {actual} does not match {enc.enc_name.sha256_hex}: "
+                    f"{WRONG_KEY_HINT}; nothing written",
+                    enc.path,
+                )
+            atomic.commit()
+    except BelleError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"{exc.strerror or exc}; nothing written", enc.path) from exc
+    return Result(
+        source=enc.path,
+        target=target,
+        status="decrypted",
+        size=enc.payload_size,
+        sha256=actual,
+        seconds=time.monotonic() - started,
+    )

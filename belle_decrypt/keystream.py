@@ -1,0 +1,91 @@
+"""The keystream of FORMAT.md: the key file cut into 10 MiB pieces, repeated piece by piece.
+
+Payload piece ``i`` is XORed with key piece ``i mod n``; a short last key piece is tiled end to
+end to cover a whole payload piece. The key is read with ``pread`` into the caller's buffer, so
+memory stays flat whatever the key's size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+from belle_decrypt.errors import InputError, OutputError
+
+PIECE_SIZE = 10 * 1024 * 1024
+
+
+class Key:
+    """An open key file that fills buffers with the keystream for any payload offset."""
+
+    def __init__(self, path: Path, piece_size: int = PIECE_SIZE) -> None:
+        if piece_size <= 0:
+            raise ValueError("piece_size must be positive")
+        self.path = path
+        self.piece_size = piece_size
+        if not path.exists():
+            raise InputError("key file not found", path)
+        if path.is_dir():
+            raise InputError(
+                "the key is a folder; pass the file itself (LLaMA-7B consolidated.00.pth)", path
+            )
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise InputError(f"cannot read the key: {exc.strerror or exc}", path) from exc
+        self.size = os.fstat(self._fd).st_size
+        if self.size == 0:
+            os.close(self._fd)
+            raise InputError("the key file is empty", path)
+        self.piece_count = -(-self.size // piece_size)
+        self._tiled: bytes | None = None
+
+    def close(self) -> None:
+        """Release the file descriptor."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Key:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _pread_exact(self, view: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got == 0:
+                raise OutputError("the key file shrank while it was being read", self.path)
+            done += got
+
+    def _tiled_last_piece(self) -> bytes:
+        """The short last key piece repeated end to end and cut to one whole piece."""
+        if self._tiled is None:
+            start = (self.piece_count - 1) * self.piece_size
+            piece = bytearray(self.size - start)
+            self._pread_exact(memoryview(piece), start)
+            reps = -(-self.piece_size // len(piece))
+            self._tiled = (bytes(piece) * reps)[: self.piece_size]
+        return self._tiled
+
+    def fill(self, out: memoryview, offset: int) -> None:
+        """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""
+        size, piece = self.size, self.piece_size
+        pos = 0
+        while pos < len(out):
+            index, within = divmod(offset + pos, piece)
+            start = (index % self.piece_count) * piece
+            length = min(len(out) - pos, piece - within)
+            if size - start >= piece:
+                self._pread_exact(out[pos : pos + length], start + within)
+            else:
+                out[pos : pos + length] = self._tiled_last_piece()[within : within + length]
+            pos += length

@@ -1,0 +1,55 @@
+"""Shared fixtures: synthetic keys and `.enc` files made by the reference oracle."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests import reference
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    """Deterministic pseudo-random bytes (fast, reproducible)."""
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.fixture
+def make_key(tmp_path: Path) -> Callable[..., Path]:
+    """Write a key file of ``size`` random bytes and return its path."""
+
+    def make(size: int, name: str = "consolidated.00.pth", seed: int = 7) -> Path:
+        path = tmp_path / name
+        path.write_bytes(random_bytes(size, seed))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def make_enc(tmp_path: Path) -> Callable[..., Path]:
+    """Encrypt ``plain`` with the key at ``key_path`` using the oracle, into folder ``enc``."""
+
+    def make(
+        name: str,
+        plain: bytes,
+        key_path: Path,
+        piece: int = reference.REAL_PIECE,
+        folder: str = "enc",
+    ) -> Path:
+        out = tmp_path / folder
+        out.mkdir(exist_ok=True)
+        digest_hex, blob = reference.encrypt(plain, key_path.read_bytes(), piece)
+        path = out / f"{name}.{digest_hex}.enc"
+        path.write_bytes(blob)
+        return path
+
+    return make
+
+
+def listing(folder: Path) -> list[str]:
+    """Every entry in ``folder``, hidden ones included, sorted."""
+    return sorted(os.listdir(folder)) if folder.exists() else []
