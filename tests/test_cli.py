@@ -1,0 +1,217 @@
+"""The command line through click's CliRunner: exit codes and exact one-line messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from belle_decrypt import __version__
+from belle_decrypt.cli import cli
+from tests.conftest import listing, random_bytes
+
+PLAIN = random_bytes(3000, seed=11)
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def release(
+    make_key: Callable[..., Path], make_enc: Callable[..., Path]
+) -> tuple[Path, Path, Path]:
+    """A key, one `.enc` in folder `enc` made with it, and that file's path."""
+    key = make_key(1000)
+    enc = make_enc("pytorch_model.bin", PLAIN, key)
+    return key, enc.parent, enc
+
+
+def test_loop_form_decrypts_one_file(release: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    key, _, enc = release
+    out = tmp_path / "deep" / "out"
+    result = run(enc, key, out)
+    assert result.exit_code == 0, result.output
+    assert (out / "pytorch_model.bin").read_bytes() == PLAIN
+    assert result.stdout.startswith("decrypted          pytorch_model.bin  2.9 KiB in ")
+    assert result.stdout.rstrip().endswith("SHA-256 verified")
+    assert result.stderr == ""
+    assert listing(out) == ["pytorch_model.bin"]
+
+
+def test_decrypt_spelled_out_is_the_same_command(
+    release: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    key, _, enc = release
+    result = run("decrypt", enc, key, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "pytorch_model.bin").read_bytes() == PLAIN
+
+
+def test_folder_form_skips_clutter_and_goes_smallest_first(
+    release: tuple[Path, Path, Path], make_enc: Callable[..., Path], tmp_path: Path
+) -> None:
+    key, enc_dir, _ = release
+    small = random_bytes(10, seed=3)
+    make_enc("config.json", small, key)
+    (enc_dir / "README.md").write_text("# model card\n")
+    (enc_dir / ".gitattributes").write_text("*.enc filter=lfs\n")
+    (enc_dir / ".git").mkdir()
+    out = tmp_path / "out"
+    result = run(enc_dir, key, out, "--no-fsync")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "skipped            .gitattributes (not a .enc file)"
+    assert lines[1] == "skipped            README.md (not a .enc file)"
+    assert lines[2].startswith("decrypted          config.json  10 B in ")
+    assert lines[3].startswith("decrypted          pytorch_model.bin  2.9 KiB in ")
+    assert lines[4] == "2 decrypted, 0 already decrypted, 0 failed"
+    assert listing(out) == ["config.json", "pytorch_model.bin"]
+    assert (out / "config.json").read_bytes() == small
+
+
+def test_quiet_prints_nothing_on_success(release: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    key, enc_dir, _ = release
+    result = run(enc_dir, key, tmp_path / "out", "-q")
+    assert result.exit_code == 0
+    assert result.output == ""
+
+
+def test_second_run_reports_already_decrypted(
+    release: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    key, _, enc = release
+    out = tmp_path / "out"
+    assert run(enc, key, out).exit_code == 0
+    result = run(enc, key, out)
+    assert result.exit_code == 0
+    assert result.stdout.startswith("already decrypted  pytorch_model.bin")
+
+
+def test_wrong_key_fails_and_leaves_nothing(
+    release: tuple[Path, Path, Path], make_key: Callable[..., Path], tmp_path: Path
+) -> None:
+    _, _, enc = release
+    wrong = make_key(1000, name="pytorch_model-00001-of-00002.bin", seed=99)
+    out = tmp_path / "out"
+    result = run(enc, wrong, out)
+    assert result.exit_code == 1
+    digest = enc.name.split(".")[-2]
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"belle-decrypt: error: {enc}: decrypted SHA-256 ")
+    assert first.endswith(
+        f" does not match {digest}: the key is probably not the original LLaMA-7B "
+        "consolidated.00.pth (or the download is damaged); nothing written"
+    )
+    assert "Traceback" not in result.output
+    assert listing(out) == []
+
+
+def test_missing_source_is_a_usage_error(make_key: Callable[..., Path], tmp_path: Path) -> None:
+    key = make_key(10)
+    missing = tmp_path / "nope.enc"
+    result = run(missing, key, tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == f"belle-decrypt: error: {missing}: no such file or folder\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_name_without_digest_is_a_usage_error(
+    make_key: Callable[..., Path], tmp_path: Path
+) -> None:
+    key = make_key(10)
+    readme = tmp_path / "README.md"
+    readme.write_text("card")
+    result = run(readme, key, tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "belle-decrypt: error: README.md: not an encrypted file name "
+        "(expected NAME.<64 lower-case hex>.enc)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_name_that_would_escape_the_folder_is_refused(
+    name: str, make_key: Callable[..., Path], tmp_path: Path
+) -> None:
+    key = make_key(10)
+    enc = tmp_path / f"{name}.{'0' * 64}.enc"
+    enc.write_bytes(b"\0" * 40)
+    result = run(enc, key, tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {enc.name}: would decrypt to the unsafe name '{name}'; rename it\n"
+    )
+
+
+def test_lfs_pointer_is_refused(make_key: Callable[..., Path], tmp_path: Path) -> None:
+    key = make_key(10)
+    enc = tmp_path / f"pytorch_model.bin.{'ab' * 32}.enc"
+    enc.write_text(
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{'cd' * 32}\nsize 6738420000\n"
+    )
+    result = run(enc, key, tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {enc}: is a Git LFS pointer, not the data; run `git lfs pull` "
+        "in the cloned repository (or download the file itself)\n"
+    )
+
+
+def test_header_disagreeing_with_name_is_refused(
+    release: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    key, _, enc = release
+    renamed = tmp_path / f"pytorch_model.bin.{'e' * 64}.enc"
+    renamed.write_bytes(enc.read_bytes())
+    result = run(renamed, key, tmp_path / "out")
+    assert result.exit_code == 2
+    header = enc.name.split(".")[-2]
+    assert result.stderr == (
+        f"belle-decrypt: error: {renamed}: header digest {header} disagrees with the name's "
+        f"{'e' * 64}; the file is damaged or renamed: download it again\n"
+    )
+
+
+def test_empty_key_is_a_usage_error(release: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, _, enc = release
+    key = tmp_path / "empty.pth"
+    key.write_bytes(b"")
+    result = run(enc, key, tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == f"belle-decrypt: error: {key}: the key file is empty\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_with_a_bad_file_writes_nothing(
+    release: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    key, enc_dir, _ = release
+    bad = enc_dir / f"tokenizer.model.{'1' * 64}.enc"
+    bad.write_bytes(b"short")
+    result = run(enc_dir, key, tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {bad}: is 5 bytes, shorter than the 32-byte header; "
+        "download it again\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_version_and_help_have_an_example() -> None:
+    assert run("--version").stdout == f"belle-decrypt, version {__version__}\n"
+    top = run("--help")
+    assert top.exit_code == 0
+    assert 'belle-decrypt "$f" consolidated.00.pth out/' in top.stdout
+    sub = run("decrypt", "-h")
+    assert sub.exit_code == 0
+    assert "Example:" in sub.stdout and "belle-decrypt decrypt " in sub.stdout
+
+
+def test_missing_arguments_are_usage_errors() -> None:
+    result = run("only-one-arg")
+    assert result.exit_code == 2
+    assert "Missing argument 'KEY_FILE'" in result.stderr

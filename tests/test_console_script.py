@@ -1,0 +1,107 @@
+"""The installed `belle-decrypt` script, run as users run it: in the upstream shell loop and on a
+folder, in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import listing, random_bytes
+
+SCRIPT = Path(sys.executable).with_name("belle-decrypt")
+
+
+@pytest.fixture
+def hub_clone(
+    make_key: Callable[..., Path], make_enc: Callable[..., Path]
+) -> tuple[Path, Path, dict[str, bytes]]:
+    """A model-hub clone: two `.enc` files (one larger than the key), README.md, .gitattributes."""
+    key = make_key(5000)
+    plains = {
+        "config.json": b'{"hidden_size": 4096}\n',
+        "pytorch_model.bin": random_bytes(12_345, seed=5),
+    }
+    for name, data in plains.items():
+        enc_dir = make_enc(name, data, key).parent
+    (enc_dir / "README.md").write_text("md5sum ./*\n")
+    (enc_dir / ".gitattributes").write_text("*.enc filter=lfs diff=lfs merge=lfs -text\n")
+    return key, enc_dir, plains
+
+
+def test_console_script_is_installed() -> None:
+    assert SCRIPT.exists(), f"{SCRIPT} missing: install the package (pip install '.[test]')"
+
+
+def test_upstream_shell_loop_runs_unchanged(
+    hub_clone: tuple[Path, Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    key, enc_dir, plains = hub_clone
+    out = tmp_path / "finetuned"
+    loop = (
+        f"mkdir {out}\n"
+        f'for f in "{enc_dir}"/*; do if [ -f "$f" ]; then '
+        f'belle-decrypt "$f" "{key}" "{out}/"; fi; done\n'
+    )
+    env = {**os.environ, "PATH": f"{SCRIPT.parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", "-c", loop], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert listing(out) == sorted(plains)
+    for name, data in plains.items():
+        assert (out / name).read_bytes() == data
+    # The glob does not match the hidden .gitattributes; README.md gets one clear line.
+    assert proc.stderr == (
+        "belle-decrypt: error: README.md: not an encrypted file name "
+        "(expected NAME.<64 lower-case hex>.enc)\n"
+    )
+    assert proc.stdout.count("SHA-256 verified") == 2
+
+
+def test_folder_form_in_a_subprocess(
+    hub_clone: tuple[Path, Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    key, enc_dir, plains = hub_clone
+    out = tmp_path / "a" / "b"
+    proc = subprocess.run(
+        [str(SCRIPT), str(enc_dir), str(key), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no progress bars when stderr is not a terminal
+    assert "skipped            README.md (not a .enc file)" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "2 decrypted, 0 already decrypted, 0 failed"
+    for name, data in plains.items():
+        assert (out / name).read_bytes() == data
+
+
+def test_python_dash_m_works_like_the_script(
+    hub_clone: tuple[Path, Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    key, enc_dir, plains = hub_clone
+    wrong = tmp_path / "wrong.pth"
+    shutil.copy(key, wrong)
+    with open(wrong, "r+b") as handle:
+        handle.write(b"\xff\xfe")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "belle_decrypt", str(enc_dir), str(wrong), str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    errors = proc.stderr.splitlines()
+    assert len(errors) == len(plains)
+    assert all("the key is probably not the original LLaMA-7B" in line for line in errors)
+    assert listing(out) == []
