@@ -230,3 +230,46 @@ def _decrypt_all(
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name=PROG)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("key_file", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
+@click.option("--force", is_flag=True, help="Replace an existing .enc file that differs.")
+@click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
+def encrypt(
+    source: Path, key_file: Path, out_dir: Path, quiet: bool, force: bool, no_fsync: bool
+) -> None:
+    """Encrypt SOURCE (a model file, or every non-hidden file in a folder) for publishing.
+
+    Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use, and
+    OUT_DIR/md5sums.txt lists the md5 of the .enc files ("after you clone") and of the plain
+    files ("after you decrypt"), ready for the model card and for --manifest / verify.
+
+    \b
+    Example:
+      belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
+    """
+    from belle_decrypt.decrypt import prepare_output_dir
+    from belle_decrypt.encrypt import encrypt_file, sources, write_manifest
+    from belle_decrypt.keystream import Key
+    from belle_decrypt.output import remove_stale_temps
+
+    with user_errors():
+        files = sources(source, out_dir)
+        with Key(key_file) as key:
+            prepare_output_dir(out_dir)
+            remove_stale_temps(out_dir)
+            enabled = progress_enabled(quiet)
+            results = []
+            for path in files:
+                with _bar(path.stat().st_size, path.name, enabled, 0, False) as bar:
+                    result = encrypt_file(
+                        path, key, out_dir, force=force, fsync=not no_fsync, on_progress=bar.update
+                    )
+                results.append(result)
+                say(f"{result.status:<10} {result.target.name}  {human_size(result.size)}", quiet)
+            manifest = write_manifest(out_dir, results, fsync=not no_fsync)
+            say(f"wrote      {manifest} (md5 of {len(results)} .enc and plain files)", quiet)

@@ -54,9 +54,15 @@ class AtomicFile:
         self._handle = os.fdopen(fd, "wb", buffering=0)
         return self._handle
 
-    def commit(self) -> None:
-        """Flush, fsync, rename into place and fsync the folder."""
+    def commit(self, final: Path | None = None) -> None:
+        """Flush, fsync, rename into place and fsync the folder.
+
+        ``final`` names the target when it is known only at the end (an encrypted file's name
+        holds the digest of its contents); it must be in the same folder.
+        """
         assert self._handle is not None
+        if final is not None:
+            self.final = final
         self._handle.flush()
         if self.fsync:
             os.fsync(self._handle.fileno())

@@ -1,0 +1,146 @@
+"""The publisher's side: plain model files to `NAME.<sha256>.enc` files and a model-card manifest.
+
+Each input is read once: the payload is XORed into a temporary file while its SHA-256 and md5
+are computed, then the 32-byte header is written in front and the file renamed to its final name.
+The `.enc` file's own md5 covers that header, so it is read back once for the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from belle_decrypt.container import HEADER_SIZE, EncName
+from belle_decrypt.engine import BUFFER_SIZE, xor_stream
+from belle_decrypt.errors import BelleError, InputError, OutputError
+from belle_decrypt.keystream import Key
+from belle_decrypt.output import AtomicFile
+
+MANIFEST_NAME = "md5sums.txt"
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """One published file: its plain name and size, both md5 sums, where it was written."""
+
+    source: Path
+    target: Path
+    status: str
+    size: int
+    sha256: str
+    plain_md5: str
+    enc_md5: str
+    seconds: float
+
+
+def sources(src: Path, out_dir: Path) -> list[Path]:
+    """The files to encrypt: ``src`` itself, or every regular non-hidden file directly in it."""
+    if not src.exists():
+        raise InputError("no such file or folder", src)
+    if not src.is_dir():
+        return [src]
+    if out_dir.exists() and out_dir.resolve() == src.resolve():
+        raise InputError("the output folder is the source folder; choose another one", out_dir)
+    files = [p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not files:
+        raise InputError("holds no files to encrypt", src)
+    return sorted(files, key=lambda p: (p.stat().st_size, p.name))
+
+
+def md5_file(path: Path, chunk: int = BUFFER_SIZE) -> str:
+    """Hex md5 of a whole file."""
+    digest = hashlib.md5()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as handle:
+        while got := handle.readinto(buf):
+            digest.update(view[:got])
+    return digest.hexdigest()
+
+
+def encrypt_file(
+    source: Path,
+    key: Key,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    fsync: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+    buffer_size: int = BUFFER_SIZE,
+) -> Encrypted:
+    """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc`, byte-identical to FORMAT.md."""
+    started = time.monotonic()
+    sha256, plain_md5 = hashlib.sha256(), hashlib.md5()
+    atomic = AtomicFile(out_dir / f"{source.name}.enc", fsync=fsync)
+    try:
+        with open(source, "rb", buffering=0) as src, atomic as out:
+            size = os.fstat(src.fileno()).st_size
+            out.write(bytes(HEADER_SIZE))
+            xor_stream(
+                src,
+                out,
+                key,
+                size,
+                hashers=(sha256, plain_md5),
+                hash_output=False,
+                on_progress=on_progress,
+                buffer_size=buffer_size,
+                dst_label=str(atomic.final),
+            )
+            os.pwrite(out.fileno(), sha256.digest(), 0)
+            target = out_dir / EncName(source.name, sha256.hexdigest()).encrypted_filename()
+            enc_md5 = md5_file(atomic.temp)
+            status = _status_against_existing(target, enc_md5, force)
+            if status == "encrypted":
+                atomic.commit(target)
+    except BelleError:
+        raise
+    except OSError as exc:
+        raise OutputError(
+            f"{exc.strerror or exc}; nothing written", exc.filename or source
+        ) from exc
+    return Encrypted(
+        source=source,
+        target=target,
+        status=status,
+        size=size,
+        sha256=sha256.hexdigest(),
+        plain_md5=plain_md5.hexdigest(),
+        enc_md5=enc_md5,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _status_against_existing(target: Path, enc_md5: str, force: bool) -> str:
+    """'encrypted' when the new file should be renamed into place, 'unchanged' to keep the old."""
+    if not target.exists():
+        return "encrypted"
+    if target.is_file() and md5_file(target) == enc_md5:
+        return "unchanged"
+    if force and target.is_file():
+        return "encrypted"
+    raise OutputError(
+        "exists and differs from the newly encrypted file; move it away or pass --force", target
+    )
+
+
+def manifest_text(results: list[Encrypted]) -> str:
+    """Model-card md5 lists: the `.enc` files ("after you clone"), then the decrypted files."""
+    enc = sorted((r.target.name, r.enc_md5) for r in results)
+    plain = sorted((r.source.name, r.plain_md5) for r in results)
+    lines = [f"{md5}  ./{name}" for name, md5 in enc] + [f"{md5}  ./{name}" for name, md5 in plain]
+    return "".join(line + "\n" for line in lines)
+
+
+def write_manifest(out_dir: Path, results: list[Encrypted], *, fsync: bool = True) -> Path:
+    """Write `md5sums.txt` in ``out_dir`` atomically and return its path."""
+    target = out_dir / MANIFEST_NAME
+    atomic = AtomicFile(target, fsync=fsync)
+    with atomic as out:
+        out.write(manifest_text(results).encode())
+        atomic.commit()
+    return target

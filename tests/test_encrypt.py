@@ -1,0 +1,128 @@
+"""`encrypt`: byte-identical to the oracle's `.enc` files, a model-card manifest, safe re-runs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from belle_decrypt.cli import cli
+from belle_decrypt.encrypt import encrypt_file
+from belle_decrypt.keystream import Key
+from tests import reference
+from tests.conftest import listing, random_bytes
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> dict[str, bytes]:
+    """A plain model folder: an empty file, one larger than the key, a name with several dots."""
+    files = {
+        "empty.txt": b"",
+        "pytorch_model.bin": random_bytes(9000, seed=21),
+        "pytorch_model.bin.index.json": b'{"weight_map": {}}\n',
+    }
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / ".hidden").write_text("not published")
+    return files
+
+
+@pytest.mark.parametrize(("piece", "buffer_size"), [(64, 7), (64, 64), (1000, 333)])
+def test_library_output_equals_reference(
+    make_key: Callable[..., Path],
+    tmp_path: Path,
+    model: dict[str, bytes],
+    piece: int,
+    buffer_size: int,
+) -> None:
+    key_path = make_key(2 * piece + 3)
+    out = tmp_path / "enc"
+    out.mkdir()
+    with Key(key_path, piece_size=piece) as key:
+        for name, data in model.items():
+            result = encrypt_file(tmp_path / "model" / name, key, out, buffer_size=buffer_size)
+            digest_hex, blob = reference.encrypt(data, key_path.read_bytes(), piece)
+            assert result.target.name == f"{name}.{digest_hex}.enc"
+            assert result.target.read_bytes() == blob
+            assert result.plain_md5 == hashlib.md5(data).hexdigest()
+            assert result.enc_md5 == hashlib.md5(blob).hexdigest()
+
+
+def test_cli_round_trip_with_manifest(
+    make_key: Callable[..., Path], tmp_path: Path, model: dict[str, bytes]
+) -> None:
+    key = make_key(4000)
+    enc_dir = tmp_path / "enc"
+    result = run("encrypt", tmp_path / "model", key, enc_dir, "--no-fsync")
+    assert result.exit_code == 0, result.output
+    expected_enc = {reference.enc_filename(name, data): data for name, data in model.items()}
+    assert listing(enc_dir) == sorted([*expected_enc, "md5sums.txt"])
+    for enc_name, data in expected_enc.items():
+        _, blob = reference.encrypt(data, key.read_bytes())
+        assert (enc_dir / enc_name).read_bytes() == blob
+    manifest = (enc_dir / "md5sums.txt").read_text().splitlines()
+    enc_lines = [
+        f"{hashlib.md5((enc_dir / n).read_bytes()).hexdigest()}  ./{n}"
+        for n in sorted(expected_enc)
+    ]
+    plain_lines = [f"{hashlib.md5(model[n]).hexdigest()}  ./{n}" for n in sorted(model)]
+    assert manifest == enc_lines + plain_lines
+
+    out = tmp_path / "out"
+    result = run(enc_dir, key, out)
+    assert result.exit_code == 0, result.output
+    for name, data in model.items():
+        assert (out / name).read_bytes() == data
+
+
+def test_rerun_keeps_identical_files_and_refuses_different_ones(
+    make_key: Callable[..., Path], tmp_path: Path, model: dict[str, bytes]
+) -> None:
+    key = make_key(4000)
+    enc_dir = tmp_path / "enc"
+    assert run("encrypt", tmp_path / "model" / "pytorch_model.bin", key, enc_dir).exit_code == 0
+    target = enc_dir / reference.enc_filename("pytorch_model.bin", model["pytorch_model.bin"])
+    before = target.stat()
+    again = run("encrypt", tmp_path / "model" / "pytorch_model.bin", key, enc_dir)
+    assert again.exit_code == 0
+    assert again.stdout.startswith(f"unchanged  {target.name}")
+    after = target.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+    target.write_bytes(b"tampered")
+    refused = run("encrypt", tmp_path / "model" / "pytorch_model.bin", key, enc_dir)
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"belle-decrypt: error: {target}: exists and differs from the newly encrypted file; "
+        "move it away or pass --force\n"
+    )
+    assert target.read_bytes() == b"tampered"
+    assert (
+        run("encrypt", tmp_path / "model" / "pytorch_model.bin", key, enc_dir, "--force").exit_code
+        == 0
+    )
+    assert target.read_bytes() != b"tampered"
+    assert not [n for n in listing(enc_dir) if n.startswith(".belle-tmp")]
+
+
+def test_output_folder_must_differ_from_source(
+    make_key: Callable[..., Path], tmp_path: Path, model: dict[str, bytes]
+) -> None:
+    key = make_key(10)
+    folder = tmp_path / "model"
+    result = run("encrypt", folder, key, folder)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {folder}: the output folder is the source folder; "
+        "choose another one\n"
+    )
+    assert listing(folder) == sorted([".hidden", *model])
