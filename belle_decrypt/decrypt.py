@@ -12,6 +12,7 @@ from pathlib import Path
 from belle_decrypt.container import HEADER_SIZE, SUFFIX, EncFile
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, InputError, OutputError
+from belle_decrypt.hashing import file_digest
 from belle_decrypt.keystream import Key
 from belle_decrypt.output import AtomicFile
 
@@ -94,17 +95,6 @@ def check_free_space(out_dir: Path, needed: int) -> None:
         )
 
 
-def sha256_file(path: Path, chunk: int = BUFFER_SIZE) -> str:
-    """Hex SHA-256 of a whole file, read in fixed-size chunks."""
-    digest = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as handle:
-        while got := handle.readinto(buf):
-            digest.update(view[:got])
-    return digest.hexdigest()
-
-
 def _existing_matches(enc: EncFile, target: Path, force: bool) -> bool:
     """True when ``target`` already holds this file's decrypted bytes; raise if it is in the way."""
     if not target.exists() and not target.is_symlink():
@@ -114,7 +104,7 @@ def _existing_matches(enc: EncFile, target: Path, force: bool) -> bool:
     try:
         same = (
             target.stat().st_size == enc.payload_size
-            and sha256_file(target) == enc.enc_name.sha256_hex
+            and file_digest(target, "sha256") == enc.enc_name.sha256_hex
         )
     except OSError as exc:
         raise OutputError(f"cannot read the existing file: {exc.strerror or exc}", target) from exc

@@ -17,6 +17,7 @@ from pathlib import Path
 from belle_decrypt.container import HEADER_SIZE, EncName
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, OutputError
+from belle_decrypt.hashing import file_digest
 from belle_decrypt.keystream import Key
 from belle_decrypt.output import AtomicFile
 
@@ -51,17 +52,6 @@ def sources(src: Path, out_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: (p.stat().st_size, p.name))
 
 
-def md5_file(path: Path, chunk: int = BUFFER_SIZE) -> str:
-    """Hex md5 of a whole file."""
-    digest = hashlib.md5()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as handle:
-        while got := handle.readinto(buf):
-            digest.update(view[:got])
-    return digest.hexdigest()
-
-
 def encrypt_file(
     source: Path,
     key: Key,
@@ -93,7 +83,7 @@ def encrypt_file(
             )
             os.pwrite(out.fileno(), sha256.digest(), 0)
             target = out_dir / EncName(source.name, sha256.hexdigest()).encrypted_filename()
-            enc_md5 = md5_file(atomic.temp)
+            enc_md5 = file_digest(atomic.temp, "md5")
             status = _status_against_existing(target, enc_md5, force)
             if status == "encrypted":
                 atomic.commit(target)
@@ -119,7 +109,7 @@ def _status_against_existing(target: Path, enc_md5: str, force: bool) -> str:
     """'encrypted' when the new file should be renamed into place, 'unchanged' to keep the old."""
     if not target.exists():
         return "encrypted"
-    if target.is_file() and md5_file(target) == enc_md5:
+    if target.is_file() and file_digest(target, "md5") == enc_md5:
         return "unchanged"
     if force and target.is_file():
         return "encrypted"
