@@ -147,9 +147,9 @@ def say(line: str, quiet: bool) -> None:
 
 
 @cli.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("key_file", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path, readable=False))
+@click.argument("key_file", type=click.Path(path_type=Path, readable=False))
+@click.argument("out_dir", type=click.Path(path_type=Path, readable=False))
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing output file that differs.")
 @click.option(

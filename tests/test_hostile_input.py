@@ -1,0 +1,219 @@
+"""Hostile or broken input, in real subprocesses: one line, a non-zero exit, nothing written.
+
+Exit 2 for everything found before writing; exit 1 for a truncated `.enc`, which only its
+checksum reveals. Permission cases (chmod 000) are in test_faults.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests import reference
+from tests.conftest import listing, random_bytes
+from tests.faults import one_error, run_cli
+
+PLAIN = random_bytes(40_000, seed=61)
+KEY = random_bytes(3000, seed=62)
+HEX = reference.encrypt(PLAIN, KEY)[0]
+BLOB = reference.encrypt(PLAIN, KEY)[1]
+
+# Each case: (id, build) where build(tmp) -> (source, key, out, exit code, message).
+Case = tuple[Path, Path, Path, int, str]
+
+
+def _layout(tmp: Path) -> tuple[Path, Path, Path]:
+    key = tmp / "consolidated.00.pth"
+    key.write_bytes(KEY)
+    enc_dir = tmp / "enc"
+    enc_dir.mkdir()
+    return key, enc_dir, tmp / "out"
+
+
+def _named(tmp: Path, filename: str, data: bytes = BLOB) -> tuple[Path, Path, Path]:
+    key, enc_dir, out = _layout(tmp)
+    (enc_dir / filename).write_bytes(data)
+    return enc_dir / filename, key, out
+
+
+def empty_name(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f".{HEX}.enc")
+    msg = "would decrypt to an empty name; give it its published NAME.<sha256>.enc name"
+    return enc, key, out, 2, f"{enc.name}: {msg}"
+
+
+def dot_name(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"..{HEX}.enc")
+    return enc, key, out, 2, f"{enc.name}: would decrypt to the unsafe name '.'; rename it"
+
+
+def dot_dot_name(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"...{HEX}.enc")
+    return enc, key, out, 2, f"{enc.name}: would decrypt to the unsafe name '..'; rename it"
+
+
+def path_name(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"..\\..\\evil.{HEX}.enc")
+    return (
+        enc,
+        key,
+        out,
+        2,
+        f"{enc.name}: would decrypt to the unsafe name '..\\\\..\\\\evil'; rename it",
+    )
+
+
+def reserved_name(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f".belle-tmp.1.0123abcd.x.{HEX}.enc")
+    return (
+        enc,
+        key,
+        out,
+        2,
+        f"{enc.name}: would decrypt to '.belle-tmp.1.0123abcd.x', a name reserved for "
+        "belle-decrypt's temporary files; give it its published NAME.<sha256>.enc name",
+    )
+
+
+def short_enc(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc", BLOB[:31])
+    msg = "is 31 bytes, shorter than the 32-byte header; download it again"
+    return enc, key, out, 2, f"{enc}: {msg}"
+
+
+def truncated_enc(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc", BLOB[:-1000])
+    msg = (
+        "does not match "
+        f"{HEX}: the key is probably not the original LLaMA-7B consolidated.00.pth (or the "
+        "download is damaged); nothing written"
+    )
+    return enc, key, out, 1, f"{enc}: decrypted SHA-256 * {msg}"
+
+
+def empty_key(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
+    key.write_bytes(b"")
+    return enc, key, out, 2, f"{key}: the key file is empty"
+
+
+def key_is_folder(tmp: Path) -> Case:
+    enc, _, out = _named(tmp, f"model.bin.{HEX}.enc")
+    msg = "the key is a folder; pass the file itself (LLaMA-7B consolidated.00.pth)"
+    return enc, tmp, out, 2, f"{tmp}: {msg}"
+
+
+def key_missing(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
+    key.unlink()
+    return enc, key, out, 2, f"{key}: key file not found"
+
+
+def key_is_fifo(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
+    key.unlink()
+    os.mkfifo(key)
+    msg = "the key is not a regular file (a FIFO or device?); pass LLaMA-7B consolidated.00.pth"
+    return enc, key, out, 2, f"{key}: {msg}"
+
+
+def missing_source(tmp: Path) -> Case:
+    key, enc_dir, out = _layout(tmp)
+    enc = enc_dir / f"model.bin.{HEX}.enc"
+    return enc, key, out, 2, f"{enc}: no such file or folder"
+
+
+def broken_symlink_source(tmp: Path) -> Case:
+    key, enc_dir, out = _layout(tmp)
+    enc = enc_dir / f"model.bin.{HEX}.enc"
+    enc.symlink_to(tmp / "blobs" / "gone")
+    return enc, key, out, 2, f"{enc}: no such file or folder"
+
+
+def fifo_source(tmp: Path) -> Case:
+    key, enc_dir, out = _layout(tmp)
+    enc = enc_dir / f"model.bin.{HEX}.enc"
+    os.mkfifo(enc)
+    msg = "is not a regular file (a FIFO or device?); pass the downloaded .enc file"
+    return enc, key, out, 2, f"{enc}: {msg}"
+
+
+def out_dir_is_file(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
+    out.write_bytes(b"not a folder")
+    return enc, key, out, 2, f"{out}: the output folder is a file; pass a folder"
+
+
+def out_dir_under_file(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
+    out.write_bytes(b"not a folder")
+    msg = "cannot create the output folder: Not a directory; pass a folder you can write to"
+    return enc, key, out / "sub", 2, f"{out / 'sub'}: {msg}"
+
+
+def two_files_one_name(tmp: Path) -> Case:
+    key, enc_dir, out = _layout(tmp)
+    other = random_bytes(100, seed=63)
+    other_hex, other_blob = reference.encrypt(other, KEY)
+    (enc_dir / f"model.bin.{HEX}.enc").write_bytes(BLOB)
+    (enc_dir / f"model.bin.{other_hex}.enc").write_bytes(other_blob)
+    second = sorted([f"model.bin.{HEX}.enc", f"model.bin.{other_hex}.enc"])
+    msg = f"decrypts to 'model.bin' like {second[0]}; keep only one of them in the folder"
+    return enc_dir, key, out, 2, f"{enc_dir / second[1]}: {msg}"
+
+
+CASES: list[Callable[[Path], Case]] = [
+    empty_name,
+    dot_name,
+    dot_dot_name,
+    path_name,
+    reserved_name,
+    short_enc,
+    truncated_enc,
+    empty_key,
+    key_is_folder,
+    key_missing,
+    key_is_fifo,
+    missing_source,
+    broken_symlink_source,
+    fifo_source,
+    out_dir_is_file,
+    out_dir_under_file,
+    two_files_one_name,
+]
+
+
+@pytest.mark.parametrize("build", CASES, ids=[case.__name__ for case in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(
+    build: Callable[[Path], Case], tmp_path: Path
+) -> None:
+    source, key, out, code, message = build(tmp_path)
+    proc = run_cli(source, key, out, timeout=60)
+    assert proc.returncode == code, proc.stderr
+    line = one_error(proc.stderr)
+    if "*" in message:
+        head, tail = message.split("*")
+        assert line.startswith(head) and line.endswith(tail), line
+    else:
+        assert line == message
+    assert proc.stdout == ""
+    if out.is_dir():
+        assert listing(out) == []
+    assert not (tmp_path / "out").is_dir() or listing(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("build", [empty_name, short_enc], ids=["empty_name", "short_enc"])
+def test_bad_file_in_a_folder_stops_the_whole_run(
+    build: Callable[[Path], Case], tmp_path: Path
+) -> None:
+    enc, key, out, code, message = build(tmp_path)
+    (enc.parent / f"config.json.{reference.encrypt(b'{}', KEY)[0]}.enc").write_bytes(
+        reference.encrypt(b"{}", KEY)[1]
+    )
+    proc = run_cli(enc.parent, key, out)
+    assert proc.returncode == code
+    assert one_error(proc.stderr).endswith(message.split(": ", 1)[1])
+    assert not out.exists()
