@@ -158,46 +158,25 @@ def test_two_concurrent_runs_never_leave_a_wrong_file(
 
 
 @needs_modes
+@pytest.mark.parametrize("which", ["enc", "key", "folder"])
 def test_unreadable_input_is_refused_before_writing(
-    small: tuple[Path, Path], tmp_path: Path
+    which: str, small: tuple[Path, Path], tmp_path: Path
 ) -> None:
     key, enc = small
-    enc.chmod(0)
-    out = tmp_path / "out"
-    proc = run_cli(enc, key, out, preexec_fn=as_plain_user())
-    assert proc.returncode == 2
-    assert one_error(proc.stderr) == (
-        f"{enc}: cannot read: Permission denied; check the file's permissions"
-    )
-    assert not out.exists()
-
-
-@needs_modes
-def test_unreadable_key_is_refused_before_writing(small: tuple[Path, Path], tmp_path: Path) -> None:
-    key, enc = small
-    key.chmod(0)
-    out = tmp_path / "out"
-    proc = run_cli(enc, key, out, preexec_fn=as_plain_user())
-    assert proc.returncode == 2
-    assert one_error(proc.stderr) == (
-        f"{key}: cannot read the key: Permission denied; check its permissions"
-    )
-    assert not out.exists()
-
-
-@needs_modes
-def test_unreadable_source_folder_is_refused(small: tuple[Path, Path], tmp_path: Path) -> None:
-    key, enc = small
-    enc.parent.chmod(0)
+    source = enc.parent if which == "folder" else enc
+    unreadable, message = {
+        "enc": (enc, "cannot read: Permission denied; check the file's permissions"),
+        "key": (key, "cannot read the key: Permission denied; check its permissions"),
+        "folder": (enc.parent, "cannot list the folder: Permission denied; check its permissions"),
+    }[which]
+    unreadable.chmod(0)
     out = tmp_path / "out"
     try:
-        proc = run_cli(enc.parent, key, out, preexec_fn=as_plain_user())
+        proc = run_cli(source, key, out, preexec_fn=as_plain_user())
     finally:
-        enc.parent.chmod(0o755)
+        unreadable.chmod(0o755)
     assert proc.returncode == 2
-    assert one_error(proc.stderr) == (
-        f"{enc.parent}: cannot list the folder: Permission denied; check its permissions"
-    )
+    assert one_error(proc.stderr) == f"{unreadable}: {message}"
     assert not out.exists()
 
 

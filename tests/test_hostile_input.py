@@ -23,6 +23,7 @@ BLOB = reference.encrypt(PLAIN, KEY)[1]
 
 # Each case: (id, build) where build(tmp) -> (source, key, out, exit code, message).
 Case = tuple[Path, Path, Path, int, str]
+Builder = Callable[[Path], Case]
 
 
 def _layout(tmp: Path) -> tuple[Path, Path, Path]:
@@ -39,43 +40,34 @@ def _named(tmp: Path, filename: str, data: bytes = BLOB) -> tuple[Path, Path, Pa
     return enc_dir / filename, key, out
 
 
-def empty_name(tmp: Path) -> Case:
-    enc, key, out = _named(tmp, f".{HEX}.enc")
-    msg = "would decrypt to an empty name; give it its published NAME.<sha256>.enc name"
-    return enc, key, out, 2, f"{enc.name}: {msg}"
+def _bad_name(name: str, filename: str, message: str) -> Builder:
+    """A good `.enc` under a name that must be refused (the message names the file alone)."""
+
+    def build(tmp: Path) -> Case:
+        enc, key, out = _named(tmp, filename)
+        return enc, key, out, 2, f"{enc.name}: {message}"
+
+    build.__name__ = name
+    return build
 
 
-def dot_name(tmp: Path) -> Case:
-    enc, key, out = _named(tmp, f"..{HEX}.enc")
-    return enc, key, out, 2, f"{enc.name}: would decrypt to the unsafe name '.'; rename it"
-
-
-def dot_dot_name(tmp: Path) -> Case:
-    enc, key, out = _named(tmp, f"...{HEX}.enc")
-    return enc, key, out, 2, f"{enc.name}: would decrypt to the unsafe name '..'; rename it"
-
-
-def path_name(tmp: Path) -> Case:
-    enc, key, out = _named(tmp, f"..\\..\\evil.{HEX}.enc")
-    return (
-        enc,
-        key,
-        out,
-        2,
-        f"{enc.name}: would decrypt to the unsafe name '..\\\\..\\\\evil'; rename it",
-    )
-
-
-def reserved_name(tmp: Path) -> Case:
-    enc, key, out = _named(tmp, f".belle-tmp.1.0123abcd.x.{HEX}.enc")
-    return (
-        enc,
-        key,
-        out,
-        2,
-        f"{enc.name}: would decrypt to '.belle-tmp.1.0123abcd.x', a name reserved for "
-        "belle-decrypt's temporary files; give it its published NAME.<sha256>.enc name",
-    )
+PUBLISHED = "give it its published NAME.<sha256>.enc name"
+empty_name = _bad_name("empty_name", f".{HEX}.enc", f"would decrypt to an empty name; {PUBLISHED}")
+dot_name = _bad_name("dot_name", f"..{HEX}.enc", "would decrypt to the unsafe name '.'; rename it")
+dot_dot_name = _bad_name(
+    "dot_dot_name", f"...{HEX}.enc", "would decrypt to the unsafe name '..'; rename it"
+)
+path_name = _bad_name(
+    "path_name",
+    f"..\\..\\evil.{HEX}.enc",
+    "would decrypt to the unsafe name '..\\\\..\\\\evil'; rename it",
+)
+reserved_name = _bad_name(
+    "reserved_name",
+    f".belle-tmp.1.0123abcd.x.{HEX}.enc",
+    "would decrypt to '.belle-tmp.1.0123abcd.x', a name reserved for belle-decrypt's "
+    f"temporary files; {PUBLISHED}",
+)
 
 
 def short_enc(tmp: Path) -> Case:
@@ -94,51 +86,60 @@ def truncated_enc(tmp: Path) -> Case:
     return enc, key, out, 1, f"{enc}: decrypted SHA-256 * {msg}"
 
 
-def empty_key(tmp: Path) -> Case:
-    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
-    key.write_bytes(b"")
-    return enc, key, out, 2, f"{key}: the key file is empty"
+def _bad_key(name: str, spoil: Callable[[Path], object], message: str) -> Builder:
+    """A case where the key at its usual path is spoiled by ``spoil(key)``."""
+
+    def build(tmp: Path) -> Case:
+        enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
+        spoil(key)
+        return enc, key, out, 2, f"{key}: {message}"
+
+    build.__name__ = name
+    return build
+
+
+def _bad_source(name: str, make: Callable[[Path], object], message: str) -> Builder:
+    """A case where ``make(path)`` puts something other than a good `.enc` at its path."""
+
+    def build(tmp: Path) -> Case:
+        key, enc_dir, out = _layout(tmp)
+        enc = enc_dir / f"model.bin.{HEX}.enc"
+        make(enc)
+        return enc, key, out, 2, f"{enc}: {message}"
+
+    build.__name__ = name
+    return build
+
+
+def _make_fifo(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
+empty_key = _bad_key("empty_key", lambda key: key.write_bytes(b""), "the key file is empty")
+key_missing = _bad_key("key_missing", Path.unlink, "key file not found")
+key_is_fifo = _bad_key(
+    "key_is_fifo",
+    _make_fifo,
+    "the key is not a regular file (a FIFO or device?); pass LLaMA-7B consolidated.00.pth",
+)
+missing_source = _bad_source("missing_source", lambda enc: None, "no such file or folder")
+broken_symlink_source = _bad_source(
+    "broken_symlink_source",
+    lambda enc: enc.symlink_to(enc.parent / "blobs" / "gone"),
+    "no such file or folder",
+)
+fifo_source = _bad_source(
+    "fifo_source",
+    _make_fifo,
+    "is not a regular file (a FIFO or device?); pass the downloaded .enc file",
+)
 
 
 def key_is_folder(tmp: Path) -> Case:
     enc, _, out = _named(tmp, f"model.bin.{HEX}.enc")
     msg = "the key is a folder; pass the file itself (LLaMA-7B consolidated.00.pth)"
     return enc, tmp, out, 2, f"{tmp}: {msg}"
-
-
-def key_missing(tmp: Path) -> Case:
-    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
-    key.unlink()
-    return enc, key, out, 2, f"{key}: key file not found"
-
-
-def key_is_fifo(tmp: Path) -> Case:
-    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
-    key.unlink()
-    os.mkfifo(key)
-    msg = "the key is not a regular file (a FIFO or device?); pass LLaMA-7B consolidated.00.pth"
-    return enc, key, out, 2, f"{key}: {msg}"
-
-
-def missing_source(tmp: Path) -> Case:
-    key, enc_dir, out = _layout(tmp)
-    enc = enc_dir / f"model.bin.{HEX}.enc"
-    return enc, key, out, 2, f"{enc}: no such file or folder"
-
-
-def broken_symlink_source(tmp: Path) -> Case:
-    key, enc_dir, out = _layout(tmp)
-    enc = enc_dir / f"model.bin.{HEX}.enc"
-    enc.symlink_to(tmp / "blobs" / "gone")
-    return enc, key, out, 2, f"{enc}: no such file or folder"
-
-
-def fifo_source(tmp: Path) -> Case:
-    key, enc_dir, out = _layout(tmp)
-    enc = enc_dir / f"model.bin.{HEX}.enc"
-    os.mkfifo(enc)
-    msg = "is not a regular file (a FIFO or device?); pass the downloaded .enc file"
-    return enc, key, out, 2, f"{enc}: {msg}"
 
 
 def out_dir_is_file(tmp: Path) -> Case:
@@ -165,7 +166,7 @@ def two_files_one_name(tmp: Path) -> Case:
     return enc_dir, key, out, 2, f"{enc_dir / second[1]}: {msg}"
 
 
-CASES: list[Callable[[Path], Case]] = [
+CASES: list[Builder] = [
     empty_name,
     dot_name,
     dot_dot_name,
