@@ -233,6 +233,7 @@ def decrypt_file(
             seconds=time.monotonic() - started,
         )
     digest = hashlib.sha256()
+    status = "decrypted"
     atomic = AtomicFile(target, fsync=fsync)
     try:
         src_handle = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
@@ -261,7 +262,16 @@ def decrypt_file(
                     f"{WRONG_KEY_HINT}; nothing written",
                     enc.path,
                 )
-            atomic.commit()
+            try:
+                atomic.commit(replace=force)
+            except FileExistsError:
+                # Something appeared under the final name meanwhile (another run, the user):
+                # kept; this run succeeded only if it is exactly right.
+                if not _existing_matches(enc, target, False, key):
+                    raise OutputError(
+                        "changed while being written; run the same command again", target
+                    ) from None
+                status = "already decrypted"
     except BelleError:
         raise
     except OSError as exc:
@@ -270,7 +280,7 @@ def decrypt_file(
     return Result(
         source=enc.path,
         target=target,
-        status="decrypted",
+        status=status,
         size=enc.payload_size,
         sha256=actual,
         seconds=time.monotonic() - started,

@@ -66,11 +66,13 @@ class AtomicFile:
         self._handle = os.fdopen(fd, "wb", buffering=0)
         return self._handle
 
-    def commit(self, final: Path | None = None) -> None:
+    def commit(self, final: Path | None = None, *, replace: bool = True) -> None:
         """Flush, fsync, rename into place and fsync the folder.
 
         ``final`` names the target when it is known only at the end (an encrypted file's name
-        holds the digest of its contents); it must be in the same folder.
+        holds the digest of its contents); it must be in the same folder. With ``replace=False``
+        a file that appeared under the final name meanwhile is kept: FileExistsError is raised
+        and the temporary file is removed on leaving the block.
         """
         assert self._handle is not None
         if final is not None:
@@ -80,8 +82,13 @@ class AtomicFile:
             if self.fsync:
                 os.fsync(self._handle.fileno())
             self._handle.close()
-            os.replace(self.temp, self.final)
+            if replace:
+                os.replace(self.temp, self.final)
+            else:
+                _rename_no_replace(self.temp, self.final)
         except OSError as exc:
+            if isinstance(exc, FileExistsError) and not replace:
+                raise
             raise OutputError(
                 f"cannot save: {exc.strerror or exc}; nothing written (check the free space "
                 "and permissions of the output folder)",
@@ -109,6 +116,28 @@ class AtomicFile:
         if not self._committed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.temp)
+
+
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
+
+
+def _rename_no_replace(temp: Path, final: Path) -> None:
+    """Rename ``temp`` to ``final`` unless ``final`` exists (FileExistsError), atomically.
+
+    A hard link is the portable no-replace rename; where the file system has none, fall back to
+    a check and os.replace (a narrow window instead of none).
+    """
+    try:
+        os.link(temp, final, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from exc
+        os.replace(temp, final)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
 
 
 def _process_alive(pid: int) -> bool:

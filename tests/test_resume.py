@@ -6,6 +6,7 @@ be left alone keeps its inode and its mtime.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -18,6 +19,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from belle_decrypt.cli import cli
+from belle_decrypt.container import EncFile
+from belle_decrypt.decrypt import decrypt_file
+from belle_decrypt.errors import OutputError
+from belle_decrypt.keystream import Key
+from belle_decrypt.output import AtomicFile
 from tests.conftest import listing, random_bytes
 
 BIN = random_bytes(30_000, seed=71)
@@ -297,3 +303,52 @@ def test_no_fsync_still_writes_atomically(release: Release) -> None:
     assert listing(release.out) == ["config.json", "pytorch_model.bin"]
     assert (release.out / "pytorch_model.bin").read_bytes() == BIN
     assert os.stat(release.out / "config.json").st_size == len(JSON)
+
+
+@pytest.mark.parametrize("appears", [b"user's own file", BIN], ids=["differs", "identical"])
+def test_file_appearing_under_the_final_name_mid_run_is_kept(
+    release: Release, appears: bytes
+) -> None:
+    """The user (or a run beside this one) puts a file in place while this one decrypts."""
+    enc = EncFile.open(next(release.enc_dir.glob("pytorch_model.bin.*.enc")))
+    release.out.mkdir()
+    target = release.out / "pytorch_model.bin"
+
+    def meanwhile(n: int) -> None:
+        if not target.exists():
+            target.write_bytes(appears)
+
+    with Key(release.key) as key:
+        if appears == BIN:
+            result = decrypt_file(enc, key, release.out, on_progress=meanwhile, buffer_size=4096)
+            assert result.status == "already decrypted"
+        else:
+            with pytest.raises(OutputError, match="exists and differs"):
+                decrypt_file(enc, key, release.out, on_progress=meanwhile, buffer_size=4096)
+    assert target.read_bytes() == appears
+    assert listing(release.out) == ["pytorch_model.bin"]
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_no_replace_commit_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    """On a file system without hard links (FAT, some FUSE), the no-replace rename falls back."""
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    final = tmp_path / "model.bin"
+    if exists:
+        final.write_bytes(b"mine")
+    atomic = AtomicFile(final)
+    with atomic as handle:
+        handle.write(b"new")
+        if exists:
+            with pytest.raises(FileExistsError):
+                atomic.commit(replace=False)
+        else:
+            atomic.commit(replace=False)
+    assert final.read_bytes() == (b"mine" if exists else b"new")
+    assert listing(tmp_path) == ["model.bin"]
