@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 
 from tests.conftest import listing, random_bytes
 from tests.faults import (
+    ENV,
     MiB,
     as_plain_user,
     is_zeros_of,
@@ -71,6 +75,44 @@ def test_file_size_limit_mid_file_fails_that_file_only(
     assert "1 decrypted, 0 already decrypted, 1 failed" in proc.stdout
     assert listing(out) == ["config.json"]
     assert (out / "config.json").read_bytes() == b'{"dim": 4096}\n'
+
+
+# Mount a 4 MiB tmpfs on OUT_DIR in a private mount namespace, put the user's file there, run the
+# CLI, then record OUT_DIR's listing (the mount ends with the namespace). Exit 99: cannot mount.
+_FULL_DISK = (
+    'mount -t tmpfs -o size=4m tmpfs "$0" || exit 99; cp "$1" "$0/model.bin"; '
+    '"$2" -m belle_decrypt "$3" "$4" "$0" --force; rc=$?; ls -A "$0" > "$5"; '
+    'cmp -s "$1" "$0/model.bin" && echo unchanged >> "$5"; exit $rc'
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)"
+)
+def test_disk_full_mid_file_keeps_the_old_file(small: tuple[Path, Path], tmp_path: Path) -> None:
+    # A same-size differing file counts as done for the free-space check, so --force starts
+    # and runs out of space mid-file: the real ENOSPC, and the old file must stay.
+    key, enc = small
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(random_bytes(3 * MiB, seed=45))
+    out, report = tmp_path / "out", tmp_path / "report"
+    out.mkdir()
+    args = [out, mine, sys.executable, enc, key, report]
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", _FULL_DISK, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=False,
+    )
+    if proc.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    assert proc.returncode == 1, proc.stderr
+    line = one_error(proc.stderr)
+    assert line.startswith(f"{out / 'model.bin'}: "), line
+    assert "No space left on device" in line
+    assert report.read_text().split() == ["model.bin", "unchanged"]
 
 
 def test_kill_9_mid_file_then_a_rerun_completes(big: tuple[Path, Path], tmp_path: Path) -> None:
