@@ -78,7 +78,7 @@ class CheckpointInfo:
         if self.shard:
             parts.append(f"layers {self.layers[0]}-{self.layers[-1]}")
         else:
-            parts.append(f"{len(self.layers)} layers")
+            parts.append(f"{len(self.layers)} layer{'s' if len(self.layers) > 1 else ''}")
         if self.hidden is not None:
             parts.append(f"hidden size {self.hidden}")
         if self.vocab is not None:
