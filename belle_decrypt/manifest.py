@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from belle_decrypt.container import is_encrypted_name
@@ -77,6 +77,10 @@ class Manifest:
     """The entries of one or more manifests, one per file name, in the order first listed."""
 
     entries: tuple[ManifestEntry, ...]
+    _by_name: dict[str, ManifestEntry] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {entry.name: entry for entry in self.entries})
 
     @classmethod
     def from_entries(cls, entries: Iterable[ManifestEntry]) -> Manifest:
@@ -130,10 +134,7 @@ class Manifest:
 
     def get(self, name: str) -> ManifestEntry | None:
         """The entry for the file called ``name``, if listed."""
-        for entry in self.entries:
-            if entry.name == name:
-                return entry
-        return None
+        return self._by_name.get(name)
 
     @property
     def encrypted(self) -> tuple[ManifestEntry, ...]:
