@@ -1,10 +1,11 @@
 """md5 manifests as users really have them: `md5sum` output, or model-card text pasted as is.
 
 A line counts when it holds exactly one 32-hex digest followed by one file name
-(`<md5>  name` or `<md5> *name`); stray characters around the entry (quote markers, list
-bullets, backticks, table pipes, `./`, a Windows line end) are dropped, and every other line
-(the `md5sum ./*` command line, code fences, prose, blank lines) is ignored. Names are kept as
-base names, since model cards list files without their folders.
+(`<md5>  name`, `<md5> *name`, or `MD5 (name) = <md5>` from `md5sum --tag`); stray
+characters around the entry (quote markers, list bullets, backticks, table pipes, `./`, a
+Windows line end) are dropped, and every other line (the `md5sum ./*` command line, code
+fences, prose, blank lines) is ignored. Names are kept as base names, since model cards list
+files without their folders.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from belle_decrypt.errors import ManifestError
 _DIGEST_RE = re.compile(r"(?<![0-9A-Za-z])([0-9A-Fa-f]{32})(?![0-9A-Za-z])")
 # Before the digest: anything but letters (`> `, `- `, `1. `, `| `, backticks, `\`).
 _PREFIX_RE = re.compile(r"^[^A-Za-z]*$")
+# `md5sum --tag` (BSD) form: `MD5 (name) = digest`.
+_TAG_RE = re.compile(r"^[^A-Za-z]*MD5 \((?P<name>[^()]+)\) = (?P<md5>[0-9A-Fa-f]{32})\b")
 # Between the digest and the name: spaces, tabs, table pipes, backticks, md5sum's binary `*`.
 _SEPARATOR_CHARS = " \t|`*"
 # After the name: spaces, tabs, table pipes, backticks, quotes, the `\r` of a Windows line end.
@@ -52,6 +55,11 @@ class ManifestEntry:
         digests = _DIGEST_RE.findall(text)
         if len(digests) != 1:
             return None
+        tagged = _TAG_RE.match(text)
+        if tagged is not None:
+            name = _clean_name(tagged.group("name"))
+            md5 = tagged.group("md5").lower()
+            return None if name is None else cls(name=name, md5=md5, source=source, line=line)
         match = _DIGEST_RE.search(text)
         assert match is not None
         if not _PREFIX_RE.match(text[: match.start()]):

@@ -33,6 +33,7 @@ def names_and_md5s(text: str) -> list[tuple[str, str]]:
         f"1. {MD5_A}  a.bin",  # numbered list
         f"\\{MD5_A}  a.bin",  # md5sum's escape marker
         f"{MD5_A}  /home/me/BELLE/a.bin",  # absolute path: base name kept
+        f"MD5 (./a.bin) = {MD5_A}",  # md5sum --tag
     ],
 )
 def test_entry_quirks(line: str) -> None:
