@@ -264,3 +264,18 @@ def test_diagnoser_computes_enc_md5_only_when_asked(release: Release, wrong_key:
     assert diagnoser.stop_early([diagnosis, diagnosis])
     assert not diagnoser.stop_early([diagnosis, None])
     assert not diagnoser.stop_early([diagnosis])
+
+
+def test_wrong_key_named_from_its_checkpoint(release: Release, tmp_path: Path) -> None:
+    import torch
+
+    key = tmp_path / "llama-13b" / "consolidated.00.pth"
+    key.parent.mkdir()
+    state = {"tok_embeddings.weight": torch.zeros(32000, 4), "norm.weight": torch.ones(8)}
+    state.update({f"layers.{n}.attention.wq.weight": torch.zeros(4, 8) for n in range(40)})
+    torch.save(state, key)
+    result = run(release.enc_path("config.json"), key, tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].endswith(
+        ": it is a Meta-format checkpoint: 40 layers, hidden size 8, vocabulary 32000"
+    )
