@@ -11,8 +11,8 @@ from pathlib import Path
 
 from belle_decrypt.container import HEADER_SIZE, SUFFIX, EncFile
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
-from belle_decrypt.errors import BelleError, ChecksumError, InputError, OutputError
-from belle_decrypt.hashing import file_digest
+from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
+from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.output import AtomicFile
 
@@ -45,6 +45,7 @@ class Result:
     size: int
     sha256: str
     seconds: float
+    md5: str | None = None
 
 
 def plan(source: Path) -> Plan:
@@ -95,23 +96,39 @@ def check_free_space(out_dir: Path, needed: int) -> None:
         )
 
 
-def _existing_matches(enc: EncFile, target: Path, force: bool) -> bool:
-    """True when ``target`` already holds this file's decrypted bytes; raise if it is in the way."""
+def _md5_mismatch(actual: str, expected_md5: str, path: Path, done: str) -> ChecksumError:
+    return ChecksumError(
+        f"md5 {actual} differs from the manifest's {expected_md5} although the SHA-256 in the "
+        f"name matches; {done}: check that the manifest is for this release",
+        path,
+    )
+
+
+def _existing_matches(
+    enc: EncFile, target: Path, force: bool, expected_md5: str | None = None
+) -> str | None:
+    """The md5 ('' when not asked) when ``target`` already holds this file's decrypted bytes,
+    None when it must be (re)written; raise if a different file is in the way."""
     if not target.exists() and not target.is_symlink():
-        return False
+        return None
     if target.is_dir():
         raise OutputError("a folder is in the way of the output file; move it away", target)
+    algorithms = ("sha256", "md5") if expected_md5 is not None else ("sha256",)
     try:
-        same = (
-            target.stat().st_size == enc.payload_size
-            and file_digest(target, "sha256") == enc.enc_name.sha256_hex
+        digests = (
+            hash_file(target, algorithms, chunk=BUFFER_SIZE)
+            if target.stat().st_size == enc.payload_size
+            else {}
         )
     except OSError as exc:
         raise OutputError(f"cannot read the existing file: {exc.strerror or exc}", target) from exc
-    if same:
-        return True
+    if digests.get("sha256") == enc.enc_name.sha256_hex:
+        md5 = digests.get("md5", "")
+        if expected_md5 is not None and md5 != expected_md5:
+            raise _md5_mismatch(md5, expected_md5, target, "left as it is")
+        return md5
     if force:
-        return False
+        return None
     raise OutputError(
         "exists and differs from what this file decrypts to; move it away or pass --force "
         "to replace it",
@@ -128,11 +145,14 @@ def decrypt_file(
     fsync: bool = True,
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
+    expected_md5: str | None = None,
 ) -> Result:
-    """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches."""
+    """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches
+    (and the md5 equals ``expected_md5`` when given, computed in the same pass)."""
     started = time.monotonic()
     target = out_dir / enc.enc_name.name
-    if _existing_matches(enc, target, force):
+    existing_md5 = _existing_matches(enc, target, force, expected_md5)
+    if existing_md5 is not None:
         return Result(
             source=enc.path,
             target=target,
@@ -140,8 +160,10 @@ def decrypt_file(
             size=enc.payload_size,
             sha256=enc.enc_name.sha256_hex,
             seconds=time.monotonic() - started,
+            md5=existing_md5 or None,
         )
     digest = hashlib.sha256()
+    md5 = hashlib.md5() if expected_md5 is not None else None
     atomic = AtomicFile(target, fsync=fsync)
     try:
         with open(enc.path, "rb", buffering=0) as src, atomic as out:
@@ -151,18 +173,17 @@ def decrypt_file(
                 out,
                 key,
                 enc.payload_size,
-                hashers=(digest,),
+                hashers=(digest,) if md5 is None else (digest, md5),
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(target),
             )
             actual = digest.hexdigest()
             if actual != enc.enc_name.sha256_hex:
-                raise ChecksumError(
-                    f"decrypted SHA-256 {actual} does not match {enc.enc_name.sha256_hex}: "
-                    f"{WRONG_KEY_HINT}; nothing written",
-                    enc.path,
-                )
+                raise DigestMismatch(actual, enc.enc_name.sha256_hex, WRONG_KEY_HINT, enc.path)
+            if md5 is not None and md5.hexdigest() != expected_md5:
+                assert expected_md5 is not None
+                raise _md5_mismatch(md5.hexdigest(), expected_md5, enc.path, "nothing written")
             atomic.commit()
     except BelleError:
         raise
@@ -175,4 +196,5 @@ def decrypt_file(
         size=enc.payload_size,
         sha256=actual,
         seconds=time.monotonic() - started,
+        md5=md5.hexdigest() if md5 is not None else None,
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 from belle_decrypt.container import HEADER_SIZE, EncName
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, OutputError
-from belle_decrypt.hashing import file_digest
+from belle_decrypt.hashing import md5_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.output import AtomicFile
 
@@ -83,7 +83,7 @@ def encrypt_file(
             )
             os.pwrite(out.fileno(), sha256.digest(), 0)
             target = out_dir / EncName(source.name, sha256.hexdigest()).encrypted_filename()
-            enc_md5 = file_digest(atomic.temp, "md5")
+            enc_md5 = md5_file(atomic.temp)
             status = _status_against_existing(target, enc_md5, force)
             if status == "encrypted":
                 atomic.commit(target)
@@ -109,7 +109,7 @@ def _status_against_existing(target: Path, enc_md5: str, force: bool) -> str:
     """'encrypted' when the new file should be renamed into place, 'unchanged' to keep the old."""
     if not target.exists():
         return "encrypted"
-    if target.is_file() and file_digest(target, "md5") == enc_md5:
+    if target.is_file() and md5_file(target) == enc_md5:
         return "unchanged"
     if force and target.is_file():
         return "encrypted"
