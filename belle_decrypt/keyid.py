@@ -18,6 +18,7 @@ from typing import Any
 
 from belle_decrypt.errors import InputError
 from belle_decrypt.hashing import md5_file
+from belle_decrypt.torchload import import_torch
 
 HEAD_SIZE = 16 * 1024 * 1024
 
@@ -132,11 +133,19 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]] | None:
     }
 
 
-def _torch_shapes(path: Path) -> dict[str, list[int]] | None:
-    """Tensor shapes of a torch zip checkpoint, mmapped so that no tensor data is read."""
-    try:
-        import torch
+ZIP_MAGIC = b"PK\x03\x04"
 
+
+def _torch_shapes(path: Path) -> dict[str, list[int]] | None:
+    """Tensor shapes of a torch zip checkpoint, mmapped so that no tensor data is read.
+
+    torch is imported only when the file starts like a zip archive (torch.save's format).
+    """
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                return None
+        torch = import_torch()
         loaded: Any = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
     except Exception:
         return None
