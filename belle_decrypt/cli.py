@@ -6,10 +6,12 @@ It turns library errors into one line on stderr and an exit code: 0 success, 1 a
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -17,11 +19,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from belle_decrypt import __version__
-from belle_decrypt.errors import EXIT_FAILED, EXIT_USAGE, BelleError
+from belle_decrypt.errors import EXIT_FAILED, EXIT_USAGE, BelleError, ManifestError
 
 if TYPE_CHECKING:
     from belle_decrypt.container import EncFile
+    from belle_decrypt.diagnose import Diagnoser, Diagnosis
     from belle_decrypt.keystream import Key
+    from belle_decrypt.manifest import Manifest
 
 PROG = "belle-decrypt"
 EXIT_SIGINT = 130
@@ -39,6 +43,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
 def error(message: str) -> None:
     """One line on stderr."""
     click.echo(f"{PROG}: error: {message}", err=True)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    click.echo(f"{PROG}: warning: {message}", err=True)
 
 
 def human_size(size: float) -> str:
@@ -110,8 +119,10 @@ def cli() -> None:
     \b
     Example, the upstream loop with belle-decrypt in place of decrypt.py:
       for f in enc/*; do belle-decrypt "$f" consolidated.00.pth out/; done
-    or the whole folder at once:
-      belle-decrypt enc/ consolidated.00.pth out/
+    or the whole folder at once, checked against the model card's md5 list:
+      belle-decrypt enc/ consolidated.00.pth out/ --manifest md5.txt
+    and in CI:
+      belle-decrypt verify out/ --manifest md5.txt --json
     """
 
 
@@ -146,10 +157,25 @@ def say(line: str, quiet: bool) -> None:
     tqdm.write(line, file=sys.stdout)
 
 
+MANIFEST_HELP = "An md5 list (md5sum output or the model card's text pasted as is); repeatable."
+
+
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path, readable=False))
 @click.argument("key_file", type=click.Path(path_type=Path, readable=False))
 @click.argument("out_dir", type=click.Path(path_type=Path, readable=False))
+@click.option(
+    "--manifest",
+    "manifests",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help=MANIFEST_HELP + " Each output's md5 must match its entry.",
+)
+@click.option(
+    "--keep-going",
+    is_flag=True,
+    help="Go on even when the first two files fail their checksum with an unknown key.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing output file that differs.")
 @click.option(
@@ -158,16 +184,26 @@ def say(line: str, quiet: bool) -> None:
     help="Skip fsync of outputs and folder: faster, but a power cut may lose finished files.",
 )
 def decrypt(
-    source: Path, key_file: Path, out_dir: Path, quiet: bool, force: bool, no_fsync: bool
+    source: Path,
+    key_file: Path,
+    out_dir: Path,
+    manifests: tuple[Path, ...],
+    keep_going: bool,
+    quiet: bool,
+    force: bool,
+    no_fsync: bool,
 ) -> None:
     """Decrypt SOURCE (one NAME.<sha256>.enc file, or a folder of them) into OUT_DIR.
 
     KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth. Each output is checked
-    against the SHA-256 in its header before it appears under its final name.
+    against the SHA-256 in its header (and, with --manifest, against the model card's md5)
+    before it appears under its final name. A failure says whether the download is broken
+    or the key is wrong.
 
     \b
     Example:
-      belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/
+      belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
+          --manifest model-card-md5.txt
     """
     from belle_decrypt.decrypt import (
         bytes_to_write,
@@ -176,49 +212,93 @@ def decrypt(
         plan,
         prepare_output_dir,
     )
+    from belle_decrypt.diagnose import Diagnoser
+    from belle_decrypt.keyid import identify
     from belle_decrypt.keystream import Key
+    from belle_decrypt.manifest import Manifest
     from belle_decrypt.output import remove_stale_temps
 
     with user_errors():
         checked = plan(source)
         for problem in checked.problems:
             error(str(problem))
+        manifest = Manifest.read_all(manifests) if manifests else None
         check_key(key_file)
         with Key(key_file) as key:
             if checked.problems:
                 sys.exit(EXIT_USAGE)
+            fingerprint = identify(key_file, inspect=False)
+            if not fingerprint.is_expected:
+                warn(
+                    f"{key_file}: {fingerprint.verdict}; decrypting anyway (see "
+                    f"`{PROG} check-key {key_file}`)"
+                )
             prepare_output_dir(out_dir)
             remove_stale_temps(out_dir)
             for path in checked.skipped:
                 say(f"skipped            {path.name} (not a .enc file)", quiet)
             check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
-            failures = _decrypt_all(
-                checked.files, key, out_dir, quiet, force, not no_fsync, folder=source.is_dir()
+            run = _Run(
+                out_dir=out_dir,
+                quiet=quiet,
+                force=force,
+                fsync=not no_fsync,
+                folder=source.is_dir(),
+                keep_going=keep_going,
+                manifest=manifest,
+                diagnoser=Diagnoser(key_file, manifest),
             )
+            failures = _decrypt_all(checked.files, key, run)
         if failures:
             sys.exit(EXIT_FAILED)
 
 
-def _decrypt_all(
-    files: Sequence[EncFile],
-    key: Key,
-    out_dir: Path,
-    quiet: bool,
-    force: bool,
-    fsync: bool,
-    *,
-    folder: bool,
-) -> int:
-    """Decrypt each file in turn, one line each; return how many failed."""
-    from belle_decrypt.decrypt import decrypt_file
+@dataclass(frozen=True)
+class _Run:
+    """The settings of one decrypt run."""
 
-    enabled = progress_enabled(quiet)
+    out_dir: Path
+    quiet: bool
+    force: bool
+    fsync: bool
+    folder: bool
+    keep_going: bool
+    manifest: Manifest | None
+    diagnoser: Diagnoser
+
+
+def _md5_note(run: _Run, name: str) -> tuple[str | None, str]:
+    """The md5 a manifest expects for ``name`` and the words for the summary line."""
+    if run.manifest is None:
+        return None, "SHA-256 verified"
+    entry = run.manifest.get(name)
+    if entry is None:
+        return None, "SHA-256 verified, not in manifest"
+    return entry.md5, "SHA-256 and md5 verified"
+
+
+def _decrypt_all(files: Sequence[EncFile], key: Key, run: _Run) -> int:
+    """Decrypt each file in turn, one line each; return how many failed (or were not tried)."""
+    from belle_decrypt.decrypt import decrypt_file
+    from belle_decrypt.errors import DigestMismatch
+
+    enabled = progress_enabled(run.quiet)
     counts = {"decrypted": 0, "already decrypted": 0, "failed": 0}
+    outcomes: list[Diagnosis | None] = []
     total = sum(enc.payload_size for enc in files)
-    with _bar(total, "all files", enabled and folder, 0, True) as overall:
-        for enc in files:
+    with _bar(total, "all files", enabled and run.folder, 0, True) as overall:
+        for index, enc in enumerate(files):
+            if index == 2 and not run.keep_going and run.diagnoser.stop_early(outcomes):
+                error(
+                    f"stopped: the first two files both failed their checksum and the key "
+                    f"{run.diagnoser.key_path} is not the original LLaMA-7B consolidated.00.pth;"
+                    f" {len(files) - 2} more not tried; pass the right key, or --keep-going "
+                    "to try every file anyway"
+                )
+                return counts["failed"] + len(files) - 2
+            expected_md5, note = _md5_note(run, enc.enc_name.name)
             with _bar(
-                enc.payload_size, enc.enc_name.name, enabled, 1 if folder else 0, not folder
+                enc.payload_size, enc.enc_name.name, enabled, 1 if run.folder else 0, not run.folder
             ) as bar:
 
                 def advance(n: int, bar: Any = bar) -> None:
@@ -227,28 +307,164 @@ def _decrypt_all(
 
                 try:
                     result = decrypt_file(
-                        enc, key, out_dir, force=force, fsync=fsync, on_progress=advance
+                        enc,
+                        key,
+                        run.out_dir,
+                        force=run.force,
+                        fsync=run.fsync,
+                        on_progress=advance,
+                        expected_md5=expected_md5,
                     )
+                except DigestMismatch as exc:
+                    counts["failed"] += 1
+                    diagnosis = run.diagnoser.explain(enc)
+                    outcomes.append(diagnosis)
+                    error(str(exc.with_hint(diagnosis.hint)))
+                    continue
                 except BelleError as exc:
                     counts["failed"] += 1
+                    outcomes.append(None)
                     error(str(exc))
                     continue
                 except (KeyboardInterrupt, Terminated) as exc:  # name the file in the message
-                    raise type(exc)(str(out_dir / enc.enc_name.name)) from None
+                    raise type(exc)(str(run.out_dir / enc.enc_name.name)) from None
+            outcomes.append(None)
             counts[result.status] += 1
             rate = result.size / result.seconds if result.seconds > 0 else 0.0
             say(
                 f"{result.status:<18} {result.target.name}  {human_size(result.size)}"
-                f" in {result.seconds:.1f} s ({human_size(rate)}/s), SHA-256 verified",
-                quiet,
+                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {note}",
+                run.quiet,
             )
-    if folder:
+    if run.folder:
         say(
             f"{counts['decrypted']} decrypted, {counts['already decrypted']} already decrypted, "
             f"{counts['failed']} failed",
-            quiet,
+            run.quiet,
         )
     return counts["failed"]
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--manifest",
+    "manifests",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help=MANIFEST_HELP,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Files hashed at once [default: up to 4].",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only files not OK.")
+def verify(
+    folder: Path, manifests: tuple[Path, ...], as_json: bool, jobs: int | None, quiet: bool
+) -> None:
+    """Check the files in FOLDER against md5 manifests, like `md5sum -c`.
+
+    The manifest's .enc entries are checked when any of them is in FOLDER, and so are its
+    decrypted-file entries: the same model card checks the downloads before decrypting and
+    the results after. Every listed file of a checked group is reported OK, FAILED or
+    MISSING; other files in FOLDER are ignored. Exit 0 when all are OK, 1 when any is
+    FAILED or MISSING, 2 when a manifest cannot be read or lists nothing in FOLDER.
+
+    \b
+    Example:
+      belle-decrypt verify BELLE-7B-2M-enc/ --manifest model-card-md5.txt
+      belle-decrypt verify BELLE-7B-2M/ --manifest model-card-md5.txt --json | jq .ok
+    """
+    from belle_decrypt.manifest import Manifest
+    from belle_decrypt.verify import (
+        FAILED,
+        MISSING,
+        OK,
+        entries_to_check,
+        planned_bytes,
+        verify_folder,
+    )
+
+    with user_errors():
+        try:
+            manifest = Manifest.read_all(manifests)
+            entries = entries_to_check(folder, manifest)
+        except ManifestError as exc:
+            if as_json:
+                doc = {"folder": str(folder), "ok": False, "error": str(exc), "files": []}
+                click.echo(json.dumps(doc, indent=2))
+            raise
+        total = planned_bytes(folder, entries)
+        with _bar(total, "verifying", progress_enabled(quiet), 0, False) as bar:
+            report = verify_folder(
+                folder, manifest, entries=entries, workers=jobs, on_progress=bar.update
+            )
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for check in report.files:
+            if check.status == OK and quiet:
+                continue
+            line = f"{check.name}: {check.status}"
+            if check.status == FAILED:
+                line += f" ({check.detail or f'md5 {check.actual}, expected {check.expected}'})"
+            click.echo(line)
+        if not quiet:
+            click.echo(
+                f"{report.count(OK)} OK, {report.count(FAILED)} FAILED, "
+                f"{report.count(MISSING)} MISSING ({' and '.join(report.groups)} files)"
+            )
+    if not report.ok:
+        bad = len(report.files) - report.count(OK)
+        error(
+            f"{folder}: {bad} of {len(report.files)} listed files FAILED or MISSING; "
+            "download (or decrypt) those files again"
+        )
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command("check-key")
+@click.argument("key_file", type=click.Path(path_type=Path))
+@click.option("--full", is_flag=True, help="Hash the whole file and compare with every LLaMA file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
+def check_key(key_file: Path, full: bool, quiet: bool) -> None:
+    """Say whether KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth, and if not, what.
+
+    Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
+    the whole file, compared with every known LLaMA file. A checkpoint is described (layers,
+    hidden size, vocabulary) so a LLaMA-13B file or a Hugging Face shard is named as such.
+    Exit 0 when it is the LLaMA-7B file, 1 when not.
+
+    \b
+    Example:
+      belle-decrypt check-key llama/7B/consolidated.00.pth --full
+    """
+    from belle_decrypt import keyid
+
+    with user_errors():
+        size = key_file.stat().st_size if key_file.is_file() else 0
+        with _bar(size if full else 0, "md5", progress_enabled(quiet) and full, 0, False) as bar:
+            report = keyid.identify(key_file, full=full, on_progress=bar.update)
+    expected = keyid.LLAMA_7B
+    if not quiet:
+        lines = [
+            ("file", str(report.path)),
+            ("size", f"{report.size:,} bytes (LLaMA-7B: {expected.size or 0:,})"),
+            ("md5 of first 16 MiB", f"{report.head_md5} (LLaMA-7B: {expected.head_md5})"),
+        ]
+        if report.md5 is not None:
+            lines.append(("md5 of whole file", f"{report.md5} (LLaMA-7B: {expected.md5})"))
+        checkpoint = report.checkpoint.describe() if report.checkpoint else "not readable as one"
+        lines.append(("checkpoint", checkpoint))
+        for label, value in lines:
+            click.echo(f"{label + ':':<21}{value}")
+    click.echo(f"{'verdict:':<21}{report.path} {report.verdict}")
+    sys.exit(0 if report.is_expected else EXIT_FAILED)
 
 
 def main() -> None:

@@ -55,6 +55,11 @@ class EncName:
         return f"{self.name}.{self.sha256_hex}{SUFFIX}"
 
 
+def is_encrypted_name(filename: str) -> bool:
+    """True for names of the form `NAME.<64 lower-case hex>.enc`."""
+    return _NAME_RE.match(filename) is not None
+
+
 def is_lfs_pointer(head: bytes, size: int) -> bool:
     """A Git LFS pointer is a small text file starting with the spec line, not the data."""
     return size <= LFS_POINTER_MAX_SIZE and head.startswith(LFS_POINTER_PREFIX)

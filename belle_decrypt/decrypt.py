@@ -14,8 +14,8 @@ from pathlib import Path
 
 from belle_decrypt.container import HEADER_SIZE, SUFFIX, EncFile
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
-from belle_decrypt.errors import BelleError, ChecksumError, InputError, OutputError
-from belle_decrypt.hashing import file_digest
+from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
+from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.output import TEMP_PREFIX, AtomicFile
 
@@ -48,6 +48,7 @@ class Result:
     size: int
     sha256: str
     seconds: float
+    md5: str | None = None
 
 
 def plan(source: Path) -> Plan:
@@ -173,10 +174,21 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _existing_matches(enc: EncFile, target: Path, force: bool, key: Key) -> bool:
-    """True when ``target`` already holds this file's decrypted bytes; raise if it is in the way."""
+def _md5_mismatch(actual: str, expected_md5: str, path: Path, done: str) -> ChecksumError:
+    return ChecksumError(
+        f"md5 {actual} differs from the manifest's {expected_md5} although the SHA-256 in the "
+        f"name matches; {done}: check that the manifest is for this release",
+        path,
+    )
+
+
+def _existing_matches(
+    enc: EncFile, target: Path, force: bool, key: Key, expected_md5: str | None = None
+) -> str | None:
+    """The md5 ('' when not asked) when ``target`` already holds this file's decrypted bytes,
+    None when it must be (re)written; raise if a different file is in the way."""
     if not target.exists() and not target.is_symlink():
-        return False
+        return None
     if target.is_dir():
         raise OutputError("a folder is in the way of the output file; move it away", target)
     for own, what in ((key.path, "the key file"), (enc.path, "the encrypted file")):
@@ -184,25 +196,29 @@ def _existing_matches(enc: EncFile, target: Path, force: bool, key: Key) -> bool
             raise OutputError(
                 f"is {what} itself and would be replaced; choose another output folder", target
             )
+    algorithms = ("sha256", "md5") if expected_md5 is not None else ("sha256",)
     try:
         info = target.stat()
-        same = (
-            stat.S_ISREG(info.st_mode)
-            and info.st_size == enc.payload_size
-            and file_digest(target, "sha256") == enc.enc_name.sha256_hex
+        digests = (
+            hash_file(target, algorithms, chunk=BUFFER_SIZE)
+            if stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
+            else {}
         )
     except FileNotFoundError:
-        same = False  # a broken symbolic link: in the way, but nothing to read
+        digests = {}  # a broken symbolic link: in the way, but nothing to read
     except OSError as exc:
         raise OutputError(
             f"cannot read the existing file: {exc.strerror or exc}; check its permissions or "
             "move it away",
             target,
         ) from exc
-    if same:
-        return True
+    if digests.get("sha256") == enc.enc_name.sha256_hex:
+        md5 = digests.get("md5", "")
+        if expected_md5 is not None and md5 != expected_md5:
+            raise _md5_mismatch(md5, expected_md5, target, "left as it is")
+        return md5
     if force:
-        return False
+        return None
     raise OutputError(
         "exists and differs from what this file decrypts to; move it away or pass --force "
         "to replace it",
@@ -219,11 +235,14 @@ def decrypt_file(
     fsync: bool = True,
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
+    expected_md5: str | None = None,
 ) -> Result:
-    """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches."""
+    """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches
+    (and the md5 equals ``expected_md5`` when given, computed in the same pass)."""
     started = time.monotonic()
     target = out_dir / enc.enc_name.name
-    if _existing_matches(enc, target, force, key):
+    existing_md5 = _existing_matches(enc, target, force, key, expected_md5)
+    if existing_md5 is not None:
         return Result(
             source=enc.path,
             target=target,
@@ -231,9 +250,11 @@ def decrypt_file(
             size=enc.payload_size,
             sha256=enc.enc_name.sha256_hex,
             seconds=time.monotonic() - started,
+            md5=existing_md5 or None,
         )
     digest = hashlib.sha256()
     status = "decrypted"
+    md5 = hashlib.md5() if expected_md5 is not None else None
     atomic = AtomicFile(target, fsync=fsync)
     try:
         src_handle = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
@@ -250,24 +271,23 @@ def decrypt_file(
                 out,
                 key,
                 enc.payload_size,
-                hashers=(digest,),
+                hashers=(digest,) if md5 is None else (digest, md5),
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(target),
             )
             actual = digest.hexdigest()
             if actual != enc.enc_name.sha256_hex:
-                raise ChecksumError(
-                    f"decrypted SHA-256 {actual} does not match {enc.enc_name.sha256_hex}: "
-                    f"{WRONG_KEY_HINT}; nothing written",
-                    enc.path,
-                )
+                raise DigestMismatch(actual, enc.enc_name.sha256_hex, WRONG_KEY_HINT, enc.path)
+            if md5 is not None and md5.hexdigest() != expected_md5:
+                assert expected_md5 is not None
+                raise _md5_mismatch(md5.hexdigest(), expected_md5, enc.path, "nothing written")
             try:
                 atomic.commit(replace=force)
             except FileExistsError:
                 # Something appeared under the final name meanwhile (another run, the user):
                 # kept; this run succeeded only if it is exactly right.
-                if not _existing_matches(enc, target, False, key):
+                if _existing_matches(enc, target, False, key, expected_md5) is None:
                     raise OutputError(
                         "changed while being written; run the same command again", target
                     ) from None
@@ -284,4 +304,5 @@ def decrypt_file(
         size=enc.payload_size,
         sha256=actual,
         seconds=time.monotonic() - started,
+        md5=md5.hexdigest() if md5 is not None else None,
     )

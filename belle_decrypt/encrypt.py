@@ -17,8 +17,9 @@ from pathlib import Path
 from belle_decrypt.container import HEADER_SIZE, EncName
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, OutputError
-from belle_decrypt.hashing import file_digest
+from belle_decrypt.hashing import md5_file
 from belle_decrypt.keystream import Key
+from belle_decrypt.manifest import Manifest
 from belle_decrypt.output import AtomicFile
 
 MANIFEST_NAME = "md5sums.txt"
@@ -83,7 +84,7 @@ def encrypt_file(
             )
             os.pwrite(out.fileno(), sha256.digest(), 0)
             target = out_dir / EncName(source.name, sha256.hexdigest()).encrypted_filename()
-            enc_md5 = file_digest(atomic.temp, "md5")
+            enc_md5 = md5_file(atomic.temp)
             status = _status_against_existing(target, enc_md5, force)
             if status == "encrypted":
                 atomic.commit(target)
@@ -109,7 +110,7 @@ def _status_against_existing(target: Path, enc_md5: str, force: bool) -> str:
     """'encrypted' when the new file should be renamed into place, 'unchanged' to keep the old."""
     if not target.exists():
         return "encrypted"
-    if target.is_file() and file_digest(target, "md5") == enc_md5:
+    if target.is_file() and md5_file(target) == enc_md5:
         return "unchanged"
     if force and target.is_file():
         return "encrypted"
@@ -118,19 +119,30 @@ def _status_against_existing(target: Path, enc_md5: str, force: bool) -> str:
     )
 
 
-def manifest_text(results: list[Encrypted]) -> str:
-    """Model-card md5 lists: the `.enc` files ("after you clone"), then the decrypted files."""
-    enc = sorted((r.target.name, r.enc_md5) for r in results)
-    plain = sorted((r.source.name, r.plain_md5) for r in results)
-    lines = [f"{md5}  ./{name}" for name, md5 in enc] + [f"{md5}  ./{name}" for name, md5 in plain]
-    return "".join(line + "\n" for line in lines)
+def manifest_lines(results: list[Encrypted], previous: Manifest | None = None) -> list[str]:
+    """Model-card md5 lists: the `.enc` files ("after you clone"), then the decrypted files.
+
+    Entries of a ``previous`` md5sums.txt are kept for files this run did not write, so
+    encrypting one file at a time builds up one manifest; a file encrypted again replaces
+    its old entries.
+    """
+    enc = {r.target.name: r.enc_md5 for r in results}
+    plain = {r.source.name: r.plain_md5 for r in results}
+    written = set(plain)
+    for entry in previous.entries if previous is not None else ():
+        if not entry.encrypted:
+            plain.setdefault(entry.name, entry.md5)
+        elif EncName.parse(entry.name).name not in written:
+            enc.setdefault(entry.name, entry.md5)
+    return [f"{md5}  ./{name}" for group in (enc, plain) for name, md5 in sorted(group.items())]
 
 
 def write_manifest(out_dir: Path, results: list[Encrypted], *, fsync: bool = True) -> Path:
-    """Write `md5sums.txt` in ``out_dir`` atomically and return its path."""
+    """Write (or update) `md5sums.txt` in ``out_dir`` atomically and return its path."""
     target = out_dir / MANIFEST_NAME
+    previous = Manifest.read(target) if target.exists() else None
     atomic = AtomicFile(target, fsync=fsync)
     with atomic as out:
-        out.write(manifest_text(results).encode())
+        out.write("".join(line + "\n" for line in manifest_lines(results, previous)).encode())
         atomic.commit()
     return target

@@ -4,10 +4,11 @@ feed the plaintext to the hashes, write it. Memory is a few fixed buffers, whate
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from belle_decrypt.errors import OutputError
 from belle_decrypt.keystream import Key
+from belle_decrypt.torchload import import_torch
 
 if TYPE_CHECKING:
     import torch
@@ -25,13 +26,13 @@ class _XorBuffers:
     """A data buffer and a keystream buffer with torch views made once."""
 
     def __init__(self, size: int) -> None:
-        import torch
+        tm = import_torch()
 
         self.data = bytearray(size)
         self.keystream = bytearray(size)
-        self._data_t: torch.Tensor = torch.frombuffer(self.data, dtype=torch.uint8)
-        self._key_t: torch.Tensor = torch.frombuffer(self.keystream, dtype=torch.uint8)
-        self._torch = torch
+        self._data_t: torch.Tensor = tm.frombuffer(self.data, dtype=tm.uint8)
+        self._key_t: torch.Tensor = tm.frombuffer(self.keystream, dtype=tm.uint8)
+        self._torch: Any = tm
 
     def xor(self, length: int) -> None:
         """data[:length] ^= keystream[:length], in place."""

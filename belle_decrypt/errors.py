@@ -37,3 +37,26 @@ class ChecksumError(BelleError):
 
 class OutputError(BelleError):
     """A file could not be read or written, or a different file is in the way (exit 1)."""
+
+
+class ManifestError(BelleError):
+    """An md5 manifest that cannot be read, lists nothing usable, or contradicts itself (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class DigestMismatch(ChecksumError):
+    """Decrypted bytes whose SHA-256 is not the one in the name; ``hint`` says the likely cause."""
+
+    def __init__(self, actual: str, expected: str, hint: str, path: Path | str) -> None:
+        super().__init__(
+            f"decrypted SHA-256 {actual} does not match {expected}: {hint}; nothing written", path
+        )
+        self.actual = actual
+        self.expected = expected
+        self.hint = hint
+
+    def with_hint(self, hint: str) -> DigestMismatch:
+        """The same failure explained differently."""
+        assert self.path is not None
+        return DigestMismatch(self.actual, self.expected, hint, self.path)

@@ -1,19 +1,51 @@
-"""Whole-file digests, read in fixed-size chunks so memory stays flat."""
+"""Hashing whole files (or their first bytes) in fixed-size chunks, several digests in one read."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-CHUNK = 8 * 1024 * 1024
+CHUNK_SIZE = 4 * 1024 * 1024
 
 
-def file_digest(path: Path, algorithm: str, chunk: int = CHUNK) -> str:
-    """Hex digest of a whole file with a hashlib ``algorithm`` ("sha256", "md5")."""
-    digest = hashlib.new(algorithm)
+def hash_file(
+    path: Path,
+    algorithms: Sequence[str] = ("md5",),
+    *,
+    limit: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    chunk: int = CHUNK_SIZE,
+) -> dict[str, str]:
+    """Hex digests of ``path`` (of its first ``limit`` bytes if given), one read for them all.
+
+    hashlib releases the GIL on large updates, so threads hashing different files run in
+    parallel. Raises OSError as the file system does.
+    """
+    digests = {name: hashlib.new(name) for name in algorithms}
     buf = bytearray(chunk)
     view = memoryview(buf)
+    remaining = limit
     with open(path, "rb", buffering=0) as handle:
-        while got := handle.readinto(buf):
-            digest.update(view[:got])
-    return digest.hexdigest()
+        while remaining is None or remaining > 0:
+            want = chunk if remaining is None else min(chunk, remaining)
+            got = handle.readinto(view[:want])
+            if not got:
+                break
+            for digest in digests.values():
+                digest.update(view[:got])
+            if remaining is not None:
+                remaining -= got
+            if on_progress is not None:
+                on_progress(got)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def md5_file(
+    path: Path,
+    *,
+    limit: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> str:
+    """Hex md5 of ``path`` (of its first ``limit`` bytes if given)."""
+    return hash_file(path, ("md5",), limit=limit, on_progress=on_progress)["md5"]

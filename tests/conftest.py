@@ -53,3 +53,12 @@ def make_enc(tmp_path: Path) -> Callable[..., Path]:
 def listing(folder: Path) -> list[str]:
     """Every entry in ``folder``, hidden ones included, sorted."""
     return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def unknown_key_warning(key: Path) -> str:
+    """The warning decrypt prints first for a synthetic (not LLaMA-7B) key."""
+    return (
+        f"belle-decrypt: warning: {key}: is not the original LLaMA-7B consolidated.00.pth "
+        f"({key.stat().st_size:,} bytes, not 13,476,939,516); decrypting anyway "
+        f"(see `belle-decrypt check-key {key}`)"
+    )

@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 
 from belle_decrypt import __version__
 from belle_decrypt.cli import cli
-from tests.conftest import listing, random_bytes
+from tests.conftest import listing, random_bytes, unknown_key_warning
 
 PLAIN = random_bytes(3000, seed=11)
 
@@ -37,7 +37,7 @@ def test_loop_form_decrypts_one_file(release: tuple[Path, Path, Path], tmp_path:
     assert (out / "pytorch_model.bin").read_bytes() == PLAIN
     assert result.stdout.startswith("decrypted          pytorch_model.bin  2.9 KiB in ")
     assert result.stdout.rstrip().endswith("SHA-256 verified")
-    assert result.stderr == ""
+    assert result.stderr == unknown_key_warning(key) + "\n"
     assert listing(out) == ["pytorch_model.bin"]
 
 
@@ -72,11 +72,14 @@ def test_folder_form_skips_clutter_and_goes_smallest_first(
     assert (out / "config.json").read_bytes() == small
 
 
-def test_quiet_prints_nothing_on_success(release: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_quiet_prints_only_the_key_warning(
+    release: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     key, enc_dir, _ = release
     result = run(enc_dir, key, tmp_path / "out", "-q")
     assert result.exit_code == 0
-    assert result.output == ""
+    assert result.stdout == ""
+    assert result.stderr == unknown_key_warning(key) + "\n"
 
 
 def test_second_run_reports_already_decrypted(
@@ -99,11 +102,12 @@ def test_wrong_key_fails_and_leaves_nothing(
     result = run(enc, wrong, out)
     assert result.exit_code == 1
     digest = enc.name.split(".")[-2]
-    first = result.stderr.splitlines()[0]
+    warning, first = result.stderr.splitlines()[:2]
+    assert warning == unknown_key_warning(wrong)
     assert first.startswith(f"belle-decrypt: error: {enc}: decrypted SHA-256 ")
     assert first.endswith(
-        f" does not match {digest}: the key is probably not the original LLaMA-7B "
-        "consolidated.00.pth (or the download is damaged); nothing written"
+        f" does not match {digest}: the key is probably wrong: {wrong} is not the original "
+        "LLaMA-7B consolidated.00.pth (1,000 bytes, not 13,476,939,516); nothing written"
     )
     assert "Traceback" not in result.output
     assert listing(out) == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import listing, random_bytes
+from tests.conftest import listing, random_bytes, unknown_key_warning
 
 SCRIPT = Path(sys.executable).with_name("belle-decrypt")
 
@@ -57,10 +57,13 @@ def test_upstream_shell_loop_runs_unchanged(
     for name, data in plains.items():
         assert (out / name).read_bytes() == data
     # The glob does not match the hidden .gitattributes; README.md gets one clear line.
-    assert proc.stderr == (
+    warning = unknown_key_warning(key)
+    assert proc.stderr.splitlines() == [
         "belle-decrypt: error: README.md: not an encrypted file name "
-        "(expected NAME.<64 lower-case hex>.enc)\n"
-    )
+        "(expected NAME.<64 lower-case hex>.enc)",
+        warning,
+        warning,
+    ]
     assert proc.stdout.count("SHA-256 verified") == 2
 
 
@@ -76,7 +79,8 @@ def test_folder_form_in_a_subprocess(
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""  # no progress bars when stderr is not a terminal
+    # No progress bars when stderr is not a terminal: only the synthetic key's warning.
+    assert proc.stderr == unknown_key_warning(key) + "\n"
     assert "skipped            README.md (not a .enc file)" in proc.stdout
     assert proc.stdout.splitlines()[-1] == "2 decrypted, 0 already decrypted, 0 failed"
     for name, data in plains.items():
@@ -101,7 +105,9 @@ def test_python_dash_m_works_like_the_script(
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
-    errors = proc.stderr.splitlines()
+    warning, *errors = proc.stderr.splitlines()
+    assert warning == unknown_key_warning(wrong)
     assert len(errors) == len(plains)
-    assert all("the key is probably not the original LLaMA-7B" in line for line in errors)
+    assert all(line.startswith("belle-decrypt: error: ") for line in errors)
+    assert all("the key is probably wrong" in line for line in errors)
     assert listing(out) == []

@@ -126,3 +126,25 @@ def test_output_folder_must_differ_from_source(
         "choose another one\n"
     )
     assert listing(folder) == sorted([".hidden", *model])
+
+
+def test_one_file_at_a_time_builds_one_manifest(
+    make_key: Callable[..., Path], tmp_path: Path, model: dict[str, bytes]
+) -> None:
+    key = make_key(4000)
+    enc_dir = tmp_path / "enc"
+    for name in model:
+        assert run("encrypt", tmp_path / "model" / name, key, enc_dir, "-q").exit_code == 0
+    together = tmp_path / "together"
+    assert run("encrypt", tmp_path / "model", key, together, "-q").exit_code == 0
+    assert (enc_dir / "md5sums.txt").read_text() == (together / "md5sums.txt").read_text()
+
+    # Publishing a changed file replaces both of its entries, and keeps the others.
+    changed = tmp_path / "model" / "pytorch_model.bin"
+    changed.write_bytes(b"retrained")
+    assert run("encrypt", changed, key, enc_dir, "-q").exit_code == 0
+    lines = (enc_dir / "md5sums.txt").read_text().splitlines()
+    assert f"{hashlib.md5(b'retrained').hexdigest()}  ./pytorch_model.bin" in lines
+    assert len(lines) == 2 * len(model)
+    new_enc = reference.enc_filename("pytorch_model.bin", b"retrained")
+    assert any(line.endswith(f"./{new_enc}") for line in lines)

@@ -1,0 +1,92 @@
+"""Why did a file fail its checksum: a broken download or the wrong key?
+
+Only run on failure. When a manifest lists the `.enc` file, its md5 settles it: a mismatch
+means the download is broken; a match means the key is wrong. Without an entry, the key's
+fingerprint is the best evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from belle_decrypt.container import EncFile
+from belle_decrypt.hashing import md5_file
+from belle_decrypt.keyid import KeyReport, KnownKey, identify
+from belle_decrypt.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The likely cause of one failure, as a hint to append to its message."""
+
+    wrong_key: bool
+    hint: str
+
+
+class Diagnoser:
+    """Explains checksum failures for one key and one (optional) manifest."""
+
+    def __init__(
+        self,
+        key_path: Path,
+        manifest: Manifest | None = None,
+        *,
+        expected: KnownKey | None = None,
+        known: Sequence[KnownKey] | None = None,
+    ) -> None:
+        self.key_path = key_path
+        self.manifest = manifest
+        self._expected = expected
+        self._known = known
+        self._report: KeyReport | None = None
+
+    def key_report(self) -> KeyReport:
+        """The key's fingerprint verdict with its checkpoint description (computed once)."""
+        if self._report is None:
+            self._report = identify(
+                self.key_path, inspect=True, expected=self._expected, known=self._known
+            )
+        return self._report
+
+    def explain(self, enc: EncFile) -> Diagnosis:
+        """Say whether ``enc``'s failure is its download or the key, and what to do."""
+        key = self.key_report()
+        key_says = f"{key.path} {key.verdict}"
+        entry = self.manifest.get(enc.path.name) if self.manifest is not None else None
+        if entry is not None:
+            try:
+                actual = md5_file(enc.path)
+            except OSError as exc:
+                return Diagnosis(False, f"cannot read it to check its md5: {exc.strerror or exc}")
+            if actual != entry.md5:
+                return Diagnosis(
+                    False,
+                    f"broken download: its md5 {actual} differs from {entry.md5} "
+                    f"({entry.where}); download {enc.path.name} again",
+                )
+            intact = f"the download is intact (md5 matches {entry.where}), so the key is wrong"
+            if key.is_expected:
+                return Diagnosis(
+                    True,
+                    f"{intact}: {key_says}, but it must differ later on; check it with "
+                    f"`belle-decrypt check-key {key.path} --full`",
+                )
+            return Diagnosis(True, f"{intact}: {key_says}")
+        if key.is_expected:
+            return Diagnosis(
+                False,
+                f"{key_says}, so the download is probably damaged; download {enc.path.name} "
+                "again (pass the model card's md5 list with --manifest to tell for sure)",
+            )
+        return Diagnosis(True, f"the key is probably wrong: {key_says}")
+
+    def stop_early(self, outcomes: Sequence[Diagnosis | None]) -> bool:
+        """True when the first two files (None: did not fail their checksum) both failed
+        because of the key, and the key is not LLaMA-7B."""
+        return (
+            len(outcomes) >= 2
+            and all(d is not None and d.wrong_key for d in outcomes[:2])
+            and not self.key_report().is_expected
+        )

@@ -1,0 +1,162 @@
+"""md5 manifests as users really have them: `md5sum` output, or model-card text pasted as is.
+
+A line counts when it holds exactly one 32-hex digest followed by one file name
+(`<md5>  name`, `<md5> *name`, or `MD5 (name) = <md5>` from `md5sum --tag`); stray
+characters around the entry (quote markers, list bullets, backticks, table pipes, `./`, a
+Windows line end) are dropped, and every other line (the `md5sum ./*` command line, code
+fences, prose, blank lines) is ignored. Names are kept as base names, since model cards list
+files without their folders.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from belle_decrypt.container import is_encrypted_name
+from belle_decrypt.errors import ManifestError
+
+_DIGEST_RE = re.compile(r"(?<![0-9A-Za-z])([0-9A-Fa-f]{32})(?![0-9A-Za-z])")
+# Before the digest: anything but letters (`> `, `- `, `1. `, `| `, backticks, `\`).
+_PREFIX_RE = re.compile(r"^[^A-Za-z]*$")
+# `md5sum --tag` (BSD) form: `MD5 (name) = digest`.
+_TAG_RE = re.compile(r"^[^A-Za-z]*MD5 \((?P<name>[^()]+)\) = (?P<md5>[0-9A-Fa-f]{32})\b")
+# Between the digest and the name: spaces, tabs, table pipes, backticks, md5sum's binary `*`.
+_SEPARATOR_CHARS = " \t|`*"
+# After the name: spaces, tabs, table pipes, backticks, quotes, the `\r` of a Windows line end.
+_TRAILING_CHARS = " \t|`'\"\r"
+
+
+def _clean_name(raw: str) -> str | None:
+    """The base name in ``raw`` (text after the digest), or None when it is not one file name."""
+    name = raw.lstrip(_SEPARATOR_CHARS).rstrip(_TRAILING_CHARS)
+    if not name or any(ch.isspace() for ch in name):
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if name in ("", ".", "..", "*"):
+        return None
+    return name
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One file's expected md5, and where the manifest said so."""
+
+    name: str
+    md5: str
+    source: str
+    line: int
+
+    @classmethod
+    def from_line(cls, text: str, source: str, line: int) -> ManifestEntry | None:
+        """The entry on one line of a manifest, or None when the line is not an entry."""
+        digests = _DIGEST_RE.findall(text)
+        if len(digests) != 1:
+            return None
+        tagged = _TAG_RE.match(text)
+        if tagged is not None:
+            name = _clean_name(tagged.group("name"))
+            md5 = tagged.group("md5").lower()
+            return None if name is None else cls(name=name, md5=md5, source=source, line=line)
+        match = _DIGEST_RE.search(text)
+        assert match is not None
+        if not _PREFIX_RE.match(text[: match.start()]):
+            return None
+        name = _clean_name(text[match.end() :])
+        if name is None:
+            return None
+        return cls(name=name, md5=match.group(1).lower(), source=source, line=line)
+
+    @property
+    def encrypted(self) -> bool:
+        """True for a downloaded `NAME.<sha256>.enc` file, False for a decrypted file."""
+        return is_encrypted_name(self.name)
+
+    @property
+    def where(self) -> str:
+        """`file:line`, for messages."""
+        return f"{self.source}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The entries of one or more manifests, one per file name, in the order first listed."""
+
+    entries: tuple[ManifestEntry, ...]
+    _by_name: dict[str, ManifestEntry] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {entry.name: entry for entry in self.entries})
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[ManifestEntry]) -> Manifest:
+        """Keep one entry per name; raise one ManifestError naming every contradicting line."""
+        by_name: dict[str, list[ManifestEntry]] = {}
+        for entry in entries:
+            by_name.setdefault(entry.name, []).append(entry)
+        conflicts = []
+        for name, listed in by_name.items():
+            if len({entry.md5 for entry in listed}) > 1:
+                lines = ", ".join(f"{entry.where} ({entry.md5})" for entry in listed)
+                conflicts.append(f"{name} has different md5 sums at {lines}")
+        if conflicts:
+            raise ManifestError("; ".join(conflicts) + "; keep the entry that matches your release")
+        return cls(entries=tuple(listed[0] for listed in by_name.values()))
+
+    @classmethod
+    def parse(cls, text: str, source: str = "<manifest>") -> Manifest:
+        """Every entry in ``text``; lines that are not entries are ignored."""
+        found = (
+            ManifestEntry.from_line(line, source, number)
+            for number, line in enumerate(text.splitlines(), start=1)
+        )
+        return cls.from_entries(entry for entry in found if entry is not None)
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        """Parse the manifest file at ``path``; refuse one that lists no md5 entry at all."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ManifestError(f"cannot read the manifest: {exc.strerror or exc}", path) from exc
+        manifest = cls.parse(decode_text(data), str(path))
+        if not manifest.entries:
+            raise ManifestError(
+                "lists no md5 entries (expected lines like `<32 hex md5>  FILE`)", path
+            )
+        return manifest
+
+    @classmethod
+    def read_all(cls, paths: Iterable[Path]) -> Manifest:
+        """Read and merge several manifests (a repeated --manifest option)."""
+        merged = cls(entries=())
+        for path in paths:
+            merged = merged.merge(cls.read(path))
+        return merged
+
+    def merge(self, other: Manifest) -> Manifest:
+        """Both manifests' entries; a name with two different md5 sums is an error."""
+        return Manifest.from_entries((*self.entries, *other.entries))
+
+    def get(self, name: str) -> ManifestEntry | None:
+        """The entry for the file called ``name``, if listed."""
+        return self._by_name.get(name)
+
+    @property
+    def encrypted(self) -> tuple[ManifestEntry, ...]:
+        """Entries for downloaded `.enc` files."""
+        return tuple(entry for entry in self.entries if entry.encrypted)
+
+    @property
+    def decrypted(self) -> tuple[ManifestEntry, ...]:
+        """Entries for decrypted files."""
+        return tuple(entry for entry in self.entries if not entry.encrypted)
+
+
+def decode_text(data: bytes) -> str:
+    """Text of a pasted file: UTF-16 with a byte-order mark (Windows editors), else UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")

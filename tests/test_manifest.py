@@ -1,0 +1,126 @@
+"""The md5 manifest parser, on every model-card quirk users paste."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from belle_decrypt.errors import EXIT_USAGE, ManifestError
+from belle_decrypt.manifest import Manifest, ManifestEntry
+
+MD5_A = "0123456789abcdef0123456789abcdef"
+MD5_B = "fedcba9876543210fedcba9876543210"
+ENC = "pytorch_model.bin." + "ab" * 32 + ".enc"
+
+
+def names_and_md5s(text: str) -> list[tuple[str, str]]:
+    return [(entry.name, entry.md5) for entry in Manifest.parse(text, "card.md").entries]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"{MD5_A}  a.bin",  # md5sum text mode
+        f"{MD5_A} *a.bin",  # md5sum binary mode
+        f"{MD5_A}  ./a.bin",  # `md5sum ./*`
+        f"{MD5_A}  a.bin\r",  # Windows line end
+        f"{MD5_A.upper()}  a.bin",  # upper-case digest
+        f"> {MD5_A}  ./a.bin",  # quoted
+        f"- `{MD5_A}  ./a.bin`",  # bullet and backticks
+        f"| {MD5_A} | a.bin |",  # table row
+        f"   {MD5_A}\t./a.bin   ",  # tabs and trailing spaces
+        f"1. {MD5_A}  a.bin",  # numbered list
+        f"\\{MD5_A}  a.bin",  # md5sum's escape marker
+        f"{MD5_A}  /home/me/BELLE/a.bin",  # absolute path: base name kept
+        f"MD5 (./a.bin) = {MD5_A}",  # md5sum --tag
+    ],
+)
+def test_entry_quirks(line: str) -> None:
+    entry = ManifestEntry.from_line(line, "card.md", 3)
+    assert entry == ManifestEntry(name="a.bin", md5=MD5_A, source="card.md", line=3)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "```",
+        "```bash",
+        "$ md5sum ./*",
+        "md5sum ./*",
+        "After you decrypt the files, the md5 should be:",
+        f"the md5 of the key is {MD5_A}",  # prose before the digest
+        f"{MD5_A} is what you should see",  # prose after it
+        f"{MD5_A}",  # a digest without a name
+        f"{MD5_A}  a.bin {MD5_B}  b.bin",  # two digests on one line
+        f"{MD5_A}0  a.bin",  # 33 hex digits
+        "ab" * 32 + "  a.bin",  # a SHA-256, not an md5
+    ],
+)
+def test_non_entries_are_ignored(line: str) -> None:
+    assert ManifestEntry.from_line(line, "card.md", 1) is None
+
+
+def test_model_card_pasted_as_is() -> None:
+    text = (
+        "## After you clone\r\n"
+        "```\r\n"
+        "$ md5sum ./*\r\n"
+        f"{MD5_A}  ./{ENC}\r\n"
+        "\r\n"
+        "```\r\n"
+        "After you decrypt:\r\n"
+        f"> {MD5_B}  ./pytorch_model.bin  \r\n"
+        f"> {MD5_B}  ./pytorch_model.bin\r\n"  # the same entry twice is fine
+    )
+    manifest = Manifest.parse(text, "card.md")
+    assert names_and_md5s(text) == [(ENC, MD5_A), ("pytorch_model.bin", MD5_B)]
+    assert [e.name for e in manifest.encrypted] == [ENC]
+    assert [e.name for e in manifest.decrypted] == ["pytorch_model.bin"]
+    entry = manifest.get("pytorch_model.bin")
+    assert entry is not None and entry.line == 8 and entry.where == "card.md:8"
+    assert manifest.get("missing.bin") is None
+
+
+def test_conflicting_digests_name_the_lines() -> None:
+    text = f"{MD5_A}  a.bin\nprose\n{MD5_B}  ./a.bin\n{MD5_A}  b.bin\n"
+    with pytest.raises(ManifestError) as caught:
+        Manifest.parse(text, "card.md")
+    assert caught.value.exit_code == EXIT_USAGE
+    assert str(caught.value) == (
+        f"a.bin has different md5 sums at card.md:1 ({MD5_A}), card.md:3 ({MD5_B}); "
+        "keep the entry that matches your release"
+    )
+
+
+def test_merge_repeated_manifests(tmp_path: Path) -> None:
+    one = tmp_path / "enc.md5"
+    two = tmp_path / "dec.md5"
+    one.write_text(f"{MD5_A}  {ENC}\n")
+    two.write_text(f"{MD5_B}  pytorch_model.bin\n{MD5_A}  {ENC}\n")
+    merged = Manifest.read_all([one, two])
+    assert [(e.name, e.source) for e in merged.entries] == [
+        (ENC, str(one)),
+        ("pytorch_model.bin", str(two)),
+    ]
+    two.write_text(f"{MD5_B}  {ENC}\n")
+    with pytest.raises(ManifestError, match=rf"{one}:1 \({MD5_A}\), {two}:1 \({MD5_B}\)"):
+        Manifest.read_all([one, two])
+
+
+def test_read_errors(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read the manifest"):
+        Manifest.read(tmp_path / "nope.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("```\nmd5sum ./*\n```\n")
+    with pytest.raises(ManifestError, match="lists no md5 entries"):
+        Manifest.read(empty)
+
+
+def test_read_utf16_and_bom(tmp_path: Path) -> None:
+    path = tmp_path / "card.txt"
+    path.write_bytes(f"{MD5_A}  a.bin\r\n".encode("utf-16"))
+    assert [e.name for e in Manifest.read(path).entries] == ["a.bin"]
+    path.write_bytes(b"\xef\xbb\xbf" + f"{MD5_A}  a.bin\n".encode())
+    assert [e.name for e in Manifest.read(path).entries] == ["a.bin"]

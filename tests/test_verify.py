@@ -1,0 +1,173 @@
+"""`verify`: md5sum -c for both groups of a model card, text and JSON, with exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from belle_decrypt.cli import cli
+from belle_decrypt.manifest import Manifest
+from belle_decrypt.verify import verify_folder
+from tests.release import Release, make_release, md5
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Release:
+    return make_release(tmp_path, b"a short key")
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(arg) for arg in args])
+
+
+def decrypted_folder(release: Release, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in release.plain.items():
+        (out / name).write_bytes(data)
+    return out
+
+
+def test_downloads_ok_text(release: Release) -> None:
+    result = run("verify", release.enc_dir, "--manifest", release.card)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert sorted(lines[:-1]) == sorted(f"{enc}: OK" for enc in release.enc_names.values())
+    assert lines[-1] == "3 OK, 0 FAILED, 0 MISSING (encrypted files)"
+    assert result.stderr == ""
+
+
+def test_results_ok_json(release: Release, tmp_path: Path) -> None:
+    out = decrypted_folder(release, tmp_path)
+    (out / "README.md").write_text("an extra file the card does not list")
+    result = run("verify", out, "--manifest", release.card, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc == {
+        "folder": str(out),
+        "ok": True,
+        "files": [
+            {
+                "name": name,
+                "group": "decrypted",
+                "expected": md5(data),
+                "actual": md5(data),
+                "status": "OK",
+            }
+            for name, data in release.plain.items()
+        ],
+    }
+
+
+def test_corrupted_and_missing_results_json(release: Release, tmp_path: Path) -> None:
+    out = decrypted_folder(release, tmp_path)
+    damaged = bytearray(release.plain["pytorch_model.bin"])
+    damaged[5000] ^= 1
+    (out / "pytorch_model.bin").write_bytes(damaged)
+    (out / "tokenizer.model").unlink()
+    result = run("verify", out, "--manifest", release.card, "--json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False
+    by_name = {entry["name"]: entry for entry in doc["files"]}
+    assert by_name["config.json"]["status"] == "OK"
+    assert by_name["pytorch_model.bin"] == {
+        "name": "pytorch_model.bin",
+        "group": "decrypted",
+        "expected": md5(release.plain["pytorch_model.bin"]),
+        "actual": md5(bytes(damaged)),
+        "status": "FAILED",
+    }
+    assert by_name["tokenizer.model"] == {
+        "name": "tokenizer.model",
+        "group": "decrypted",
+        "expected": md5(release.plain["tokenizer.model"]),
+        "actual": None,
+        "status": "MISSING",
+    }
+    assert result.stderr == (
+        f"belle-decrypt: error: {out}: 2 of 3 listed files FAILED or MISSING; "
+        "download (or decrypt) those files again\n"
+    )
+
+
+def test_corrupted_and_missing_downloads_text(release: Release) -> None:
+    broken = release.enc_path("config.json")
+    original = broken.read_bytes()
+    blob = bytearray(original)
+    blob[-1] ^= 0xFF
+    broken.write_bytes(blob)
+    release.enc_path("tokenizer.model").unlink()
+    result = run("verify", release.enc_dir, "--manifest", release.card)
+    assert result.exit_code == 1
+    assert (
+        f"{broken.name}: FAILED (md5 {md5(bytes(blob))}, expected {md5(original)})" in result.stdout
+    )
+    assert f"{release.enc_names['tokenizer.model']}: MISSING" in result.stdout
+    assert f"{release.enc_names['pytorch_model.bin']}: OK" in result.stdout
+    assert "1 OK, 1 FAILED, 1 MISSING (encrypted files)" in result.stdout
+
+
+def test_quiet_prints_only_problems(release: Release) -> None:
+    release.enc_path("tokenizer.model").unlink()
+    result = run("verify", release.enc_dir, "--manifest", release.card, "-q")
+    assert result.exit_code == 1
+    assert result.stdout == f"{release.enc_names['tokenizer.model']}: MISSING\n"
+
+
+def test_both_groups_in_one_folder(release: Release) -> None:
+    (release.enc_dir / "config.json").write_bytes(release.plain["config.json"])
+    report = verify_folder(release.enc_dir, Manifest.read(release.card), workers=2)
+    assert report.groups == ("encrypted", "decrypted")
+    assert [c.status for c in report.files] == ["OK"] * 4 + ["MISSING"] * 2
+    assert not report.ok
+
+
+def test_progress_counts_every_byte(release: Release) -> None:
+    seen: list[int] = []
+    report = verify_folder(release.enc_dir, Manifest.read(release.card), on_progress=seen.append)
+    assert report.ok
+    assert sum(seen) == sum(p.stat().st_size for p in release.enc_dir.iterdir())
+
+
+def test_manifest_lists_nothing_for_folder(release: Release, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.md").write_text("hello")
+    result = run("verify", empty, "--manifest", release.card)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"belle-decrypt: error: {empty}: holds none of the 6 files listed in {release.card}; "
+        "pass the folder with the downloaded .enc files or the decrypted files\n"
+    )
+
+
+@pytest.mark.parametrize("problem", ["missing manifest", "no entries", "conflict", "no folder"])
+def test_unusable_input_exits_2_with_json(release: Release, tmp_path: Path, problem: str) -> None:
+    manifest = release.card
+    folder = release.enc_dir
+    if problem == "missing manifest":
+        manifest = tmp_path / "nope.md5"
+    elif problem == "no entries":
+        manifest = tmp_path / "prose.md"
+        manifest.write_text("md5sum ./*\n")
+    elif problem == "conflict":
+        manifest = tmp_path / "conflict.md5"
+        manifest.write_text(f"{'0' * 32}  a.bin\n{'1' * 32}  a.bin\n")
+    else:
+        folder = tmp_path / "nowhere"
+    result = run("verify", folder, "--manifest", manifest, "--json")
+    assert result.exit_code == 2
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["files"] == []
+    assert result.stderr == f"belle-decrypt: error: {doc['error']}\n"
+
+
+def test_manifest_option_is_required(release: Release) -> None:
+    result = run("verify", release.enc_dir)
+    assert result.exit_code == 2
+    assert "Missing option '--manifest'" in result.stderr
