@@ -7,6 +7,7 @@ be left alone keeps its inode and its mtime.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import subprocess
@@ -73,6 +74,24 @@ def test_rerun_leaves_finished_files_untouched(release: Release) -> None:
     assert "already decrypted  config.json " in again.stdout
     assert "already decrypted  pytorch_model.bin " in again.stdout
     assert again.stdout.splitlines()[-1] == "0 decrypted, 2 already decrypted, 0 failed"
+    assert {name: stamp(release.out / name) for name in listing(release.out)} == before
+
+
+def test_rerun_with_a_manifest_checks_md5_and_leaves_files_untouched(
+    release: Release, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "md5.txt"
+    manifest.write_text(
+        f"{hashlib.md5(BIN).hexdigest()}  ./pytorch_model.bin\n"
+        f"{hashlib.md5(JSON).hexdigest()}  ./config.json\n"
+    )
+    first = run(release.enc_dir, release.key, release.out, "--manifest", manifest)
+    assert first.exit_code == 0, first.output
+    before = {name: stamp(release.out / name) for name in listing(release.out)}
+    again = run(release.enc_dir, release.key, release.out, "--manifest", manifest)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.count("already decrypted  ") == 2
+    assert "SHA-256 and md5 verified" in again.stdout
     assert {name: stamp(release.out / name) for name in listing(release.out)} == before
 
 
