@@ -29,6 +29,11 @@ class EncName:
     @classmethod
     def parse(cls, filename: str) -> EncName:
         """Split `NAME.<64 hex>.enc`; refuse names that would decrypt outside the folder."""
+        if any(ord(char) < 32 or ord(char) == 127 for char in filename):
+            raise InputError(
+                "has control characters (a line break?) in its name; rename it",
+                ascii(filename)[1:-1],
+            )
         match = _NAME_RE.fullmatch(filename)
         if match is None:
             raise InputError(
@@ -57,7 +62,7 @@ class EncName:
 
 def is_encrypted_name(filename: str) -> bool:
     """True for names of the form `NAME.<64 lower-case hex>.enc`."""
-    return _NAME_RE.match(filename) is not None
+    return _NAME_RE.fullmatch(filename) is not None
 
 
 def is_lfs_pointer(head: bytes, size: int) -> bool:

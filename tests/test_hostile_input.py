@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from belle_decrypt.container import is_encrypted_name
 from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.faults import one_error, run_cli
@@ -40,12 +41,12 @@ def _named(tmp: Path, filename: str, data: bytes = BLOB) -> tuple[Path, Path, Pa
     return enc_dir / filename, key, out
 
 
-def _bad_name(name: str, filename: str, message: str) -> Builder:
+def _bad_name(name: str, filename: str, message: str, label: str | None = None) -> Builder:
     """A good `.enc` under a name that must be refused (the message names the file alone)."""
 
     def build(tmp: Path) -> Case:
         enc, key, out = _named(tmp, filename)
-        return enc, key, out, 2, f"{enc.name}: {message}"
+        return enc, key, out, 2, f"{label or enc.name}: {message}"
 
     build.__name__ = name
     return build
@@ -67,6 +68,13 @@ reserved_name = _bad_name(
     f".belle-tmp.1.0123abcd.x.{HEX}.enc",
     "would decrypt to '.belle-tmp.1.0123abcd.x', a name reserved for belle-decrypt's "
     f"temporary files; {PUBLISHED}",
+)
+
+line_break_name = _bad_name(
+    "line_break_name",
+    f"model\nbin.{HEX}.enc",
+    "has control characters (a line break?) in its name; rename it",
+    label=f"model\\nbin.{HEX}.enc",
 )
 
 
@@ -168,6 +176,7 @@ CASES: list[Builder] = [
     dot_dot_name,
     path_name,
     reserved_name,
+    line_break_name,
     short_enc,
     truncated_enc,
     empty_key,
@@ -226,3 +235,9 @@ def test_bad_file_in_a_folder_stops_the_whole_run(
     assert proc.returncode == code
     assert one_error(proc.stderr).endswith(message.split(": ", 1)[1])
     assert not out.exists()
+
+
+def test_only_whole_names_count_as_encrypted() -> None:
+    assert is_encrypted_name(f"model.bin.{HEX}.enc")
+    assert not is_encrypted_name(f"model.bin.{HEX}.enc.txt")
+    assert not is_encrypted_name(f"model.bin.{HEX}.enc\n")
