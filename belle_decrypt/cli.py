@@ -7,8 +7,10 @@ It turns library errors into one line on stderr and an exit code: 0 success, 1 a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from belle_decrypt import __version__
-from belle_decrypt.errors import EXIT_FAILED, EXIT_USAGE, BelleError, ManifestError
+from belle_decrypt.errors import EXIT_FAILED, EXIT_USAGE, BelleError, InputError, ManifestError
 
 if TYPE_CHECKING:
     from belle_decrypt.container import EncFile
@@ -467,11 +469,6 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
     sys.exit(0 if report.is_expected else EXIT_FAILED)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name=PROG)
-
-
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("key_file", type=click.Path(path_type=Path))
@@ -513,3 +510,93 @@ def encrypt(
                 say(f"{result.status:<10} {result.target.name}  {human_size(result.size)}", quiet)
             manifest = write_manifest(out_dir, results, fsync=not no_fsync)
             say(f"wrote      {manifest} (md5 of {len(results)} .enc and plain files)", quiet)
+
+
+@cli.command()
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Build the example in this (new or empty) folder and keep it.",
+)
+def demo(keep: Path | None) -> None:
+    """Show the whole flow on a small built-in example: no network, no LLaMA file.
+
+    It makes a random stand-in key and a plain model with a real torch checkpoint, encrypts
+    it as a publisher would, then runs what you would run: decrypt the folder against the
+    md5 list, verify, and load the checkpoint. It cleans up unless --keep is given.
+
+    \b
+    Example:
+      belle-decrypt demo --keep belle-demo/
+    """
+    import tempfile
+
+    started = time.monotonic()
+    with user_errors():
+        if keep is None:
+            with tempfile.TemporaryDirectory(prefix="belle-demo-") as folder:
+                _demo_steps(Path(folder))
+            where = "removed the example (keep it with --keep DIR)"
+        else:
+            if keep.exists() and any(keep.iterdir()):
+                raise InputError("is not empty; give --keep a new or empty folder", keep)
+            keep.mkdir(parents=True, exist_ok=True)
+            _demo_steps(keep)
+            where = f"the example is in {keep}"
+        click.echo(f"\nDone in {time.monotonic() - started:.1f} s; {where}.")
+
+
+def _demo_steps(folder: Path) -> None:
+    """Build the release in ``folder`` and run the user's commands on it, from inside it."""
+    from belle_decrypt.demo import CHECKPOINT, build_release, check_checkpoint
+
+    click.echo(f"{PROG} demo: a synthetic release in {folder} (no network, no LLaMA file)\n")
+    release = build_release(folder)
+    model, key = release.model.name, release.key.name
+    enc, out, card = f"{model}-enc", f"{model}-out", f"{model}-enc/md5sums.txt"
+    files = ", ".join(sorted(p.name for p in release.model.iterdir()))
+    click.echo(
+        f"1. A random stand-in for Meta's key ({release.key.stat().st_size:,} bytes: one "
+        f"10 MiB piece and a short one) and a plain model: {files}."
+    )
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        _demo_run(
+            "2. The publisher encrypts it and writes the md5 list:", ["encrypt", model, key, enc]
+        )
+        _demo_run(
+            "3. You decrypt the folder, each file checked against the md5 list "
+            "(the demo key is not LLaMA-7B, so decrypt warns about it):",
+            [enc, key, out, "--manifest", card],
+        )
+        _demo_run(
+            "4. You verify the results, as a CI script would:", ["verify", out, "--manifest", card]
+        )
+        count = check_checkpoint(Path(out) / CHECKPOINT, Path(model) / CHECKPOINT)
+    finally:
+        os.chdir(previous)
+    click.echo(
+        f"\n5. torch loads the decrypted {CHECKPOINT}: {count} tensors, equal to the original."
+    )
+    click.echo(
+        "\nWith real files:\n"
+        f"  {PROG} check-key llama/7B/consolidated.00.pth\n"
+        f"  {PROG} BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ --manifest md5.txt\n"
+        f"  {PROG} verify BELLE-7B-2M/ --manifest md5.txt"
+    )
+
+
+def _demo_run(title: str, args: list[str]) -> None:
+    """Print a step and its command line, then run it through the real command group."""
+    click.echo(f"\n{title}\n$ {PROG} {' '.join(args)}")
+    try:
+        cli.main(args=args, prog_name=PROG, standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise BelleError(f"the demo step `{PROG} {' '.join(args)}` failed") from exc
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name=PROG)
