@@ -369,3 +369,19 @@ def test_no_replace_commit_without_hard_links(
             atomic.commit(replace=False)
     assert final.read_bytes() == (b"mine" if exists else b"new")
     assert listing(tmp_path) == ["model.bin"]
+
+
+def test_killed_between_link_and_unlink_leaves_a_verified_file(release: Release) -> None:
+    """kill -9 inside the no-replace rename: final name and temporary name share one inode."""
+    first = run(release.enc_dir, release.key, release.out)
+    assert first.exit_code == 0, first.output
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    final = release.out / "pytorch_model.bin"
+    os.link(final, release.out / f".belle-tmp.{ended.pid}.0123abcd.pytorch_model.bin")
+    kept = stamp(final)
+    again = run(release.enc_dir, release.key, release.out)
+    assert again.exit_code == 0, again.output
+    assert "already decrypted  pytorch_model.bin " in again.stdout
+    assert listing(release.out) == ["config.json", "pytorch_model.bin"]
+    assert stamp(final) == kept and final.read_bytes() == BIN
