@@ -61,23 +61,39 @@ def human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _where(exc: BaseException) -> str:
+    """``"<file>: "`` when an interrupt was tagged with the file being written, else ``""``."""
+    return f"{exc.args[0]}: " if exc.args and isinstance(exc.args[0], str) else ""
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Map library errors and signals to one line and an exit code; never a traceback."""
+    """Map library errors and signals to one line and an exit code; never a traceback.
+
+    SIGXFSZ is ignored so that a file-size limit (``ulimit -f``) makes write() fail with EFBIG,
+    which is reported like any write error, instead of killing the process.
+    """
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    after = "the unfinished file was removed; run the same command again to finish"
     try:
         yield
     except BelleError as exc:
         error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        error("interrupted; unfinished output removed, nothing left under a final name")
+    except OSError as exc:  # a last resort: an I/O error the library did not word
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        error(f"{where}{exc.strerror or exc}; nothing was left under a final name")
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt as exc:
+        error(f"{_where(exc)}interrupted; {after}")
         sys.exit(EXIT_SIGINT)
-    except Terminated:
-        error("terminated; unfinished output removed, nothing left under a final name")
+    except Terminated as exc:
+        error(f"{_where(exc)}terminated; {after}")
         sys.exit(EXIT_SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGXFSZ, previous_xfsz)
 
 
 class DefaultToDecrypt(click.Group):
@@ -147,9 +163,9 @@ MANIFEST_HELP = "An md5 list (md5sum output or the model card's text pasted as i
 
 
 @cli.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("key_file", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path, readable=False))
+@click.argument("key_file", type=click.Path(path_type=Path, readable=False))
+@click.argument("out_dir", type=click.Path(path_type=Path, readable=False))
 @click.option(
     "--manifest",
     "manifests",
@@ -191,7 +207,13 @@ def decrypt(
       belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
           --manifest model-card-md5.txt
     """
-    from belle_decrypt.decrypt import check_free_space, plan, prepare_output_dir
+    from belle_decrypt.decrypt import (
+        bytes_to_write,
+        check_free_space,
+        check_key,
+        plan,
+        prepare_output_dir,
+    )
     from belle_decrypt.diagnose import Diagnoser
     from belle_decrypt.keyid import identify
     from belle_decrypt.keystream import Key
@@ -203,6 +225,7 @@ def decrypt(
         for problem in checked.problems:
             error(str(problem))
         manifest = Manifest.read_all(manifests) if manifests else None
+        check_key(key_file)
         with Key(key_file) as key:
             if checked.problems:
                 sys.exit(EXIT_USAGE)
@@ -216,8 +239,7 @@ def decrypt(
             remove_stale_temps(out_dir)
             for path in checked.skipped:
                 say(f"skipped            {path.name} (not a .enc file)", quiet)
-            pending = [enc for enc in checked.files if not (out_dir / enc.enc_name.name).exists()]
-            check_free_space(out_dir, sum(enc.payload_size for enc in pending))
+            check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
             run = _Run(
                 out_dir=out_dir,
                 quiet=quiet,
@@ -306,6 +328,8 @@ def _decrypt_all(files: Sequence[EncFile], key: Key, run: _Run) -> int:
                     outcomes.append(None)
                     error(str(exc))
                     continue
+                except (KeyboardInterrupt, Terminated) as exc:  # name the file in the message
+                    raise type(exc)(str(run.out_dir / enc.enc_name.name)) from None
             outcomes.append(None)
             counts[result.status] += 1
             rate = result.size / result.seconds if result.seconds > 0 else 0.0

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt.errors import InputError
+from belle_decrypt.output import TEMP_PREFIX
 
 HEADER_SIZE = 32
 SUFFIX = ".enc"
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 LFS_POINTER_MAX_SIZE = 1024
 
-_NAME_RE = re.compile(r"^(?P<name>.+)\.(?P<hex>[0-9a-f]{64})\.enc$")
+_NAME_RE = re.compile(r"(?P<name>.*)\.(?P<hex>[0-9a-f]{64})\.enc", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -27,14 +29,30 @@ class EncName:
     @classmethod
     def parse(cls, filename: str) -> EncName:
         """Split `NAME.<64 hex>.enc`; refuse names that would decrypt outside the folder."""
-        match = _NAME_RE.match(filename)
+        if any(ord(char) < 32 or ord(char) == 127 for char in filename):
+            raise InputError(
+                "has control characters (a line break?) in its name; rename it",
+                ascii(filename)[1:-1],
+            )
+        match = _NAME_RE.fullmatch(filename)
         if match is None:
             raise InputError(
                 "not an encrypted file name (expected NAME.<64 lower-case hex>.enc)", filename
             )
         name = match.group("name")
+        if not name:
+            raise InputError(
+                "would decrypt to an empty name; give it its published NAME.<sha256>.enc name",
+                filename,
+            )
         if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
             raise InputError(f"would decrypt to the unsafe name {name!r}; rename it", filename)
+        if name.startswith(TEMP_PREFIX):
+            raise InputError(
+                f"would decrypt to {name!r}, a name reserved for belle-decrypt's temporary "
+                "files; give it its published NAME.<sha256>.enc name",
+                filename,
+            )
         return cls(name=name, sha256_hex=match.group("hex"))
 
     def encrypted_filename(self) -> str:
@@ -44,7 +62,7 @@ class EncName:
 
 def is_encrypted_name(filename: str) -> bool:
     """True for names of the form `NAME.<64 lower-case hex>.enc`."""
-    return _NAME_RE.match(filename) is not None
+    return _NAME_RE.fullmatch(filename) is not None
 
 
 def is_lfs_pointer(head: bytes, size: int) -> bool:
@@ -69,16 +87,28 @@ class EncFile:
     def open(cls, path: Path) -> EncFile:
         """Check an `.enc` before any writing: name, readability, LFS pointer, size, header."""
         enc_name = EncName.parse(path.name)
+        if not path.exists():
+            raise InputError("no such file (or a broken symbolic link); check the path", path)
+        if path.is_dir():
+            raise InputError("is a folder, not an encrypted file; pass a .enc file", path)
         try:
-            if not path.exists():
-                raise InputError("no such file", path)
-            if path.is_dir():
-                raise InputError("is a folder, not an encrypted file", path)
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                head = handle.read(max(HEADER_SIZE, len(LFS_POINTER_PREFIX)))
+            # O_NONBLOCK: a FIFO under an .enc name must not hang the run at open().
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise InputError(
+                        "is not a regular file (a FIFO or device?); pass the downloaded .enc file",
+                        path,
+                    )
+                size = info.st_size
+                head = os.pread(fd, max(HEADER_SIZE, len(LFS_POINTER_PREFIX)), 0)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror or exc}", path) from exc
+            raise InputError(
+                f"cannot read: {exc.strerror or exc}; check the file's permissions", path
+            ) from exc
         if is_lfs_pointer(head, size):
             raise InputError(
                 "is a Git LFS pointer, not the data; run `git lfs pull` in the cloned "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import Key
-from belle_decrypt.output import AtomicFile
+from belle_decrypt.output import TEMP_PREFIX, AtomicFile
 
 WRONG_KEY_HINT = (
     "the key is probably not the original LLaMA-7B consolidated.00.pth (or the download is damaged)"
@@ -57,8 +60,14 @@ def plan(source: Path) -> Plan:
     files: list[EncFile] = []
     skipped: list[Path] = []
     problems: list[InputError] = []
-    for path in sorted(source.iterdir()):
-        if path.is_dir():
+    try:
+        entries = sorted(source.iterdir())
+    except OSError as exc:
+        raise InputError(
+            f"cannot list the folder: {exc.strerror or exc}; check its permissions", source
+        ) from exc
+    for path in entries:
+        if path.is_dir() or path.name.startswith(TEMP_PREFIX):
             continue
         if not path.name.endswith(SUFFIX):
             skipped.append(path)
@@ -68,9 +77,46 @@ def plan(source: Path) -> Plan:
         except InputError as exc:
             problems.append(exc)
     if not files and not problems:
-        raise InputError("holds no NAME.<sha256>.enc files", source)
+        raise InputError("holds no NAME.<sha256>.enc files; pass the folder of .enc files", source)
+    first_by_name: dict[str, EncFile] = {}
+    for enc in files:
+        other = first_by_name.setdefault(enc.enc_name.name, enc)
+        if other is not enc:
+            problems.append(
+                InputError(
+                    f"decrypts to {enc.enc_name.name!r} like {other.path.name}; keep only one "
+                    "of them in the folder",
+                    enc.path,
+                )
+            )
     files.sort(key=lambda enc: (enc.size, enc.path.name))
     return Plan(files=tuple(files), skipped=tuple(skipped), problems=tuple(problems))
+
+
+def check_key(key_file: Path) -> None:
+    """Refuse a key that cannot be the LLaMA file before it is opened (a FIFO would hang)."""
+    what = "pass LLaMA-7B consolidated.00.pth"
+    try:
+        info = key_file.stat()
+    except FileNotFoundError:
+        raise InputError("key file not found", key_file) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the key: {exc.strerror or exc}; {what}", key_file) from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(
+            "the key is a folder; pass the file itself (LLaMA-7B consolidated.00.pth)", key_file
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"the key is not a regular file (a FIFO or device?); {what}", key_file)
+    if info.st_size == 0:
+        raise InputError("the key file is empty", key_file)
+    try:
+        with open(key_file, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the key: {exc.strerror or exc}; check its permissions", key_file
+        ) from exc
 
 
 def prepare_output_dir(out_dir: Path) -> None:
@@ -80,20 +126,52 @@ def prepare_output_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(
-            f"cannot create the output folder: {exc.strerror or exc}", out_dir
+        error_type = InputError if exc.errno in (errno.ENOTDIR, errno.EEXIST) else OutputError
+        raise error_type(
+            f"cannot create the output folder: {exc.strerror or exc}; pass a folder you can "
+            "write to",
+            out_dir,
         ) from exc
+
+
+def bytes_to_write(files: tuple[EncFile, ...] | list[EncFile], out_dir: Path) -> int:
+    """Decrypted bytes still to write: files whose output exists at the right size are done."""
+    needed = 0
+    for enc in files:
+        try:
+            done = (out_dir / enc.enc_name.name).stat().st_size == enc.payload_size
+        except OSError:
+            done = False
+        if not done:
+            needed += enc.payload_size
+    return needed
 
 
 def check_free_space(out_dir: Path, needed: int) -> None:
     """Refuse to start when ``needed`` bytes will not fit in ``out_dir``."""
-    free = shutil.disk_usage(out_dir).free
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError as exc:
+        raise OutputError(
+            f"cannot read the free space: {exc.strerror or exc}; check the output folder", out_dir
+        ) from exc
     if needed > free:
         raise OutputError(
-            f"needs {needed:,} bytes but only {free:,} are free; free some space or choose "
-            "another output folder",
+            f"needs {needed:,} bytes ({_gib(needed)}) but only {free:,} ({_gib(free)}) are "
+            "free; free some space or choose another output folder",
             out_dir,
         )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 1024**3:.1f} GiB"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _md5_mismatch(actual: str, expected_md5: str, path: Path, done: str) -> ChecksumError:
@@ -105,7 +183,7 @@ def _md5_mismatch(actual: str, expected_md5: str, path: Path, done: str) -> Chec
 
 
 def _existing_matches(
-    enc: EncFile, target: Path, force: bool, expected_md5: str | None = None
+    enc: EncFile, target: Path, force: bool, key: Key, expected_md5: str | None = None
 ) -> str | None:
     """The md5 ('' when not asked) when ``target`` already holds this file's decrypted bytes,
     None when it must be (re)written; raise if a different file is in the way."""
@@ -113,15 +191,27 @@ def _existing_matches(
         return None
     if target.is_dir():
         raise OutputError("a folder is in the way of the output file; move it away", target)
+    for own, what in ((key.path, "the key file"), (enc.path, "the encrypted file")):
+        if _same_file(target, own):
+            raise OutputError(
+                f"is {what} itself and would be replaced; choose another output folder", target
+            )
     algorithms = ("sha256", "md5") if expected_md5 is not None else ("sha256",)
     try:
+        info = target.stat()
         digests = (
             hash_file(target, algorithms, chunk=BUFFER_SIZE)
-            if target.stat().st_size == enc.payload_size
+            if stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
             else {}
         )
+    except FileNotFoundError:
+        digests = {}  # a broken symbolic link: in the way, but nothing to read
     except OSError as exc:
-        raise OutputError(f"cannot read the existing file: {exc.strerror or exc}", target) from exc
+        raise OutputError(
+            f"cannot read the existing file: {exc.strerror or exc}; check its permissions or "
+            "move it away",
+            target,
+        ) from exc
     if digests.get("sha256") == enc.enc_name.sha256_hex:
         md5 = digests.get("md5", "")
         if expected_md5 is not None and md5 != expected_md5:
@@ -151,7 +241,7 @@ def decrypt_file(
     (and the md5 equals ``expected_md5`` when given, computed in the same pass)."""
     started = time.monotonic()
     target = out_dir / enc.enc_name.name
-    existing_md5 = _existing_matches(enc, target, force, expected_md5)
+    existing_md5 = _existing_matches(enc, target, force, key, expected_md5)
     if existing_md5 is not None:
         return Result(
             source=enc.path,
@@ -163,10 +253,18 @@ def decrypt_file(
             md5=existing_md5 or None,
         )
     digest = hashlib.sha256()
+    status = "decrypted"
     md5 = hashlib.md5() if expected_md5 is not None else None
     atomic = AtomicFile(target, fsync=fsync)
     try:
-        with open(enc.path, "rb", buffering=0) as src, atomic as out:
+        src_handle = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot read: {exc.strerror or exc}; nothing written (check the file's permissions)",
+            enc.path,
+        ) from exc
+    try:
+        with src_handle as src, atomic as out:
             src.seek(HEADER_SIZE)
             xor_stream(
                 src,
@@ -184,15 +282,25 @@ def decrypt_file(
             if md5 is not None and md5.hexdigest() != expected_md5:
                 assert expected_md5 is not None
                 raise _md5_mismatch(md5.hexdigest(), expected_md5, enc.path, "nothing written")
-            atomic.commit()
+            try:
+                atomic.commit(replace=force)
+            except FileExistsError:
+                # Something appeared under the final name meanwhile (another run, the user):
+                # kept; this run succeeded only if it is exactly right.
+                if _existing_matches(enc, target, False, key, expected_md5) is None:
+                    raise OutputError(
+                        "changed while being written; run the same command again", target
+                    ) from None
+                status = "already decrypted"
     except BelleError:
         raise
     except OSError as exc:
-        raise OutputError(f"{exc.strerror or exc}; nothing written", enc.path) from exc
+        label = exc.filename if exc.filename is not None else target
+        raise OutputError(f"{exc.strerror or exc}; nothing written", label) from exc
     return Result(
         source=enc.path,
         target=target,
-        status="decrypted",
+        status=status,
         size=enc.payload_size,
         sha256=actual,
         seconds=time.monotonic() - started,

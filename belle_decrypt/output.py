@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from belle_decrypt.errors import OutputError
+
 TEMP_PREFIX = ".belle-tmp."
 _TEMP_RE = re.compile(r"^\.belle-tmp\.(?P<pid>\d+)\.[0-9a-f]{8}\.")
 _NAME_KEEP = 120
@@ -28,10 +30,13 @@ def temp_name(final_name: str, pid: int | None = None) -> str:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
+    """Make a rename in ``folder`` durable (a no-op where the file system cannot sync folders)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 
@@ -50,27 +55,55 @@ class AtomicFile:
         self._committed = False
 
     def __enter__(self) -> BinaryIO:
-        fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create a file in the output folder: {exc.strerror or exc}; "
+                "check the folder's permissions and free space",
+                self.final,
+            ) from exc
         self._handle = os.fdopen(fd, "wb", buffering=0)
         return self._handle
 
-    def commit(self, final: Path | None = None) -> None:
+    def commit(self, final: Path | None = None, *, replace: bool = True) -> None:
         """Flush, fsync, rename into place and fsync the folder.
 
         ``final`` names the target when it is known only at the end (an encrypted file's name
-        holds the digest of its contents); it must be in the same folder.
+        holds the digest of its contents); it must be in the same folder. With ``replace=False``
+        a file that appeared under the final name meanwhile is kept: FileExistsError is raised
+        and the temporary file is removed on leaving the block.
         """
         assert self._handle is not None
         if final is not None:
             self.final = final
-        self._handle.flush()
-        if self.fsync:
-            os.fsync(self._handle.fileno())
-        self._handle.close()
-        os.replace(self.temp, self.final)
+        try:
+            self._handle.flush()
+            if self.fsync:
+                os.fsync(self._handle.fileno())
+            self._handle.close()
+            if replace:
+                os.replace(self.temp, self.final)
+            else:
+                _rename_no_replace(self.temp, self.final)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) and not replace:
+                raise
+            raise OutputError(
+                f"cannot save: {exc.strerror or exc}; nothing written (check the free space "
+                "and permissions of the output folder)",
+                self.final,
+            ) from exc
         self._committed = True
         if self.fsync:
-            fsync_dir(self.final.parent)
+            try:
+                fsync_dir(self.final.parent)
+            except OSError as exc:
+                raise OutputError(
+                    f"saved and verified, but the folder could not be synced: "
+                    f"{exc.strerror or exc}; run `sync` before relying on it",
+                    self.final,
+                ) from exc
 
     def __exit__(
         self,
@@ -85,14 +118,46 @@ class AtomicFile:
                 os.unlink(self.temp)
 
 
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
+
+
+def _rename_no_replace(temp: Path, final: Path) -> None:
+    """Rename ``temp`` to ``final`` unless ``final`` exists (FileExistsError), atomically.
+
+    A hard link is the portable no-replace rename; where the file system has none, fall back to
+    a check and os.replace (a narrow window instead of none).
+    """
+    try:
+        os.link(temp, final, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from exc
+        os.replace(temp, final)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+
+
 def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` names a running process (a zombie, killed but not reaped, has ended)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    except (OverflowError, OSError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
@@ -100,20 +165,18 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
-    except FileNotFoundError:
+    except OSError:
         return removed
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
-            continue
-        pid = int(match.group("pid"))
-        if pid == os.getpid() or _process_alive(pid):
-            continue
         try:
+            if match is None or not entry.is_file(follow_symlinks=False):
+                continue
+            pid = int(match.group("pid"))
+            if pid == os.getpid() or _process_alive(pid):
+                continue
             os.unlink(entry.path)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            continue
+        except OSError:
+            continue  # best effort: gone already, or not ours to remove (permissions)
         removed.append(Path(entry.path))
     return removed

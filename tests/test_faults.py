@@ -1,0 +1,260 @@
+"""Faults in real subprocesses: a file-size limit, kill -9, SIGINT and SIGTERM mid-file, an input
+that shrinks while read, permission errors, two runs at once. Each test checks the exit code, the
+one-line message and the exact contents of OUT_DIR afterwards."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import listing, random_bytes
+from tests.faults import (
+    ENV,
+    MiB,
+    as_plain_user,
+    is_zeros_of,
+    make_zero_enc,
+    modes_enforced,
+    not_warnings,
+    one_error,
+    run_cli,
+    start_cli,
+    stop_mid_file,
+)
+
+BIG = 64 * MiB
+KEY = random_bytes(4099, seed=41)
+needs_modes = pytest.mark.skipif(
+    not modes_enforced(),
+    reason="file modes are not enforced for this user here (root whose capabilities cannot "
+    "be dropped), so a permission error cannot be caused",
+)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A key and a 64 MiB `.enc` (decrypting to zeros), shared read-only by this module."""
+    root = tmp_path_factory.mktemp("big")
+    key = root / "consolidated.00.pth"
+    key.write_bytes(KEY)
+    return key, make_zero_enc(root / "enc", "pytorch_model.bin", KEY, BIG)
+
+
+@pytest.fixture
+def small(make_key: Callable[..., Path], make_enc: Callable[..., Path]) -> tuple[Path, Path]:
+    """A key and a 3 MiB `.enc` of random bytes."""
+    key = make_key(5000)
+    return key, make_enc("model.bin", random_bytes(3 * MiB, seed=42), key)
+
+
+def _limit_file_size(limit: int) -> Callable[[], None]:
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+def test_file_size_limit_mid_file_fails_that_file_only(
+    small: tuple[Path, Path], make_enc: Callable[..., Path], tmp_path: Path
+) -> None:
+    key, enc = small
+    make_enc("config.json", b'{"dim": 4096}\n', key)
+    out = tmp_path / "out"
+    proc = run_cli(enc.parent, key, out, preexec_fn=_limit_file_size(1 * MiB))
+    assert proc.returncode == 1
+    line = one_error(proc.stderr)
+    assert line.startswith(f"{out / 'model.bin'}: "), line
+    assert "File too large" in line
+    assert "1 decrypted, 0 already decrypted, 1 failed" in proc.stdout
+    assert listing(out) == ["config.json"]
+    assert (out / "config.json").read_bytes() == b'{"dim": 4096}\n'
+
+
+# Mount a 4 MiB tmpfs on OUT_DIR in a private mount namespace, put the user's file there, run the
+# CLI, then record OUT_DIR's listing (the mount ends with the namespace). Exit 99: cannot mount.
+_FULL_DISK = (
+    'mount -t tmpfs -o size=4m tmpfs "$0" || exit 99; cp "$1" "$0/model.bin"; '
+    '"$2" -m belle_decrypt "$3" "$4" "$0" --force; rc=$?; ls -A "$0" > "$5"; '
+    'cmp -s "$1" "$0/model.bin" && echo unchanged >> "$5"; exit $rc'
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)"
+)
+def test_disk_full_mid_file_keeps_the_old_file(small: tuple[Path, Path], tmp_path: Path) -> None:
+    # A same-size differing file counts as done for the free-space check, so --force starts
+    # and runs out of space mid-file: the real ENOSPC, and the old file must stay.
+    key, enc = small
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(random_bytes(3 * MiB, seed=45))
+    out, report = tmp_path / "out", tmp_path / "report"
+    out.mkdir()
+    args = [out, mine, sys.executable, enc, key, report]
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", _FULL_DISK, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=False,
+    )
+    if proc.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    assert proc.returncode == 1, proc.stderr
+    line = one_error(proc.stderr)
+    assert line.startswith(f"{out / 'model.bin'}: "), line
+    assert "No space left on device" in line
+    assert report.read_text().split() == ["model.bin", "unchanged"]
+
+
+def test_kill_9_mid_file_then_a_rerun_completes(big: tuple[Path, Path], tmp_path: Path) -> None:
+    key, enc = big
+    out = tmp_path / "out"
+    proc = start_cli(enc, key, out)
+    temp = stop_mid_file(proc, out, grown=8 * MiB)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    # Nothing under the final name; the killed run's temporary file names its process.
+    assert listing(out) == [temp.name]
+    assert temp.name.startswith(f".belle-tmp.{proc.pid}.")
+
+    rerun = run_cli(enc, key, out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not_warnings(rerun.stderr) == []
+    assert rerun.stdout.startswith("decrypted          pytorch_model.bin  64.0 MiB in ")
+    assert listing(out) == ["pytorch_model.bin"]
+    assert is_zeros_of(out / "pytorch_model.bin", BIG)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_signal_mid_file_removes_the_temporary_file(
+    signum: int, code: int, word: str, big: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key, enc = big
+    out = tmp_path / "out"
+    proc = start_cli(enc, key, out)
+    stop_mid_file(proc, out, grown=8 * MiB)
+    os.kill(proc.pid, signum)
+    os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == code, stderr
+    assert one_error(stderr) == (
+        f"{out / 'pytorch_model.bin'}: {word}; the unfinished file was removed; "
+        "run the same command again to finish"
+    )
+    assert listing(out) == []
+
+
+def test_input_that_shrinks_while_read_fails_cleanly(
+    big: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key, shared = big
+    enc = tmp_path / "enc" / shared.name
+    enc.parent.mkdir()
+    enc.write_bytes(shared.read_bytes())
+    out = tmp_path / "out"
+    proc = start_cli(enc, key, out)
+    stop_mid_file(proc, out, grown=8 * MiB)
+    os.truncate(enc, 32 + 40 * MiB)  # the download being replaced under the run
+    os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1, stderr
+    assert one_error(stderr).startswith(f"{enc}: "), stderr
+    assert listing(out) == []
+
+
+def test_two_concurrent_runs_never_leave_a_wrong_file(
+    make_enc: Callable[..., Path], tmp_path: Path
+) -> None:
+    key = tmp_path / "consolidated.00.pth"
+    key.write_bytes(KEY)
+    enc_dir = tmp_path / "enc"
+    make_zero_enc(enc_dir, "pytorch_model.bin", KEY, 16 * MiB)
+    small = random_bytes(2 * MiB + 5, seed=43)
+    make_enc("tokenizer.model", small, key)
+    out = tmp_path / "out"
+    procs = [start_cli(enc_dir, key, out) for _ in range(2)]
+    results = [proc.communicate(timeout=60) for proc in procs]
+    for proc, (stdout, stderr) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, stderr
+        assert not_warnings(stderr) == []
+        for name in ("pytorch_model.bin", "tokenizer.model"):
+            assert (
+                f"decrypted          {name} " in stdout or f"already decrypted  {name} " in stdout
+            )
+    assert listing(out) == ["pytorch_model.bin", "tokenizer.model"]
+    assert is_zeros_of(out / "pytorch_model.bin", 16 * MiB)
+    assert (out / "tokenizer.model").read_bytes() == small
+
+
+@needs_modes
+@pytest.mark.parametrize("which", ["enc", "key", "folder"])
+def test_unreadable_input_is_refused_before_writing(
+    which: str, small: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key, enc = small
+    source = enc.parent if which == "folder" else enc
+    unreadable, message = {
+        "enc": (enc, "cannot read: Permission denied; check the file's permissions"),
+        "key": (key, "cannot read the key: Permission denied; check its permissions"),
+        "folder": (enc.parent, "cannot list the folder: Permission denied; check its permissions"),
+    }[which]
+    unreadable.chmod(0)
+    out = tmp_path / "out"
+    try:
+        proc = run_cli(source, key, out, preexec_fn=as_plain_user())
+    finally:
+        unreadable.chmod(0o755)
+    assert proc.returncode == 2
+    assert one_error(proc.stderr) == f"{unreadable}: {message}"
+    assert not out.exists()
+
+
+@needs_modes
+def test_read_only_output_folder_fails_the_file(small: tuple[Path, Path], tmp_path: Path) -> None:
+    key, enc = small
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        proc = run_cli(enc, key, out, preexec_fn=as_plain_user())
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 1
+    assert one_error(proc.stderr) == (
+        f"{out / 'model.bin'}: cannot create a file in the output folder: Permission denied; "
+        "check the folder's permissions and free space"
+    )
+    assert listing(out) == []
+
+
+@needs_modes
+def test_unreadable_existing_output_is_left_alone(small: tuple[Path, Path], tmp_path: Path) -> None:
+    key, enc = small
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = random_bytes(3 * MiB, seed=44)  # the right size: only its digest can tell
+    (out / "model.bin").write_bytes(mine)
+    (out / "model.bin").chmod(0)
+    proc = run_cli(enc, key, out, preexec_fn=as_plain_user())
+    assert proc.returncode == 1
+    assert one_error(proc.stderr) == (
+        f"{out / 'model.bin'}: cannot read the existing file: Permission denied; check its "
+        "permissions or move it away"
+    )
+    (out / "model.bin").chmod(0o644)
+    assert listing(out) == ["model.bin"]
+    assert (out / "model.bin").read_bytes() == mine
