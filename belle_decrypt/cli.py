@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,17 +34,33 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
+EXIT_SIGHUP = 129
+# Arguments are checked by the library, which says what is wrong in one line.
+PATH = click.Path(path_type=Path, readable=False)
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so that `with` blocks clean up."""
 
+    exit_code = EXIT_SIGTERM
+    word = "terminated"
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
-    raise Terminated()
+
+class HungUp(Terminated):
+    """Raised on SIGHUP (a closed terminal or ssh session), handled like SIGTERM."""
+
+    exit_code = EXIT_SIGHUP
+    word = "hung up"
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
+    raise HungUp() if signum == signal.SIGHUP else Terminated()
 
 
 def error(message: str) -> None:
-    """One line on stderr."""
-    click.echo(f"{PROG}: error: {message}", err=True)
+    """One line on stderr (dropped if stderr is gone, as after a hang-up)."""
+    with suppress(OSError):
+        click.echo(f"{PROG}: error: {message}", err=True)
 
 
 def warn(message: str) -> None:
@@ -73,8 +89,8 @@ def user_errors() -> Iterator[None]:
     SIGXFSZ is ignored so that a file-size limit (``ulimit -f``) makes write() fail with EFBIG,
     which is reported like any write error, instead of killing the process.
     """
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    previous_xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     after = "the unfinished file was removed; run the same command again to finish"
     try:
         yield
@@ -89,11 +105,11 @@ def user_errors() -> Iterator[None]:
         error(f"{_where(exc)}interrupted; {after}")
         sys.exit(EXIT_SIGINT)
     except Terminated as exc:
-        error(f"{_where(exc)}terminated; {after}")
-        sys.exit(EXIT_SIGTERM)
+        error(f"{_where(exc)}{exc.word}; {after}")
+        sys.exit(exc.exit_code)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGXFSZ, previous_xfsz)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class DefaultToDecrypt(click.Group):
@@ -163,14 +179,14 @@ MANIFEST_HELP = "An md5 list (md5sum output or the model card's text pasted as i
 
 
 @cli.command()
-@click.argument("source", type=click.Path(path_type=Path, readable=False))
-@click.argument("key_file", type=click.Path(path_type=Path, readable=False))
-@click.argument("out_dir", type=click.Path(path_type=Path, readable=False))
+@click.argument("source", type=PATH)
+@click.argument("key_file", type=PATH)
+@click.argument("out_dir", type=PATH)
 @click.option(
     "--manifest",
     "manifests",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help=MANIFEST_HELP + " Each output's md5 must match its entry.",
 )
 @click.option(
@@ -348,13 +364,13 @@ def _decrypt_all(files: Sequence[EncFile], key: Key, run: _Run) -> int:
 
 
 @cli.command()
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", type=PATH)
 @click.option(
     "--manifest",
     "manifests",
     multiple=True,
     required=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help=MANIFEST_HELP,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
@@ -431,7 +447,7 @@ def verify(
 
 
 @cli.command("check-key")
-@click.argument("key_file", type=click.Path(path_type=Path))
+@click.argument("key_file", type=PATH)
 @click.option("--full", is_flag=True, help="Hash the whole file and compare with every LLaMA file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
 def check_key(key_file: Path, full: bool, quiet: bool) -> None:
@@ -449,7 +465,9 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
     from belle_decrypt import keyid
 
     with user_errors():
-        size = key_file.stat().st_size if key_file.is_file() else 0
+        size = 0
+        with suppress(OSError):  # identify() says what is wrong with the path
+            size = key_file.stat().st_size
         with _bar(size if full else 0, "md5", progress_enabled(quiet) and full, 0, False) as bar:
             report = keyid.identify(key_file, full=full, on_progress=bar.update)
     expected = keyid.LLAMA_7B
@@ -470,9 +488,9 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
 
 
 @cli.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("key_file", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("source", type=PATH)
+@click.argument("key_file", type=PATH)
+@click.argument("out_dir", type=PATH)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing .enc file that differs.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")

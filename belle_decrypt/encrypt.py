@@ -40,16 +40,33 @@ class Encrypted:
 
 
 def sources(src: Path, out_dir: Path) -> list[Path]:
-    """The files to encrypt: ``src`` itself, or every regular non-hidden file directly in it."""
-    if not src.exists():
-        raise InputError("no such file or folder", src)
-    if not src.is_dir():
-        return [src]
-    if out_dir.exists() and out_dir.resolve() == src.resolve():
-        raise InputError("the output folder is the source folder; choose another one", out_dir)
-    files = [p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if not files:
-        raise InputError("holds no files to encrypt", src)
+    """The files to encrypt, checked readable before anything is written: ``src`` itself, or
+    every regular non-hidden file directly in it, smallest first."""
+    try:
+        if not src.exists():
+            raise InputError("no such file or folder", src)
+        if src.is_dir():
+            if out_dir.exists() and out_dir.resolve() == src.resolve():
+                raise InputError(
+                    "the output folder is the source folder; choose another one", out_dir
+                )
+            files = [p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")]
+            if not files:
+                raise InputError("holds no files to encrypt", src)
+        elif src.is_file():
+            files = [src]
+        else:
+            raise InputError("is not a regular file or folder", src)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}; check its permissions", src) from exc
+    for path in files:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise InputError(
+                f"cannot read: {exc.strerror or exc}; check its permissions", path
+            ) from exc
     return sorted(files, key=lambda p: (p.stat().st_size, p.name))
 
 

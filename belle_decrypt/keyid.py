@@ -233,9 +233,9 @@ def identify(
     """
     expected = expected if expected is not None else LLAMA_7B
     known = known if known is not None else KNOWN_KEYS
-    if not path.is_file():
-        raise InputError("key file not found" if not path.exists() else "not a file", path)
     try:
+        if not path.is_file():
+            raise InputError("key file not found" if not path.exists() else "not a file", path)
         size = path.stat().st_size
         head_md5 = md5_file(path, limit=HEAD_SIZE, on_progress=None if full else on_progress)
         md5 = md5_file(path, on_progress=on_progress) if full else None

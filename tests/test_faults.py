@@ -138,7 +138,11 @@ def test_kill_9_mid_file_then_a_rerun_completes(big: tuple[Path, Path], tmp_path
 
 @pytest.mark.parametrize(
     ("signum", "code", "word"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    [
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGTERM, 143, "terminated"),
+        (signal.SIGHUP, 129, "hung up"),
+    ],
 )
 def test_signal_mid_file_removes_the_temporary_file(
     signum: int, code: int, word: str, big: tuple[Path, Path], tmp_path: Path
@@ -258,3 +262,34 @@ def test_unreadable_existing_output_is_left_alone(small: tuple[Path, Path], tmp_
     (out / "model.bin").chmod(0o644)
     assert listing(out) == ["model.bin"]
     assert (out / "model.bin").read_bytes() == mine
+
+
+@needs_modes
+def test_other_commands_report_unreadable_inputs_in_one_line(
+    small: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key, enc = small
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    plain = secret / "model.bin"
+    plain.write_bytes(b"weights")
+    card = secret / "md5.txt"
+    card.write_text(f"{'0' * 32}  model.bin\n")
+    secret.chmod(0o000)
+    try:
+        runs = {
+            "encrypt": run_cli("encrypt", plain, key, tmp_path / "pub", preexec_fn=as_plain_user()),
+            "verify": run_cli("verify", enc.parent, "--manifest", card, preexec_fn=as_plain_user()),
+            "check-key": run_cli("check-key", plain, preexec_fn=as_plain_user()),
+        }
+    finally:
+        secret.chmod(0o755)
+    expected = {
+        "encrypt": f"{plain}: cannot read: Permission denied; check its permissions",
+        "verify": f"{card}: cannot read the manifest: Permission denied",
+        "check-key": f"{plain}: cannot read the key: Permission denied",
+    }
+    for command, proc in runs.items():
+        assert (command, proc.returncode) == (command, 2), proc.stderr
+        assert one_error(proc.stderr) == expected[command]
+    assert not (tmp_path / "pub").exists() or listing(tmp_path / "pub") == []
