@@ -11,9 +11,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -24,10 +23,10 @@ from belle_decrypt import __version__
 from belle_decrypt.errors import EXIT_FAILED, EXIT_USAGE, BelleError, InputError, ManifestError
 
 if TYPE_CHECKING:
+    from belle_decrypt.batch import Outcome, Settings, Tally
     from belle_decrypt.container import EncFile
-    from belle_decrypt.diagnose import Diagnoser, Diagnosis
+    from belle_decrypt.diagnose import Diagnoser
     from belle_decrypt.keystream import Key
-    from belle_decrypt.manifest import Manifest
 
 PROG = "belle-decrypt"
 EXIT_SIGINT = 130
@@ -223,6 +222,7 @@ def decrypt(
       belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
           --manifest model-card-md5.txt
     """
+    from belle_decrypt.batch import Settings
     from belle_decrypt.decrypt import (
         bytes_to_write,
         check_free_space,
@@ -256,111 +256,74 @@ def decrypt(
             for path in checked.skipped:
                 say(f"skipped            {path.name} (not a .enc file)", quiet)
             check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
-            run = _Run(
+            settings = Settings(
                 out_dir=out_dir,
-                quiet=quiet,
                 force=force,
                 fsync=not no_fsync,
-                folder=source.is_dir(),
                 keep_going=keep_going,
                 manifest=manifest,
-                diagnoser=Diagnoser(key_file, manifest),
             )
-            failures = _decrypt_all(checked.files, key, run)
-        if failures:
+            tally = _decrypt_all(
+                checked.files, key, settings, Diagnoser(key_file, manifest), source.is_dir(), quiet
+            )
+        if not tally.ok:
             sys.exit(EXIT_FAILED)
 
 
-@dataclass(frozen=True)
-class _Run:
-    """The settings of one decrypt run."""
+def _decrypt_all(
+    files: Sequence[EncFile],
+    key: Key,
+    settings: Settings,
+    diagnoser: Diagnoser,
+    folder: bool,
+    quiet: bool,
+) -> Tally:
+    """Run the batch with progress bars and one line per file, then the tally for a folder."""
+    from belle_decrypt.batch import decrypt_all
 
-    out_dir: Path
-    quiet: bool
-    force: bool
-    fsync: bool
-    folder: bool
-    keep_going: bool
-    manifest: Manifest | None
-    diagnoser: Diagnoser
-
-
-def _md5_note(run: _Run, name: str) -> tuple[str | None, str]:
-    """The md5 a manifest expects for ``name`` and the words for the summary line."""
-    if run.manifest is None:
-        return None, "SHA-256 verified"
-    entry = run.manifest.get(name)
-    if entry is None:
-        return None, "SHA-256 verified, not in manifest"
-    return entry.md5, "SHA-256 and md5 verified"
-
-
-def _decrypt_all(files: Sequence[EncFile], key: Key, run: _Run) -> int:
-    """Decrypt each file in turn, one line each; return how many failed (or were not tried)."""
-    from belle_decrypt.decrypt import decrypt_file
-    from belle_decrypt.errors import DigestMismatch
-
-    enabled = progress_enabled(run.quiet)
-    counts = {"decrypted": 0, "already decrypted": 0, "failed": 0}
-    outcomes: list[Diagnosis | None] = []
+    enabled = progress_enabled(quiet)
     total = sum(enc.payload_size for enc in files)
-    with _bar(total, "all files", enabled and run.folder, 0, True) as overall:
-        for index, enc in enumerate(files):
-            if index == 2 and not run.keep_going and run.diagnoser.stop_early(outcomes):
-                error(
-                    f"stopped: the first two files both failed their checksum and the key "
-                    f"{run.diagnoser.key_path} is not the original LLaMA-7B consolidated.00.pth;"
-                    f" {len(files) - 2} more not tried; pass the right key, or --keep-going "
-                    "to try every file anyway"
-                )
-                return counts["failed"] + len(files) - 2
-            expected_md5, note = _md5_note(run, enc.enc_name.name)
-            with _bar(
-                enc.payload_size, enc.enc_name.name, enabled, 1 if run.folder else 0, not run.folder
-            ) as bar:
+    with _bar(total, "all files", enabled and folder, 0, True) as overall:
 
-                def advance(n: int, bar: Any = bar) -> None:
+        @contextmanager
+        def file_progress(enc: EncFile) -> Iterator[Callable[[int], None]]:
+            name = enc.enc_name.name
+            with _bar(enc.payload_size, name, enabled, int(folder), not folder) as bar:
+
+                def advance(n: int) -> None:
                     bar.update(n)
                     overall.update(n)
 
                 try:
-                    result = decrypt_file(
-                        enc,
-                        key,
-                        run.out_dir,
-                        force=run.force,
-                        fsync=run.fsync,
-                        on_progress=advance,
-                        expected_md5=expected_md5,
-                    )
-                except DigestMismatch as exc:
-                    counts["failed"] += 1
-                    diagnosis = run.diagnoser.explain(enc)
-                    outcomes.append(diagnosis)
-                    error(str(exc.with_hint(diagnosis.hint)))
-                    continue
-                except BelleError as exc:
-                    counts["failed"] += 1
-                    outcomes.append(None)
-                    error(str(exc))
-                    continue
+                    yield advance
                 except (KeyboardInterrupt, Terminated) as exc:  # name the file in the message
-                    raise type(exc)(str(run.out_dir / enc.enc_name.name)) from None
-            outcomes.append(None)
-            counts[result.status] += 1
+                    raise type(exc)(str(settings.out_dir / name)) from None
+
+        def report(outcome: Outcome) -> None:
+            if outcome.error is not None:
+                error(str(outcome.error))
+                return
+            result = outcome.result
+            assert result is not None
             rate = result.size / result.seconds if result.seconds > 0 else 0.0
             say(
                 f"{result.status:<18} {result.target.name}  {human_size(result.size)}"
-                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {note}",
-                run.quiet,
+                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {outcome.checked}",
+                quiet,
             )
-    if run.folder:
-        say(
-            f"{counts['decrypted']} decrypted, {counts['already decrypted']} already decrypted, "
-            f"{counts['failed']} failed",
-            run.quiet,
+
+        tally = decrypt_all(
+            files, key, settings, diagnoser, file_progress=file_progress, on_outcome=report
         )
-    return counts["failed"]
+    if tally.stopped is not None:
+        error(tally.stopped)
+    if folder:
+        say(
+            f"{tally.decrypted} decrypted, {tally.already_decrypted} already decrypted, "
+            f"{tally.failed} failed",
+            quiet,
+        )
+    return tally
 
 
 @cli.command()

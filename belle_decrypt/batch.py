@@ -1,0 +1,132 @@
+"""Decrypting a checked set of `.enc` files into one folder, as one run.
+
+It adds to single-file decryption what a run over many files needs: each output checked against
+the manifest's md5, a failure explained (broken download or wrong key), a stop after the first
+two files fail with an unknown key, and a tally. It reports through callbacks and knows nothing
+of the terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from belle_decrypt.container import EncFile
+from belle_decrypt.decrypt import Result, decrypt_file
+from belle_decrypt.diagnose import Diagnoser, Diagnosis
+from belle_decrypt.errors import BelleError, DigestMismatch
+from belle_decrypt.keystream import Key
+from belle_decrypt.manifest import Manifest
+
+Progress = Callable[[int], None]
+FileProgress = Callable[[EncFile], AbstractContextManager[Progress | None]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one run decrypts."""
+
+    out_dir: Path
+    force: bool = False
+    fsync: bool = True
+    keep_going: bool = False
+    manifest: Manifest | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One file's end: a result, or the error that failed it (with its likely cause)."""
+
+    enc: EncFile
+    result: Result | None
+    error: BelleError | None
+    checked: str
+    diagnosis: Diagnosis | None = None
+
+
+@dataclass
+class Tally:
+    """How a run went."""
+
+    decrypted: int = 0
+    already_decrypted: int = 0
+    failed: int = 0
+    not_tried: int = 0
+    stopped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every file is decrypted and verified."""
+        return self.failed == 0 and self.not_tried == 0
+
+
+def manifest_check(manifest: Manifest | None, name: str) -> tuple[str | None, str]:
+    """The md5 the manifest expects for ``name`` and the words saying what was verified."""
+    if manifest is None:
+        return None, "SHA-256 verified"
+    entry = manifest.get(name)
+    if entry is None:
+        return None, "SHA-256 verified, not in manifest"
+    return entry.md5, "SHA-256 and md5 verified"
+
+
+def decrypt_one(
+    enc: EncFile, key: Key, settings: Settings, diagnoser: Diagnoser, progress: Progress | None
+) -> Outcome:
+    """Decrypt one file; a failure becomes an Outcome whose error names the likely cause."""
+    expected_md5, checked = manifest_check(settings.manifest, enc.enc_name.name)
+    try:
+        result = decrypt_file(
+            enc,
+            key,
+            settings.out_dir,
+            force=settings.force,
+            fsync=settings.fsync,
+            on_progress=progress,
+            expected_md5=expected_md5,
+        )
+    except DigestMismatch as exc:
+        diagnosis = diagnoser.explain(enc)
+        return Outcome(enc, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
+    except BelleError as exc:
+        return Outcome(enc, None, exc, checked)
+    return Outcome(enc, result, None, checked)
+
+
+def decrypt_all(
+    files: Sequence[EncFile],
+    key: Key,
+    settings: Settings,
+    diagnoser: Diagnoser,
+    *,
+    file_progress: FileProgress | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> Tally:
+    """Decrypt ``files`` in order; stop after the first two when both show a wrong key."""
+    tally = Tally()
+    diagnoses: list[Diagnosis | None] = []
+    for index, enc in enumerate(files):
+        if index == 2 and not settings.keep_going and diagnoser.stop_early(diagnoses):
+            tally.not_tried = len(files) - 2
+            tally.stopped = (
+                f"stopped: the first two files both failed their checksum and the key "
+                f"{diagnoser.key_path} is not the original LLaMA-7B consolidated.00.pth; "
+                f"{tally.not_tried} more not tried; pass the right key, or --keep-going to try "
+                "every file anyway"
+            )
+            break
+        context = file_progress(enc) if file_progress is not None else nullcontext(None)
+        with context as progress:
+            outcome = decrypt_one(enc, key, settings, diagnoser, progress)
+        diagnoses.append(outcome.diagnosis)
+        if outcome.result is None:
+            tally.failed += 1
+        elif outcome.result.status == "already decrypted":
+            tally.already_decrypted += 1
+        else:
+            tally.decrypted += 1
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return tally
