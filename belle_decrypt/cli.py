@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,8 +142,21 @@ def say(line: str, quiet: bool) -> None:
     is_flag=True,
     help="Skip fsync of outputs and folder: faster, but a power cut may lose finished files.",
 )
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Files to decrypt at once in folder form (default: from the cores and the files).",
+)
 def decrypt(
-    source: Path, key_file: Path, out_dir: Path, quiet: bool, force: bool, no_fsync: bool
+    source: Path,
+    key_file: Path,
+    out_dir: Path,
+    quiet: bool,
+    force: bool,
+    no_fsync: bool,
+    jobs: int | None,
 ) -> None:
     """Decrypt SOURCE (one NAME.<sha256>.enc file, or a folder of them) into OUT_DIR.
 
@@ -171,7 +185,14 @@ def decrypt(
             pending = [enc for enc in checked.files if not (out_dir / enc.enc_name.name).exists()]
             check_free_space(out_dir, sum(enc.payload_size for enc in pending))
             failures = _decrypt_all(
-                checked.files, key, out_dir, quiet, force, not no_fsync, folder=source.is_dir()
+                checked.files,
+                key,
+                out_dir,
+                quiet,
+                force,
+                not no_fsync,
+                folder=source.is_dir(),
+                jobs=jobs,
             )
         if failures:
             sys.exit(EXIT_FAILED)
@@ -186,31 +207,47 @@ def _decrypt_all(
     fsync: bool,
     *,
     folder: bool,
+    jobs: int | None = None,
 ) -> int:
-    """Decrypt each file in turn, one line each; return how many failed."""
-    from belle_decrypt.decrypt import decrypt_file
+    """Decrypt the files (``jobs`` at once), one line each; return how many failed."""
+    from belle_decrypt import jobs as parallel
+    from belle_decrypt.decrypt import Result, decrypt_file
 
+    if jobs is None:
+        jobs = parallel.default_jobs([enc.payload_size for enc in files])
     enabled = progress_enabled(quiet)
     counts = {"decrypted": 0, "already decrypted": 0, "failed": 0}
     total = sum(enc.payload_size for enc in files)
+    lock = threading.Lock()
     with _bar(total, "all files", enabled and folder, 0, True) as overall:
-        for enc in files:
+
+        def one(enc: EncFile) -> Result | BelleError:
+            # With several jobs only the overall bar is drawn.
             with _bar(
-                enc.payload_size, enc.enc_name.name, enabled, 1 if folder else 0, not folder
+                enc.payload_size,
+                enc.enc_name.name,
+                enabled and jobs == 1,
+                1 if folder else 0,
+                not folder,
             ) as bar:
 
-                def advance(n: int, bar: Any = bar) -> None:
-                    bar.update(n)
-                    overall.update(n)
+                def advance(n: int) -> None:
+                    with lock:
+                        bar.update(n)
+                        overall.update(n)
 
                 try:
-                    result = decrypt_file(
+                    return decrypt_file(
                         enc, key, out_dir, force=force, fsync=fsync, on_progress=advance
                     )
                 except BelleError as exc:
-                    counts["failed"] += 1
-                    error(str(exc))
-                    continue
+                    return exc
+
+        def report(enc: EncFile, result: Result | BelleError) -> None:
+            if isinstance(result, BelleError):
+                counts["failed"] += 1
+                error(str(result))
+                return
             counts[result.status] += 1
             rate = result.size / result.seconds if result.seconds > 0 else 0.0
             say(
@@ -218,6 +255,8 @@ def _decrypt_all(
                 f" in {result.seconds:.1f} s ({human_size(rate)}/s), SHA-256 verified",
                 quiet,
             )
+
+        parallel.run(one, files, jobs, on_result=report)
     if folder:
         say(
             f"{counts['decrypted']} decrypted, {counts['already decrypted']} already decrypted, "
