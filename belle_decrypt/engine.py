@@ -12,6 +12,8 @@ waits for them, and raises the first error.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -100,28 +102,28 @@ def _use_torch(length: int, backend: Backend) -> bool:
 class _Slot:
     """One buffer pair in flight: the input bytes and the keystream that becomes the output."""
 
-    def __init__(self, size: int, use_torch: bool) -> None:
+    def __init__(self, size: int, with_output: bool) -> None:
         self.src = bytearray(size)
-        self.out = bytearray(size)
+        self.out = bytearray(size if with_output else 0)
         self.src_view = memoryview(self.src)
         self.out_view = memoryview(self.out)
         self.length = 0
         self.pending = 0
-        self._src_t: torch.Tensor | None = None
-        self._out_t: torch.Tensor | None = None
+        self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def xor(self, n: int, use_torch: bool) -> None:
+        """out[:n] ^= src[:n]; the input stays intact for hashes of the input."""
         if use_torch:
             import torch
 
-            self._src_t = torch.frombuffer(self.src, dtype=torch.uint8)
-            self._out_t = torch.frombuffer(self.out, dtype=torch.uint8)
-
-    def xor(self, n: int) -> None:
-        """out[:n] ^= src[:n]; the input stays intact for hashes of the input."""
-        if self._out_t is not None and self._src_t is not None:
-            import torch
-
-            out = self._out_t[:n]
-            torch.bitwise_xor(out, self._src_t[:n], out=out)
+            if self._tensors is None:
+                self._tensors = (
+                    torch.frombuffer(self.src, dtype=torch.uint8),
+                    torch.frombuffer(self.out, dtype=torch.uint8),
+                )
+            src_t, out_t = self._tensors
+            out = out_t[:n]
+            torch.bitwise_xor(out, src_t[:n], out=out)
         else:
             value = int.from_bytes(self.src_view[:n], "little") ^ int.from_bytes(
                 self.out_view[:n], "little"
@@ -129,11 +131,14 @@ class _Slot:
             self.out_view[:n] = value.to_bytes(n, "little")
 
 
-def _read_exact(src: BinaryIO, view: memoryview, label: str) -> None:
+def _read_fully(
+    read_into: Callable[[memoryview, int], int | None], view: memoryview, label: str
+) -> None:
+    """Fill ``view`` with ``read_into(part, bytes_done)`` calls; one-line errors name the file."""
     done = 0
     while done < len(view):
         try:
-            got = src.readinto(view[done:])  # type: ignore[attr-defined]
+            got = read_into(view[done:], done)
         except OSError as exc:
             raise OutputError(
                 f"cannot read: {exc.strerror or exc}; nothing written", label
@@ -158,47 +163,19 @@ def _write_all(dst: BinaryIO, view: memoryview, label: str) -> None:
 
 
 _SENTINEL = None
+Reader = Callable[[memoryview, int], None]
+"""Fills a view with the input bytes at a payload offset (called with offsets in order)."""
 
 
-class _Pipeline:
-    """The stages of one stream and the state they share."""
+class _Shared:
+    """What the streams of one call share: the first error, the stop flag, completion."""
 
-    def __init__(
-        self,
-        src: BinaryIO,
-        dst: BinaryIO,
-        key: Key,
-        length: int,
-        *,
-        hashers: Sequence[Hasher],
-        hash_output: bool,
-        buffer_size: int,
-        slots: int,
-        use_torch: bool,
-        dst_label: str,
-    ) -> None:
-        self.src, self.dst, self.key, self.length = src, dst, key, length
-        self.hash_output = hash_output
-        self.dst_label = dst_label
-        self.src_label = str(getattr(src, "name", "input"))
-        self.size = min(buffer_size, length)
-        chunks = -(-length // self.size)
-        self.free: Queue[_Slot] = Queue()
-        for _ in range(max(1, min(slots, chunks))):
-            self.free.put(_Slot(self.size, use_torch))
-        self.consumers: list[tuple[Callable[[_Slot], None], Queue[_Slot | None]]] = [
-            (self._write, Queue())
-        ]
-        for hasher in hashers:
-            self.consumers.append((self._hash_with(hasher), Queue()))
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.finished = threading.Event()
+        self.changed = threading.Event()
         self.error: BaseException | None = None
-        self.done_bytes = 0
-        self.running_consumers = len(self.consumers)
-
-    # -- shared plumbing ------------------------------------------------------------------
+        self.running = 0
 
     def fail(self, exc: BaseException) -> None:
         """Record the first error and stop every stage."""
@@ -206,19 +183,15 @@ class _Pipeline:
             if self.error is None:
                 self.error = exc
         self.stop.set()
-        self.finished.set()
+        self.changed.set()
 
-    def guarded(self, stage: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                stage()
-            except BaseException as exc:
-                self.fail(exc)
+    def stage_done(self) -> None:
+        with self.lock:
+            self.running -= 1
+        self.changed.set()
 
-        return run
-
-    def _get(self, queue: Queue[_Slot] | Queue[_Slot | None]) -> _Slot | None:
-        """The next item, or None once the stream is stopping (or at the end sentinel)."""
+    def get(self, queue: Queue[_Slot] | Queue[_Slot | None]) -> _Slot | None:
+        """The next item, or None once the call is stopping (or at the end sentinel)."""
         while not self.stop.is_set():
             try:
                 return queue.get(timeout=_POLL)
@@ -226,29 +199,62 @@ class _Pipeline:
                 continue
         return None
 
-    def _release(self, slot: _Slot) -> None:
-        with self.lock:
-            slot.pending -= 1
-            last = slot.pending == 0
-            if last:
-                self.done_bytes += slot.length
-        if last:
-            self.free.put(slot)
 
-    # -- stages ---------------------------------------------------------------------------
+class _Stream:
+    """Reader -> (keystream + XOR) -> consumers, over a pool of buffers, in threads."""
+
+    def __init__(
+        self,
+        shared: _Shared,
+        read: Reader,
+        length: int,
+        *,
+        key: Key | None,
+        ready: threading.Event,
+        use_torch: bool,
+        write: Callable[[memoryview], None] | None,
+        hashers: Sequence[tuple[Hasher, bool]],
+        buffer_size: int,
+        slots: int,
+    ) -> None:
+        """``hashers``: each with whether it sees the output (else the input)."""
+        self.shared, self.read, self.length, self.key = shared, read, length, key
+        self.ready, self.use_torch = ready, use_torch
+        self.size = min(buffer_size, length)
+        chunks = -(-length // self.size)
+        self.free: Queue[_Slot] = Queue()
+        for _ in range(max(1, min(slots, chunks))):
+            self.free.put(_Slot(self.size, with_output=key is not None))
+        works: list[Callable[[_Slot], None]] = []
+        if write is not None:
+            works.append(lambda slot: write(slot.out_view[: slot.length]))
+        for hasher, output in hashers:
+            works.append(_hash_work(hasher, output=output))
+        self.consumers = [(work, Queue[_Slot | None]()) for work in works]
+        self.done_bytes = 0
+
+    def stages(self) -> list[Callable[[], None]]:
+        return [self.produce] + [
+            (lambda work=work, queue=queue: self.consume(work, queue))
+            for work, queue in self.consumers
+        ]
 
     def produce(self) -> None:
         done = 0
         while done < self.length:
             if _cancel.is_set():
                 raise Cancelled("cancelled")
-            slot = self._get(self.free)
+            slot = self.shared.get(self.free)
             if slot is None:
                 return
             n = min(self.size, self.length - done)
-            _read_exact(self.src, slot.src_view[:n], self.src_label)
-            self.key.fill(slot.out_view[:n], done)
-            slot.xor(n)
+            self.read(slot.src_view[:n], done)
+            if self.key is not None:
+                self.key.fill(slot.out_view[:n], done)
+                while not self.ready.wait(_POLL):  # torch is being imported
+                    if self.shared.stop.is_set():
+                        return
+                slot.xor(n, self.use_torch)
             slot.length = n
             slot.pending = len(self.consumers)
             for _, queue in self.consumers:
@@ -258,56 +264,93 @@ class _Pipeline:
             queue.put(_SENTINEL)
 
     def consume(self, work: Callable[[_Slot], None], queue: Queue[_Slot | None]) -> None:
-        while (slot := self._get(queue)) is not None:
+        while (slot := self.shared.get(queue)) is not None:
             work(slot)
-            self._release(slot)
-        with self.lock:
-            self.running_consumers -= 1
-            last = self.running_consumers == 0
-        if last and not self.stop.is_set():
-            self.finished.set()
+            with self.shared.lock:
+                slot.pending -= 1
+                last = slot.pending == 0
+                if last:
+                    self.done_bytes += slot.length
+            if last:
+                self.free.put(slot)
 
-    def _write(self, slot: _Slot) -> None:
-        _write_all(self.dst, slot.out_view[: slot.length], self.dst_label)
 
-    def _hash_with(self, hasher: Hasher) -> Callable[[_Slot], None]:
-        def work(slot: _Slot) -> None:
-            view = slot.out_view if self.hash_output else slot.src_view
-            hasher.update(view[: slot.length])
+def _hash_work(hasher: Hasher, *, output: bool) -> Callable[[_Slot], None]:
+    def work(slot: _Slot) -> None:
+        view = slot.out_view if output else slot.src_view
+        hasher.update(view[: slot.length])
 
-        return work
+    return work
 
-    # -- supervision ----------------------------------------------------------------------
 
-    def run(self, on_progress: Callable[[int], None] | None) -> None:
-        stages = [self.produce] + [
-            (lambda work=work, queue=queue: self.consume(work, queue))
-            for work, queue in self.consumers
-        ]
-        threads = [
-            threading.Thread(target=self.guarded(stage), name=f"belle-xor-{i}", daemon=True)
-            for i, stage in enumerate(stages)
-        ]
-        reported = 0
+def _sequential_reader(src: BinaryIO, label: str) -> Reader:
+    def read(view: memoryview, offset: int) -> None:
+        _read_fully(lambda part, _: src.readinto(part), view, label)  # type: ignore[attr-defined]
+
+    return read
+
+
+def _positional_reader(fd: int, base: int, label: str) -> Reader:
+    def read(view: memoryview, offset: int) -> None:
+        _read_fully(lambda part, done: os.preadv(fd, [part], base + offset + done), view, label)
+
+    return read
+
+
+def _supervise(
+    shared: _Shared,
+    streams: Sequence[_Stream],
+    on_progress: Callable[[int], None] | None,
+    before: Callable[[], None],
+) -> None:
+    """Run every stage in a thread; call ``before`` (the torch import) meanwhile; wait."""
+    threads = []
+    for stream in streams:
+        for stage in stream.stages():
+            threads.append(threading.Thread(target=_guarded(shared, stage), daemon=True))
+    for i, thread in enumerate(threads):
+        thread.name = f"belle-xor-{i}"
+    shared.running = len(threads)
+    reported = 0
+    try:
+        for thread in threads:
+            thread.start()
+        before()
+        while True:
+            with shared.lock:
+                running = shared.running
+            if shared.error is not None or running == 0:
+                break
+            shared.changed.wait(_POLL)
+            shared.changed.clear()
+            if _cancel.is_set():
+                shared.fail(Cancelled("cancelled"))
+            reported = _report(streams[0], on_progress, reported)
+    finally:
+        shared.stop.set()
+        _join_all(threads)
+    if shared.error is not None:
+        raise shared.error
+    _report(streams[0], on_progress, reported)
+
+
+def _guarded(shared: _Shared, stage: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
         try:
-            for thread in threads:
-                thread.start()
-            while not self.finished.wait(_POLL):
-                if _cancel.is_set():
-                    self.fail(Cancelled("cancelled"))
-                reported = self._report(on_progress, reported)
+            stage()
+        except BaseException as exc:
+            shared.fail(exc)
         finally:
-            self.stop.set()
-            _join_all(threads)
-        if self.error is not None:
-            raise self.error
-        self._report(on_progress, reported)
+            shared.stage_done()
 
-    def _report(self, on_progress: Callable[[int], None] | None, reported: int) -> int:
-        done = self.done_bytes
-        if on_progress is not None and done > reported:
-            on_progress(done - reported)
-        return done
+    return run
+
+
+def _report(stream: _Stream, on_progress: Callable[[int], None] | None, reported: int) -> int:
+    done = stream.done_bytes
+    if on_progress is not None and done > reported:
+        on_progress(done - reported)
+    return done
 
 
 def _join_all(threads: Sequence[threading.Thread]) -> None:
@@ -315,6 +358,16 @@ def _join_all(threads: Sequence[threading.Thread]) -> None:
     for thread in threads:
         while thread.is_alive():
             thread.join(_POLL)
+
+
+def _input_fd(src: BinaryIO) -> int | None:
+    """A descriptor for positional reads of ``src``, if it has one."""
+    try:
+        fd = src.fileno()
+        os.fstat(fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd
 
 
 def xor_stream(
@@ -328,39 +381,71 @@ def xor_stream(
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
     dst_label: str = "output",
+    input_hashers: Sequence[Hasher] = (),
     slots: int = SLOTS,
     backend: Backend = "auto",
 ) -> None:
     """XOR ``length`` bytes of ``src`` with the keystream from payload offset 0 into ``dst``.
 
     ``hashers`` see the plaintext: the output when decrypting (``hash_output``), the input when
-    encrypting. ``src`` must be positioned at the first payload byte. ``backend`` "auto" uses
-    Python ints while the process has XORed less than ``PLAIN_LIMIT`` bytes that way and has
-    not imported torch, and torch otherwise. Errors from any stage are raised here, after
-    every stage has stopped.
+    encrypting. ``input_hashers`` see the input bytes as read (feed them any header first):
+    when ``src`` is a file they read it on their own with pread, starting before torch is
+    imported, so that for example an md5 of the `.enc` overlaps the import.
+    ``src`` must be positioned at the first payload byte. ``backend`` "auto" uses Python ints
+    while the process has XORed less than ``PLAIN_LIMIT`` bytes that way and has not imported
+    torch, and torch otherwise. Errors from any stage are raised here, after every stage has
+    stopped.
     """
     if length == 0:
         return
     if buffer_size <= 0 or slots <= 0:
         raise ValueError("buffer_size and slots must be positive")
     use_torch = _use_torch(length, backend)
-    if use_torch:
-        _load_torch()
-    else:
+    if not use_torch:
         buffer_size = min(buffer_size, PLAIN_CHUNK)
-    pipeline = _Pipeline(
-        src,
-        dst,
-        key,
-        length,
-        hashers=hashers,
-        hash_output=hash_output,
-        buffer_size=buffer_size,
-        slots=slots,
-        use_torch=use_torch,
-        dst_label=dst_label,
-    )
-    pipeline.run(on_progress)
+    shared = _Shared()
+    ready = threading.Event()
+    src_label = str(getattr(src, "name", "input"))
+    fd = _input_fd(src) if input_hashers else None
+    main_hashers = [(hasher, hash_output) for hasher in hashers]
+    if input_hashers and fd is None:  # no descriptor: hash the input as the main stream reads it
+        main_hashers += [(hasher, False) for hasher in input_hashers]
+    streams = [
+        _Stream(
+            shared,
+            _sequential_reader(src, src_label),
+            length,
+            key=key,
+            ready=ready,
+            use_torch=use_torch,
+            write=lambda view: _write_all(dst, view, dst_label),
+            hashers=main_hashers,
+            buffer_size=buffer_size,
+            slots=slots,
+        )
+    ]
+    if input_hashers and fd is not None:
+        streams.append(
+            _Stream(
+                shared,
+                _positional_reader(fd, src.tell(), src_label),
+                length,
+                key=None,
+                ready=ready,
+                use_torch=False,
+                write=None,
+                hashers=[(hasher, False) for hasher in input_hashers],
+                buffer_size=max(buffer_size, BUFFER_SIZE),
+                slots=2,
+            )
+        )
+
+    def before() -> None:
+        if use_torch:
+            _load_torch()
+        ready.set()
+
+    _supervise(shared, streams, on_progress, before)
 
 
 __all__ = [

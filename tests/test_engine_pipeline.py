@@ -119,10 +119,12 @@ def test_empty_payload(make_key: Callable[..., Path]) -> None:
     assert (out, seen, progress) == (b"", hashlib.sha256(b"").hexdigest(), 0)
 
 
-def test_real_piece_size_key_exact_multiple(make_key: Callable[..., Path]) -> None:
-    """The real 10 MiB piece with a key of exactly two pieces and 8 MiB buffers."""
+@pytest.mark.parametrize("key_size", [3, reference.REAL_PIECE + 5, 2 * reference.REAL_PIECE])
+def test_real_piece_size(make_key: Callable[..., Path], key_size: int) -> None:
+    """The real 10 MiB piece with 8 MiB buffers: a 3-byte key, a 5-byte last piece tiled over a
+    whole piece, and a key of exactly two pieces."""
     piece = reference.REAL_PIECE
-    key_path = make_key(2 * piece)
+    key_path = make_key(key_size)
     plain = random_bytes(2 * piece + piece // 2 + 3, seed=11)
     enc = reference.xor(plain, reference.keystream(key_path.read_bytes(), len(plain), piece))
     out, _, _ = run_engine(key_path, enc, piece=piece, buffer_size=engine.BUFFER_SIZE)
@@ -288,3 +290,36 @@ def test_no_torch_for_help_or_small_files(
     for args in (["--help"], ["--version"], [str(enc), str(key_path), str(tmp_path / "o")]):
         subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True)
     assert (tmp_path / "o" / "config.json").read_bytes() == random_bytes(100, seed=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("as_file", [True, False])
+def test_input_hashers_see_the_input(
+    tmp_path: Path, make_key: Callable[..., Path], backend: engine.Backend, as_file: bool
+) -> None:
+    """An md5 of the whole `.enc` (header fed first), from its own reads or the main stream's."""
+    piece = 64
+    key_path = make_key(100)
+    plain = random_bytes(5000, seed=5)
+    digest_hex, blob = reference.encrypt(plain, key_path.read_bytes(), piece)
+    path = tmp_path / "x.enc"
+    path.write_bytes(blob)
+    md5, sha = hashlib.md5(blob[:32]), hashlib.sha256()
+    dst = io.BytesIO()
+    with Key(key_path, piece_size=piece) as key, open(path, "rb", buffering=0) as handle:
+        src = handle if as_file else io.BytesIO(blob)
+        src.seek(32)
+        engine.xor_stream(
+            src,
+            dst,
+            key,
+            len(plain),
+            hashers=(sha,),
+            input_hashers=(md5,),
+            buffer_size=100,
+            backend=backend,
+        )
+    assert dst.getvalue() == plain
+    assert sha.hexdigest() == digest_hex
+    assert md5.hexdigest() == hashlib.md5(blob).hexdigest()
+    assert stage_threads() == []
