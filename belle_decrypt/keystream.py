@@ -7,13 +7,18 @@ memory stays flat whatever the key's size; only a short last piece is kept (read
 
 from __future__ import annotations
 
+import mmap
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from belle_decrypt.errors import InputError, OutputError
 
 PIECE_SIZE = 10 * 1024 * 1024
+MAP_MIN = 1024 * 1024
+"""Stretches of keystream at least this long are read through a mapping instead of a copy."""
 
 
 class Key:
@@ -94,6 +99,43 @@ class Key:
             step = min(len(out) - filled, filled - head)
             out[filled : filled + step] = out[head : head + step]
             filled += step
+
+    def _contiguous_start(self, offset: int, length: int) -> int | None:
+        """Where in the key file the keystream of payload ``offset .. offset+length`` lies,
+        when it is one run of the file's bytes (no wrap to the start, no short last piece)."""
+        index, within = divmod(offset, self.piece_size)
+        start = (index % self.piece_count) * self.piece_size + within
+        whole = self.size - self.size % self.piece_size
+        return start if start + length <= whole else None
+
+    @contextmanager
+    def mapped(self, offset: int, length: int) -> Iterator[memoryview | None]:
+        """A read-only view of the keystream for payload ``offset .. offset+length`` mapped
+        straight from the key file (no copy), or None where :meth:`fill` must be used.
+
+        Release every export of the view (tensors made from it) before the block ends.
+        """
+        start = self._contiguous_start(offset, length)
+        if start is None or length < MAP_MIN:
+            yield None
+            return
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(
+                self._fd,
+                start - aligned + length,
+                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                prot=mmap.PROT_READ,
+                offset=aligned,
+            )
+        except (OSError, ValueError):
+            yield None
+            return
+        try:
+            with memoryview(mapping) as whole, whole[start - aligned :] as view:
+                yield view
+        finally:
+            mapping.close()
 
     def fill(self, out: memoryview, offset: int) -> None:
         """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""

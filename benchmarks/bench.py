@@ -163,6 +163,19 @@ def in_process_rate(enc: Path, key_path: Path, size: int, md5: bool) -> float:
         return (size - 32) / (time.perf_counter() - started)
 
 
+def plain_rate(enc: Path, key_path: Path, size: int = 64 * MiB) -> float:
+    """Bytes/s of the engine's plain path (Python int XOR, no torch), SHA-256 included."""
+    with (
+        open(enc, "rb", buffering=0) as src,
+        open(os.devnull, "wb", buffering=0) as dst,
+        Key(key_path) as key,
+    ):
+        src.seek(32)
+        started = time.perf_counter()
+        engine.xor_stream(src, dst, key, size, hashers=[hashlib.sha256()], backend="python")
+        return size / (time.perf_counter() - started)
+
+
 def hash_rate(name: str, size: int = 512 * MiB) -> float:
     """Single-core hashlib speed on an in-memory buffer."""
     data = bytes(64 * MiB)
@@ -213,6 +226,8 @@ def child(argv: Sequence[str]) -> None:
     elif what == "steady":
         enc, key_path, size, md5 = rest
         print(in_process_rate(Path(enc), Path(key_path), int(size), md5 == "md5"))
+    elif what == "plain":
+        print(plain_rate(Path(rest[0]), Path(rest[1])))
     elif what == "hash":
         print(hash_rate(rest[0]))
 
@@ -307,12 +322,23 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
     help_run = median_run(runs, [*EXE, "--help"])
     tiny_run = median_run(runs, [*EXE, str(tiny), str(key_path), str(out), "-q"], clear_out)
     torch_run = median_run(runs, [sys.executable, "-c", "import torch"])
+    bare = median_run(runs, [sys.executable, "-c", "pass"])
+    import_cost = max(0.0, torch_run.wall - bare.wall)
+    plain_speed = float(in_child("plain", enc, key_path)[0])
+    crossover = import_cost / (1 / plain_speed - 1 / steady)
     rows.append(("startup: --help", f"{help_run.wall:.3f} s (target < 0.25)"))
     rows.append(("startup: decrypt a 100-byte file", f"{tiny_run.wall:.3f} s (target < 0.5)"))
     rows.append(
         (
             "startup: python -c 'import torch'",
             f"{torch_run.wall:.2f} s, {torch_run.rss_mb:.0f} MB RSS",
+        )
+    )
+    rows.append(
+        (
+            "plain path (Python int XOR)",
+            f"{plain_speed / 1e6:.0f} MB/s; it beats importing torch ({import_cost:.2f} s) "
+            f"below {crossover / 1e6:.0f} MB (PLAIN_LIMIT {engine.PLAIN_LIMIT // MiB} MiB)",
         )
     )
     legacy = legacy_rate()

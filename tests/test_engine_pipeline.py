@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt import engine, jobs
+from belle_decrypt import engine, jobs, keystream
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.errors import OutputError
@@ -86,6 +86,29 @@ def test_matches_reference_across_boundaries(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("piece", [3, 64])
+@pytest.mark.parametrize("key_pieces", [1, 2.5])
+@pytest.mark.parametrize("buffer_size", [5, 64, 100])
+def test_mapped_keystream_matches_reference(
+    make_key: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: engine.Backend,
+    piece: int,
+    key_pieces: float,
+    buffer_size: int,
+) -> None:
+    """Keystream read through a mapping of the key file wherever it is one run of bytes."""
+    monkeypatch.setattr(keystream, "MAP_MIN", 1)
+    key_path = make_key(int(piece * key_pieces))
+    size = 9 * piece + 2
+    plain = random_bytes(size, seed=piece)
+    enc = reference.xor(plain, reference.keystream(key_path.read_bytes(), size, piece))
+    out, seen, _ = run_engine(key_path, enc, piece=piece, buffer_size=buffer_size, backend=backend)
+    assert out == plain
+    assert seen == hashlib.sha256(plain).hexdigest()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("slots", [1, 2, 5])
 def test_larger_stream_every_slot_count(
     make_key: Callable[..., Path], backend: engine.Backend, slots: int
@@ -119,15 +142,20 @@ def test_empty_payload(make_key: Callable[..., Path]) -> None:
     assert (out, seen, progress) == (b"", hashlib.sha256(b"").hexdigest(), 0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("key_size", [3, reference.REAL_PIECE + 5, 2 * reference.REAL_PIECE])
-def test_real_piece_size(make_key: Callable[..., Path], key_size: int) -> None:
+def test_real_piece_size(
+    make_key: Callable[..., Path], key_size: int, backend: engine.Backend
+) -> None:
     """The real 10 MiB piece with 8 MiB buffers: a 3-byte key, a 5-byte last piece tiled over a
     whole piece, and a key of exactly two pieces."""
     piece = reference.REAL_PIECE
     key_path = make_key(key_size)
     plain = random_bytes(2 * piece + piece // 2 + 3, seed=11)
     enc = reference.xor(plain, reference.keystream(key_path.read_bytes(), len(plain), piece))
-    out, _, _ = run_engine(key_path, enc, piece=piece, buffer_size=engine.BUFFER_SIZE)
+    out, _, _ = run_engine(
+        key_path, enc, piece=piece, buffer_size=engine.BUFFER_SIZE, backend=backend
+    )
     assert out == plain
 
 
