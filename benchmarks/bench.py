@@ -146,9 +146,13 @@ def legacy_rate(slice_size: int = 2 * MiB) -> float:
     return slice_size / elapsed
 
 
-def in_process_rate(enc: Path, key_path: Path, size: int, md5: bool) -> float:
-    """Steady-state bytes/s of the engine with torch already loaded, output to /dev/null."""
-    engine._load_torch()
+def engine_rate(
+    enc: Path, key_path: Path, payload: int, backend: engine.Backend, md5: bool = False
+) -> float:
+    """Bytes/s of the engine in-process over ``payload`` bytes of ``enc``, output to /dev/null,
+    SHA-256 (and md5) included; torch, where used, is loaded before the clock starts."""
+    if backend == "torch":
+        engine._load_torch()
     hashers: list[engine.Hasher] = [hashlib.sha256()]
     if md5:
         hashers.append(hashlib.md5())
@@ -159,21 +163,8 @@ def in_process_rate(enc: Path, key_path: Path, size: int, md5: bool) -> float:
     ):
         src.seek(32)
         started = time.perf_counter()
-        engine.xor_stream(src, dst, key, size - 32, hashers=hashers, backend="torch")
-        return (size - 32) / (time.perf_counter() - started)
-
-
-def plain_rate(enc: Path, key_path: Path, size: int = 64 * MiB) -> float:
-    """Bytes/s of the engine's plain path (Python int XOR, no torch), SHA-256 included."""
-    with (
-        open(enc, "rb", buffering=0) as src,
-        open(os.devnull, "wb", buffering=0) as dst,
-        Key(key_path) as key,
-    ):
-        src.seek(32)
-        started = time.perf_counter()
-        engine.xor_stream(src, dst, key, size, hashers=[hashlib.sha256()], backend="python")
-        return size / (time.perf_counter() - started)
+        engine.xor_stream(src, dst, key, payload, hashers=hashers, backend=backend)
+        return payload / (time.perf_counter() - started)
 
 
 def hash_rate(name: str, size: int = 512 * MiB) -> float:
@@ -225,9 +216,9 @@ def child(argv: Sequence[str]) -> None:
         write_random(Path(rest[0]), int(rest[1]), b"key")
     elif what == "steady":
         enc, key_path, size, md5 = rest
-        print(in_process_rate(Path(enc), Path(key_path), int(size), md5 == "md5"))
+        print(engine_rate(Path(enc), Path(key_path), int(size), "torch", md5 == "md5"))
     elif what == "plain":
-        print(plain_rate(Path(rest[0]), Path(rest[1])))
+        print(engine_rate(Path(rest[0]), Path(rest[1]), 64 * MiB, "python"))
     elif what == "hash":
         print(hash_rate(rest[0]))
 
@@ -309,8 +300,8 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
 
     sha_speed = float(in_child("hash", "sha256")[0])
     md5_speed = float(in_child("hash", "md5")[0])
-    steady = float(in_child("steady", enc, key_path, size + 32, "-")[0])
-    steady_md5 = float(in_child("steady", enc, key_path, size + 32, "md5")[0])
+    steady = float(in_child("steady", enc, key_path, size, "-")[0])
+    steady_md5 = float(in_child("steady", enc, key_path, size, "md5")[0])
     rows.append(
         (
             "in-process steady state",
