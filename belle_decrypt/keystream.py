@@ -120,6 +120,9 @@ class Key:
             yield None
             return
         aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        if os.fstat(self._fd).st_size < start + length:  # shrunk: let fill() say so
+            yield None
+            return
         try:
             mapping = mmap.mmap(
                 self._fd,
