@@ -1,13 +1,15 @@
 """Streaming XOR as a pipeline: read + keystream + XOR, each hash, and the write overlap.
 
-A reader thread fills a buffer from the input, fills its twin with the keystream and XORs the
-two in place (on torch uint8 tensors, or with Python ints for small inputs, where importing
-torch would cost more than the work). Each hash and the writer run in a thread of their own
-(hashlib and file I/O release the GIL) and see the buffers in order. A buffer goes back to the
-pool when every consumer is done with it, so memory is ``slots * 2 * buffer_size`` whatever
-the file size. The calling thread supervises: it waits with timeouts (so Ctrl-C and SIGTERM
-reach it promptly), reports progress, and on any error or interruption stops every stage,
-waits for them, and raises the first error.
+A reader thread reads a buffer of input and XORs it with the keystream into an output buffer
+(on torch uint8 tensors, or with Python ints for small inputs, where importing torch would
+cost more than the work); the keystream is mapped straight from the key file wherever it is
+one run of its bytes, and copied with pread where it wraps or tiles a short last piece. Each
+hash and the writer run in a thread of their own (hashlib, torch and file I/O release the GIL)
+and see the buffers in order. A buffer goes back to the pool when every consumer is done with
+it, so memory is ``slots * 2 * buffer_size`` whatever the file size. The calling thread
+supervises: it imports torch while the stages start, waits with timeouts (so Ctrl-C and
+SIGTERM reach it promptly), reports progress, and on any error or interruption stops every
+stage, waits for them, and raises the first error.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ SLOTS = 3
 """Buffers in flight per stream (each is an input and an output buffer of BUFFER_SIZE)."""
 PLAIN_CHUNK = 1024 * 1024
 """Bytes per buffer on the plain path (Python int XOR is fastest around 1 MiB)."""
-PLAIN_LIMIT = 128 * 1024 * 1024
+PLAIN_LIMIT = 64 * 1024 * 1024
 """Bytes a process XORs with Python ints, in total, before it imports torch instead.
 
-Importing torch costs 0.7-2.7 s; the int XOR runs at about 0.2-0.25 GB/s. The measured
-crossover (benchmarks/bench.py --crossover) is several hundred MB; this limit stays well below
-it so that the plain path never costs more than a fraction of a second.
+The plain path runs at 0.1-0.14 GB/s with SHA-256 (benchmarks/bench.py); importing torch costs
+2.4-2.9 s here (0.7-1.2 s on faster machines) and the torch path runs at the hash's speed, so
+the plain path wins below 290-410 MB here and below about 90-160 MB with a 0.7-1.2 s import.
+The limit stays under every one of those crossovers: at worst it costs about half a second.
 """
 WRITE_BEHIND = 8 * 1024 * 1024
 """Window of the write-behind: each window of output written to a regular file is handed to

@@ -351,3 +351,25 @@ def test_input_hashers_see_the_input(
     assert sha.hexdigest() == digest_hex
     assert md5.hexdigest() == hashlib.md5(blob).hexdigest()
     assert stage_threads() == []
+
+
+def test_cli_folder_with_jobs(
+    tmp_path: Path, make_key: Callable[..., Path], make_enc: Callable[..., Path]
+) -> None:
+    from click.testing import CliRunner
+
+    from belle_decrypt.cli import cli
+
+    key_path = make_key(1000)
+    plains = {f"part{i}.bin": random_bytes(3000 + i, seed=i) for i in range(4)}
+    for name, plain in plains.items():
+        make_enc(name, plain, key_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, [str(tmp_path / "enc"), str(key_path), str(out), "--jobs", "3", "--no-fsync"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 decrypted, 0 already decrypted, 0 failed" in result.output
+    for name, plain in plains.items():
+        assert (out / name).read_bytes() == plain
+    assert stage_threads() == []
