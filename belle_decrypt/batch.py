@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from belle_decrypt import jobs
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import Result, decrypt_file
 from belle_decrypt.diagnose import Diagnoser, Diagnosis
@@ -33,6 +34,7 @@ class Settings:
     fsync: bool = True
     keep_going: bool = False
     manifest: Manifest | None = None
+    jobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,18 @@ def decrypt_one(
     return Outcome(enc, result, None, checked)
 
 
+class _Stop(Exception):
+    """Raised from the result handler to stop a run after the first two files."""
+
+
+def resolve_jobs(files: Sequence[EncFile], settings: Settings) -> int:
+    """Files to decrypt at once: as asked, or from the cores, the hashes per file and sizes."""
+    if settings.jobs is not None:
+        return settings.jobs
+    hashes = 2 if settings.manifest is not None else 1
+    return jobs.default_jobs([enc.payload_size for enc in files], hashes_per_file=hashes)
+
+
 def decrypt_all(
     files: Sequence[EncFile],
     key: Key,
@@ -104,22 +118,21 @@ def decrypt_all(
     file_progress: FileProgress | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> Tally:
-    """Decrypt ``files`` in order; stop after the first two when both show a wrong key."""
+    """Decrypt ``files`` (several at once with ``settings.jobs``), reporting outcomes in order;
+    stop after the first two when both show a wrong key.
+
+    ``file_progress`` and the work run in worker threads when more than one job runs;
+    ``on_outcome`` always runs in the calling thread.
+    """
     tally = Tally()
     diagnoses: list[Diagnosis | None] = []
-    for index, enc in enumerate(files):
-        if index == 2 and not settings.keep_going and diagnoser.stop_early(diagnoses):
-            tally.not_tried = len(files) - 2
-            tally.stopped = (
-                f"stopped: the first two files both failed their checksum and the key "
-                f"{diagnoser.key_path} is not the original LLaMA-7B consolidated.00.pth; "
-                f"{tally.not_tried} more not tried; pass the right key, or --keep-going to try "
-                "every file anyway"
-            )
-            break
+
+    def work(enc: EncFile) -> Outcome:
         context = file_progress(enc) if file_progress is not None else nullcontext(None)
         with context as progress:
-            outcome = decrypt_one(enc, key, settings, diagnoser, progress)
+            return decrypt_one(enc, key, settings, diagnoser, progress)
+
+    def handle(enc: EncFile, outcome: Outcome) -> None:
         diagnoses.append(outcome.diagnosis)
         if outcome.result is None:
             tally.failed += 1
@@ -129,4 +142,18 @@ def decrypt_all(
             tally.decrypted += 1
         if on_outcome is not None:
             on_outcome(outcome)
+        first_two_done = len(diagnoses) == 2 < len(files)
+        if first_two_done and not settings.keep_going and diagnoser.stop_early(diagnoses):
+            raise _Stop()
+
+    try:
+        jobs.run(work, files, resolve_jobs(files, settings), on_result=handle)
+    except _Stop:
+        tally.not_tried = len(files) - len(diagnoses)
+        tally.stopped = (
+            f"stopped: the first two files both failed their checksum and the key "
+            f"{diagnoser.key_path} is not the original LLaMA-7B consolidated.00.pth; "
+            f"{tally.not_tried} more not tried; pass the right key, or --keep-going to try "
+            "every file anyway"
+        )
     return tally

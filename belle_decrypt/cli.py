@@ -10,9 +10,11 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -193,6 +195,13 @@ MANIFEST_HELP = "An md5 list (md5sum output or the model card's text pasted as i
     is_flag=True,
     help="Go on even when the first two files fail their checksum with an unknown key.",
 )
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Files to decrypt at once in folder form (default: from the cores and the files).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing output file that differs.")
 @click.option(
@@ -206,6 +215,7 @@ def decrypt(
     out_dir: Path,
     manifests: tuple[Path, ...],
     keep_going: bool,
+    jobs: int | None,
     quiet: bool,
     force: bool,
     no_fsync: bool,
@@ -262,6 +272,7 @@ def decrypt(
                 fsync=not no_fsync,
                 keep_going=keep_going,
                 manifest=manifest,
+                jobs=jobs,
             )
             tally = _decrypt_all(
                 checked.files, key, settings, Diagnoser(key_file, manifest), source.is_dir(), quiet
@@ -278,21 +289,28 @@ def _decrypt_all(
     folder: bool,
     quiet: bool,
 ) -> Tally:
-    """Run the batch with progress bars and one line per file, then the tally for a folder."""
-    from belle_decrypt.batch import decrypt_all
+    """Run the batch with progress bars and one line per file, then the tally for a folder.
 
+    With several jobs at once only the overall bar is drawn.
+    """
+    from belle_decrypt.batch import decrypt_all, resolve_jobs
+
+    settings = replace(settings, jobs=resolve_jobs(files, settings))
     enabled = progress_enabled(quiet)
     total = sum(enc.payload_size for enc in files)
+    lock = threading.Lock()
     with _bar(total, "all files", enabled and folder, 0, True) as overall:
 
         @contextmanager
         def file_progress(enc: EncFile) -> Iterator[Callable[[int], None]]:
             name = enc.enc_name.name
-            with _bar(enc.payload_size, name, enabled, int(folder), not folder) as bar:
+            shown = enabled and settings.jobs == 1
+            with _bar(enc.payload_size, name, shown, int(folder), not folder) as bar:
 
                 def advance(n: int) -> None:
-                    bar.update(n)
-                    overall.update(n)
+                    with lock:
+                        bar.update(n)
+                        overall.update(n)
 
                 try:
                     yield advance

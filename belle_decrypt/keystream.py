@@ -2,18 +2,23 @@
 
 Payload piece ``i`` is XORed with key piece ``i mod n``; a short last key piece is tiled end to
 end to cover a whole payload piece. The key is read with ``pread`` into the caller's buffer, so
-memory stays flat whatever the key's size.
+memory stays flat whatever the key's size; only a short last piece is kept (read once).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from belle_decrypt.errors import InputError, OutputError
 
 PIECE_SIZE = 10 * 1024 * 1024
+MAP_MIN = 1024 * 1024
+"""Stretches of keystream at least this long are read through a mapping instead of a copy."""
 
 
 class Key:
@@ -39,7 +44,7 @@ class Key:
             os.close(self._fd)
             raise InputError("the key file is empty", path)
         self.piece_count = -(-self.size // piece_size)
-        self._tiled: bytes | None = None
+        self._short: memoryview | None = None
 
     def close(self) -> None:
         """Release the file descriptor."""
@@ -66,15 +71,74 @@ class Key:
                 raise OutputError("the key file shrank while it was being read", self.path)
             done += got
 
-    def _tiled_last_piece(self) -> bytes:
-        """The short last key piece repeated end to end and cut to one whole piece."""
-        if self._tiled is None:
+    def _short_last_piece(self) -> memoryview:
+        """The last key piece when it is shorter than a piece (read once, at most a piece)."""
+        if self._short is None:
             start = (self.piece_count - 1) * self.piece_size
-            piece = bytearray(self.size - start)
-            self._pread_exact(memoryview(piece), start)
-            reps = -(-self.piece_size // len(piece))
-            self._tiled = (bytes(piece) * reps)[: self.piece_size]
-        return self._tiled
+            piece = memoryview(bytearray(self.size - start))
+            self._pread_exact(piece, start)
+            self._short = piece
+        return self._short
+
+    def _fill_tiled(self, out: memoryview, within: int) -> None:
+        """``out`` = the short last piece repeated end to end, from byte ``within`` of the tiling.
+
+        One copy of the piece, then doubling copies inside ``out``: no tiled piece is kept.
+        """
+        short = self._short_last_piece()
+        period = len(short)
+        phase = within % period
+        head = min(len(out), period - phase)
+        out[:head] = short[phase : phase + head]
+        filled = head
+        if filled < len(out):
+            step = min(len(out) - filled, period)
+            out[filled : filled + step] = short[:step]
+            filled += step
+        while filled < len(out):  # out[head:filled] is a whole number of periods
+            step = min(len(out) - filled, filled - head)
+            out[filled : filled + step] = out[head : head + step]
+            filled += step
+
+    def _contiguous_start(self, offset: int, length: int) -> int | None:
+        """Where in the key file the keystream of payload ``offset .. offset+length`` lies,
+        when it is one run of the file's bytes (no wrap to the start, no short last piece)."""
+        index, within = divmod(offset, self.piece_size)
+        start = (index % self.piece_count) * self.piece_size + within
+        whole = self.size - self.size % self.piece_size
+        return start if start + length <= whole else None
+
+    @contextmanager
+    def mapped(self, offset: int, length: int) -> Iterator[memoryview | None]:
+        """A read-only view of the keystream for payload ``offset .. offset+length`` mapped
+        straight from the key file (no copy), or None where :meth:`fill` must be used.
+
+        Release every export of the view (tensors made from it) before the block ends.
+        """
+        start = self._contiguous_start(offset, length)
+        if start is None or length < MAP_MIN:
+            yield None
+            return
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        if os.fstat(self._fd).st_size < start + length:  # shrunk: let fill() say so
+            yield None
+            return
+        try:
+            mapping = mmap.mmap(
+                self._fd,
+                start - aligned + length,
+                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                prot=mmap.PROT_READ,
+                offset=aligned,
+            )
+        except (OSError, ValueError):
+            yield None
+            return
+        try:
+            with memoryview(mapping) as whole, whole[start - aligned :] as view:
+                yield view
+        finally:
+            mapping.close()
 
     def fill(self, out: memoryview, offset: int) -> None:
         """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""
@@ -87,5 +151,5 @@ class Key:
             if size - start >= piece:
                 self._pread_exact(out[pos : pos + length], start + within)
             else:
-                out[pos : pos + length] = self._tiled_last_piece()[within : within + length]
+                self._fill_tiled(out[pos : pos + length], within)
             pos += length
