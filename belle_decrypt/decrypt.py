@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from belle_decrypt import engine
 from belle_decrypt.container import HEADER_SIZE, SUFFIX, EncFile
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
@@ -252,6 +253,8 @@ def decrypt_file(
             seconds=time.monotonic() - started,
             md5=existing_md5 or None,
         )
+    engine.prepare(enc.payload_size)
+    started = time.monotonic()  # a torch import is not this file's time
     digest = hashlib.sha256()
     status = "decrypted"
     md5 = hashlib.md5() if expected_md5 is not None else None

@@ -11,9 +11,11 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from belle_decrypt import engine
 from belle_decrypt.container import HEADER_SIZE, EncName
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, OutputError
@@ -81,6 +83,8 @@ def encrypt_file(
     buffer_size: int = BUFFER_SIZE,
 ) -> Encrypted:
     """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc`, byte-identical to FORMAT.md."""
+    with suppress(OSError):  # unreadable: said below, when it is opened
+        engine.prepare(source.stat().st_size)  # a torch import is not this file's time
     started = time.monotonic()
     sha256, plain_md5 = hashlib.sha256(), hashlib.md5()
     atomic = AtomicFile(out_dir / f"{source.name}.enc", fsync=fsync)

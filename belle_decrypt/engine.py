@@ -125,6 +125,17 @@ def _use_torch(length: int, backend: Backend) -> bool:
     return True
 
 
+def prepare(length: int) -> None:
+    """Load torch now if a stream of ``length`` bytes will need it, so that a caller timing
+    the stream does not count the import (seconds, once per process)."""
+    if "torch" in sys.modules or length == 0:
+        return
+    with _plain_lock:
+        fits_plain = _plain_used + length <= PLAIN_LIMIT
+    if not fits_plain:
+        _load_torch()
+
+
 class _Slot:
     """One buffer pair in flight: the input bytes and the keystream that becomes the output."""
 

@@ -373,3 +373,16 @@ def test_cli_folder_with_jobs(
     for name, plain in plains.items():
         assert (out / name).read_bytes() == plain
     assert stage_threads() == []
+
+
+def test_prepare_loads_torch_only_for_streams_past_the_plain_budget() -> None:
+    """prepare() is what keeps a file's reported time free of the torch import."""
+    code = (
+        "import sys; from belle_decrypt import engine; "
+        "engine.prepare(100); print('torch' in sys.modules); "
+        "engine.prepare(engine.PLAIN_LIMIT + 1); print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]
+    assert proc.stderr == ""
