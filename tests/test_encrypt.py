@@ -77,11 +77,20 @@ def test_cli_round_trip_with_manifest(
     plain_lines = [f"{hashlib.md5(model[n]).hexdigest()}  ./{n}" for n in sorted(model)]
     assert manifest == enc_lines + plain_lines
 
+    # The user's side with that manifest: check the downloads, decrypt, check the results.
+    card = enc_dir / "md5sums.txt"
+    downloads = run("verify", enc_dir, "--manifest", card)
+    assert downloads.exit_code == 0, downloads.output
+    assert downloads.stdout.splitlines()[-1] == "3 OK, 0 FAILED, 0 MISSING (encrypted files)"
     out = tmp_path / "out"
-    result = run(enc_dir, key, out)
+    result = run(enc_dir, key, out, "--manifest", card)
     assert result.exit_code == 0, result.output
+    assert result.stdout.count("SHA-256 and md5 verified") == len(model)
     for name, data in model.items():
         assert (out / name).read_bytes() == data
+    results = run("verify", out, "--manifest", card)
+    assert results.exit_code == 0, results.output
+    assert results.stdout.splitlines()[-1] == "3 OK, 0 FAILED, 0 MISSING (decrypted files)"
 
 
 def test_rerun_keeps_identical_files_and_refuses_different_ones(

@@ -386,3 +386,27 @@ def test_prepare_loads_torch_only_for_streams_past_the_plain_budget() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True"]
     assert proc.stderr == ""
+
+
+def test_no_torch_for_verify_or_check_key_on_a_plain_file(
+    tmp_path: Path, make_key: Callable[..., Path], make_enc: Callable[..., Path]
+) -> None:
+    key_path = make_key(1000)
+    enc = make_enc("config.json", random_bytes(100, seed=1), key_path)
+    card = tmp_path / "md5.txt"
+    card.write_text(f"{'0' * 32}  ./{enc.name}\n")
+    code = (
+        "import sys\n"
+        "from belle_decrypt.cli import cli\n"
+        "try:\n"
+        "    cli(sys.argv[1:], prog_name='belle-decrypt')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, 1), exc.code\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    for args in (
+        ["verify", str(enc.parent), "--manifest", str(card)],
+        ["check-key", str(key_path)],
+    ):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert proc.returncode == 0, (args, proc.stderr)
