@@ -1,7 +1,8 @@
 """md5 manifests as users really have them: `md5sum` output, or model-card text pasted as is.
 
 A line counts when it holds exactly one 32-hex digest followed by one file name
-(`<md5>  name`, `<md5> *name`, or `MD5 (name) = <md5>` from `md5sum --tag`); stray
+(`<md5>  name`, `<md5> *name`, or `MD5 (name) = <md5>` from `md5sum --tag`; a name may hold
+spaces only in those layouts); stray
 characters around the entry (quote markers, list bullets, backticks, table pipes, `./`, a
 Windows line end) are dropped, and every other line (the `md5sum ./*` command line, code
 fences, prose, blank lines) is ignored. Names are kept as base names, since model cards list
@@ -29,10 +30,17 @@ _SEPARATOR_CHARS = " \t|`*"
 _TRAILING_CHARS = " \t|`'\"\r"
 
 
-def _clean_name(raw: str) -> str | None:
-    """The base name in ``raw`` (text after the digest), or None when it is not one file name."""
+def _clean_name(raw: str, spaces_ok: bool) -> str | None:
+    """The base name in ``raw`` (text after the digest), or None when it is not one file name.
+
+    A name with spaces in it counts only where the layout delimits it (``spaces_ok``):
+    md5sum's two spaces or ` *` before the name, or the parentheses of the tag form.
+    Elsewhere words after a digest are prose.
+    """
     name = raw.lstrip(_SEPARATOR_CHARS).rstrip(_TRAILING_CHARS)
-    if not name or any(ch.isspace() for ch in name):
+    if not name or (not spaces_ok and any(ch.isspace() for ch in name)):
+        return None
+    if any(ch in "\t\r\n" for ch in name):
         return None
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     if name in ("", ".", "..", "*"):
@@ -57,14 +65,15 @@ class ManifestEntry:
             return None
         tagged = _TAG_RE.match(text)
         if tagged is not None:
-            name = _clean_name(tagged.group("name"))
+            name = _clean_name(tagged.group("name"), spaces_ok=True)
             md5 = tagged.group("md5").lower()
             return None if name is None else cls(name=name, md5=md5, source=source, line=line)
         match = _DIGEST_RE.search(text)
         assert match is not None
         if not _PREFIX_RE.match(text[: match.start()]):
             return None
-        name = _clean_name(text[match.end() :])
+        rest = text[match.end() :]
+        name = _clean_name(rest, spaces_ok=rest.startswith(("  ", " *")))
         if name is None:
             return None
         return cls(name=name, md5=match.group(1).lower(), source=source, line=line)

@@ -27,6 +27,7 @@ def model(tmp_path: Path) -> dict[str, bytes]:
         "empty.txt": b"",
         "pytorch_model.bin": random_bytes(9000, seed=21),
         "pytorch_model.bin.index.json": b'{"weight_map": {}}\n',
+        "special tokens map.json": b"{}",
     }
     folder = tmp_path / "model"
     folder.mkdir()
@@ -81,7 +82,7 @@ def test_cli_round_trip_with_manifest(
     card = enc_dir / "md5sums.txt"
     downloads = run("verify", enc_dir, "--manifest", card)
     assert downloads.exit_code == 0, downloads.output
-    assert downloads.stdout.splitlines()[-1] == "3 OK, 0 FAILED, 0 MISSING (encrypted files)"
+    assert downloads.stdout.splitlines()[-1] == "4 OK, 0 FAILED, 0 MISSING (encrypted files)"
     out = tmp_path / "out"
     result = run(enc_dir, key, out, "--manifest", card)
     assert result.exit_code == 0, result.output
@@ -90,7 +91,7 @@ def test_cli_round_trip_with_manifest(
         assert (out / name).read_bytes() == data
     results = run("verify", out, "--manifest", card)
     assert results.exit_code == 0, results.output
-    assert results.stdout.splitlines()[-1] == "3 OK, 0 FAILED, 0 MISSING (decrypted files)"
+    assert results.stdout.splitlines()[-1] == "4 OK, 0 FAILED, 0 MISSING (decrypted files)"
 
 
 def test_rerun_keeps_identical_files_and_refuses_different_ones(

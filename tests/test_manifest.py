@@ -62,6 +62,20 @@ def test_non_entries_are_ignored(line: str) -> None:
     assert ManifestEntry.from_line(line, "card.md", 1) is None
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"{MD5_A}  my model.bin",
+        f"{MD5_A} *my model.bin",
+        f"MD5 (my model.bin) = {MD5_A}",
+        f"{MD5_A}  ./my model.bin\r",
+    ],
+)
+def test_names_with_spaces_in_md5sum_layouts(line: str) -> None:
+    entry = ManifestEntry.from_line(line, "card.md", 1)
+    assert entry is not None and (entry.name, entry.md5) == ("my model.bin", MD5_A)
+
+
 def test_model_card_pasted_as_is() -> None:
     text = (
         "## After you clone\r\n"
