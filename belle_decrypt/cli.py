@@ -236,7 +236,6 @@ def decrypt(
     from belle_decrypt.decrypt import (
         bytes_to_write,
         check_free_space,
-        check_key,
         plan,
         prepare_output_dir,
     )
@@ -251,7 +250,6 @@ def decrypt(
         for problem in checked.problems:
             error(str(problem))
         manifest = Manifest.read_all(manifests) if manifests else None
-        check_key(key_file)
         with Key(key_file) as key:
             if checked.problems:
                 sys.exit(EXIT_USAGE)

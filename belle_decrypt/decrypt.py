@@ -94,32 +94,6 @@ def plan(source: Path) -> Plan:
     return Plan(files=tuple(files), skipped=tuple(skipped), problems=tuple(problems))
 
 
-def check_key(key_file: Path) -> None:
-    """Refuse a key that cannot be the LLaMA file before it is opened (a FIFO would hang)."""
-    what = "pass LLaMA-7B consolidated.00.pth"
-    try:
-        info = key_file.stat()
-    except FileNotFoundError:
-        raise InputError("key file not found", key_file) from None
-    except OSError as exc:
-        raise InputError(f"cannot read the key: {exc.strerror or exc}; {what}", key_file) from exc
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(
-            "the key is a folder; pass the file itself (LLaMA-7B consolidated.00.pth)", key_file
-        )
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"the key is not a regular file (a FIFO or device?); {what}", key_file)
-    if info.st_size == 0:
-        raise InputError("the key file is empty", key_file)
-    try:
-        with open(key_file, "rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        raise InputError(
-            f"cannot read the key: {exc.strerror or exc}; check its permissions", key_file
-        ) from exc
-
-
 def prepare_output_dir(out_dir: Path) -> None:
     """Create the output folder with its parents; refuse a path that is not a folder."""
     if out_dir.exists() and not out_dir.is_dir():

@@ -18,6 +18,7 @@ from typing import Any
 
 from belle_decrypt.errors import InputError
 from belle_decrypt.hashing import md5_file
+from belle_decrypt.keystream import check_key_file
 from belle_decrypt.torchload import import_torch
 
 HEAD_SIZE = 16 * 1024 * 1024
@@ -233,14 +234,14 @@ def identify(
     """
     expected = expected if expected is not None else LLAMA_7B
     known = known if known is not None else KNOWN_KEYS
+    size = check_key_file(path)
     try:
-        if not path.is_file():
-            raise InputError("key file not found" if not path.exists() else "not a file", path)
-        size = path.stat().st_size
         head_md5 = md5_file(path, limit=HEAD_SIZE, on_progress=None if full else on_progress)
         md5 = md5_file(path, on_progress=on_progress) if full else None
     except OSError as exc:
-        raise InputError(f"cannot read the key: {exc.strerror or exc}", path) from exc
+        raise InputError(
+            f"cannot read the key: {exc.strerror or exc}; check its permissions", path
+        ) from exc
     checkpoint = inspect_checkpoint(path) if inspect else None
     is_expected, verdict = _verdict(size, head_md5, md5, checkpoint, expected, known)
     return KeyReport(path, size, head_md5, md5, checkpoint, is_expected, verdict)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,31 @@ MAP_MIN = 1024 * 1024
 """Stretches of keystream at least this long are read through a mapping instead of a copy."""
 
 
+KEY_HINT = "pass LLaMA-7B consolidated.00.pth"
+
+
+def check_key_file(path: Path) -> int:
+    """Refuse a key that cannot be the LLaMA file, before it is opened (a FIFO would hang);
+    return its size."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"key file not found; {KEY_HINT}", path) from None
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the key: {exc.strerror or exc}; check its permissions", path
+        ) from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(
+            "the key is a folder; pass the file itself (LLaMA-7B consolidated.00.pth)", path
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"the key is not a regular file (a FIFO or device?); {KEY_HINT}", path)
+    if info.st_size == 0:
+        raise InputError(f"the key file is empty; {KEY_HINT}", path)
+    return info.st_size
+
+
 class Key:
     """An open key file that fills buffers with the keystream for any payload offset."""
 
@@ -29,20 +55,18 @@ class Key:
             raise ValueError("piece_size must be positive")
         self.path = path
         self.piece_size = piece_size
-        if not path.exists():
-            raise InputError("key file not found", path)
-        if path.is_dir():
-            raise InputError(
-                "the key is a folder; pass the file itself (LLaMA-7B consolidated.00.pth)", path
-            )
+        check_key_file(path)
         try:
-            self._fd = os.open(path, os.O_RDONLY)
+            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
-            raise InputError(f"cannot read the key: {exc.strerror or exc}", path) from exc
-        self.size = os.fstat(self._fd).st_size
-        if self.size == 0:
+            raise InputError(
+                f"cannot read the key: {exc.strerror or exc}; check its permissions", path
+            ) from exc
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:  # replaced meanwhile
             os.close(self._fd)
-            raise InputError("the key file is empty", path)
+            raise InputError(f"the key changed while it was opened; {KEY_HINT}", path)
+        self.size = info.st_size
         self.piece_count = -(-self.size // piece_size)
         self._short: memoryview | None = None
 

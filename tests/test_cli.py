@@ -186,7 +186,9 @@ def test_empty_key_is_a_usage_error(release: tuple[Path, Path, Path], tmp_path: 
     key.write_bytes(b"")
     result = run(enc, key, tmp_path / "out")
     assert result.exit_code == 2
-    assert result.stderr == f"belle-decrypt: error: {key}: the key file is empty\n"
+    assert result.stderr == (
+        f"belle-decrypt: error: {key}: the key file is empty; pass LLaMA-7B consolidated.00.pth\n"
+    )
     assert not (tmp_path / "out").exists()
 
 

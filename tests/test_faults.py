@@ -287,7 +287,7 @@ def test_other_commands_report_unreadable_inputs_in_one_line(
     expected = {
         "encrypt": f"{plain}: cannot read: Permission denied; check its permissions",
         "verify": f"{card}: cannot read the manifest: Permission denied",
-        "check-key": f"{plain}: cannot read the key: Permission denied",
+        "check-key": f"{plain}: cannot read the key: Permission denied; check its permissions",
     }
     for command, proc in runs.items():
         assert (command, proc.returncode) == (command, 2), proc.stderr

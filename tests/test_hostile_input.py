@@ -120,8 +120,14 @@ def _make_fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
-empty_key = _bad_key("empty_key", lambda key: key.write_bytes(b""), "the key file is empty")
-key_missing = _bad_key("key_missing", Path.unlink, "key file not found")
+empty_key = _bad_key(
+    "empty_key",
+    lambda key: key.write_bytes(b""),
+    "the key file is empty; pass LLaMA-7B consolidated.00.pth",
+)
+key_missing = _bad_key(
+    "key_missing", Path.unlink, "key file not found; pass LLaMA-7B consolidated.00.pth"
+)
 key_is_fifo = _bad_key(
     "key_is_fifo",
     _make_fifo,
@@ -241,3 +247,16 @@ def test_only_whole_names_count_as_encrypted() -> None:
     assert is_encrypted_name(f"model.bin.{HEX}.enc")
     assert not is_encrypted_name(f"model.bin.{HEX}.enc.txt")
     assert not is_encrypted_name(f"model.bin.{HEX}.enc\n")
+
+
+def test_encrypt_and_check_key_refuse_a_fifo_key_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    plain = tmp_path / "model.bin"
+    plain.write_bytes(b"weights")
+    message = f"{fifo}: the key is not a regular file (a FIFO or device?); pass LLaMA-7B "
+    for args in (["encrypt", plain, fifo, tmp_path / "pub"], ["check-key", fifo]):
+        proc = run_cli(*args, timeout=30)
+        assert proc.returncode == 2, proc.stderr
+        assert one_error(proc.stderr) == message + "consolidated.00.pth"
+    assert not (tmp_path / "pub").exists()

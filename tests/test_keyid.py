@@ -208,4 +208,7 @@ def test_cli_check_key_known_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_cli_check_key_missing(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["check-key", str(tmp_path / "nope.pth")])
     assert result.exit_code == 2
-    assert result.stderr == f"belle-decrypt: error: {tmp_path / 'nope.pth'}: key file not found\n"
+    assert result.stderr == (
+        f"belle-decrypt: error: {tmp_path / 'nope.pth'}: key file not found; "
+        "pass LLaMA-7B consolidated.00.pth\n"
+    )
