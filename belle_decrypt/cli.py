@@ -58,15 +58,25 @@ def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
     raise HungUp() if signum == signal.SIGHUP else Terminated()
 
 
+# Control characters (a line break in a file name) shown escaped, so a message stays one line.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {10: "\\n", 9: "\\t", 13: "\\r"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped; other characters (Chinese names) kept."""
+    return text.translate(_ESCAPES)
+
+
 def error(message: str) -> None:
     """One line on stderr (dropped if stderr is gone, as after a hang-up)."""
     with suppress(OSError):
-        click.echo(f"{PROG}: error: {message}", err=True)
+        click.echo(f"{PROG}: error: {one_line(message)}", err=True)
 
 
 def warn(message: str) -> None:
     """One warning line on stderr."""
-    click.echo(f"{PROG}: warning: {message}", err=True)
+    with suppress(OSError):
+        click.echo(f"{PROG}: warning: {one_line(message)}", err=True)
 
 
 def human_size(size: float) -> str:
@@ -84,15 +94,18 @@ def _where(exc: BaseException) -> str:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(writing: bool = False) -> Iterator[None]:
     """Map library errors and signals to one line and an exit code; never a traceback.
 
     SIGXFSZ is ignored so that a file-size limit (``ulimit -f``) makes write() fail with EFBIG,
-    which is reported like any write error, instead of killing the process.
+    which is reported like any write error, instead of killing the process. ``writing``
+    commands say, when interrupted, that the unfinished file was removed.
     """
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    after = "the unfinished file was removed; run the same command again to finish"
+    after = (
+        "; the unfinished file was removed; run the same command again to finish" if writing else ""
+    )
     try:
         yield
     except BelleError as exc:
@@ -103,10 +116,10 @@ def user_errors() -> Iterator[None]:
         error(f"{where}{exc.strerror or exc}; nothing was left under a final name")
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt as exc:
-        error(f"{_where(exc)}interrupted; {after}")
+        error(f"{_where(exc)}interrupted{after}")
         sys.exit(EXIT_SIGINT)
     except Terminated as exc:
-        error(f"{_where(exc)}{exc.word}; {after}")
+        error(f"{_where(exc)}{exc.word}{after}")
         sys.exit(exc.exit_code)
     finally:
         for sig, handler in previous.items():
@@ -168,12 +181,22 @@ def _bar(total: int, desc: str, enabled: bool, position: int, leave: bool) -> An
 
 
 def say(line: str, quiet: bool) -> None:
-    """A summary line on stdout that does not garble progress bars."""
+    """A summary line on stdout that does not garble progress bars.
+
+    If the reader of stdout has gone (`| head -1`), the rest of the lines go nowhere and the
+    work goes on.
+    """
     if quiet:
         return
     from tqdm import tqdm
 
-    tqdm.write(line, file=sys.stdout)
+    try:
+        tqdm.write(one_line(line), file=sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 MANIFEST_HELP = "An md5 list (md5sum output or the model card's text pasted as is); repeatable."
@@ -245,7 +268,7 @@ def decrypt(
     from belle_decrypt.manifest import Manifest
     from belle_decrypt.output import remove_stale_temps
 
-    with user_errors():
+    with user_errors(writing=True):
         checked = plan(source)
         for problem in checked.problems:
             error(str(problem))
@@ -486,27 +509,54 @@ def encrypt(
     Example:
       belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
     """
-    from belle_decrypt.decrypt import prepare_output_dir
-    from belle_decrypt.encrypt import encrypt_file, sources, write_manifest
+    from belle_decrypt.container import HEADER_SIZE
+    from belle_decrypt.decrypt import check_free_space, prepare_output_dir
+    from belle_decrypt.encrypt import encrypt_file, previous_manifest, sources, write_manifest
     from belle_decrypt.keystream import Key
     from belle_decrypt.output import remove_stale_temps
 
-    with user_errors():
+    with user_errors(writing=True):
         files = sources(source, out_dir)
+        previous = previous_manifest(out_dir)
         with Key(key_file) as key:
             prepare_output_dir(out_dir)
             remove_stale_temps(out_dir)
+            sizes = {path: path.stat().st_size for path in files}
+            check_free_space(out_dir, sum(size + HEADER_SIZE for size in sizes.values()))
             enabled = progress_enabled(quiet)
-            results = []
-            for path in files:
-                with _bar(path.stat().st_size, path.name, enabled, 0, False) as bar:
-                    result = encrypt_file(
-                        path, key, out_dir, force=force, fsync=not no_fsync, on_progress=bar.update
+            folder = source.is_dir()
+            results, failed = [], 0
+            with _bar(sum(sizes.values()), "all files", enabled and folder, 0, True) as overall:
+                for path in files:
+                    with _bar(sizes[path], path.name, enabled, int(folder), not folder) as bar:
+
+                        def advance(n: int, bar: Any = bar) -> None:
+                            bar.update(n)
+                            overall.update(n)
+
+                        try:
+                            result = encrypt_file(
+                                path,
+                                key,
+                                out_dir,
+                                force=force,
+                                fsync=not no_fsync,
+                                on_progress=advance,
+                            )
+                        except BelleError as exc:
+                            failed += 1
+                            error(str(exc))
+                            continue
+                    results.append(result)
+                    say(
+                        f"{result.status:<10} {result.target.name}  {human_size(result.size)}",
+                        quiet,
                     )
-                results.append(result)
-                say(f"{result.status:<10} {result.target.name}  {human_size(result.size)}", quiet)
-            manifest = write_manifest(out_dir, results, fsync=not no_fsync)
-            say(f"wrote      {manifest} (md5 of {len(results)} .enc and plain files)", quiet)
+            if results or previous is not None:
+                manifest = write_manifest(out_dir, results, previous, fsync=not no_fsync)
+                say(f"wrote      {manifest} (md5 of {len(results)} .enc and plain files)", quiet)
+        if failed:
+            sys.exit(EXIT_FAILED)
 
 
 @cli.command()
@@ -529,7 +579,7 @@ def demo(keep: Path | None) -> None:
     import tempfile
 
     started = time.monotonic()
-    with user_errors():
+    with user_errors(writing=True):
         if keep is None:
             with tempfile.TemporaryDirectory(prefix="belle-demo-") as folder:
                 _demo_steps(Path(folder))

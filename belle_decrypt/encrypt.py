@@ -18,13 +18,15 @@ from pathlib import Path
 from belle_decrypt import engine
 from belle_decrypt.container import HEADER_SIZE, EncName
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
-from belle_decrypt.errors import BelleError, InputError, OutputError
+from belle_decrypt.errors import BelleError, InputError, ManifestError, OutputError
 from belle_decrypt.hashing import md5_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.output import AtomicFile
 
 MANIFEST_NAME = "md5sums.txt"
+NAME_MAX = 255
+ENC_NAME_EXTRA = 1 + 64 + 4  # ".<sha256 hex>.enc"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ def sources(src: Path, out_dir: Path) -> list[Path]:
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}; check its permissions", src) from exc
     for path in files:
+        _check_publishable_name(path)
         try:
             with open(path, "rb"):
                 pass
@@ -70,6 +73,35 @@ def sources(src: Path, out_dir: Path) -> list[Path]:
                 f"cannot read: {exc.strerror or exc}; check its permissions", path
             ) from exc
     return sorted(files, key=lambda p: (p.stat().st_size, p.name))
+
+
+def _check_publishable_name(path: Path) -> None:
+    """Refuse a name whose `.enc` decrypt would refuse, or that is too long once published."""
+    try:
+        EncName.parse(f"{path.name}.{'0' * 64}.enc")
+    except InputError as exc:
+        raise InputError(
+            f"this name cannot be published, decrypt would refuse it ({exc.message})", path
+        ) from None
+    if len(path.name.encode()) + ENC_NAME_EXTRA > NAME_MAX:
+        raise InputError(
+            f"the name is too long to publish: NAME.<sha256>.enc must fit in {NAME_MAX} bytes; "
+            "rename it",
+            path,
+        )
+
+
+def previous_manifest(out_dir: Path) -> Manifest | None:
+    """The md5sums.txt already in ``out_dir`` (to update), read before anything is written."""
+    target = out_dir / MANIFEST_NAME
+    if not target.exists():
+        return None
+    try:
+        return Manifest.read(target)
+    except ManifestError as exc:
+        raise ManifestError(
+            f"{exc.message}; this run would update it: fix it or move it away", target
+        ) from None
 
 
 def encrypt_file(
@@ -158,10 +190,15 @@ def manifest_lines(results: list[Encrypted], previous: Manifest | None = None) -
     return [f"{md5}  ./{name}" for group in (enc, plain) for name, md5 in sorted(group.items())]
 
 
-def write_manifest(out_dir: Path, results: list[Encrypted], *, fsync: bool = True) -> Path:
-    """Write (or update) `md5sums.txt` in ``out_dir`` atomically and return its path."""
+def write_manifest(
+    out_dir: Path,
+    results: list[Encrypted],
+    previous: Manifest | None = None,
+    *,
+    fsync: bool = True,
+) -> Path:
+    """Write (or update ``previous``) `md5sums.txt` in ``out_dir`` atomically; return its path."""
     target = out_dir / MANIFEST_NAME
-    previous = Manifest.read(target) if target.exists() else None
     atomic = AtomicFile(target, fsync=fsync)
     with atomic as out:
         out.write("".join(line + "\n" for line in manifest_lines(results, previous)).encode())

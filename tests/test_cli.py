@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from belle_decrypt import __version__
-from belle_decrypt.cli import cli
+from belle_decrypt.cli import cli, user_errors
 from tests.conftest import listing, random_bytes, unknown_key_warning
 
 PLAIN = random_bytes(3000, seed=11)
@@ -221,3 +221,22 @@ def test_missing_arguments_are_usage_errors() -> None:
     result = run("only-one-arg")
     assert result.exit_code == 2
     assert "Missing argument 'KEY_FILE'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("writing", "expected"),
+    [
+        (
+            True,
+            "interrupted; the unfinished file was removed; run the same command again to finish",
+        ),
+        (False, "interrupted"),
+    ],
+)
+def test_an_interrupt_says_what_happened_to_output(
+    writing: bool, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped, user_errors(writing=writing):
+        raise KeyboardInterrupt()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == f"belle-decrypt: error: {expected}\n"

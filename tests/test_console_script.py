@@ -111,3 +111,25 @@ def test_python_dash_m_works_like_the_script(
     assert all(line.startswith("belle-decrypt: error: ") for line in errors)
     assert all("the key is probably wrong" in line for line in errors)
     assert listing(out) == []
+
+
+def test_a_closed_stdout_does_not_stop_a_folder(
+    hub_clone: tuple[Path, Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    key, enc_dir, plains = hub_clone
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'"{SCRIPT}" "{enc_dir}" "{key}" "{out}" | head -1; exit ${{PIPESTATUS[0]}}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "skipped            .gitattributes (not a .enc file)\n"
+    assert proc.stderr == unknown_key_warning(key) + "\n"
+    for name, data in plains.items():
+        assert (out / name).read_bytes() == data

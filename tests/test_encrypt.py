@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,3 +159,80 @@ def test_one_file_at_a_time_builds_one_manifest(
     assert len(lines) == 2 * len(model)
     new_enc = reference.enc_filename("pytorch_model.bin", b"retrained")
     assert any(line.endswith(f"./{new_enc}") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("back\\slash.bin", "would decrypt to the unsafe name"),
+        ("new\nline.bin", "control characters"),
+        (".belle-tmp.x", ".belle-tmp."),
+        ("x" * 190, "too long to publish"),
+    ],
+)
+def test_unpublishable_names_are_refused_before_writing(
+    make_key: Callable[..., Path], tmp_path: Path, name: str, why: str
+) -> None:
+    key = make_key(100)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fine.bin").write_bytes(b"ok")
+    (src / name).write_bytes(b"weights")
+    target = src / name
+    result = run("encrypt", target if name.startswith(".") else src, key, tmp_path / "pub")
+    assert result.exit_code == 2, result.output
+    shown = str(target).replace("\n", "\\n")  # control characters escaped: one line
+    assert result.stderr.startswith(f"belle-decrypt: error: {shown}: ")
+    assert why in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "pub").exists()
+
+
+def test_a_broken_old_manifest_is_refused_before_writing(
+    make_key: Callable[..., Path], tmp_path: Path, model: dict[str, bytes]
+) -> None:
+    key = make_key(100)
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    (pub / "md5sums.txt").write_text("hello\n")
+    result = run("encrypt", tmp_path / "model", key, pub)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {pub / 'md5sums.txt'}: lists no md5 entries (expected lines like "
+        "`<32 hex md5>  FILE`); this run would update it: fix it or move it away\n"
+    )
+    assert listing(pub) == ["md5sums.txt"]
+
+
+def test_a_failed_file_does_not_stop_the_others_and_the_manifest_is_written(
+    make_key: Callable[..., Path], tmp_path: Path, model: dict[str, bytes]
+) -> None:
+    key = make_key(4000)
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    in_the_way = pub / reference.enc_filename("empty.txt", model["empty.txt"])
+    in_the_way.write_bytes(b"someone else's file")
+    result = run("encrypt", tmp_path / "model", key, pub)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"belle-decrypt: error: {in_the_way}: exists and differs from the newly encrypted file; "
+        "move it away or pass --force\n"
+    )
+    assert in_the_way.read_bytes() == b"someone else's file"
+    lines = (pub / "md5sums.txt").read_text().splitlines()
+    assert len(lines) == 2 * (len(model) - 1)
+    assert not any("empty.txt" in line for line in lines)
+
+
+def test_not_enough_free_space_is_refused_before_writing(
+    make_key: Callable[..., Path],
+    tmp_path: Path,
+    model: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = make_key(100)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    result = run("encrypt", tmp_path / "model", key, tmp_path / "pub")
+    assert result.exit_code == 1
+    assert "but only 1,000 (0.0 GiB) are free; free some space" in result.stderr
+    assert listing(tmp_path / "pub") == []
