@@ -33,11 +33,6 @@ class Plan:
     skipped: tuple[Path, ...]
     problems: tuple[InputError, ...]
 
-    @property
-    def total_bytes(self) -> int:
-        """Decrypted bytes the plan would write."""
-        return sum(enc.payload_size for enc in self.files)
-
 
 @dataclass(frozen=True)
 class Result:

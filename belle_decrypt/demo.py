@@ -8,11 +8,11 @@ larger than two pieces, a config and a tokenizer stand-in.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from belle_decrypt.errors import ChecksumError
 from belle_decrypt.keystream import PIECE_SIZE
 from belle_decrypt.torchload import import_torch
 
@@ -59,10 +59,5 @@ def check_checkpoint(decrypted: Path, original: Path) -> int:
     got = torch.load(decrypted, map_location="cpu", weights_only=True)
     want = torch.load(original, map_location="cpu", weights_only=True)
     if set(got) != set(want) or not all(torch.equal(got[k], want[k]) for k in want):
-        raise AssertionError(f"{decrypted} does not hold the original tensors")
+        raise ChecksumError("does not hold the original tensors", decrypted)
     return len(got)
-
-
-def folder_size(folder: Path) -> int:
-    """Total bytes of the regular files directly in ``folder``."""
-    return sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
