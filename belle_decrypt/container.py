@@ -86,7 +86,10 @@ class EncFile:
     @classmethod
     def open(cls, path: Path) -> EncFile:
         """Check an `.enc` before any writing: name, readability, LFS pointer, size, header."""
-        enc_name = EncName.parse(path.name)
+        try:
+            enc_name = EncName.parse(path.name)
+        except InputError as exc:
+            raise InputError(exc.message, path) from None
         if not path.exists():
             raise InputError("no such file (or a broken symbolic link); check the path", path)
         if path.is_dir():

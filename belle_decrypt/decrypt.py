@@ -50,7 +50,9 @@ class Result:
 def plan(source: Path) -> Plan:
     """Check one `.enc` file, or every `*.enc` directly in a folder, before anything is written."""
     if not source.exists():
-        raise InputError("no such file or folder", source)
+        raise InputError(
+            "no such file or folder; pass a downloaded .enc file or its folder", source
+        )
     if not source.is_dir():
         return Plan(files=(EncFile.open(source),), skipped=(), problems=())
     files: list[EncFile] = []

@@ -48,7 +48,9 @@ def sources(src: Path, out_dir: Path) -> list[Path]:
     every regular non-hidden file directly in it, smallest first."""
     try:
         if not src.exists():
-            raise InputError("no such file or folder", src)
+            raise InputError(
+                "no such file or folder; pass the model file or folder to publish", src
+            )
         if src.is_dir():
             if out_dir.exists() and out_dir.resolve() == src.resolve():
                 raise InputError(

@@ -85,7 +85,8 @@ def _group(entry: ManifestEntry) -> str:
 def entries_to_check(folder: Path, manifest: Manifest) -> tuple[ManifestEntry, ...]:
     """The entries of each group with at least one file present in ``folder``."""
     if not folder.is_dir():
-        raise ManifestError("no such folder", folder)
+        what = "is not a folder" if folder.exists() else "no such folder"
+        raise ManifestError(f"{what}; pass the folder holding the listed files", folder)
     chosen: list[ManifestEntry] = []
     for group in (manifest.encrypted, manifest.decrypted):
         if any((folder / entry.name).exists() for entry in group):

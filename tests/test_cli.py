@@ -118,7 +118,10 @@ def test_missing_source_is_a_usage_error(make_key: Callable[..., Path], tmp_path
     missing = tmp_path / "nope.enc"
     result = run(missing, key, tmp_path / "out")
     assert result.exit_code == 2
-    assert result.stderr == f"belle-decrypt: error: {missing}: no such file or folder\n"
+    assert result.stderr == (
+        f"belle-decrypt: error: {missing}: no such file or folder; "
+        "pass a downloaded .enc file or its folder\n"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -131,7 +134,7 @@ def test_name_without_digest_is_a_usage_error(
     result = run(readme, key, tmp_path / "out")
     assert result.exit_code == 2
     assert result.stderr == (
-        "belle-decrypt: error: README.md: not an encrypted file name "
+        f"belle-decrypt: error: {readme}: not an encrypted file name "
         "(expected NAME.<64 lower-case hex>.enc)\n"
     )
     assert not (tmp_path / "out").exists()
@@ -147,7 +150,7 @@ def test_name_that_would_escape_the_folder_is_refused(
     result = run(enc, key, tmp_path / "out")
     assert result.exit_code == 2
     assert result.stderr == (
-        f"belle-decrypt: error: {enc.name}: would decrypt to the unsafe name '{name}'; rename it\n"
+        f"belle-decrypt: error: {enc}: would decrypt to the unsafe name '{name}'; rename it\n"
     )
 
 

@@ -59,7 +59,7 @@ def test_upstream_shell_loop_runs_unchanged(
     # The glob does not match the hidden .gitattributes; README.md gets one clear line.
     warning = unknown_key_warning(key)
     assert proc.stderr.splitlines() == [
-        "belle-decrypt: error: README.md: not an encrypted file name "
+        f"belle-decrypt: error: {enc_dir}/README.md: not an encrypted file name "
         "(expected NAME.<64 lower-case hex>.enc)",
         warning,
         warning,

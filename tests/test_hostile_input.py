@@ -41,12 +41,13 @@ def _named(tmp: Path, filename: str, data: bytes = BLOB) -> tuple[Path, Path, Pa
     return enc_dir / filename, key, out
 
 
-def _bad_name(name: str, filename: str, message: str, label: str | None = None) -> Builder:
-    """A good `.enc` under a name that must be refused (the message names the file alone)."""
+def _bad_name(name: str, filename: str, message: str) -> Builder:
+    """A good `.enc` under a name that must be refused (the message names its path, control
+    characters escaped)."""
 
     def build(tmp: Path) -> Case:
         enc, key, out = _named(tmp, filename)
-        return enc, key, out, 2, f"{label or enc.name}: {message}"
+        return enc, key, out, 2, f"{str(enc).replace(chr(10), chr(92) + 'n')}: {message}"
 
     build.__name__ = name
     return build
@@ -74,7 +75,6 @@ line_break_name = _bad_name(
     "line_break_name",
     f"model\nbin.{HEX}.enc",
     "has control characters (a line break?) in its name; rename it",
-    label=f"model\\nbin.{HEX}.enc",
 )
 
 
@@ -133,11 +133,15 @@ key_is_fifo = _bad_key(
     _make_fifo,
     "the key is not a regular file (a FIFO or device?); pass LLaMA-7B consolidated.00.pth",
 )
-missing_source = _bad_source("missing_source", lambda enc: None, "no such file or folder")
+missing_source = _bad_source(
+    "missing_source",
+    lambda enc: None,
+    "no such file or folder; pass a downloaded .enc file or its folder",
+)
 broken_symlink_source = _bad_source(
     "broken_symlink_source",
     lambda enc: enc.symlink_to(enc.parent / "blobs" / "gone"),
-    "no such file or folder",
+    "no such file or folder; pass a downloaded .enc file or its folder",
 )
 fifo_source = _bad_source(
     "fifo_source",
