@@ -180,6 +180,37 @@ def _bar(total: int, desc: str, enabled: bool, position: int, leave: bool) -> An
     )
 
 
+class _Bars:
+    """An overall bar (folder form only) and a bar per file, advanced together.
+
+    ``advance`` may be called from several threads (``--jobs``).
+    """
+
+    def __init__(self, total: int, folder: bool, enabled: bool) -> None:
+        self.folder, self.enabled = folder, enabled
+        self.overall = _bar(total, "all files", enabled and folder, 0, True)
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.overall.close()
+
+    @contextmanager
+    def file(self, size: int, name: str, shown: bool = True) -> Iterator[Callable[[int], None]]:
+        """A bar for one file (``shown`` False: only the overall bar moves)."""
+        folder = self.folder
+        with _bar(size, name, self.enabled and shown, int(folder), not folder) as bar:
+
+            def advance(n: int) -> None:
+                with self.lock:
+                    bar.update(n)
+                    self.overall.update(n)
+
+            yield advance
+
+
 def say(line: str, quiet: bool) -> None:
     """A summary line on stdout that does not garble progress bars.
 
@@ -317,22 +348,13 @@ def _decrypt_all(
     from belle_decrypt.batch import decrypt_all, resolve_jobs
 
     settings = replace(settings, jobs=resolve_jobs(files, settings))
-    enabled = progress_enabled(quiet)
     total = sum(enc.payload_size for enc in files)
-    lock = threading.Lock()
-    with _bar(total, "all files", enabled and folder, 0, True) as overall:
+    with _Bars(total, folder, progress_enabled(quiet)) as bars:
 
         @contextmanager
         def file_progress(enc: EncFile) -> Iterator[Callable[[int], None]]:
             name = enc.enc_name.name
-            shown = enabled and settings.jobs == 1
-            with _bar(enc.payload_size, name, shown, int(folder), not folder) as bar:
-
-                def advance(n: int) -> None:
-                    with lock:
-                        bar.update(n)
-                        overall.update(n)
-
+            with bars.file(enc.payload_size, name, shown=settings.jobs == 1) as advance:
                 try:
                     yield advance
                 except (KeyboardInterrupt, Terminated) as exc:  # name the file in the message
@@ -523,17 +545,10 @@ def encrypt(
             remove_stale_temps(out_dir)
             sizes = {path: path.stat().st_size for path in files}
             check_free_space(out_dir, sum(size + HEADER_SIZE for size in sizes.values()))
-            enabled = progress_enabled(quiet)
-            folder = source.is_dir()
             results, failed = [], 0
-            with _bar(sum(sizes.values()), "all files", enabled and folder, 0, True) as overall:
+            with _Bars(sum(sizes.values()), source.is_dir(), progress_enabled(quiet)) as bars:
                 for path in files:
-                    with _bar(sizes[path], path.name, enabled, int(folder), not folder) as bar:
-
-                        def advance(n: int, bar: Any = bar) -> None:
-                            bar.update(n)
-                            overall.update(n)
-
+                    with bars.file(sizes[path], path.name) as advance:
                         try:
                             result = encrypt_file(
                                 path,

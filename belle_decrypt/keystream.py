@@ -1,8 +1,10 @@
 """The keystream of FORMAT.md: the key file cut into 10 MiB pieces, repeated piece by piece.
 
 Payload piece ``i`` is XORed with key piece ``i mod n``; a short last key piece is tiled end to
-end to cover a whole payload piece. The key is read with ``pread`` into the caller's buffer, so
-memory stays flat whatever the key's size; only a short last piece is kept (read once).
+end to cover a whole payload piece. Where the keystream is one run of the key's bytes it is
+mapped straight from the file (:meth:`Key.mapped`); elsewhere it is read with ``pread`` into
+the caller's buffer (:meth:`Key.fill`). Either way memory stays flat whatever the key's size;
+only a short last piece is kept (read once).
 """
 
 from __future__ import annotations
