@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from belle_decrypt.container import EncFile
     from belle_decrypt.diagnose import Diagnoser
     from belle_decrypt.keystream import Key
+    from belle_decrypt.manifest import Manifest
 
 PROG = "belle-decrypt"
 EXIT_SIGINT = 130
@@ -77,6 +78,12 @@ def warn(message: str) -> None:
     """One warning line on stderr."""
     with suppress(OSError):
         click.echo(f"{PROG}: warning: {one_line(message)}", err=True)
+
+
+def warn_ignored(manifest: Manifest | None) -> None:
+    """A warning for each manifest line that holds a digest but is not an entry."""
+    for ignored in manifest.ignored if manifest is not None else ():
+        warn(ignored.message)
 
 
 def human_size(size: float) -> str:
@@ -304,6 +311,7 @@ def decrypt(
         for problem in checked.problems:
             error(str(problem))
         manifest = Manifest.read_all(manifests) if manifests else None
+        warn_ignored(manifest)
         with Key(key_file) as key:
             if checked.problems:
                 sys.exit(EXIT_USAGE)
@@ -435,6 +443,7 @@ def verify(
     with user_errors():
         try:
             manifest = Manifest.read_all(manifests)
+            warn_ignored(manifest)
             entries = entries_to_check(folder, manifest)
         except ManifestError as exc:
             if as_json:
@@ -540,6 +549,7 @@ def encrypt(
     with user_errors(writing=True):
         files = sources(source, out_dir)
         previous = previous_manifest(out_dir)
+        warn_ignored(previous)
         with Key(key_file) as key:
             prepare_output_dir(out_dir)
             remove_stale_temps(out_dir)

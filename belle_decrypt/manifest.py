@@ -1,12 +1,13 @@
 """md5 manifests as users really have them: `md5sum` output, or model-card text pasted as is.
 
-A line counts when it holds exactly one 32-hex digest followed by one file name
-(`<md5>  name`, `<md5> *name`, or `MD5 (name) = <md5>` from `md5sum --tag`; a name may hold
-spaces only in those layouts); stray
-characters around the entry (quote markers, list bullets, backticks, table pipes, `./`, a
-Windows line end) are dropped, and every other line (the `md5sum ./*` command line, code
-fences, prose, blank lines) is ignored. Names are kept as base names, since model cards list
-files without their folders.
+A line is an entry when its first token is a 32-hex digest, then md5sum's separator, then
+the name: all the rest of the line, whatever it holds (`<md5>  name`, `<md5> *name`, md5sum's
+backslash-escaped form, or `MD5 (name) = <md5>` from `md5sum --tag`; a name may hold spaces
+only in md5sum's own layouts). Stray characters around the entry (quote markers, list
+bullets, backticks, table pipes, `./`, a Windows line end) are dropped. Lines without a
+digest (the `md5sum ./*` command line, code fences, prose, blank lines) are skipped; a line
+that holds a digest but is not an entry is kept in ``Manifest.ignored`` to be reported.
+Names are kept as base names, since model cards list files without their folders.
 """
 
 from __future__ import annotations
@@ -19,33 +20,60 @@ from pathlib import Path
 from belle_decrypt.container import is_encrypted_name
 from belle_decrypt.errors import ManifestError
 
-_DIGEST_RE = re.compile(r"(?<![0-9A-Za-z])([0-9A-Fa-f]{32})(?![0-9A-Za-z])")
-# Before the digest: anything but letters (`> `, `- `, `1. `, `| `, backticks, `\`).
-_PREFIX_RE = re.compile(r"^[^A-Za-z]*$")
-# `md5sum --tag` (BSD) form: `MD5 (name) = digest`.
-_TAG_RE = re.compile(r"^[^A-Za-z]*MD5 \((?P<name>[^()]+)\) = (?P<md5>[0-9A-Fa-f]{32})\b")
-# Between the digest and the name: spaces, tabs, table pipes, backticks, md5sum's binary `*`.
-_SEPARATOR_CHARS = " \t|`*"
+# A digest-like token: a run of 32 or more hex digits standing alone.
+_HEXRUN_RE = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{32,}(?![0-9A-Za-z])")
+# An entry: junk without letters (`> `, `- `, `1. `, `| `, backticks, md5sum's `\\` escape
+# marker), the digest as the first token, md5sum's separator, then the name: all the rest.
+_ENTRY_RE = re.compile(
+    r"^(?P<junk>[^A-Za-z0-9]*|[^A-Za-z]*?[^0-9A-Za-z])"
+    r"(?P<md5>[0-9A-Fa-f]{32})"
+    r"(?P<sep>[ \t|`*]+)(?P<name>.*)$"
+)
+# `md5sum --tag` (BSD) form: `MD5 (name) = digest`; the name may hold parentheses.
+_TAG_RE = re.compile(r"^[^A-Za-z]*MD5 \((?P<name>.+)\) = (?P<md5>[0-9A-Fa-f]{32})[ \t|`'\"\r]*$")
 # After the name: spaces, tabs, table pipes, backticks, quotes, the `\r` of a Windows line end.
 _TRAILING_CHARS = " \t|`'\"\r"
 
 
-def _clean_name(raw: str, spaces_ok: bool) -> str | None:
-    """The base name in ``raw`` (text after the digest), or None when it is not one file name.
+def _unescape(name: str) -> str:
+    """Undo md5sum's escaping of a name (a line starting with a backslash)."""
+    out = []
+    chars = iter(name)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            out.append({"n": "\n", "r": "\r", "\\": "\\"}.get(nxt, "\\" + nxt))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _clean_name(raw: str, spaces_ok: bool, escaped: bool) -> str | None:
+    """The base name in ``raw`` (all the text after the separator), or None if it is none.
 
     A name with spaces in it counts only where the layout delimits it (``spaces_ok``):
     md5sum's two spaces or ` *` before the name, or the parentheses of the tag form.
-    Elsewhere words after a digest are prose.
+    Elsewhere words after a digest are prose. ``escaped`` lines (md5sum's leading
+    backslash) have their escapes undone; elsewhere a backslash is a Windows separator.
     """
-    name = raw.lstrip(_SEPARATOR_CHARS).rstrip(_TRAILING_CHARS)
+    name = raw.rstrip(_TRAILING_CHARS)
     if not name or (not spaces_ok and any(ch.isspace() for ch in name)):
         return None
-    if any(ch in "\t\r\n" for ch in name):
+    if escaped:
+        name = _unescape(name)
+    elif any(ch in "\t\r\n" for ch in name):
         return None
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    else:
+        name = name.replace("\\", "/")
+    name = name.rsplit("/", 1)[-1]
     if name in ("", ".", "..", "*"):
         return None
     return name
+
+
+def has_digest(text: str) -> bool:
+    """True when ``text`` holds a digest-like token (a run of 32 or more hex digits)."""
+    return _HEXRUN_RE.search(text) is not None
 
 
 @dataclass(frozen=True)
@@ -60,23 +88,20 @@ class ManifestEntry:
     @classmethod
     def from_line(cls, text: str, source: str, line: int) -> ManifestEntry | None:
         """The entry on one line of a manifest, or None when the line is not an entry."""
-        digests = _DIGEST_RE.findall(text)
-        if len(digests) != 1:
-            return None
         tagged = _TAG_RE.match(text)
         if tagged is not None:
-            name = _clean_name(tagged.group("name"), spaces_ok=True)
+            name = _clean_name(tagged.group("name"), spaces_ok=True, escaped=False)
             md5 = tagged.group("md5").lower()
             return None if name is None else cls(name=name, md5=md5, source=source, line=line)
-        match = _DIGEST_RE.search(text)
-        assert match is not None
-        if not _PREFIX_RE.match(text[: match.start()]):
+        match = _ENTRY_RE.match(text)
+        if match is None:
             return None
-        rest = text[match.end() :]
-        name = _clean_name(rest, spaces_ok=rest.startswith(("  ", " *")))
+        sep = match.group("sep")
+        spaces_ok = sep in ("  ", " *", "\t")
+        name = _clean_name(match.group("name"), spaces_ok, "\\" in match.group("junk"))
         if name is None:
             return None
-        return cls(name=name, md5=match.group(1).lower(), source=source, line=line)
+        return cls(name=name, md5=match.group("md5").lower(), source=source, line=line)
 
     @property
     def encrypted(self) -> bool:
@@ -90,17 +115,37 @@ class ManifestEntry:
 
 
 @dataclass(frozen=True)
+class IgnoredLine:
+    """A line that holds a digest-like token but is not an entry: reported, never dropped."""
+
+    source: str
+    line: int
+    text: str
+
+    @property
+    def message(self) -> str:
+        """One line for stderr."""
+        return (
+            f"{self.source}:{self.line}: holds a digest but is not an md5sum entry "
+            f"(`<md5>  NAME`), ignored: {self.text.strip()}"
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The entries of one or more manifests, one per file name, in the order first listed."""
 
     entries: tuple[ManifestEntry, ...]
+    ignored: tuple[IgnoredLine, ...] = ()
     _by_name: dict[str, ManifestEntry] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {entry.name: entry for entry in self.entries})
 
     @classmethod
-    def from_entries(cls, entries: Iterable[ManifestEntry]) -> Manifest:
+    def from_entries(
+        cls, entries: Iterable[ManifestEntry], ignored: Iterable[IgnoredLine] = ()
+    ) -> Manifest:
         """Keep one entry per name; raise one ManifestError naming every contradicting line."""
         by_name: dict[str, list[ManifestEntry]] = {}
         for entry in entries:
@@ -112,16 +157,20 @@ class Manifest:
                 conflicts.append(f"{name} has different md5 sums at {lines}")
         if conflicts:
             raise ManifestError("; ".join(conflicts) + "; keep the entry that matches your release")
-        return cls(entries=tuple(listed[0] for listed in by_name.values()))
+        return cls(entries=tuple(listed[0] for listed in by_name.values()), ignored=tuple(ignored))
 
     @classmethod
     def parse(cls, text: str, source: str = "<manifest>") -> Manifest:
-        """Every entry in ``text``; lines that are not entries are ignored."""
-        found = (
-            ManifestEntry.from_line(line, source, number)
-            for number, line in enumerate(text.splitlines(), start=1)
-        )
-        return cls.from_entries(entry for entry in found if entry is not None)
+        """Every entry in ``text``; other lines holding a digest are kept in ``ignored``."""
+        entries: list[ManifestEntry] = []
+        ignored: list[IgnoredLine] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            entry = ManifestEntry.from_line(line, source, number)
+            if entry is not None:
+                entries.append(entry)
+            elif has_digest(line):
+                ignored.append(IgnoredLine(source, number, line))
+        return cls.from_entries(entries, ignored)
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
@@ -147,7 +196,9 @@ class Manifest:
 
     def merge(self, other: Manifest) -> Manifest:
         """Both manifests' entries; a name with two different md5 sums is an error."""
-        return Manifest.from_entries((*self.entries, *other.entries))
+        return Manifest.from_entries(
+            (*self.entries, *other.entries), (*self.ignored, *other.ignored)
+        )
 
     def get(self, name: str) -> ManifestEntry | None:
         """The entry for the file called ``name``, if listed."""

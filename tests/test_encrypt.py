@@ -236,3 +236,34 @@ def test_not_enough_free_space_is_refused_before_writing(
     assert result.exit_code == 1
     assert "but only 1,000 (0.0 GiB) are free; free some space" in result.stderr
     assert listing(tmp_path / "pub") == []
+
+
+def test_hex_run_in_a_name_is_verified_and_republished(
+    make_key: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A name holding a 32-hex run stays in md5sums.txt: verify catches its corruption, and a
+    second encrypt into the same folder updates the md5sums.txt the first one wrote."""
+    key = make_key(1000)
+    src = tmp_path / "src"
+    src.mkdir()
+    hexed = "w-0123456789abcdef0123456789abcdef.bin"
+    (src / hexed).write_bytes(random_bytes(3000, seed=5))
+    (src / "other.bin").write_bytes(random_bytes(200, seed=6))
+    enc = tmp_path / "e"
+    first = run("encrypt", src / hexed, key, enc)
+    assert first.exit_code == 0, first.output
+    second = run("encrypt", src / "other.bin", key, enc)
+    assert second.exit_code == 0, second.output
+    manifest = (enc / "md5sums.txt").read_text()
+    assert f"  ./{hexed}\n" in manifest and "  ./other.bin\n" in manifest
+
+    out = tmp_path / "o"
+    done = run("decrypt", enc, key, out, "--manifest", enc / "md5sums.txt")
+    assert done.exit_code == 0, done.output
+    data = bytearray((out / hexed).read_bytes())
+    data[100] ^= 1
+    (out / hexed).write_bytes(bytes(data))
+    checked = run("verify", out, "--manifest", enc / "md5sums.txt")
+    assert checked.exit_code == 1, checked.output
+    assert f"{hexed}: FAILED (md5 " in checked.output
+    assert "1 OK, 1 FAILED, 0 MISSING" in checked.output

@@ -53,13 +53,51 @@ def test_entry_quirks(line: str) -> None:
         f"the md5 of the key is {MD5_A}",  # prose before the digest
         f"{MD5_A} is what you should see",  # prose after it
         f"{MD5_A}",  # a digest without a name
-        f"{MD5_A}  a.bin {MD5_B}  b.bin",  # two digests on one line
         f"{MD5_A}0  a.bin",  # 33 hex digits
         "ab" * 32 + "  a.bin",  # a SHA-256, not an md5
     ],
 )
 def test_non_entries_are_ignored(line: str) -> None:
     assert ManifestEntry.from_line(line, "card.md", 1) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        (f"{MD5_A}  w-{MD5_B}.bin", f"w-{MD5_B}.bin"),  # a 32-hex run inside the name
+        (f"{MD5_A} *{MD5_B}", MD5_B),  # a name that is all hex
+        (f"{MD5_A}  ./a.bin {MD5_B}  b.bin", f"a.bin {MD5_B}  b.bin"),  # as md5sum -c reads it
+        (f"MD5 (w-{MD5_B}.bin) = {MD5_A}", f"w-{MD5_B}.bin"),
+        (f"MD5 (a (1).bin) = {MD5_A}", "a (1).bin"),
+        (f"\\{MD5_A}  a\\\\b\\nc.bin", "a\\b\nc.bin"),  # md5sum's escaping undone
+        (f"| {MD5_A} | w-{MD5_B}.bin |", f"w-{MD5_B}.bin"),
+    ],
+)
+def test_name_is_everything_after_the_separator(line: str, name: str) -> None:
+    entry = ManifestEntry.from_line(line, "card.md", 1)
+    assert entry == ManifestEntry(name=name, md5=MD5_A, source="card.md", line=1)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"the md5 of the key is {MD5_A}",
+        f"{MD5_A} is what you should see",
+        f"{MD5_A}",
+        f"{MD5_A}0  a.bin",
+        "ab" * 32 + "  a.bin",
+    ],
+)
+def test_digest_lines_that_are_not_entries_are_reported(line: str) -> None:
+    manifest = Manifest.parse(f"{MD5_B}  b.bin\n{line}\n", "card.md")
+    assert [entry.name for entry in manifest.entries] == ["b.bin"]
+    assert [(i.source, i.line, i.text) for i in manifest.ignored] == [("card.md", 2, line)]
+    assert manifest.ignored[0].message.startswith("card.md:2: holds a digest but is not")
+
+
+def test_prose_without_a_digest_is_not_reported() -> None:
+    manifest = Manifest.parse(f"```\n$ md5sum ./*\nAfter you decrypt:\n{MD5_A}  a.bin\n")
+    assert manifest.ignored == ()
 
 
 @pytest.mark.parametrize(
