@@ -672,3 +672,104 @@ def _demo_run(title: str, args: list[str]) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name=PROG)
+
+
+@cli.command()
+@click.argument("diff_dir", type=PATH)
+@click.argument("base_dir", type=PATH)
+@click.argument("out_dir", type=PATH)
+@click.option(
+    "--recipe",
+    type=click.Choice(["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"]),
+    help="The publisher's recipe; may be left out when DIFF_DIR's name says the release.",
+)
+@click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin, not safetensors.")
+@click.option(
+    "--max-shard-size",
+    default="2GB",
+    show_default=True,
+    help="Largest output shard, as transformers writes it (2GB, 500MB, 10GiB).",
+)
+@click.option(
+    "--manifest",
+    "manifests",
+    multiple=True,
+    type=PATH,
+    help=MANIFEST_HELP + " The diff's files are checked against it during the recovery.",
+)
+@click.option(
+    "--expect-sum",
+    type=float,
+    default=None,
+    help="The sum of all recovered weights to check (alpaca, tulu), instead of the card's.",
+)
+@click.option("--force", is_flag=True, help="Replace model files already in OUT_DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
+@click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
+def recover(
+    diff_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    recipe: str | None,
+    as_bin: bool,
+    max_shard_size: str,
+    manifests: tuple[Path, ...],
+    expect_sum: float | None,
+    force: bool,
+    quiet: bool,
+    no_fsync: bool,
+) -> None:
+    """Recover tuned weights from an additive diff (tuned - base) and LLaMA-1 in BASE_DIR.
+
+    For Vicuna v0/v1.1, StableVicuna, Ziya, Stanford Alpaca and Tulu v1 deltas. Both folders
+    are in the Hugging Face layout; the base is checked first, memory stays at a few
+    tensors, the result is bit for bit the publisher's tool's, and nothing appears under a
+    final name until every check passed. A killed run resumes where it stopped.
+
+    \b
+    Example:
+      belle-decrypt recover vicuna-7b-delta-v1.1/ llama-7b-hf/ vicuna-7b-v1.1/
+      belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca
+    """
+    from belle_decrypt.manifest import Manifest
+    from belle_decrypt.recover.run import Options, Recovery, ShardResult
+    from belle_decrypt.recover.writer import BIN, SAFETENSORS, parse_size
+
+    with user_errors(writing=True):
+        manifest = Manifest.read_all(manifests) if manifests else None
+        warn_ignored(manifest)
+        options = Options(
+            recipe=recipe,
+            fmt=BIN if as_bin else SAFETENSORS,
+            max_shard_size=parse_size(max_shard_size),
+            force=force,
+            fsync=not no_fsync,
+            manifest=manifest,
+            expect_sum=expect_sum,
+        )
+        with Recovery.prepare(diff_dir, base_dir, out_dir, options) as job:
+            how = f"recognised from {diff_dir.name}" if job.recognised else "given"
+            say(f"recipe     {job.recipe.name} ({how})", quiet)
+
+            def report(result: ShardResult) -> None:
+                say(f"{result.status:<10} {result.name}  {human_size(result.size)}", quiet)
+
+            with _Bars(job.total_size, True, progress_enabled(quiet)) as bars:
+                outcome = job.run(lambda name, size: bars.file(size, name), on_shard=report)
+        if outcome.copied:
+            say(f"copied     {', '.join(outcome.copied)}", quiet)
+        if outcome.manifest_checked:
+            say(f"md5        {outcome.manifest_checked} diff files match the manifest", quiet)
+        check = outcome.sum_check
+        if check is not None:
+            value = check.without_inv_freq if check.matched == "without" else check.with_inv_freq
+            say(
+                f"sum        {value:.4f} matches {check.expected} ({check.matched} the rotary "
+                "inv_freq buffers)",
+                quiet,
+            )
+        say(
+            f"recovered  {out_dir}: {len(outcome.shards)} shards, "
+            f"{human_size(outcome.written)} written in {outcome.seconds:.1f} s",
+            quiet,
+        )

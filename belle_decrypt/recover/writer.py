@@ -1,0 +1,220 @@
+"""Output shards planned up front from metadata, then written one tensor at a time.
+
+A safetensors shard's header is known before any tensor is computed (names, dtypes, shapes,
+offsets), so the file is written as a stream: header, then each tensor's bytes as soon as it
+is computed. Memory is a few tensors, whatever the shard size. A ``--bin`` shard is one
+``torch.save`` of a dict, so it holds one shard's tensors in memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from belle_decrypt.errors import InputError
+from belle_decrypt.recover.checks import Item
+from belle_decrypt.torchload import import_torch
+
+if TYPE_CHECKING:
+    import torch
+
+SAFETENSORS, BIN = "safetensors", "bin"
+DEFAULT_MAX_SHARD = "2GB"
+# Bytes written between two progress reports and cancellation checks.
+WRITE_CHUNK = 32 * 1024 * 1024
+# Room for a --bin shard's zip records and pickle beside its tensor data.
+BIN_OVERHEAD = 64 * 1024
+_DTYPE_NAMES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?[Bb])?\s*$", re.IGNORECASE)
+_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "KI": 2**10, "MI": 2**20, "GI": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a transformers-style size: ``2GB``, ``500MB``, ``10GiB``, ``5Gb`` (bits), 1000."""
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise InputError(
+            f"--max-shard-size {text!r} is not a size; write it like 2GB, 500MB or 10GiB"
+        )
+    number, unit = float(match.group(1)), match.group(2)
+    if unit is None:
+        size = int(number)
+    else:
+        size = int(number * _UNITS[unit[:-1].upper()])
+        if unit.endswith("b"):  # transformers: a lower-case b means bits
+            size //= 8
+    if size <= 0:
+        raise InputError(f"--max-shard-size {text!r} must be more than 0 bytes")
+    return size
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One output file: its name and its tensors, in order."""
+
+    name: str
+    items: tuple[Item, ...]
+    fmt: str
+
+    @property
+    def data_size(self) -> int:
+        """Bytes of tensor data."""
+        return sum(item.nbytes for item in self.items)
+
+    @property
+    def size(self) -> int:
+        """The file's size (for --bin an upper estimate)."""
+        if self.fmt == BIN:
+            return self.data_size + BIN_OVERHEAD
+        return 8 + len(safetensors_header(self.items)) + self.data_size
+
+
+def plan_shards(items: list[Item], max_size: int, fmt: str) -> list[Shard]:
+    """Cut ``items`` into shards as transformers does: a new shard when the next tensor would
+    make this one larger than ``max_size`` (a larger tensor gets a shard of its own)."""
+    groups: list[list[Item]] = [[]]
+    size = 0
+    for item in items:
+        if groups[-1] and size + item.nbytes > max_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item.nbytes
+    count = len(groups)
+    stem, ext = ("model", "safetensors") if fmt == SAFETENSORS else ("pytorch_model", "bin")
+    return [
+        Shard(
+            f"{stem}.{ext}" if count == 1 else f"{stem}-{n:05d}-of-{count:05d}.{ext}",
+            tuple(group),
+            fmt,
+        )
+        for n, group in enumerate(groups, start=1)
+    ]
+
+
+def index_name(fmt: str) -> str:
+    """The index file transformers reads for sharded weights of this format."""
+    return "model.safetensors.index.json" if fmt == SAFETENSORS else "pytorch_model.bin.index.json"
+
+
+def index_document(shards: list[Shard]) -> bytes:
+    """The index JSON mapping every tensor to its shard."""
+    weight_map = {item.name: shard.name for shard in shards for item in shard.items}
+    doc = {
+        "metadata": {"total_size": sum(shard.data_size for shard in shards)},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def safetensors_header(items: tuple[Item, ...]) -> bytes:
+    """The JSON header, padded with spaces to 8 bytes as the safetensors package does."""
+    doc: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for item in items:
+        doc[item.name] = {
+            "dtype": _DTYPE_NAMES[item.dtype],
+            "shape": list(item.shape),
+            "data_offsets": [offset, offset + item.nbytes],
+        }
+        offset += item.nbytes
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    return header + b" " * (-len(header) % 8)
+
+
+def tensor_chunks(tensor: torch.Tensor) -> Iterator[memoryview]:
+    """A contiguous tensor's bytes, in pieces of at most WRITE_CHUNK, without copying."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if nbytes == 0:
+        return
+    raw = (ctypes.c_char * nbytes).from_address(tensor.data_ptr())
+    view = memoryview(raw).cast("B")
+    for start in range(0, nbytes, WRITE_CHUNK):
+        yield view[start : start + WRITE_CHUNK]
+
+
+class HashingWriter:
+    """A file object that hashes what goes through it (SHA-256) on the way to ``handle``."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write all of ``data`` and hash it."""
+        self.sha256.update(data)
+        view = memoryview(data)
+        while view:
+            done = self.handle.write(view)
+            view = view[done:]
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing is buffered here."""
+
+
+Produce = Callable[[Item], "torch.Tensor"]
+
+
+def write_shard(
+    shard: Shard,
+    out: HashingWriter,
+    produce: Produce,
+    on_bytes: Callable[[int], None],
+    on_tensor: Callable[[Item, torch.Tensor], None],
+) -> None:
+    """Compute each tensor of ``shard`` with ``produce`` and write the file to ``out``.
+
+    ``on_tensor`` sees every recovered tensor (the integrity sum); ``on_bytes`` is called as
+    bytes are written, between pieces of a large tensor too (a place to stop on Ctrl-C).
+    """
+    computed = _computed(shard, produce, on_tensor)
+    if shard.fmt == BIN:
+        state = {}
+        for item, tensor in computed:
+            state[item.name] = tensor
+            on_bytes(item.nbytes)
+        import_torch().save(state, out)
+        return
+    header = safetensors_header(shard.items)
+    out.write(len(header).to_bytes(8, "little"))
+    out.write(header)
+    for _, tensor in computed:
+        for piece in tensor_chunks(tensor):
+            out.write(piece)
+            on_bytes(len(piece))
+
+
+def _computed(
+    shard: Shard, produce: Produce, on_tensor: Callable[[Item, torch.Tensor], None]
+) -> Iterator[tuple[Item, torch.Tensor]]:
+    """Each item of ``shard`` with its recovered tensor (contiguous), one at a time."""
+    for item in shard.items:
+        tensor = _checked(item, produce(item)).contiguous()
+        on_tensor(item, tensor)
+        yield item, tensor
+
+
+def _checked(item: Item, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, after making sure it is what the header promised."""
+    if tuple(tensor.shape) != item.shape or str(tensor.dtype) != f"torch.{item.dtype}":
+        raise AssertionError(f"{item.name}: computed {tensor.dtype} {list(tensor.shape)}")
+    return tensor
