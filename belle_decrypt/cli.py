@@ -748,7 +748,7 @@ def recover(
             expect_sum=expect_sum,
         )
         with Recovery.prepare(diff_dir, base_dir, out_dir, options) as job:
-            how = f"recognised from {diff_dir.name}" if job.recognised else "given"
+            how = f"recognised from {job.recognised}" if job.recognised else "given"
             say(f"recipe     {job.recipe.name} ({how})", quiet)
 
             def report(result: ShardResult) -> None:

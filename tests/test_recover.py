@@ -81,7 +81,7 @@ def test_each_recipe_is_bit_exact(recipe: str, tmp_path: Path) -> None:
     ]
     lines = result.stdout.splitlines()
     assert lines[0] == f"recipe     {recipe} (given)"
-    assert lines[1].startswith("recovered  model-00001-of-00004.safetensors  ")
+    assert lines[1].startswith("written    model-00001-of-00004.safetensors  ")
     assert lines[5] == "copied     config.json, tokenizer.model, tokenizer_config.json"
     assert lines[6].startswith(f"recovered  {out}: 4 shards, ")
     assert (out / "config.json").read_bytes() == (diff_dir / "config.json").read_bytes()
@@ -116,7 +116,8 @@ def test_hub_cache_snapshots_are_recognised_and_followed(tmp_path: Path) -> None
     out = tmp_path / "out"
     result = run(snapshot, base_snapshot, out)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == f"recipe     vicuna (recognised from {snapshot.name})"
+    first = result.stdout.splitlines()[0]
+    assert first == "recipe     vicuna (recognised from vicuna-7b-delta-v1.1)"
     assert_recovered(out, expected)
     assert not any(p.is_symlink() for p in out.iterdir())
 
@@ -135,8 +136,9 @@ def test_hub_cache_snapshots_are_recognised_and_followed(tmp_path: Path) -> None
     ],
 )
 def test_release_names(name: str, recipe: str | None, tmp_path: Path) -> None:
-    assert recognise(tmp_path / name) == recipe
-    assert recognise(tmp_path / f"models--org--{name}" / "snapshots" / "abc") == recipe
+    found = (recipe, name) if recipe is not None else None
+    assert recognise(tmp_path / name) == found
+    assert recognise(tmp_path / f"models--org--{name}" / "snapshots" / "abc") == found
 
 
 def test_diff_with_inv_freq_against_a_base_without(tmp_path: Path) -> None:
@@ -561,9 +563,9 @@ def test_kill_9_then_rerun_keeps_the_verified_shards(tmp_path: Path) -> None:
     statuses = [line.split()[:2] for line in result.stdout.splitlines()[1:5]]
     assert statuses == [
         ["kept", "model-00001-of-00004.safetensors"],
-        ["recovered", "model-00002-of-00004.safetensors"],
-        ["recovered", "model-00003-of-00004.safetensors"],
-        ["recovered", "model-00004-of-00004.safetensors"],
+        ["written", "model-00002-of-00004.safetensors"],
+        ["written", "model-00003-of-00004.safetensors"],
+        ["written", "model-00004-of-00004.safetensors"],
     ]
     assert not any(name.startswith(".belle-pending") for name in listing(out))
     assert_recovered(out, expected)
@@ -584,7 +586,7 @@ def test_changed_input_is_not_resumed(tmp_path: Path) -> None:
     )
     result = run(*args, "--force")
     assert result.exit_code == 0, result.output
-    assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["recovered"] * 4
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["written"] * 4
     assert_recovered(out, expected)
 
 

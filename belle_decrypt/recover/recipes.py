@@ -130,23 +130,23 @@ def recipe_list() -> str:
     return "; ".join(f"{r.name} ({r.purpose})" for r in RECIPES.values())
 
 
-def recognise(folder: Path) -> str | None:
-    """The recipe named by the release's folder or hub-cache name, if any."""
+def recognise(folder: Path) -> tuple[str, str] | None:
+    """The recipe named by the release's folder or hub-cache name, and that name, if any."""
     for path in (folder, folder.resolve()):
         for part in reversed(path.parts):
             name = part.rsplit("--", 1)[-1] if part.startswith("models--") else part
             for pattern, recipe in _RECOGNISED:
                 if pattern.fullmatch(name):
-                    return recipe
+                    return recipe, name
     return None
 
 
-def choose(name: str | None, diff_dir: Path) -> tuple[Recipe, bool]:
-    """The recipe to use, and whether it was recognised from the folder name."""
+def choose(name: str | None, diff_dir: Path) -> tuple[Recipe, str | None]:
+    """The recipe to use, and the release name it was recognised from (None: given)."""
     if name is not None:
         if name not in RECIPES:
             raise InputError(f"unknown recipe {name!r}; pass one of: {recipe_list()}")
-        return RECIPES[name], False
+        return RECIPES[name], None
     recognised = recognise(diff_dir)
     if recognised is None:
         raise InputError(
@@ -154,7 +154,7 @@ def choose(name: str | None, diff_dir: Path) -> tuple[Recipe, bool]:
             + recipe_list(),
             diff_dir,
         )
-    return RECIPES[recognised], True
+    return RECIPES[recognised[0]], recognised[1]
 
 
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")

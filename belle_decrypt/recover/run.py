@@ -60,7 +60,7 @@ COPIED = (
     "*.tiktoken",
 )
 ShardProgress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
-KEPT, RECOVERED = "kept", "recovered"
+KEPT, WRITTEN = "kept", "written"
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class Outcome:
     @property
     def written(self) -> int:
         """Bytes of shards written by this run."""
-        return sum(s.size for s in self.shards if s.status == RECOVERED)
+        return sum(s.size for s in self.shards if s.status == WRITTEN)
 
 
 class Recovery:
@@ -127,7 +127,7 @@ class Recovery:
     def __init__(
         self,
         recipe: Recipe,
-        recognised: bool,
+        recognised: str | None,
         diff: WeightFolder,
         base: WeightFolder,
         out_dir: Path,
@@ -313,7 +313,7 @@ class Recovery:
             atomic.commit()
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
         self.journal.record(shard.name, out.sha256.hexdigest(), shard_sums, fsync=fsync)
-        return RECOVERED
+        return WRITTEN
 
     def _kept(self, shard: Shard, advance: Callable[[int], None]) -> bool:
         """Whether an earlier run's file for ``shard`` is there and hashes as journalled."""
