@@ -484,6 +484,43 @@ def test_other_files_in_the_way_need_force(tmp_path: Path) -> None:
     assert_recovered(out, expected)
 
 
+def test_force_removes_weights_of_another_layout(tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    assert run(diff_dir, base_dir, out, "--recipe", "vicuna", "--bin").exit_code == 0
+    result = run(diff_dir, base_dir, out, "--recipe", "vicuna", "--max-shard-size", "60KB")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {out / 'pytorch_model.bin'}: already exists and is not from "
+        "this recovery; pass --force to replace it, or choose another output folder\n"
+    )
+    args = ("--recipe", "vicuna", "--max-shard-size", "60KB", "--force")
+    assert run(diff_dir, base_dir, out, *args).exit_code == 0
+    assert listing(out) == [
+        ".belle-recover.json",
+        "config.json",
+        "model-00001-of-00004.safetensors",
+        "model-00002-of-00004.safetensors",
+        "model-00003-of-00004.safetensors",
+        "model-00004-of-00004.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ]
+    assert_recovered(out, expected)
+
+
+def test_bin_output_is_kept_on_a_second_run(tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna-v0", "bin")
+    out = tmp_path / "out"
+    args = (diff_dir, base_dir, out, "--recipe", "vicuna-v0", "--bin", "--max-shard-size", "90KB")
+    assert run(*args).exit_code == 0
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:4]] == ["kept"] * 3
+    assert_recovered(out, expected)
+
+
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 

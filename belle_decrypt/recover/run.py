@@ -59,6 +59,8 @@ COPIED = (
     "merges.txt",
     "*.tiktoken",
 )
+# Files a loader may take for the model's weights.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.index.json")
 ShardProgress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 KEPT, WRITTEN = "kept", "written"
 
@@ -238,10 +240,28 @@ class Recovery:
             if target.exists() and not filecmp.cmp(path, target, shallow=False):
                 raise _in_the_way(target)
         index = self.out_dir / index_name(self.options.fmt)
-        if index.exists() and (
-            len(self.shards) == 1 or index.read_bytes() != index_document(self.shards)
-        ):
+        planned_index = len(self.shards) > 1 and index.exists()
+        if planned_index and index.read_bytes() != index_document(self.shards):
             raise _in_the_way(index)
+        for stale in self._stale_weights():
+            raise _in_the_way(stale)
+
+    def _stale_weights(self) -> list[Path]:
+        """Weight files and indexes in OUT_DIR that this run's layout does not have.
+
+        Left beside the new shards they could be loaded instead (transformers reads
+        ``model.safetensors`` before an index), so they are in the way, or removed by --force.
+        """
+        planned = {shard.name for shard in self.shards}
+        if len(self.shards) > 1:
+            planned.add(index_name(self.options.fmt))
+        return [
+            path
+            for path in sorted(self.out_dir.iterdir())
+            if path.name not in planned
+            and not path.name.startswith(".")
+            and any(fnmatch.fnmatch(path.name, pattern) for pattern in WEIGHT_FILES)
+        ]
 
     def run(
         self,
@@ -395,6 +415,8 @@ class Recovery:
                 shutil.copyfileobj(source, handle, 4 * 1024 * 1024)
                 atomic.commit()
             copied.append(path.name)
+        for stale in self._stale_weights():
+            os.unlink(stale)
         for shard in self.shards:
             pending = self.out_dir / pending_name(shard.name)
             if pending.exists():
