@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import resource
 import shutil
 import signal
 import subprocess
@@ -652,3 +653,34 @@ def test_ctrl_c_stops_with_130_and_nothing_under_a_final_name(tmp_path: Path) ->
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert_recovered(out, expected)
+
+
+def test_a_write_error_is_one_line_and_leaves_no_final_name(tmp_path: Path) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = [
+        str(diff_dir),
+        str(base_dir),
+        str(out),
+        "--recipe",
+        "vicuna",
+        "--max-shard-size",
+        "60KB",
+    ]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "belle_decrypt", "recover", *args],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"belle-decrypt: error: {out / 'model-00001-of-00004.safetensors'}: cannot write: File "
+        "too large; nothing was left under a final name (check the free space, then run the "
+        "same command again)\n"
+    )
+    assert [name for name in listing(out) if not name.startswith(".belle-")] == []

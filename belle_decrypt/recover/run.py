@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from belle_decrypt.decrypt import check_free_space, prepare_output_dir
-from belle_decrypt.errors import ChecksumError, InputError, ManifestError
+from belle_decrypt.errors import ChecksumError, InputError, ManifestError, OutputError
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.manifest import Manifest, ManifestEntry
 from belle_decrypt.output import AtomicFile, fsync_dir, remove_stale_temps
@@ -329,7 +329,14 @@ class Recovery:
         atomic = AtomicFile(self.out_dir / pending_name(shard.name), fsync=fsync)
         with atomic as handle:
             out = HashingWriter(handle)
-            write_shard(shard, out, self._produce, on_bytes, on_tensor)
+            try:
+                write_shard(shard, out, self._produce, on_bytes, on_tensor)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot write: {exc.strerror or exc}; nothing was left under a final name "
+                    "(check the free space, then run the same command again)",
+                    self.out_dir / shard.name,
+                ) from exc
             atomic.commit()
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
         self.journal.record(shard.name, out.sha256.hexdigest(), shard_sums, fsync=fsync)

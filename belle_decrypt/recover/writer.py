@@ -8,10 +8,13 @@ is computed. Memory is a few tensors, whatever the shard size. A ``--bin`` shard
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -197,10 +200,80 @@ def write_shard(
     header = safetensors_header(shard.items)
     out.write(len(header).to_bytes(8, "little"))
     out.write(header)
-    for _, tensor in computed:
-        for piece in tensor_chunks(tensor):
-            out.write(piece)
-            on_bytes(len(piece))
+    writer = BackgroundWriter(out)
+    try:
+        for item, tensor in computed:
+            writer.put(tensor)
+            on_bytes(item.nbytes)
+        writer.close()
+    finally:
+        writer.abort()
+
+
+class BackgroundWriter:
+    """Writes (and hashes) one tensor in a thread while the main thread computes the next.
+
+    torch's arithmetic, hashlib and write() all release the GIL, so the two overlap on two
+    cores; one tensor waits in the queue at most, so memory stays at a few tensors. An error
+    in the thread (a full disk) is raised in the main thread at the next ``put`` or ``close``.
+    """
+
+    def __init__(self, out: HashingWriter) -> None:
+        self.out = out
+        self.queue: queue.Queue[torch.Tensor | None] = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="recover-write", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            tensor = self.queue.get()
+            if tensor is None:
+                return
+            try:
+                for piece in tensor_chunks(tensor):
+                    if self.stopping.is_set():
+                        return
+                    self.out.write(piece)
+            except BaseException as exc:
+                self.error = exc
+                return
+            del tensor
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, tensor: torch.Tensor | None) -> None:
+        """Queue ``tensor`` (None: the end) once the thread has room; waits in short steps so
+        that Ctrl-C is seen."""
+        while True:
+            self._check()
+            if not self.thread.is_alive():
+                raise OSError("the writing thread stopped")
+            try:
+                self.queue.put(tensor, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Wait until every queued tensor is written; raise the thread's error if any."""
+        self.put(None)
+        while self.thread.is_alive():
+            self.thread.join(0.1)
+        self._check()
+
+    def abort(self) -> None:
+        """Stop the thread (after an error or an interrupt here) and wait for it."""
+        self.stopping.set()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.queue.get_nowait()
+            with contextlib.suppress(queue.Full):
+                self.queue.put_nowait(None)
+            self.thread.join(0.1)
 
 
 def _computed(
