@@ -180,7 +180,7 @@ def size_of(folder: Path) -> int:
 def line(label: str, run: Run, copy: Run | None = None) -> None:
     ratio = f"  {run.seconds / copy.seconds:4.2f}x the copy" if copy else ""
     print(
-        f"{label:<44} {run.seconds:7.1f} s   RssAnon {run.peak_anon / GiB:5.2f} GiB   "
+        f"{label:<50} {run.seconds:7.1f} s   RssAnon {run.peak_anon / GiB:5.2f} GiB   "
         f"VmRSS {run.peak_rss / GiB:5.2f} GiB{ratio}",
         flush=True,
     )

@@ -11,8 +11,11 @@ pickles mapped with ``weights_only=True`` so that no unpickling can run code.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pickle
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,6 +228,7 @@ class WeightFolder:
             self.tensors[info.name] = info
 
     def _read_safetensors(self, file: Path) -> list[TensorInfo]:
+        """Check the file with the safetensors package, then map it for reading in place."""
         from safetensors import safe_open
 
         try:
@@ -236,13 +240,14 @@ class WeightFolder:
                 if dtype is None:
                     raise ValueError(f"unsupported dtype {piece.get_dtype()} of {name}")
                 infos.append(TensorInfo(name, dtype, tuple(piece.get_shape()), file))
+            del handle
+            self._handles[file] = _MappedSafetensors(file)
         except Exception as exc:
             raise self.fail(
                 f"is not a readable safetensors file ({_first_line(exc)}): truncated or damaged; "
                 "download it again",
                 file,
             ) from exc
-        self._handles[file] = handle
         return infos
 
     def _read_pickle(self, file: Path, head: bytes) -> list[TensorInfo]:
@@ -292,19 +297,54 @@ class WeightFolder:
         return doc if isinstance(doc, dict) else None
 
     def load(self, name: str) -> torch.Tensor:
-        """The tensor ``name`` (a mapped view for torch pickles, a copy for safetensors)."""
+        """The tensor ``name``: a read-only view of the mapped file, nothing copied."""
         info = self.tensors[name]
         handle = self._handles[info.file]
         try:
             if isinstance(handle, dict):
                 tensor: torch.Tensor = handle[name]
             else:
-                tensor = handle.get_tensor(name)
+                tensor = handle.tensor(info)
         except Exception as exc:
             raise self.fail(
                 f"cannot read {name} ({_first_line(exc)}); download the file again", info.file
             ) from exc
         return tensor
+
+
+class _MappedSafetensors:
+    """A safetensors file mapped read-only; tensors are views of the mapping (no copy).
+
+    The safetensors package has checked the header against the file before this is made.
+    """
+
+    def __init__(self, file: Path) -> None:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+            self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        self.start = 8 + length
+        self.offsets = {
+            name: int(meta["data_offsets"][0])
+            for name, meta in header.items()
+            if name != "__metadata__"
+        }
+
+    def tensor(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor ``info`` describes, viewing the mapped bytes."""
+        tm = import_torch()
+        dtype = getattr(tm, info.dtype)
+        count = info.nbytes // data_size((), info.dtype)
+        if count == 0:
+            empty: torch.Tensor = tm.empty(info.shape, dtype=dtype)
+            return empty
+        with warnings.catch_warnings():  # read-only on purpose: inputs are never written
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            flat = tm.frombuffer(
+                self.map, dtype=dtype, count=count, offset=self.start + self.offsets[info.name]
+            )
+        shaped: torch.Tensor = flat.view(info.shape)
+        return shaped
 
 
 def _first_line(exc: BaseException) -> str:

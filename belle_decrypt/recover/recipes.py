@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from belle_decrypt.errors import InputError
+from belle_decrypt.recover.buffers import Scratch
 from belle_decrypt.torchload import import_torch
 
 if TYPE_CHECKING:
@@ -49,24 +50,35 @@ class Recipe:
         """Whether tensor ``name`` is the diff's own (no base needed)."""
         return any(part in name for part in self.from_diff)
 
-    def combine(self, name: str, base: torch.Tensor | None, diff: torch.Tensor) -> torch.Tensor:
-        """The recovered tensor ``name`` from the base's (None when taken from the diff).
+    def combine(
+        self,
+        name: str,
+        base: torch.Tensor | None,
+        diff: torch.Tensor,
+        out: torch.Tensor,
+        scratch: Scratch,
+    ) -> torch.Tensor:
+        """The recovered tensor ``name``, computed into ``out`` (the diff's shape, the recipe's
+        dtype); the diff itself when it is taken as it is. ``base`` is None when not needed.
 
         The publishers' tools add the base to the delta (``delta + base``) in the recipe's
         dtype; the base's new vocabulary rows (zeros, or the mean of its rows in float32) are
-        added to the delta's last rows the same way.
+        added to the delta's last rows the same way. ``torch.add(..., out=)`` and
+        ``copy_`` are the same kernels as ``+`` and ``.to``: the bits are the same.
         """
         tm = import_torch()
         dtype = getattr(tm, self.dtype)
-        delta: torch.Tensor = diff.to(dtype)
         if base is None or self.takes_diff(name):
-            return delta
-        raw: torch.Tensor = base.to(dtype)
+            if diff.dtype == dtype:
+                return diff
+            out.copy_(diff)
+            return out
+        delta = diff if diff.dtype == dtype else scratch.converted("delta", diff, self.dtype)
+        raw = base if base.dtype == dtype else scratch.converted("base", base, self.dtype)
         if raw.shape == delta.shape:
-            added: torch.Tensor = tm.add(delta, raw)
-            return added
+            tm.add(delta, raw, out=out)
+            return out
         rows = raw.shape[0]
-        out: torch.Tensor = tm.empty(delta.shape, dtype=dtype)
         tm.add(delta[:rows], raw, out=out[:rows])
         if self.new_rows == MEAN_ROWS:
             fill = raw.mean(dim=0, keepdim=True)

@@ -29,6 +29,7 @@ from belle_decrypt.hashing import hash_file
 from belle_decrypt.manifest import Manifest, ManifestEntry
 from belle_decrypt.output import AtomicFile, fsync_dir, remove_stale_temps
 from belle_decrypt.recover import checks
+from belle_decrypt.recover.buffers import BufferPool, Scratch
 from belle_decrypt.recover.checks import Item
 from belle_decrypt.recover.hfdir import WeightFolder
 from belle_decrypt.recover.journal import Journal, fingerprint, pending_name, write_small_file
@@ -146,6 +147,8 @@ class Recovery:
         self.copies: list[Path] = []
         self.journal: Journal | None = None
         self.manifest_entries: list[tuple[Path, ManifestEntry]] = []
+        self.pool = BufferPool(0)
+        self.scratch = Scratch()
 
     @classmethod
     def prepare(cls, diff_dir: Path, base_dir: Path, out_dir: Path, options: Options) -> Recovery:
@@ -193,6 +196,7 @@ class Recovery:
         checks.check_diff_is_diff(self.diff, self.base)
         self.items = checks.pair(self.recipe, self.diff, self.base)
         self.shards = plan_shards(self.items, self.options.max_shard_size, self.options.fmt)
+        self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
         self.copies = [
             p for p in self.diff.others if any(fnmatch.fnmatch(p.name, pat) for pat in COPIED)
         ]
@@ -330,7 +334,7 @@ class Recovery:
         with atomic as handle:
             out = HashingWriter(handle)
             try:
-                write_shard(shard, out, self._produce, on_bytes, on_tensor)
+                write_shard(shard, out, self._produce, on_bytes, on_tensor, self.pool)
             except OSError as exc:
                 raise OutputError(
                     f"cannot write: {exc.strerror or exc}; nothing was left under a final name "
@@ -356,9 +360,9 @@ class Recovery:
                     return True
         return False
 
-    def _produce(self, item: Item) -> torch.Tensor:
+    def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
         base = self.base.load(item.base.name) if item.base is not None else None
-        return self.recipe.combine(item.name, base, self.diff.load(item.name))
+        return self.recipe.combine(item.name, base, self.diff.load(item.name), out, self.scratch)
 
     def _sum_check(self, sums: list[tuple[str, float]]) -> SumCheck | None:
         expected = self.options.expect_sum

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from belle_decrypt.errors import InputError
+from belle_decrypt.recover.buffers import BufferPool, shaped
 from belle_decrypt.recover.checks import Item
 from belle_decrypt.torchload import import_torch
 
@@ -174,7 +175,8 @@ class HashingWriter:
         """Nothing is buffered here."""
 
 
-Produce = Callable[[Item], "torch.Tensor"]
+# Computes an item's recovered tensor into the given buffer (or returns an input as it is).
+Produce = Callable[[Item, "torch.Tensor"], "torch.Tensor"]
 
 
 def write_shard(
@@ -183,27 +185,37 @@ def write_shard(
     produce: Produce,
     on_bytes: Callable[[int], None],
     on_tensor: Callable[[Item, torch.Tensor], None],
+    pool: BufferPool,
 ) -> None:
     """Compute each tensor of ``shard`` with ``produce`` and write the file to ``out``.
 
-    ``on_tensor`` sees every recovered tensor (the integrity sum); ``on_bytes`` is called as
-    bytes are written, between pieces of a large tensor too (a place to stop on Ctrl-C).
+    ``on_tensor`` sees every recovered tensor (the integrity sum); ``on_bytes`` is called after
+    each tensor (a place to stop on Ctrl-C). Safetensors shards are computed into ``pool``'s
+    buffers and written by a thread; a --bin shard needs its own tensors for torch.save.
     """
-    computed = _computed(shard, produce, on_tensor)
+    tm = import_torch()
     if shard.fmt == BIN:
         state = {}
-        for item, tensor in computed:
-            state[item.name] = tensor
+        for item in shard.items:
+            fresh = tm.empty(item.shape, dtype=getattr(tm, item.dtype))
+            state[item.name] = _computed(item, produce(item, fresh), on_tensor)
             on_bytes(item.nbytes)
-        import_torch().save(state, out)
+        tm.save(state, out)
         return
     header = safetensors_header(shard.items)
     out.write(len(header).to_bytes(8, "little"))
     out.write(header)
-    writer = BackgroundWriter(out)
+    writer = BackgroundWriter(out, pool)
     try:
-        for item, tensor in computed:
-            writer.put(tensor)
+        for item in shard.items:
+            flat = pool.take()
+            tensor = _computed(item, produce(item, shaped(flat, item.shape, item.dtype)), on_tensor)
+            if tensor.data_ptr() != flat.data_ptr():  # an input written as it is
+                pool.give_back(flat)
+                writer.put((tensor, None))
+            else:
+                writer.put((tensor, flat))
+            del tensor
             on_bytes(item.nbytes)
         writer.close()
     finally:
@@ -214,13 +226,16 @@ class BackgroundWriter:
     """Writes (and hashes) one tensor in a thread while the main thread computes the next.
 
     torch's arithmetic, hashlib and write() all release the GIL, so the two overlap on two
-    cores; one tensor waits in the queue at most, so memory stays at a few tensors. An error
-    in the thread (a full disk) is raised in the main thread at the next ``put`` or ``close``.
+    cores. Each written tensor's buffer goes back to the pool. An error in the thread (a full
+    disk) is raised in the main thread at the next ``put`` or ``close``.
     """
 
-    def __init__(self, out: HashingWriter) -> None:
+    def __init__(self, out: HashingWriter, pool: BufferPool) -> None:
         self.out = out
-        self.queue: queue.Queue[torch.Tensor | None] = queue.Queue(maxsize=1)
+        self.pool = pool
+        self.queue: queue.Queue[tuple[torch.Tensor, torch.Tensor | None] | None] = queue.Queue(
+            maxsize=1
+        )
         self.error: BaseException | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._work, name="recover-write", daemon=True)
@@ -228,9 +243,10 @@ class BackgroundWriter:
 
     def _work(self) -> None:
         while True:
-            tensor = self.queue.get()
-            if tensor is None:
+            job = self.queue.get()
+            if job is None:
                 return
+            tensor, buffer = job
             try:
                 for piece in tensor_chunks(tensor):
                     if self.stopping.is_set():
@@ -239,21 +255,23 @@ class BackgroundWriter:
             except BaseException as exc:
                 self.error = exc
                 return
-            del tensor
+            del tensor, job
+            if buffer is not None:
+                self.pool.give_back(buffer)
 
     def _check(self) -> None:
         if self.error is not None:
             raise self.error
 
-    def put(self, tensor: torch.Tensor | None) -> None:
-        """Queue ``tensor`` (None: the end) once the thread has room; waits in short steps so
-        that Ctrl-C is seen."""
+    def put(self, job: tuple[torch.Tensor, torch.Tensor | None] | None) -> None:
+        """Queue a tensor to write and its pool buffer (None: the end) once the thread has
+        room; waits in short steps so that Ctrl-C is seen."""
         while True:
             self._check()
             if not self.thread.is_alive():
                 raise OSError("the writing thread stopped")
             try:
-                self.queue.put(tensor, timeout=0.1)
+                self.queue.put(job, timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -277,13 +295,12 @@ class BackgroundWriter:
 
 
 def _computed(
-    shard: Shard, produce: Produce, on_tensor: Callable[[Item, torch.Tensor], None]
-) -> Iterator[tuple[Item, torch.Tensor]]:
-    """Each item of ``shard`` with its recovered tensor (contiguous), one at a time."""
-    for item in shard.items:
-        tensor = _checked(item, produce(item)).contiguous()
-        on_tensor(item, tensor)
-        yield item, tensor
+    item: Item, tensor: torch.Tensor, on_tensor: Callable[[Item, torch.Tensor], None]
+) -> torch.Tensor:
+    """The recovered tensor, checked and made contiguous, after ``on_tensor`` has seen it."""
+    tensor = _checked(item, tensor).contiguous()
+    on_tensor(item, tensor)
+    return tensor
 
 
 def _checked(item: Item, tensor: torch.Tensor) -> torch.Tensor:
