@@ -532,3 +532,7 @@ __all__ = [
     "reset_cancel",
     "xor_stream",
 ]
+
+
+# The write-behind writer, for other streams that write large files (recover's shards).
+WriteBehind = _Writer

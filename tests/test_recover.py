@@ -628,10 +628,9 @@ def test_changed_input_is_not_resumed(tmp_path: Path) -> None:
     assert_recovered(out, expected)
 
 
-def test_ctrl_c_stops_with_130_and_nothing_under_a_final_name(tmp_path: Path) -> None:
-    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
-    out = tmp_path / "out"
-    args = [
+def small_shards(diff_dir: Path, base_dir: Path, out: Path) -> list[str]:
+    """A vicuna command line that writes four shards."""
+    return [
         str(diff_dir),
         str(base_dir),
         str(out),
@@ -640,6 +639,12 @@ def test_ctrl_c_stops_with_130_and_nothing_under_a_final_name(tmp_path: Path) ->
         "--max-shard-size",
         "60KB",
     ]
+
+
+def test_ctrl_c_stops_with_130_and_nothing_under_a_final_name(tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
     script = KILLER.replace("signal.SIGKILL", "signal.SIGINT")
     stopped = subprocess.run(
         [sys.executable, "-c", script, "recover", *args], capture_output=True, text=True
@@ -658,15 +663,7 @@ def test_ctrl_c_stops_with_130_and_nothing_under_a_final_name(tmp_path: Path) ->
 def test_a_write_error_is_one_line_and_leaves_no_final_name(tmp_path: Path) -> None:
     diff_dir, base_dir, _ = release(tmp_path, "vicuna")
     out = tmp_path / "out"
-    args = [
-        str(diff_dir),
-        str(base_dir),
-        str(out),
-        "--recipe",
-        "vicuna",
-        "--max-shard-size",
-        "60KB",
-    ]
+    args = small_shards(diff_dir, base_dir, out)
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
@@ -680,7 +677,7 @@ def test_a_write_error_is_one_line_and_leaves_no_final_name(tmp_path: Path) -> N
     assert proc.returncode == 1
     assert proc.stderr == (
         f"belle-decrypt: error: {out / 'model-00001-of-00004.safetensors'}: cannot write: File "
-        "too large; nothing was left under a final name (check the free space, then run the "
-        "same command again)\n"
+        "too large; nothing written (check the free space and permissions of the output "
+        "folder)\n"
     )
     assert [name for name in listing(out) if not name.startswith(".belle-")] == []

@@ -332,7 +332,7 @@ class Recovery:
 
         atomic = AtomicFile(self.out_dir / pending_name(shard.name), fsync=fsync)
         with atomic as handle:
-            out = HashingWriter(handle)
+            out = HashingWriter(handle, str(self.out_dir / shard.name))
             try:
                 write_shard(shard, out, self._produce, on_bytes, on_tensor, self.pool)
             except OSError as exc:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
+from belle_decrypt.engine import WriteBehind
 from belle_decrypt.errors import InputError
 from belle_decrypt.recover.buffers import BufferPool, shaped
 from belle_decrypt.recover.checks import Item
@@ -154,22 +155,24 @@ def tensor_chunks(tensor: torch.Tensor) -> Iterator[memoryview]:
 
 
 class HashingWriter:
-    """A file object that hashes what goes through it (SHA-256) on the way to ``handle``."""
+    """A file object that hashes what goes through it (SHA-256) on the way to ``handle``.
 
-    def __init__(self, handle: BinaryIO) -> None:
-        self.handle = handle
+    Writes go through the engine's write-behind, which drops written pages from the page
+    cache as it goes, so that a many-GB output does not push the inputs out of it.
+    """
+
+    def __init__(self, handle: BinaryIO, label: str) -> None:
+        self.sink = WriteBehind(handle, label)
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
         """Write all of ``data`` and hash it."""
-        self.sha256.update(data)
         view = memoryview(data)
-        while view:
-            done = self.handle.write(view)
-            view = view[done:]
-        self.size += len(data)
-        return len(data)
+        self.sha256.update(view)
+        self.sink.write(view)
+        self.size += len(view)
+        return len(view)
 
     def flush(self) -> None:
         """Nothing is buffered here."""
