@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt import jobs
+from belle_decrypt.cancel import CancelToken
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import Result, decrypt_file
 from belle_decrypt.diagnose import Diagnoser, Diagnosis
 from belle_decrypt.errors import BelleError, DigestMismatch
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
+from belle_decrypt.states import FileState, Verified
 
 Progress = Callable[[int], None]
 FileProgress = Callable[[EncFile], AbstractContextManager[Progress | None]]
@@ -44,7 +46,7 @@ class Outcome:
     enc: EncFile
     result: Result | None
     error: BelleError | None
-    checked: str
+    checked: Verified
     diagnosis: Diagnosis | None = None
 
 
@@ -64,18 +66,23 @@ class Tally:
         return self.failed == 0 and self.not_tried == 0
 
 
-def manifest_check(manifest: Manifest | None, name: str) -> tuple[str | None, str]:
-    """The md5 the manifest expects for ``name`` and the words saying what was verified."""
+def manifest_check(manifest: Manifest | None, name: str) -> tuple[str | None, Verified]:
+    """The md5 the manifest expects for ``name`` and what will have been verified."""
     if manifest is None:
-        return None, "SHA-256 verified"
+        return None, Verified.SHA256
     entry = manifest.get(name)
     if entry is None:
-        return None, "SHA-256 verified, not in manifest"
-    return entry.md5, "SHA-256 and md5 verified"
+        return None, Verified.SHA256_NOT_IN_MANIFEST
+    return entry.md5, Verified.SHA256_AND_MD5
 
 
 def decrypt_one(
-    enc: EncFile, key: Key, settings: Settings, diagnoser: Diagnoser, progress: Progress | None
+    enc: EncFile,
+    key: Key,
+    settings: Settings,
+    diagnoser: Diagnoser,
+    progress: Progress | None,
+    cancel: CancelToken | None = None,
 ) -> Outcome:
     """Decrypt one file; a failure becomes an Outcome whose error names the likely cause."""
     expected_md5, checked = manifest_check(settings.manifest, enc.enc_name.name)
@@ -88,9 +95,10 @@ def decrypt_one(
             fsync=settings.fsync,
             on_progress=progress,
             expected_md5=expected_md5,
+            cancel=cancel,
         )
     except DigestMismatch as exc:
-        diagnosis = diagnoser.explain(enc)
+        diagnosis = diagnoser.explain(enc, cancel)
         return Outcome(enc, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
     except BelleError as exc:
         return Outcome(enc, None, exc, checked)
@@ -117,6 +125,7 @@ def decrypt_all(
     *,
     file_progress: FileProgress | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    cancel: CancelToken | None = None,
 ) -> Tally:
     """Decrypt ``files`` (several at once with ``settings.jobs``), reporting outcomes in order;
     stop after the first two when both show a wrong key.
@@ -126,17 +135,18 @@ def decrypt_all(
     """
     tally = Tally()
     diagnoses: list[Diagnosis | None] = []
+    token = cancel if cancel is not None else CancelToken()
 
     def work(enc: EncFile) -> Outcome:
         context = file_progress(enc) if file_progress is not None else nullcontext(None)
         with context as progress:
-            return decrypt_one(enc, key, settings, diagnoser, progress)
+            return decrypt_one(enc, key, settings, diagnoser, progress, token)
 
     def handle(enc: EncFile, outcome: Outcome) -> None:
         diagnoses.append(outcome.diagnosis)
         if outcome.result is None:
             tally.failed += 1
-        elif outcome.result.status == "already decrypted":
+        elif outcome.result.status is FileState.ALREADY_DECRYPTED:
             tally.already_decrypted += 1
         else:
             tally.decrypted += 1
@@ -147,7 +157,7 @@ def decrypt_all(
             raise _Stop()
 
     try:
-        jobs.run(work, files, resolve_jobs(files, settings), on_result=handle)
+        jobs.run(work, files, resolve_jobs(files, settings), cancel=token, on_result=handle)
     except _Stop:
         tally.not_tried = len(files) - len(diagnoses)
         tally.stopped = (

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -21,8 +20,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from belle_decrypt import __version__
-from belle_decrypt.errors import EXIT_FAILED, EXIT_USAGE, BelleError, InputError, ManifestError
+from belle_decrypt import __version__, platform_io
+from belle_decrypt.errors import BelleError, ExitCode, InputError, ManifestError
 
 if TYPE_CHECKING:
     from belle_decrypt.batch import Outcome, Settings, Tally
@@ -32,11 +31,6 @@ if TYPE_CHECKING:
     from belle_decrypt.manifest import Manifest
 
 PROG = "belle-decrypt"
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
-
-
-EXIT_SIGHUP = 129
 # Arguments are checked by the library, which says what is wrong in one line.
 PATH = click.Path(path_type=Path, readable=False)
 
@@ -44,19 +38,19 @@ PATH = click.Path(path_type=Path, readable=False)
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so that `with` blocks clean up."""
 
-    exit_code = EXIT_SIGTERM
+    exit_code = ExitCode.SIGTERM
     word = "terminated"
 
 
 class HungUp(Terminated):
     """Raised on SIGHUP (a closed terminal or ssh session), handled like SIGTERM."""
 
-    exit_code = EXIT_SIGHUP
+    exit_code = ExitCode.SIGHUP
     word = "hung up"
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
-    raise HungUp() if signum == signal.SIGHUP else Terminated()
+    raise HungUp() if platform_io.is_hangup(signum) else Terminated()
 
 
 # Control characters (a line break in a file name) shown escaped, so a message stays one line.
@@ -108,8 +102,7 @@ def user_errors(writing: bool = False) -> Iterator[None]:
     which is reported like any write error, instead of killing the process. ``writing``
     commands say, when interrupted, that the unfinished file was removed.
     """
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    restore = platform_io.install_signal_handlers(_on_signal)
     after = (
         "; the unfinished file was removed; run the same command again to finish" if writing else ""
     )
@@ -121,16 +114,15 @@ def user_errors(writing: bool = False) -> Iterator[None]:
     except OSError as exc:  # a last resort: an I/O error the library did not word
         where = f"{exc.filename}: " if exc.filename is not None else ""
         error(f"{where}{exc.strerror or exc}; nothing was left under a final name")
-        sys.exit(EXIT_FAILED)
+        sys.exit(ExitCode.FAILED)
     except KeyboardInterrupt as exc:
         error(f"{_where(exc)}interrupted{after}")
-        sys.exit(EXIT_SIGINT)
+        sys.exit(ExitCode.SIGINT)
     except Terminated as exc:
         error(f"{_where(exc)}{exc.word}{after}")
         sys.exit(exc.exit_code)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
 
 
 class DefaultToDecrypt(click.Group):
@@ -314,7 +306,7 @@ def decrypt(
         warn_ignored(manifest)
         with Key(key_file) as key:
             if checked.problems:
-                sys.exit(EXIT_USAGE)
+                sys.exit(ExitCode.USAGE)
             fingerprint = identify(key_file, inspect=False)
             if not fingerprint.is_expected:
                 warn(
@@ -338,7 +330,7 @@ def decrypt(
                 checked.files, key, settings, Diagnoser(key_file, manifest), source.is_dir(), quiet
             )
         if not tally.ok:
-            sys.exit(EXIT_FAILED)
+            sys.exit(ExitCode.FAILED)
 
 
 def _decrypt_all(
@@ -376,8 +368,8 @@ def _decrypt_all(
             assert result is not None
             rate = result.size / result.seconds if result.seconds > 0 else 0.0
             say(
-                f"{result.status:<18} {result.target.name}  {human_size(result.size)}"
-                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {outcome.checked}",
+                f"{result.status.value:<18} {result.target.name}  {human_size(result.size)}"
+                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {outcome.checked.value}",
                 quiet,
             )
 
@@ -461,7 +453,7 @@ def verify(
         for check in report.files:
             if check.status == OK and quiet:
                 continue
-            line = f"{check.name}: {check.status}"
+            line = f"{check.name}: {check.status.value}"
             if check.status == FAILED:
                 line += f" ({check.detail or f'md5 {check.actual}, expected {check.expected}'})"
             click.echo(line)
@@ -476,7 +468,7 @@ def verify(
             f"{folder}: {bad} of {len(report.files)} listed files FAILED or MISSING; "
             "download (or decrypt) those files again"
         )
-        sys.exit(EXIT_FAILED)
+        sys.exit(ExitCode.FAILED)
 
 
 @cli.command("check-key")
@@ -517,7 +509,7 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
         for label, value in lines:
             click.echo(f"{label + ':':<21}{value}")
     click.echo(f"{'verdict:':<21}{report.path} {report.verdict}")
-    sys.exit(0 if report.is_expected else EXIT_FAILED)
+    sys.exit(ExitCode.OK if report.is_expected else ExitCode.FAILED)
 
 
 @cli.command()
@@ -574,14 +566,15 @@ def encrypt(
                             continue
                     results.append(result)
                     say(
-                        f"{result.status:<10} {result.target.name}  {human_size(result.size)}",
+                        f"{result.status.value:<10} {result.target.name}  "
+                        f"{human_size(result.size)}",
                         quiet,
                     )
             if results or previous is not None:
                 manifest = write_manifest(out_dir, results, previous, fsync=not no_fsync)
                 say(f"wrote      {manifest} (md5 of {len(results)} .enc and plain files)", quiet)
         if failed:
-            sys.exit(EXIT_FAILED)
+            sys.exit(ExitCode.FAILED)
 
 
 @cli.command()

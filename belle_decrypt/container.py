@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError
 from belle_decrypt.output import TEMP_PREFIX
 
@@ -95,17 +95,15 @@ class EncFile:
         if path.is_dir():
             raise InputError("is a folder, not an encrypted file; pass a .enc file", path)
         try:
-            # O_NONBLOCK: a FIFO under an .enc name must not hang the run at open().
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = platform_io.open_regular(path)  # a FIFO under an .enc name must not hang
+            if fd is None:
+                raise InputError(
+                    "is not a regular file (a FIFO or device?); pass the downloaded .enc file",
+                    path,
+                )
             try:
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode):
-                    raise InputError(
-                        "is not a regular file (a FIFO or device?); pass the downloaded .enc file",
-                        path,
-                    )
-                size = info.st_size
-                head = os.pread(fd, max(HEADER_SIZE, len(LFS_POINTER_PREFIX)), 0)
+                size = os.fstat(fd).st_size
+                head = platform_io.pread(fd, max(HEADER_SIZE, len(LFS_POINTER_PREFIX)), 0)
             finally:
                 os.close(fd)
         except OSError as exc:

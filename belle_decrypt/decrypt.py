@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt import engine
+from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.container import HEADER_SIZE, SUFFIX, EncFile
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.output import TEMP_PREFIX, AtomicFile
+from belle_decrypt.states import FileState
 
 WRONG_KEY_HINT = (
     "the key is probably not the original LLaMA-7B consolidated.00.pth (or the download is damaged)"
@@ -40,7 +42,7 @@ class Result:
 
     source: Path
     target: Path
-    status: str
+    status: FileState
     size: int
     sha256: str
     seconds: float
@@ -155,7 +157,12 @@ def _md5_mismatch(actual: str, expected_md5: str, path: Path, done: str) -> Chec
 
 
 def _existing_matches(
-    enc: EncFile, target: Path, force: bool, key: Key, expected_md5: str | None = None
+    enc: EncFile,
+    target: Path,
+    force: bool,
+    key: Key,
+    expected_md5: str | None = None,
+    cancel: CancelToken | None = None,
 ) -> str | None:
     """The md5 ('' when not asked) when ``target`` already holds this file's decrypted bytes,
     None when it must be (re)written; raise if a different file is in the way."""
@@ -172,7 +179,7 @@ def _existing_matches(
     try:
         info = target.stat()
         digests = (
-            hash_file(target, algorithms, chunk=BUFFER_SIZE)
+            hash_file(target, algorithms, chunk=BUFFER_SIZE, cancel=cancel)
             if stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
             else {}
         )
@@ -208,17 +215,19 @@ def decrypt_file(
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
     expected_md5: str | None = None,
+    cancel: CancelToken | None = None,
 ) -> Result:
     """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches
-    (and the md5 equals ``expected_md5`` when given, computed in the same pass)."""
+    (and the md5 equals ``expected_md5`` when given, computed in the same pass). ``cancel``
+    stops the re-hash of an existing output or the XOR within a buffer."""
     started = time.monotonic()
     target = out_dir / enc.enc_name.name
-    existing_md5 = _existing_matches(enc, target, force, key, expected_md5)
+    existing_md5 = _existing_matches(enc, target, force, key, expected_md5, cancel)
     if existing_md5 is not None:
         return Result(
             source=enc.path,
             target=target,
-            status="already decrypted",
+            status=FileState.ALREADY_DECRYPTED,
             size=enc.payload_size,
             sha256=enc.enc_name.sha256_hex,
             seconds=time.monotonic() - started,
@@ -227,7 +236,7 @@ def decrypt_file(
     engine.prepare(enc.payload_size)
     started = time.monotonic()  # a torch import is not this file's time
     digest = hashlib.sha256()
-    status = "decrypted"
+    status = FileState.DECRYPTED
     md5 = hashlib.md5() if expected_md5 is not None else None
     atomic = AtomicFile(target, fsync=fsync)
     try:
@@ -249,6 +258,7 @@ def decrypt_file(
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(target),
+                cancel=cancel,
             )
             actual = digest.hexdigest()
             if actual != enc.enc_name.sha256_hex:
@@ -256,16 +266,17 @@ def decrypt_file(
             if md5 is not None and md5.hexdigest() != expected_md5:
                 assert expected_md5 is not None
                 raise _md5_mismatch(md5.hexdigest(), expected_md5, enc.path, "nothing written")
+            check(cancel)  # a cancelled run puts nothing new under a final name
             try:
                 atomic.commit(replace=force)
             except FileExistsError:
                 # Something appeared under the final name meanwhile (another run, the user):
                 # kept; this run succeeded only if it is exactly right.
-                if _existing_matches(enc, target, False, key, expected_md5) is None:
+                if _existing_matches(enc, target, False, key, expected_md5, cancel) is None:
                     raise OutputError(
                         "changed while being written; run the same command again", target
                     ) from None
-                status = "already decrypted"
+                status = FileState.ALREADY_DECRYPTED
     except BelleError:
         raise
     except OSError as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt import engine
+from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.container import HEADER_SIZE, EncName
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, ManifestError, OutputError
@@ -23,6 +24,7 @@ from belle_decrypt.hashing import md5_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.output import AtomicFile
+from belle_decrypt.states import FileState
 
 MANIFEST_NAME = "md5sums.txt"
 NAME_MAX = 255
@@ -35,7 +37,7 @@ class Encrypted:
 
     source: Path
     target: Path
-    status: str
+    status: FileState
     size: int
     sha256: str
     plain_md5: str
@@ -115,8 +117,10 @@ def encrypt_file(
     fsync: bool = True,
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
+    cancel: CancelToken | None = None,
 ) -> Encrypted:
-    """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc`, byte-identical to FORMAT.md."""
+    """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc`, byte-identical to
+    docs/FORMAT.md."""
     with suppress(OSError):  # unreadable: said below, when it is opened
         engine.prepare(source.stat().st_size)  # a torch import is not this file's time
     started = time.monotonic()
@@ -136,12 +140,14 @@ def encrypt_file(
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(atomic.final),
+                cancel=cancel,
             )
             os.pwrite(out.fileno(), sha256.digest(), 0)
             target = out_dir / EncName(source.name, sha256.hexdigest()).encrypted_filename()
-            enc_md5 = md5_file(atomic.temp)
+            enc_md5 = md5_file(atomic.temp, cancel=cancel)
             status = _status_against_existing(target, enc_md5, force)
-            if status == "encrypted":
+            if status is FileState.ENCRYPTED:
+                check(cancel)  # a cancelled run puts nothing new under a final name
                 atomic.commit(target)
     except BelleError:
         raise
@@ -161,14 +167,14 @@ def encrypt_file(
     )
 
 
-def _status_against_existing(target: Path, enc_md5: str, force: bool) -> str:
-    """'encrypted' when the new file should be renamed into place, 'unchanged' to keep the old."""
+def _status_against_existing(target: Path, enc_md5: str, force: bool) -> FileState:
+    """ENCRYPTED when the new file should be renamed into place, UNCHANGED to keep the old."""
     if not target.exists():
-        return "encrypted"
+        return FileState.ENCRYPTED
     if target.is_file() and md5_file(target) == enc_md5:
-        return "unchanged"
+        return FileState.UNCHANGED
     if force and target.is_file():
-        return "encrypted"
+        return FileState.ENCRYPTED
     raise OutputError(
         "exists and differs from the newly encrypted file; move it away or pass --force", target
     )

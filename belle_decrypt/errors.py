@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
 from pathlib import Path
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+
+class ExitCode(IntEnum):
+    """Every exit status of the command line, in one place."""
+
+    OK = 0
+    FAILED = 1
+    """A file failed its check or could not be written."""
+    USAGE = 2
+    """Unusable input (arguments, files, manifests), found before anything is written."""
+    SIGHUP = 129
+    SIGINT = 130
+    SIGTERM = 143
+
+
+EXIT_FAILED = ExitCode.FAILED
+EXIT_USAGE = ExitCode.USAGE
 
 
 class BelleError(Exception):
     """A failure a user can cause or fix: one line of text, the file concerned, an exit code."""
 
-    exit_code = EXIT_FAILED
+    exit_code: ExitCode = ExitCode.FAILED
 
     def __init__(self, message: str, path: Path | str | None = None) -> None:
         super().__init__(message)
@@ -27,7 +42,7 @@ class BelleError(Exception):
 class InputError(BelleError):
     """Unusable input, found before anything is written (exit 2)."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
 
 class ChecksumError(BelleError):
@@ -41,7 +56,7 @@ class OutputError(BelleError):
 class ManifestError(BelleError):
     """An md5 manifest that cannot be read, lists nothing usable, or contradicts itself (exit 2)."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
 
 class DigestMismatch(ChecksumError):

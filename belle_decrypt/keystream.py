@@ -9,7 +9,6 @@ only a short last piece is kept (read once).
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError, OutputError
 
 PIECE_SIZE = 10 * 1024 * 1024
@@ -59,16 +59,18 @@ class Key:
         self.piece_size = piece_size
         check_key_file(path)
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = platform_io.open_regular(path)
         except OSError as exc:
             raise InputError(
                 f"cannot read the key: {exc.strerror or exc}; check its permissions", path
             ) from exc
-        info = os.fstat(self._fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:  # replaced meanwhile
-            os.close(self._fd)
+        size = os.fstat(fd).st_size if fd is not None else 0
+        if fd is None or size == 0:  # replaced meanwhile
+            if fd is not None:
+                os.close(fd)
             raise InputError(f"the key changed while it was opened; {KEY_HINT}", path)
-        self.size = info.st_size
+        self._fd = fd
+        self.size = size
         self.piece_count = -(-self.size // piece_size)
         self._short: memoryview | None = None
 
@@ -92,7 +94,7 @@ class Key:
     def _pread_exact(self, view: memoryview, offset: int) -> None:
         done = 0
         while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
+            got = platform_io.pread_into(self._fd, view[done:], offset + done)
             if got == 0:
                 raise OutputError("the key file shrank while it was being read", self.path)
             done += got
@@ -145,26 +147,11 @@ class Key:
         if start is None or length < MAP_MIN:
             yield None
             return
-        aligned = start - start % mmap.ALLOCATIONGRANULARITY
         if os.fstat(self._fd).st_size < start + length:  # shrunk: let fill() say so
             yield None
             return
-        try:
-            mapping = mmap.mmap(
-                self._fd,
-                start - aligned + length,
-                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                prot=mmap.PROT_READ,
-                offset=aligned,
-            )
-        except (OSError, ValueError):
-            yield None
-            return
-        try:
-            with memoryview(mapping) as whole, whole[start - aligned :] as view:
-                yield view
-        finally:
-            mapping.close()
+        with platform_io.mapped(self._fd, start, length) as view:
+            yield view
 
     def fill(self, out: memoryview, offset: int) -> None:
         """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""

@@ -10,6 +10,7 @@ from belle_decrypt.batch import Outcome, Settings, decrypt_all
 from belle_decrypt.container import EncFile
 from belle_decrypt.diagnose import Diagnoser
 from belle_decrypt.keystream import Key
+from belle_decrypt.states import Verified
 from tests.conftest import random_bytes
 
 
@@ -48,7 +49,7 @@ def test_every_file_reports_progress_and_an_outcome_in_order(
         )
     assert tally.ok and (tally.decrypted, tally.failed, tally.not_tried) == (4, 0, 0)
     assert [o.enc for o in outcomes] == files
-    assert all(o.checked == "SHA-256 verified" and o.error is None for o in outcomes)
+    assert all(o.checked is Verified.SHA256 and o.error is None for o in outcomes)
     assert progressed == {enc.enc_name.name: enc.payload_size for enc in files}
 
 

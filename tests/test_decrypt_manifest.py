@@ -17,6 +17,7 @@ from belle_decrypt.errors import ChecksumError
 from belle_decrypt.keyid import HEAD_SIZE, KnownKey
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
+from belle_decrypt.states import FileState
 from tests.conftest import listing
 from tests.release import Release, make_release, md5
 
@@ -121,10 +122,10 @@ def test_md5_checked_for_an_existing_output(
     with Key(key_path) as key:
         enc = EncFile.open(release.enc_path("config.json"))
         first = decrypt_file(enc, key, tmp_path, fsync=False, expected_md5=None)
-        assert first.status == "decrypted" and first.md5 is None
+        assert first.status is FileState.DECRYPTED and first.md5 is None
         right = md5(release.plain["config.json"])
         again = decrypt_file(enc, key, tmp_path, fsync=False, expected_md5=right)
-        assert (again.status, again.md5) == ("already decrypted", right)
+        assert (again.status, again.md5) == (FileState.ALREADY_DECRYPTED, right)
         with pytest.raises(ChecksumError, match="left as it is"):
             decrypt_file(enc, key, tmp_path, fsync=False, expected_md5="1" * 32)
     assert (tmp_path / "config.json").read_bytes() == release.plain["config.json"]

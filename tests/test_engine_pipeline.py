@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from belle_decrypt import engine, jobs, keystream
+from belle_decrypt.cancel import Cancelled, CancelToken
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.errors import OutputError
@@ -227,13 +228,19 @@ def test_interrupt_in_the_supervising_thread(make_key: Callable[..., Path]) -> N
     assert stage_threads() == []
 
 
-def test_cancel_running(make_key: Callable[..., Path]) -> None:
-    engine.cancel_running()
-    try:
-        with Key(make_key(64)) as key, pytest.raises(engine.Cancelled):
-            engine.xor_stream(io.BytesIO(bytes(100)), io.BytesIO(), key, 100)
-    finally:
-        engine.reset_cancel()
+def test_a_cancelled_token_stops_the_stream_and_the_next_runs(
+    make_key: Callable[..., Path],
+) -> None:
+    key_path = make_key(64)
+    token = CancelToken()
+    token.cancel()
+    with Key(key_path) as key:
+        with pytest.raises(Cancelled):
+            engine.xor_stream(io.BytesIO(bytes(100)), io.BytesIO(), key, 100, cancel=token)
+        assert stage_threads() == []
+        out = io.BytesIO()
+        engine.xor_stream(io.BytesIO(bytes(100)), out, key, 100, cancel=CancelToken())
+    assert out.getvalue() == reference.keystream(key_path.read_bytes(), 100)
     assert stage_threads() == []
 
 
@@ -330,39 +337,6 @@ def test_no_torch_for_help_or_small_files(
     for args in (["--help"], ["--version"], [str(enc), str(key_path), str(tmp_path / "o")]):
         _without_torch(args)
     assert (tmp_path / "o" / "config.json").read_bytes() == random_bytes(100, seed=1)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("as_file", [True, False])
-def test_input_hashers_see_the_input(
-    tmp_path: Path, make_key: Callable[..., Path], backend: engine.Backend, as_file: bool
-) -> None:
-    """An md5 of the whole `.enc` (header fed first), from its own reads or the main stream's."""
-    piece = 64
-    key_path = make_key(100)
-    plain = random_bytes(5000, seed=5)
-    digest_hex, blob = reference.encrypt(plain, key_path.read_bytes(), piece)
-    path = tmp_path / "x.enc"
-    path.write_bytes(blob)
-    md5, sha = hashlib.md5(blob[:32]), hashlib.sha256()
-    dst = io.BytesIO()
-    with Key(key_path, piece_size=piece) as key, open(path, "rb", buffering=0) as handle:
-        src = handle if as_file else io.BytesIO(blob)
-        src.seek(32)
-        engine.xor_stream(
-            src,
-            dst,
-            key,
-            len(plain),
-            hashers=(sha,),
-            input_hashers=(md5,),
-            buffer_size=100,
-            backend=backend,
-        )
-    assert dst.getvalue() == plain
-    assert sha.hexdigest() == digest_hex
-    assert md5.hexdigest() == hashlib.md5(blob).hexdigest()
-    assert stage_threads() == []
 
 
 def test_cli_folder_with_jobs(

@@ -10,6 +10,7 @@ import pytest
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.keystream import Key
+from belle_decrypt.states import FileState
 from tests import reference
 from tests.conftest import random_bytes
 
@@ -54,7 +55,7 @@ def _roundtrip(
     out.mkdir()
     with Key(key_path, piece_size=piece) as key:
         result = decrypt_file(EncFile.open(enc_path), key, out, buffer_size=buffer_size)
-    assert result.status == "decrypted"
+    assert result.status is FileState.DECRYPTED
     assert result.sha256 == enc_path.name.split(".")[-2]
     return plain, (out / "model.bin").read_bytes()
 

@@ -25,6 +25,7 @@ from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.errors import OutputError
 from belle_decrypt.keystream import Key
 from belle_decrypt.output import AtomicFile
+from belle_decrypt.states import FileState
 from tests import faults
 from tests.conftest import listing, random_bytes
 
@@ -338,7 +339,7 @@ def test_file_appearing_under_the_final_name_mid_run_is_kept(
     with Key(release.key) as key:
         if appears == BIN:
             result = decrypt_file(enc, key, release.out, on_progress=meanwhile, buffer_size=4096)
-            assert result.status == "already decrypted"
+            assert result.status is FileState.ALREADY_DECRYPTED
         else:
             with pytest.raises(OutputError, match="exists and differs"):
                 decrypt_file(enc, key, release.out, on_progress=meanwhile, buffer_size=4096)
