@@ -1,30 +1,39 @@
 """Decrypting a checked set of `.enc` files into one folder, as one run.
 
-It adds to single-file decryption what a run over many files needs: each output checked against
-the manifest's md5, a failure explained (broken download or wrong key), a stop after the first
-two files fail with an unknown key, and a tally. It reports through callbacks and knows nothing
-of the terminal.
+:func:`prepare_run` does every check before anything is written (the files, the manifests, the
+key, the output folder and its free space, stale temporary files) and opens the key.
+:func:`decrypt_all` adds to single-file decryption what a run over many files needs: each
+output checked against the manifest's md5, a failure explained (broken download or wrong key),
+a stop after the first two files fail with an unknown key, and a tally. Both report through
+callbacks and know nothing of the terminal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from belle_decrypt import jobs
 from belle_decrypt.cancel import CancelToken
 from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import Result, decrypt_file
+from belle_decrypt.decrypt import (
+    Result,
+    bytes_to_write,
+    check_free_space,
+    decrypt_file,
+    plan,
+    prepare_output_dir,
+)
 from belle_decrypt.diagnose import Diagnoser, Diagnosis
-from belle_decrypt.errors import BelleError, DigestMismatch
+from belle_decrypt.errors import BelleError, DigestMismatch, ProblemsReported
+from belle_decrypt.keyid import identify
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
-from belle_decrypt.states import FileState, Verified
-
-Progress = Callable[[int], None]
-FileProgress = Callable[[EncFile], AbstractContextManager[Progress | None]]
+from belle_decrypt.outcome import FileProgress, Notices, Outcome, Progress, Tally
+from belle_decrypt.output import remove_stale_temps
+from belle_decrypt.states import Verified
 
 
 @dataclass(frozen=True)
@@ -40,30 +49,57 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """One file's end: a result, or the error that failed it (with its likely cause)."""
+class Run:
+    """A checked run, ready to start: its files (smallest first), the open key, how to run."""
 
-    enc: EncFile
-    result: Result | None
-    error: BelleError | None
-    checked: Verified
-    diagnosis: Diagnosis | None = None
+    files: tuple[EncFile, ...]
+    key: Key
+    settings: Settings
+    diagnoser: Diagnoser
+    folder: bool
+    """Whether the source is a folder (a tally is worth showing)."""
 
 
-@dataclass
-class Tally:
-    """How a run went."""
+@contextmanager
+def prepare_run(
+    source: Path,
+    key_file: Path,
+    settings: Settings,
+    manifests: Sequence[Path],
+    notices: Notices,
+) -> Iterator[Run]:
+    """Check everything before a run writes anything, and open the key for it.
 
-    decrypted: int = 0
-    already_decrypted: int = 0
-    failed: int = 0
-    not_tried: int = 0
-    stopped: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every file is decrypted and verified."""
-        return self.failed == 0 and self.not_tried == 0
+    In this order: the files of ``source`` (each unusable one reported, then exit 2 once the
+    manifests and the key are checked too), the ``manifests`` (read into the run's settings),
+    the key (a warning when it is not LLaMA-7B), the output folder (made; stale temporary
+    files removed), the skipped files, the free space. Raises a :class:`BelleError`.
+    """
+    checked = plan(source)
+    for problem in checked.problems:
+        notices.problem(problem)
+    manifest = Manifest.read_all(manifests) if manifests else None
+    for ignored in manifest.ignored if manifest is not None else ():
+        notices.warning(ignored.message)
+    with Key(key_file) as key:
+        if checked.problems:
+            raise ProblemsReported(len(checked.problems))
+        fingerprint = identify(key_file, inspect=False)
+        if not fingerprint.is_expected:
+            notices.warning(
+                f"{key_file}: {fingerprint.verdict}; decrypting anyway (see "
+                f"`belle-decrypt check-key {key_file}`)"
+            )
+        out_dir = settings.out_dir
+        prepare_output_dir(out_dir)
+        remove_stale_temps(out_dir)
+        for path in checked.skipped:
+            notices.skipped(path, "not a .enc file")
+        check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
+        settings = replace(settings, manifest=manifest)
+        settings = replace(settings, jobs=resolve_jobs(checked.files, settings))
+        diagnoser = Diagnoser(key_file, manifest)
+        yield Run(checked.files, key, settings, diagnoser, source.is_dir())
 
 
 def manifest_check(manifest: Manifest | None, name: str) -> tuple[str | None, Verified]:
@@ -83,7 +119,7 @@ def decrypt_one(
     diagnoser: Diagnoser,
     progress: Progress | None,
     cancel: CancelToken | None = None,
-) -> Outcome:
+) -> Outcome[Result]:
     """Decrypt one file; a failure becomes an Outcome whose error names the likely cause."""
     expected_md5, checked = manifest_check(settings.manifest, enc.enc_name.name)
     try:
@@ -99,10 +135,10 @@ def decrypt_one(
         )
     except DigestMismatch as exc:
         diagnosis = diagnoser.explain(enc, cancel)
-        return Outcome(enc, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
+        return Outcome(enc.path, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
     except BelleError as exc:
-        return Outcome(enc, None, exc, checked)
-    return Outcome(enc, result, None, checked)
+        return Outcome(enc.path, None, exc, checked)
+    return Outcome(enc.path, result, None, checked)
 
 
 class _Stop(Exception):
@@ -124,7 +160,7 @@ def decrypt_all(
     diagnoser: Diagnoser,
     *,
     file_progress: FileProgress | None = None,
-    on_outcome: Callable[[Outcome], None] | None = None,
+    on_outcome: Callable[[Outcome[Result]], None] | None = None,
     cancel: CancelToken | None = None,
 ) -> Tally:
     """Decrypt ``files`` (several at once with ``settings.jobs``), reporting outcomes in order;
@@ -137,19 +173,18 @@ def decrypt_all(
     diagnoses: list[Diagnosis | None] = []
     token = cancel if cancel is not None else CancelToken()
 
-    def work(enc: EncFile) -> Outcome:
-        context = file_progress(enc) if file_progress is not None else nullcontext(None)
+    def work(enc: EncFile) -> Outcome[Result]:
+        context = (
+            file_progress(enc.enc_name.name, enc.payload_size)
+            if file_progress is not None
+            else nullcontext(None)
+        )
         with context as progress:
             return decrypt_one(enc, key, settings, diagnoser, progress, token)
 
-    def handle(enc: EncFile, outcome: Outcome) -> None:
+    def handle(enc: EncFile, outcome: Outcome[Result]) -> None:
         diagnoses.append(outcome.diagnosis)
-        if outcome.result is None:
-            tally.failed += 1
-        elif outcome.result.status is FileState.ALREADY_DECRYPTED:
-            tally.already_decrypted += 1
-        else:
-            tally.decrypted += 1
+        tally.add(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
         first_two_done = len(diagnoses) == 2 < len(files)

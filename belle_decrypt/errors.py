@@ -45,6 +45,13 @@ class InputError(BelleError):
     exit_code = ExitCode.USAGE
 
 
+class ProblemsReported(InputError):
+    """Unusable inputs, each already reported on its own (nothing more to print; exit 2)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} unusable input{'s' if count != 1 else ''}")
+
+
 class ChecksumError(BelleError):
     """The decrypted bytes do not match the SHA-256 (or md5) they must have (exit 1)."""
 

@@ -135,12 +135,12 @@ def test_library_runs_again_after_an_interrupt_and_a_second_one_during_shutdown(
     interrupted: list[str] = []
 
     @contextmanager
-    def interrupting(enc: EncFile) -> Iterator[Callable[[int], None]]:
+    def interrupting(name: str, size: int) -> Iterator[Callable[[int], None]]:
         def advance(n: int) -> None:
             with lock:
                 first = not interrupted
                 if first:
-                    interrupted.append(enc.enc_name.name)
+                    interrupted.append(name)
             if first:
                 _thread.interrupt_main()  # the first Ctrl-C
             assert token.wait(5), "the run did not cancel its token"  # no file ends before
