@@ -1,10 +1,11 @@
-"""The keystream of FORMAT.md: the key file cut into 10 MiB pieces, repeated piece by piece.
+"""Keystreams: what the engine XORs with, pulled by payload offset (:class:`Keystream`).
 
-Payload piece ``i`` is XORed with key piece ``i mod n``; a short last key piece is tiled end to
-end to cover a whole payload piece. Where the keystream is one run of the key's bytes it is
-mapped straight from the file (:meth:`Key.mapped`); elsewhere it is read with ``pread`` into
-the caller's buffer (:meth:`Key.fill`). Either way memory stays flat whatever the key's size;
-only a short last piece is kept (read once).
+:class:`Key` is the keystream of docs/FORMAT.md section 1: the key file cut into 10 MiB pieces,
+repeated piece by piece. Payload piece ``i`` is XORed with key piece ``i mod n``; a short last
+key piece is tiled end to end to cover a whole payload piece. Where the keystream is one run of
+the key's bytes it is mapped straight from the file (:meth:`Key.mapped`); elsewhere it is read
+with ``pread`` into the caller's buffer (:meth:`Key.fill`). Either way memory stays flat
+whatever the key's size; only a short last piece is kept (read once).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError, OutputError
@@ -25,6 +27,20 @@ MAP_MIN = 1024 * 1024
 
 
 KEY_HINT = "pass LLaMA-7B consolidated.00.pth"
+
+
+class Keystream(Protocol):
+    """The bytes a payload is XORed with, by payload offset. The engine asks for them in
+    order, buffer by buffer, from one thread per stream; one keystream may serve several
+    streams at once (``--jobs``), so implementations read with pread, not seek + read."""
+
+    def fill(self, out: memoryview, offset: int) -> None:
+        """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""
+
+    def mapped(self, offset: int, length: int) -> AbstractContextManager[memoryview | None]:
+        """A read-only view of the keystream for payload ``offset .. offset+length`` without a
+        copy, or None where :meth:`fill` must be used (always None is correct, only slower).
+        Every export of the view is released before the block ends."""
 
 
 def check_key_file(path: Path) -> int:
