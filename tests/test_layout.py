@@ -19,9 +19,11 @@ import pytest
 
 from belle_decrypt.batch import Settings, decrypt_all, prepare_run
 from belle_decrypt.container import BELLE, EncFile
-from belle_decrypt.errors import InputError, ProblemsReported
+from belle_decrypt.decrypt import Result
+from belle_decrypt.errors import BelleError, InputError, ProblemsReported
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.layout import Layout, Source, plan
+from belle_decrypt.outcome import Outcome
 from belle_decrypt.states import FileState, Verified
 from tests import reference
 from tests.conftest import random_bytes
@@ -112,7 +114,7 @@ class Silent:
     def __init__(self) -> None:
         self.problems: list[str] = []
 
-    def problem(self, error: InputError) -> None:
+    def problem(self, error: BelleError) -> None:
         self.problems.append(str(error))
 
     def warning(self, text: str) -> None:
@@ -159,7 +161,7 @@ def test_a_seed_layout_decrypts_through_the_run(tmp_path: Path, size: int) -> No
     out = tmp_path / "out"
     settings = Settings(out_dir=out)
     with prepare_run(folder, key, settings, [card], Silent(), [SeedLayout()]) as run:
-        outcomes = []
+        outcomes: list[Outcome[Result]] = []
         tally = decrypt_all(
             run.files, run.key, run.settings, run.diagnoser, on_outcome=outcomes.append
         )
@@ -201,7 +203,7 @@ def test_a_wrong_md5_on_a_layout_without_a_checksum_is_diagnosed(tmp_path: Path)
     with prepare_run(
         folder, key, Settings(out_dir=tmp_path / "out"), [card], Silent(), [SeedLayout()]
     ) as run:
-        outcomes = []
+        outcomes: list[Outcome[Result]] = []
         tally = decrypt_all(
             run.files, run.key, run.settings, run.diagnoser, on_outcome=outcomes.append
         )
