@@ -1,136 +1,40 @@
 """The `belle-decrypt` command line: a thin click layer over the library.
 
-It turns library errors into one line on stderr and an exit code: 0 success, 1 a file failed,
-2 unusable input found before writing, 130/143 interrupted.
+It parses arguments, calls the library, and hands results and errors to :mod:`console`, which
+turns them into lines and exit codes: 0 success, 1 a file failed, 2 unusable input found before
+writing, 130/143/129 interrupted.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import replace
+from contextlib import suppress
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any
 
 import click
 
 from belle_decrypt import __version__
-from belle_decrypt.errors import EXIT_FAILED, EXIT_USAGE, BelleError, InputError, ManifestError
+from belle_decrypt.console import (
+    PROG,
+    ConsoleNotices,
+    bar,
+    decrypt_run,
+    encrypt_run,
+    error,
+    key_lines,
+    progress_enabled,
+    user_errors,
+    verify_lines,
+    warn,
+)
+from belle_decrypt.errors import BelleError, ExitCode, InputError, ManifestError
+from belle_decrypt.states import CheckStatus
 
-if TYPE_CHECKING:
-    from belle_decrypt.batch import Outcome, Settings, Tally
-    from belle_decrypt.container import EncFile
-    from belle_decrypt.diagnose import Diagnoser
-    from belle_decrypt.keystream import Key
-    from belle_decrypt.manifest import Manifest
-
-PROG = "belle-decrypt"
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
-
-
-EXIT_SIGHUP = 129
 # Arguments are checked by the library, which says what is wrong in one line.
 PATH = click.Path(path_type=Path, readable=False)
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that `with` blocks clean up."""
-
-    exit_code = EXIT_SIGTERM
-    word = "terminated"
-
-
-class HungUp(Terminated):
-    """Raised on SIGHUP (a closed terminal or ssh session), handled like SIGTERM."""
-
-    exit_code = EXIT_SIGHUP
-    word = "hung up"
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
-    raise HungUp() if signum == signal.SIGHUP else Terminated()
-
-
-# Control characters (a line break in a file name) shown escaped, so a message stays one line.
-_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {10: "\\n", 9: "\\t", 13: "\\r"}
-
-
-def one_line(text: str) -> str:
-    """``text`` with control characters escaped; other characters (Chinese names) kept."""
-    return text.translate(_ESCAPES)
-
-
-def error(message: str) -> None:
-    """One line on stderr (dropped if stderr is gone, as after a hang-up)."""
-    with suppress(OSError):
-        click.echo(f"{PROG}: error: {one_line(message)}", err=True)
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr."""
-    with suppress(OSError):
-        click.echo(f"{PROG}: warning: {one_line(message)}", err=True)
-
-
-def warn_ignored(manifest: Manifest | None) -> None:
-    """A warning for each manifest line that holds a digest but is not an entry."""
-    for ignored in manifest.ignored if manifest is not None else ():
-        warn(ignored.message)
-
-
-def human_size(size: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _where(exc: BaseException) -> str:
-    """``"<file>: "`` when an interrupt was tagged with the file being written, else ``""``."""
-    return f"{exc.args[0]}: " if exc.args and isinstance(exc.args[0], str) else ""
-
-
-@contextmanager
-def user_errors(writing: bool = False) -> Iterator[None]:
-    """Map library errors and signals to one line and an exit code; never a traceback.
-
-    SIGXFSZ is ignored so that a file-size limit (``ulimit -f``) makes write() fail with EFBIG,
-    which is reported like any write error, instead of killing the process. ``writing``
-    commands say, when interrupted, that the unfinished file was removed.
-    """
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    after = (
-        "; the unfinished file was removed; run the same command again to finish" if writing else ""
-    )
-    try:
-        yield
-    except BelleError as exc:
-        error(str(exc))
-        sys.exit(exc.exit_code)
-    except OSError as exc:  # a last resort: an I/O error the library did not word
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        error(f"{where}{exc.strerror or exc}; nothing was left under a final name")
-        sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt as exc:
-        error(f"{_where(exc)}interrupted{after}")
-        sys.exit(EXIT_SIGINT)
-    except Terminated as exc:
-        error(f"{_where(exc)}{exc.word}{after}")
-        sys.exit(exc.exit_code)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class DefaultToDecrypt(click.Group):
@@ -163,78 +67,6 @@ def cli() -> None:
     and in CI:
       belle-decrypt verify out/ --manifest md5.txt --json
     """
-
-
-def progress_enabled(quiet: bool) -> bool:
-    """Bars only for a person watching a terminal."""
-    return not quiet and sys.stderr.isatty()
-
-
-def _bar(total: int, desc: str, enabled: bool, position: int, leave: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        disable=not enabled,
-        position=position,
-        leave=leave,
-        dynamic_ncols=True,
-    )
-
-
-class _Bars:
-    """An overall bar (folder form only) and a bar per file, advanced together.
-
-    ``advance`` may be called from several threads (``--jobs``).
-    """
-
-    def __init__(self, total: int, folder: bool, enabled: bool) -> None:
-        self.folder, self.enabled = folder, enabled
-        self.overall = _bar(total, "all files", enabled and folder, 0, True)
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> _Bars:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.overall.close()
-
-    @contextmanager
-    def file(self, size: int, name: str, shown: bool = True) -> Iterator[Callable[[int], None]]:
-        """A bar for one file (``shown`` False: only the overall bar moves)."""
-        folder = self.folder
-        with _bar(size, name, self.enabled and shown, int(folder), not folder) as bar:
-
-            def advance(n: int) -> None:
-                with self.lock:
-                    bar.update(n)
-                    self.overall.update(n)
-
-            yield advance
-
-
-def say(line: str, quiet: bool) -> None:
-    """A summary line on stdout that does not garble progress bars.
-
-    If the reader of stdout has gone (`| head -1`), the rest of the lines go nowhere and the
-    work goes on.
-    """
-    if quiet:
-        return
-    from tqdm import tqdm
-
-    try:
-        tqdm.write(one_line(line), file=sys.stdout)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 MANIFEST_HELP = "An md5 list (md5sum output or the model card's text pasted as is); repeatable."
@@ -293,106 +125,16 @@ def decrypt(
       belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
           --manifest model-card-md5.txt
     """
-    from belle_decrypt.batch import Settings
-    from belle_decrypt.decrypt import (
-        bytes_to_write,
-        check_free_space,
-        plan,
-        prepare_output_dir,
+    from belle_decrypt.batch import Settings, prepare_run
+
+    settings = Settings(
+        out_dir=out_dir, force=force, fsync=not no_fsync, keep_going=keep_going, jobs=jobs
     )
-    from belle_decrypt.diagnose import Diagnoser
-    from belle_decrypt.keyid import identify
-    from belle_decrypt.keystream import Key
-    from belle_decrypt.manifest import Manifest
-    from belle_decrypt.output import remove_stale_temps
-
     with user_errors(writing=True):
-        checked = plan(source)
-        for problem in checked.problems:
-            error(str(problem))
-        manifest = Manifest.read_all(manifests) if manifests else None
-        warn_ignored(manifest)
-        with Key(key_file) as key:
-            if checked.problems:
-                sys.exit(EXIT_USAGE)
-            fingerprint = identify(key_file, inspect=False)
-            if not fingerprint.is_expected:
-                warn(
-                    f"{key_file}: {fingerprint.verdict}; decrypting anyway (see "
-                    f"`{PROG} check-key {key_file}`)"
-                )
-            prepare_output_dir(out_dir)
-            remove_stale_temps(out_dir)
-            for path in checked.skipped:
-                say(f"skipped            {path.name} (not a .enc file)", quiet)
-            check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
-            settings = Settings(
-                out_dir=out_dir,
-                force=force,
-                fsync=not no_fsync,
-                keep_going=keep_going,
-                manifest=manifest,
-                jobs=jobs,
-            )
-            tally = _decrypt_all(
-                checked.files, key, settings, Diagnoser(key_file, manifest), source.is_dir(), quiet
-            )
+        with prepare_run(source, key_file, settings, manifests, ConsoleNotices(quiet)) as run:
+            tally = decrypt_run(run, quiet)
         if not tally.ok:
-            sys.exit(EXIT_FAILED)
-
-
-def _decrypt_all(
-    files: Sequence[EncFile],
-    key: Key,
-    settings: Settings,
-    diagnoser: Diagnoser,
-    folder: bool,
-    quiet: bool,
-) -> Tally:
-    """Run the batch with progress bars and one line per file, then the tally for a folder.
-
-    With several jobs at once only the overall bar is drawn.
-    """
-    from belle_decrypt.batch import decrypt_all, resolve_jobs
-
-    settings = replace(settings, jobs=resolve_jobs(files, settings))
-    total = sum(enc.payload_size for enc in files)
-    with _Bars(total, folder, progress_enabled(quiet)) as bars:
-
-        @contextmanager
-        def file_progress(enc: EncFile) -> Iterator[Callable[[int], None]]:
-            name = enc.enc_name.name
-            with bars.file(enc.payload_size, name, shown=settings.jobs == 1) as advance:
-                try:
-                    yield advance
-                except (KeyboardInterrupt, Terminated) as exc:  # name the file in the message
-                    raise type(exc)(str(settings.out_dir / name)) from None
-
-        def report(outcome: Outcome) -> None:
-            if outcome.error is not None:
-                error(str(outcome.error))
-                return
-            result = outcome.result
-            assert result is not None
-            rate = result.size / result.seconds if result.seconds > 0 else 0.0
-            say(
-                f"{result.status:<18} {result.target.name}  {human_size(result.size)}"
-                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {outcome.checked}",
-                quiet,
-            )
-
-        tally = decrypt_all(
-            files, key, settings, diagnoser, file_progress=file_progress, on_outcome=report
-        )
-    if tally.stopped is not None:
-        error(tally.stopped)
-    if folder:
-        say(
-            f"{tally.decrypted} decrypted, {tally.already_decrypted} already decrypted, "
-            f"{tally.failed} failed",
-            quiet,
-        )
-    return tally
+            sys.exit(ExitCode.FAILED)
 
 
 @cli.command()
@@ -431,19 +173,13 @@ def verify(
       belle-decrypt verify BELLE-7B-2M/ --manifest model-card-md5.txt --json | jq .ok
     """
     from belle_decrypt.manifest import Manifest
-    from belle_decrypt.verify import (
-        FAILED,
-        MISSING,
-        OK,
-        entries_to_check,
-        planned_bytes,
-        verify_folder,
-    )
+    from belle_decrypt.verify import entries_to_check, planned_bytes, verify_folder
 
     with user_errors():
         try:
             manifest = Manifest.read_all(manifests)
-            warn_ignored(manifest)
+            for ignored in manifest.ignored:
+                warn(ignored.message)
             entries = entries_to_check(folder, manifest)
         except ManifestError as exc:
             if as_json:
@@ -451,32 +187,22 @@ def verify(
                 click.echo(json.dumps(doc, indent=2))
             raise
         total = planned_bytes(folder, entries)
-        with _bar(total, "verifying", progress_enabled(quiet), 0, False) as bar:
+        with bar(total, "verifying", progress_enabled(quiet)) as verifying:
             report = verify_folder(
-                folder, manifest, entries=entries, workers=jobs, on_progress=bar.update
+                folder, manifest, entries=entries, workers=jobs, on_progress=verifying.update
             )
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
-        for check in report.files:
-            if check.status == OK and quiet:
-                continue
-            line = f"{check.name}: {check.status}"
-            if check.status == FAILED:
-                line += f" ({check.detail or f'md5 {check.actual}, expected {check.expected}'})"
+        for line in verify_lines(report, quiet):
             click.echo(line)
-        if not quiet:
-            click.echo(
-                f"{report.count(OK)} OK, {report.count(FAILED)} FAILED, "
-                f"{report.count(MISSING)} MISSING ({' and '.join(report.groups)} files)"
-            )
     if not report.ok:
-        bad = len(report.files) - report.count(OK)
+        bad = len(report.files) - report.count(CheckStatus.OK)
         error(
             f"{folder}: {bad} of {len(report.files)} listed files FAILED or MISSING; "
             "download (or decrypt) those files again"
         )
-        sys.exit(EXIT_FAILED)
+        sys.exit(ExitCode.FAILED)
 
 
 @cli.command("check-key")
@@ -501,23 +227,11 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
         size = 0
         with suppress(OSError):  # identify() says what is wrong with the path
             size = key_file.stat().st_size
-        with _bar(size if full else 0, "md5", progress_enabled(quiet) and full, 0, False) as bar:
-            report = keyid.identify(key_file, full=full, on_progress=bar.update)
-    expected = keyid.LLAMA_7B
-    if not quiet:
-        lines = [
-            ("file", str(report.path)),
-            ("size", f"{report.size:,} bytes (LLaMA-7B: {expected.size or 0:,})"),
-            ("md5 of first 16 MiB", f"{report.head_md5} (LLaMA-7B: {expected.head_md5})"),
-        ]
-        if report.md5 is not None:
-            lines.append(("md5 of whole file", f"{report.md5} (LLaMA-7B: {expected.md5})"))
-        checkpoint = report.checkpoint.describe() if report.checkpoint else "not readable as one"
-        lines.append(("checkpoint", checkpoint))
-        for label, value in lines:
-            click.echo(f"{label + ':':<21}{value}")
-    click.echo(f"{'verdict:':<21}{report.path} {report.verdict}")
-    sys.exit(0 if report.is_expected else EXIT_FAILED)
+        with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
+            report = keyid.identify(key_file, full=full, on_progress=hashing.update)
+    for line in key_lines(report, quiet):
+        click.echo(line)
+    sys.exit(ExitCode.OK if report.is_expected else ExitCode.FAILED)
 
 
 @cli.command()
@@ -540,48 +254,13 @@ def encrypt(
     Example:
       belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
     """
-    from belle_decrypt.container import HEADER_SIZE
-    from belle_decrypt.decrypt import check_free_space, prepare_output_dir
-    from belle_decrypt.encrypt import encrypt_file, previous_manifest, sources, write_manifest
-    from belle_decrypt.keystream import Key
-    from belle_decrypt.output import remove_stale_temps
+    from belle_decrypt.encrypt import prepare_publish
 
     with user_errors(writing=True):
-        files = sources(source, out_dir)
-        previous = previous_manifest(out_dir)
-        warn_ignored(previous)
-        with Key(key_file) as key:
-            prepare_output_dir(out_dir)
-            remove_stale_temps(out_dir)
-            sizes = {path: path.stat().st_size for path in files}
-            check_free_space(out_dir, sum(size + HEADER_SIZE for size in sizes.values()))
-            results, failed = [], 0
-            with _Bars(sum(sizes.values()), source.is_dir(), progress_enabled(quiet)) as bars:
-                for path in files:
-                    with bars.file(sizes[path], path.name) as advance:
-                        try:
-                            result = encrypt_file(
-                                path,
-                                key,
-                                out_dir,
-                                force=force,
-                                fsync=not no_fsync,
-                                on_progress=advance,
-                            )
-                        except BelleError as exc:
-                            failed += 1
-                            error(str(exc))
-                            continue
-                    results.append(result)
-                    say(
-                        f"{result.status:<10} {result.target.name}  {human_size(result.size)}",
-                        quiet,
-                    )
-            if results or previous is not None:
-                manifest = write_manifest(out_dir, results, previous, fsync=not no_fsync)
-                say(f"wrote      {manifest} (md5 of {len(results)} .enc and plain files)", quiet)
-        if failed:
-            sys.exit(EXIT_FAILED)
+        with prepare_publish(source, key_file, out_dir, ConsoleNotices(quiet)) as publish:
+            tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
+        if not tally.ok:
+            sys.exit(ExitCode.FAILED)
 
 
 @cli.command()
@@ -603,65 +282,28 @@ def demo(keep: Path | None) -> None:
     """
     import tempfile
 
+    from belle_decrypt.demo import run_steps
+
+    def steps(folder: Path) -> None:
+        run_steps(folder, click.echo, _run_demo_step)
+
     started = time.monotonic()
     with user_errors(writing=True):
         if keep is None:
             with tempfile.TemporaryDirectory(prefix="belle-demo-") as folder:
-                _demo_steps(Path(folder))
+                steps(Path(folder))
             where = "removed the example (keep it with --keep DIR)"
         else:
             if keep.exists() and any(keep.iterdir()):
                 raise InputError("is not empty; give --keep a new or empty folder", keep)
             keep.mkdir(parents=True, exist_ok=True)
-            _demo_steps(keep)
+            steps(keep)
             where = f"the example is in {keep}"
         click.echo(f"\nDone in {time.monotonic() - started:.1f} s; {where}.")
 
 
-def _demo_steps(folder: Path) -> None:
-    """Build the release in ``folder`` and run the user's commands on it, from inside it."""
-    from belle_decrypt.demo import CHECKPOINT, build_release, check_checkpoint
-
-    click.echo(f"{PROG} demo: a synthetic release in {folder} (no network, no LLaMA file)\n")
-    release = build_release(folder)
-    model, key = release.model.name, release.key.name
-    enc, out, card = f"{model}-enc", f"{model}-out", f"{model}-enc/md5sums.txt"
-    files = ", ".join(sorted(p.name for p in release.model.iterdir()))
-    click.echo(
-        f"1. A random stand-in for Meta's key ({release.key.stat().st_size:,} bytes: one "
-        f"10 MiB piece and a short one) and a plain model: {files}."
-    )
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        _demo_run(
-            "2. The publisher encrypts it and writes the md5 list:", ["encrypt", model, key, enc]
-        )
-        _demo_run(
-            "3. You decrypt the folder, each file checked against the md5 list "
-            "(the demo key is not LLaMA-7B, so decrypt warns about it):",
-            [enc, key, out, "--manifest", card],
-        )
-        _demo_run(
-            "4. You verify the results, as a CI script would:", ["verify", out, "--manifest", card]
-        )
-        count = check_checkpoint(Path(out) / CHECKPOINT, Path(model) / CHECKPOINT)
-    finally:
-        os.chdir(previous)
-    click.echo(
-        f"\n5. torch loads the decrypted {CHECKPOINT}: {count} tensors, equal to the original."
-    )
-    click.echo(
-        "\nWith real files:\n"
-        f"  {PROG} check-key llama/7B/consolidated.00.pth\n"
-        f"  {PROG} BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ --manifest md5.txt\n"
-        f"  {PROG} verify BELLE-7B-2M/ --manifest md5.txt"
-    )
-
-
-def _demo_run(title: str, args: list[str]) -> None:
-    """Print a step and its command line, then run it through the real command group."""
-    click.echo(f"\n{title}\n$ {PROG} {' '.join(args)}")
+def _run_demo_step(args: list[str]) -> None:
+    """Run one of the demo's command lines through the real command group."""
     try:
         cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except SystemExit as exc:
@@ -678,98 +320,30 @@ def main() -> None:
 @click.argument("diff_dir", type=PATH)
 @click.argument("base_dir", type=PATH)
 @click.argument("out_dir", type=PATH)
-@click.option(
-    "--recipe",
-    type=click.Choice(["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"]),
-    help="The publisher's recipe; may be left out when DIFF_DIR's name says the release.",
-)
-@click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin, not safetensors.")
-@click.option(
-    "--max-shard-size",
-    default="2GB",
-    show_default=True,
-    help="Largest output shard, as transformers writes it (2GB, 500MB, 10GiB).",
-)
-@click.option(
-    "--manifest",
-    "manifests",
-    multiple=True,
-    type=PATH,
-    help=MANIFEST_HELP + " The diff's files are checked against it during the recovery.",
-)
-@click.option(
-    "--expect-sum",
-    type=float,
-    default=None,
-    help="The sum of all recovered weights to check (alpaca, tulu), instead of the card's.",
-)
+@click.option("--recipe", type=click.Choice(["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"]))
+@click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin shards.")
+@click.option("--max-shard-size", default="2GB", show_default=True, help="E.g. 500MB, 10GiB.")
+@click.option("--manifest", "manifests", multiple=True, type=PATH, help=MANIFEST_HELP)
+@click.option("--expect-sum", type=float, help="The sum to check (alpaca, tulu).")
 @click.option("--force", is_flag=True, help="Replace model files already in OUT_DIR.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
-def recover(
-    diff_dir: Path,
-    base_dir: Path,
-    out_dir: Path,
-    recipe: str | None,
-    as_bin: bool,
-    max_shard_size: str,
-    manifests: tuple[Path, ...],
-    expect_sum: float | None,
-    force: bool,
-    quiet: bool,
-    no_fsync: bool,
-) -> None:
-    """Recover tuned weights from an additive diff (tuned - base) and LLaMA-1 in BASE_DIR.
+def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
+    """Recover a model from an additive diff (tuned - base) in DIFF_DIR and LLaMA-1 in BASE_DIR.
 
-    For Vicuna v0/v1.1, StableVicuna, Ziya, Stanford Alpaca and Tulu v1 deltas. Both folders
-    are in the Hugging Face layout; the base is checked first, memory stays at a few
-    tensors, the result is bit for bit the publisher's tool's, and nothing appears under a
-    final name until every check passed. A killed run resumes where it stopped.
+    Vicuna v0/v1.1, StableVicuna, Ziya, Stanford Alpaca, Tulu v1; --recipe may be left out
+    when DIFF_DIR's name says the release. Both folders are in the Hugging Face layout. The
+    base is checked first, memory stays at a few tensors, each tensor is bit for bit the
+    publisher's tool's, nothing gets a final name before every check passed, and a killed
+    run resumes.
 
     \b
     Example:
       belle-decrypt recover vicuna-7b-delta-v1.1/ llama-7b-hf/ vicuna-7b-v1.1/
       belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca
     """
-    from belle_decrypt.manifest import Manifest
-    from belle_decrypt.recover.run import Options, Recovery, ShardResult
-    from belle_decrypt.recover.writer import BIN, SAFETENSORS, parse_size
+    from belle_decrypt.console import recover_run
+    from belle_decrypt.recover.run import Options
 
     with user_errors(writing=True):
-        manifest = Manifest.read_all(manifests) if manifests else None
-        warn_ignored(manifest)
-        options = Options(
-            recipe=recipe,
-            fmt=BIN if as_bin else SAFETENSORS,
-            max_shard_size=parse_size(max_shard_size),
-            force=force,
-            fsync=not no_fsync,
-            manifest=manifest,
-            expect_sum=expect_sum,
-        )
-        with Recovery.prepare(diff_dir, base_dir, out_dir, options) as job:
-            how = f"recognised from {job.recognised}" if job.recognised else "given"
-            say(f"recipe     {job.recipe.name} ({how})", quiet)
-
-            def report(result: ShardResult) -> None:
-                say(f"{result.status:<10} {result.name}  {human_size(result.size)}", quiet)
-
-            with _Bars(job.total_size, True, progress_enabled(quiet)) as bars:
-                outcome = job.run(lambda name, size: bars.file(size, name), on_shard=report)
-        if outcome.copied:
-            say(f"copied     {', '.join(outcome.copied)}", quiet)
-        if outcome.manifest_checked:
-            say(f"md5        {outcome.manifest_checked} diff files match the manifest", quiet)
-        check = outcome.sum_check
-        if check is not None:
-            value = check.without_inv_freq if check.matched == "without" else check.with_inv_freq
-            say(
-                f"sum        {value:.4f} matches {check.expected} ({check.matched} the rotary "
-                "inv_freq buffers)",
-                quiet,
-            )
-        say(
-            f"recovered  {out_dir}: {len(outcome.shards)} shards, "
-            f"{human_size(outcome.written)} written in {outcome.seconds:.1f} s",
-            quiet,
-        )
+        recover_run(diff_dir, base_dir, out_dir, Options.parse(**options), quiet)

@@ -7,13 +7,15 @@ fingerprint is the best evidence.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt.container import EncFile
+from belle_decrypt.cancel import CancelToken
 from belle_decrypt.hashing import md5_file
 from belle_decrypt.keyid import KeyReport, KnownKey, identify
+from belle_decrypt.layout import Source
 from belle_decrypt.manifest import Manifest
 
 
@@ -26,7 +28,8 @@ class Diagnosis:
 
 
 class Diagnoser:
-    """Explains checksum failures for one key and one (optional) manifest."""
+    """Explains checksum failures for one key and one (optional) manifest; several threads
+    (``--jobs``) may ask at once."""
 
     def __init__(
         self,
@@ -41,23 +44,26 @@ class Diagnoser:
         self._expected = expected
         self._known = known
         self._report: KeyReport | None = None
+        self._lock = threading.Lock()
 
     def key_report(self) -> KeyReport:
-        """The key's fingerprint verdict with its checkpoint description (computed once)."""
-        if self._report is None:
-            self._report = identify(
-                self.key_path, inspect=True, expected=self._expected, known=self._known
-            )
-        return self._report
+        """The key's fingerprint verdict with its checkpoint description (computed once: the
+        first thread to ask computes it, the others wait for it)."""
+        with self._lock:
+            if self._report is None:
+                self._report = identify(
+                    self.key_path, inspect=True, expected=self._expected, known=self._known
+                )
+            return self._report
 
-    def explain(self, enc: EncFile) -> Diagnosis:
+    def explain(self, enc: Source, cancel: CancelToken | None = None) -> Diagnosis:
         """Say whether ``enc``'s failure is its download or the key, and what to do."""
         key = self.key_report()
         key_says = f"{key.path} {key.verdict}"
         entry = self.manifest.get(enc.path.name) if self.manifest is not None else None
         if entry is not None:
             try:
-                actual = md5_file(enc.path)
+                actual = md5_file(enc.path, cancel=cancel)
             except OSError as exc:
                 return Diagnosis(False, f"cannot read it to check its md5: {exc.strerror or exc}")
             if actual != entry.md5:

@@ -10,18 +10,20 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from belle_decrypt import jobs
+from belle_decrypt.cancel import CancelToken
 from belle_decrypt.errors import ManifestError
 from belle_decrypt.hashing import md5_file
 from belle_decrypt.manifest import Manifest, ManifestEntry
+from belle_decrypt.states import CheckStatus
 
-OK = "OK"
-FAILED = "FAILED"
-MISSING = "MISSING"
+OK = CheckStatus.OK
+FAILED = CheckStatus.FAILED
+MISSING = CheckStatus.MISSING
 ENCRYPTED = "encrypted"
 DECRYPTED = "decrypted"
 
@@ -34,7 +36,7 @@ class FileCheck:
     group: str
     expected: str
     actual: str | None
-    status: str
+    status: CheckStatus
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -44,7 +46,7 @@ class FileCheck:
             "group": self.group,
             "expected": self.expected,
             "actual": self.actual,
-            "status": self.status,
+            "status": self.status.value,
         }
 
 
@@ -60,7 +62,7 @@ class VerifyReport:
         """True when every checked file is OK."""
         return all(check.status == OK for check in self.files)
 
-    def count(self, status: str) -> int:
+    def count(self, status: CheckStatus) -> int:
         """How many files have ``status``."""
         return sum(1 for check in self.files if check.status == status)
 
@@ -102,14 +104,17 @@ def entries_to_check(folder: Path, manifest: Manifest) -> tuple[ManifestEntry, .
 
 
 def _check_one(
-    folder: Path, entry: ManifestEntry, on_progress: Callable[[int], None] | None
+    folder: Path,
+    entry: ManifestEntry,
+    on_progress: Callable[[int], None] | None,
+    cancel: CancelToken | None = None,
 ) -> FileCheck:
     path = folder / entry.name
     group = _group(entry)
     if not path.exists():
         return FileCheck(entry.name, group, entry.md5, None, MISSING)
     try:
-        actual = md5_file(path, on_progress=on_progress)
+        actual = md5_file(path, on_progress=on_progress, cancel=cancel)
     except OSError as exc:
         return FileCheck(
             entry.name, group, entry.md5, None, FAILED, f"cannot read: {exc.strerror or exc}"
@@ -140,10 +145,12 @@ def verify_folder(
     entries: tuple[ManifestEntry, ...] | None = None,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    cancel: CancelToken | None = None,
 ) -> VerifyReport:
     """Check every listed file of each group present in ``folder``; never stop at the first.
 
     ``on_progress(n)`` is called with bytes hashed, from worker threads, one call at a time.
+    An interruption (Ctrl-C) cancels the hashes in flight, which stop within a chunk.
     """
     chosen = entries if entries is not None else entries_to_check(folder, manifest)
     lock = threading.Lock()
@@ -153,6 +160,11 @@ def verify_folder(
             with lock:
                 on_progress(n)
 
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        checks = list(pool.map(lambda entry: _check_one(folder, entry, progress), chosen))
+    token = cancel if cancel is not None else CancelToken()
+    checks = jobs.run(
+        lambda entry: _check_one(folder, entry, progress, token),
+        chosen,
+        workers or default_workers(),
+        cancel=token,
+    )
     return VerifyReport(folder=folder, files=tuple(checks))

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from belle_decrypt.cli import cli
 from belle_decrypt.errors import InputError
 from belle_decrypt.recover.recipes import recognise, state_dict_key
 from belle_decrypt.recover.writer import parse_size
 from tests import reference_recover as ref
+from tests import runner
 from tests import tinyllama as tiny
 from tests.conftest import listing
 
@@ -30,7 +30,7 @@ TOKENIZER = {"tokenizer.model": b"sentencepiece stand-in", "tokenizer_config.jso
 
 
 def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, ["recover", *(str(a) for a in args)])
+    return runner.run("recover", *args)
 
 
 def release(

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from belle_decrypt.cli import cli
 from belle_decrypt.recover.recipes import state_dict_key
 from tests import reference_recover as ref
+from tests import runner
 from tests import tinyllama as tiny
 from tests.conftest import listing
 from tests.test_recover import KILLER, TOKENIZER, assert_recovered
 
 
 def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, ["recover", *(str(a) for a in args)])
+    return runner.run("recover", *args)
 
 
 def release(

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.decrypt import check_free_space, prepare_output_dir
 from belle_decrypt.errors import ChecksumError, InputError, ManifestError, OutputError
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.manifest import Manifest, ManifestEntry
-from belle_decrypt.output import AtomicFile, fsync_dir, remove_stale_temps
+from belle_decrypt.output import AtomicFile, remove_stale_temps
+from belle_decrypt.platform_io import fsync_dir
 from belle_decrypt.recover import checks
 from belle_decrypt.recover.buffers import BufferPool, Scratch
 from belle_decrypt.recover.checks import Item
@@ -35,6 +37,7 @@ from belle_decrypt.recover.hfdir import WeightFolder
 from belle_decrypt.recover.journal import Journal, fingerprint, pending_name, write_small_file
 from belle_decrypt.recover.recipes import INV_FREQ, Recipe, choose, layer_of, state_dict_key
 from belle_decrypt.recover.writer import (
+    BIN,
     SAFETENSORS,
     HashingWriter,
     Shard,
@@ -77,6 +80,29 @@ class Options:
     fsync: bool = True
     manifest: Manifest | None = None
     expect_sum: float | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        recipe: str | None,
+        as_bin: bool,
+        max_shard_size: str,
+        manifests: tuple[Path, ...],
+        expect_sum: float | None,
+        force: bool,
+        no_fsync: bool,
+    ) -> Options:
+        """The options as the command line gives them: the manifests read, the size parsed."""
+        return cls(
+            recipe=recipe,
+            fmt=BIN if as_bin else SAFETENSORS,
+            max_shard_size=parse_size(max_shard_size),
+            force=force,
+            fsync=not no_fsync,
+            manifest=Manifest.read_all(manifests) if manifests else None,
+            expect_sum=expect_sum,
+        )
 
 
 @dataclass(frozen=True)
@@ -272,7 +298,7 @@ class Recovery:
         shard_progress: ShardProgress,
         *,
         on_shard: Callable[[ShardResult], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        cancel: CancelToken | None = None,
     ) -> Outcome:
         """Recover every shard, check, then put everything under its final name."""
         started = time.monotonic()
@@ -283,7 +309,7 @@ class Recovery:
         try:
             for shard in self.shards:
                 with shard_progress(shard.name, shard.size) as advance:
-                    status = self._shard(shard, advance, sums, cancelled)
+                    status = self._shard(shard, advance, sums, cancel)
                 result = ShardResult(shard.name, status, shard.size)
                 results.append(result)
                 if on_shard is not None:
@@ -310,7 +336,7 @@ class Recovery:
         shard: Shard,
         advance: Callable[[int], None],
         sums: list[tuple[str, float]],
-        cancelled: Callable[[], bool] | None,
+        cancel: CancelToken | None,
     ) -> str:
         assert self.journal is not None
         fsync = self.options.fsync
@@ -323,8 +349,7 @@ class Recovery:
 
         def on_bytes(count: int) -> None:
             advance(count)
-            if cancelled is not None and cancelled():
-                raise KeyboardInterrupt(str(self.out_dir / shard.name))
+            check(cancel)
 
         def on_tensor(item: Item, tensor: torch.Tensor) -> None:
             if self.recipe.dtype == "float32":
