@@ -186,3 +186,27 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     width = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
     return torch.equal(a.contiguous().view(width), b.contiguous().view(width))
+
+
+# The releases the READMEs' `recover` commands name: (folder, recipe, vocabulary of the diff).
+README_RELEASES = (
+    ("vicuna-7b-delta-v1.1", "vicuna", 100),
+    ("vicuna-13b-delta-v0", "vicuna-v0", 101),
+    ("stable-vicuna-13b-delta", "vicuna-v0", 101),
+    ("Ziya-LLaMA-13B-v1", "ziya", 120),
+    ("alpaca-7b-wdiff", "alpaca", 101),
+    ("tulu-7b", "tulu", 101),
+)
+
+
+def readme_releases(folder: Path) -> None:
+    """Tiny stand-ins, in ``folder``, for the bases and diffs the READMEs' commands use."""
+    from tests import reference_recover
+
+    base = model(1)
+    for name in ("llama-7b-hf", "llama-13b-hf"):
+        write_folder(folder / name, base, "bin-sharded", config(100))
+    for name, recipe, vocab in README_RELEASES:
+        tuned_model = tuned({k: v.float() for k, v in base.items()}, 2, vocab=vocab)
+        diff = reference_recover.make_diff(recipe, tuned_model, base)
+        write_folder(folder / name, diff, "bin", config(vocab))
