@@ -8,7 +8,7 @@ of the terminal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,7 @@ class Tally:
     failed: int = 0
     not_tried: int = 0
     stopped: str | None = None
+    advice: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -64,21 +65,32 @@ class Tally:
         return self.failed == 0 and self.not_tried == 0
 
 
-def manifest_check(manifest: Manifest | None, name: str) -> tuple[str | None, str]:
-    """The md5 the manifest expects for ``name`` and the words saying what was verified."""
+def manifest_check(manifest: Manifest | None, name: str) -> tuple[dict[str, str], str]:
+    """The digests the manifest expects for the output ``name`` (by algorithm) and the words
+    saying what was verified."""
     if manifest is None:
-        return None, "SHA-256 verified"
-    entry = manifest.get(name)
-    if entry is None:
-        return None, "SHA-256 verified, not in manifest"
-    return entry.md5, "SHA-256 and md5 verified"
+        return {}, "SHA-256 verified"
+    expected = {entry.algorithm: entry.digest for entry in manifest.lookup(name)}
+    if not expected:
+        return {}, "SHA-256 verified, not in manifest"
+    if "md5" in expected:
+        return expected, "SHA-256 and md5 verified"
+    return expected, "SHA-256 verified, as listed in the manifest"
 
 
 def decrypt_one(
-    enc: EncFile, key: Key, settings: Settings, diagnoser: Diagnoser, progress: Progress | None
+    enc: EncFile,
+    key: Key,
+    settings: Settings,
+    diagnoser: Diagnoser,
+    progress: Progress | None,
+    inputs: Collection[Path] = (),
 ) -> Outcome:
-    """Decrypt one file; a failure becomes an Outcome whose error names the likely cause."""
-    expected_md5, checked = manifest_check(settings.manifest, enc.enc_name.name)
+    """Decrypt one file; a failure becomes an Outcome whose error names the likely cause.
+
+    ``inputs`` are the run's input files, never to be replaced by an output.
+    """
+    expected, checked = manifest_check(settings.manifest, enc.enc_name.name)
     try:
         result = decrypt_file(
             enc,
@@ -87,7 +99,8 @@ def decrypt_one(
             force=settings.force,
             fsync=settings.fsync,
             on_progress=progress,
-            expected_md5=expected_md5,
+            expected=expected,
+            inputs=inputs,
         )
     except DigestMismatch as exc:
         diagnosis = diagnoser.explain(enc)
@@ -126,11 +139,12 @@ def decrypt_all(
     """
     tally = Tally()
     diagnoses: list[Diagnosis | None] = []
+    inputs = frozenset(enc.path for enc in files)
 
     def work(enc: EncFile) -> Outcome:
         context = file_progress(enc) if file_progress is not None else nullcontext(None)
         with context as progress:
-            return decrypt_one(enc, key, settings, diagnoser, progress)
+            return decrypt_one(enc, key, settings, diagnoser, progress, inputs)
 
     def handle(enc: EncFile, outcome: Outcome) -> None:
         diagnoses.append(outcome.diagnosis)
@@ -156,4 +170,6 @@ def decrypt_all(
             f"{tally.not_tried} more not tried; pass the right key, or --keep-going to try "
             "every file anyway"
         )
+    if files and len(diagnoses) == len(files) and all(d is not None for d in diagnoses):
+        tally.advice = diagnoser.damaged_key()
     return tally

@@ -59,12 +59,20 @@ def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
     raise HungUp() if signum == signal.SIGHUP else Terminated()
 
 
-# Control characters (a line break in a file name) shown escaped, so a message stays one line.
-_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {10: "\\n", 9: "\\t", 13: "\\r"}
+# Control characters (a line break in a file name) shown escaped, so a message stays one line;
+# the bytes of a name that is not UTF-8 (surrogate escapes, as Python reads a GBK name) shown as
+# `\xNN`, since they cannot be written to a UTF-8 terminal.
+_ESCAPES = (
+    {i: f"\\x{i:02x}" for i in (*range(32), 127)}
+    | {10: "\\n", 9: "\\t", 13: "\\r"}
+    | {i: f"\\u{i:04x}" for i in range(0xD800, 0xE000)}
+    | {0xDC00 + i: f"\\x{i:02x}" for i in range(0x80, 0x100)}
+)
 
 
 def one_line(text: str) -> str:
-    """``text`` with control characters escaped; other characters (Chinese names) kept."""
+    """``text`` with control characters and undecodable bytes escaped; other characters
+    (Chinese names) kept."""
     return text.translate(_ESCAPES)
 
 
@@ -237,7 +245,10 @@ def say(line: str, quiet: bool) -> None:
         os.close(devnull)
 
 
-MANIFEST_HELP = "An md5 list (md5sum output or the model card's text pasted as is); repeatable."
+MANIFEST_HELP = (
+    "An md5 or SHA-256 list (md5sum / sha256sum output or the model card's text pasted as is; "
+    "- reads standard input); repeatable."
+)
 
 
 @cli.command()
@@ -386,6 +397,8 @@ def _decrypt_all(
         )
     if tally.stopped is not None:
         error(tally.stopped)
+    if tally.advice is not None:
+        warn(tally.advice)
     if folder:
         say(
             f"{tally.decrypted} decrypted, {tally.already_decrypted} already decrypted, "
@@ -435,7 +448,7 @@ def verify(
         FAILED,
         MISSING,
         OK,
-        entries_to_check,
+        files_to_check,
         planned_bytes,
         verify_folder,
     )
@@ -444,16 +457,16 @@ def verify(
         try:
             manifest = Manifest.read_all(manifests)
             warn_ignored(manifest)
-            entries = entries_to_check(folder, manifest)
+            files = files_to_check(folder, manifest)
         except ManifestError as exc:
             if as_json:
                 doc = {"folder": str(folder), "ok": False, "error": str(exc), "files": []}
                 click.echo(json.dumps(doc, indent=2))
             raise
-        total = planned_bytes(folder, entries)
+        total = planned_bytes(files)
         with _bar(total, "verifying", progress_enabled(quiet), 0, False) as bar:
             report = verify_folder(
-                folder, manifest, entries=entries, workers=jobs, on_progress=bar.update
+                folder, manifest, files=files, workers=jobs, on_progress=bar.update
             )
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -463,8 +476,9 @@ def verify(
                 continue
             line = f"{check.name}: {check.status}"
             if check.status == FAILED:
-                line += f" ({check.detail or f'md5 {check.actual}, expected {check.expected}'})"
-            click.echo(line)
+                mismatch = f"{check.algorithm} {check.actual}, expected {check.expected}"
+                line += f" ({check.detail or mismatch})"
+            click.echo(one_line(line))
         if not quiet:
             click.echo(
                 f"{report.count(OK)} OK, {report.count(FAILED)} FAILED, "
@@ -515,8 +529,8 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
         checkpoint = report.checkpoint.describe() if report.checkpoint else "not readable as one"
         lines.append(("checkpoint", checkpoint))
         for label, value in lines:
-            click.echo(f"{label + ':':<21}{value}")
-    click.echo(f"{'verdict:':<21}{report.path} {report.verdict}")
+            click.echo(one_line(f"{label + ':':<21}{value}"))
+    click.echo(one_line(f"{'verdict:':<21}{report.path} {report.verdict}"))
     sys.exit(0 if report.is_expected else EXIT_FAILED)
 
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,29 +146,52 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _md5_mismatch(actual: str, expected_md5: str, path: Path, done: str) -> ChecksumError:
-    return ChecksumError(
-        f"md5 {actual} differs from the manifest's {expected_md5} although the SHA-256 in the "
-        f"name matches; {done}: check that the manifest is for this release",
-        path,
-    )
+def _check_listed(
+    found: Mapping[str, str], expected: Mapping[str, str], path: Path, done: str
+) -> None:
+    """Raise when a digest the manifest lists differs from the one computed."""
+    for algorithm, digest in expected.items():
+        if found[algorithm] != digest:
+            label = "SHA-256" if algorithm == "sha256" else algorithm
+            raise ChecksumError(
+                f"{label} {found[algorithm]} differs from the manifest's {digest} although the "
+                f"SHA-256 in the name matches; {done}: check that the manifest is for this "
+                "release",
+                path,
+            )
 
 
-def _existing_matches(
-    enc: EncFile, target: Path, force: bool, key: Key, expected_md5: str | None = None
-) -> str | None:
-    """The md5 ('' when not asked) when ``target`` already holds this file's decrypted bytes,
-    None when it must be (re)written; raise if a different file is in the way."""
-    if not target.exists() and not target.is_symlink():
-        return None
-    if target.is_dir():
-        raise OutputError("a folder is in the way of the output file; move it away", target)
-    for own, what in ((key.path, "the key file"), (enc.path, "the encrypted file")):
+def _refuse_own_files(enc: EncFile, target: Path, key: Key, inputs: Collection[Path]) -> None:
+    """Refuse to replace the key, this file's input or any other input of the same run."""
+    owned = [(key.path, "the key file"), (enc.path, "the encrypted file")]
+    owned += [(path, "an input of this run") for path in inputs if path != enc.path]
+    for own, what in owned:
         if _same_file(target, own):
             raise OutputError(
                 f"is {what} itself and would be replaced; choose another output folder", target
             )
-    algorithms = ("sha256", "md5") if expected_md5 is not None else ("sha256",)
+
+
+def _existing_matches(
+    enc: EncFile,
+    target: Path,
+    force: bool,
+    key: Key,
+    expected: Mapping[str, str] | None = None,
+    inputs: Collection[Path] = (),
+) -> dict[str, str] | None:
+    """The digests when ``target`` already holds this file's decrypted bytes, None when it
+    must be (re)written; raise if a different file is in the way.
+
+    With ``force`` a file that differs, or that cannot be read, is to be replaced.
+    """
+    if not target.exists() and not target.is_symlink():
+        return None
+    if target.is_dir():
+        raise OutputError("a folder is in the way of the output file; move it away", target)
+    _refuse_own_files(enc, target, key, inputs)
+    expected = expected or {}
+    algorithms = ("sha256", *(name for name in expected if name != "sha256"))
     try:
         info = target.stat()
         digests = (
@@ -179,16 +202,16 @@ def _existing_matches(
     except FileNotFoundError:
         digests = {}  # a broken symbolic link: in the way, but nothing to read
     except OSError as exc:
+        if force:
+            return None
         raise OutputError(
-            f"cannot read the existing file: {exc.strerror or exc}; check its permissions or "
-            "move it away",
+            f"cannot read the existing file: {exc.strerror or exc}; check its permissions, "
+            "move it away or pass --force to replace it",
             target,
         ) from exc
     if digests.get("sha256") == enc.enc_name.sha256_hex:
-        md5 = digests.get("md5", "")
-        if expected_md5 is not None and md5 != expected_md5:
-            raise _md5_mismatch(md5, expected_md5, target, "left as it is")
-        return md5
+        _check_listed(digests, expected, target, "left as it is")
+        return digests
     if force:
         return None
     raise OutputError(
@@ -207,14 +230,17 @@ def decrypt_file(
     fsync: bool = True,
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
-    expected_md5: str | None = None,
+    expected: Mapping[str, str] | None = None,
+    inputs: Collection[Path] = (),
 ) -> Result:
     """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches
-    (and the md5 equals ``expected_md5`` when given, computed in the same pass)."""
+    (and the digests ``expected`` by a manifest, by algorithm, match: computed in the same
+    pass). No file in ``inputs`` (the run's other inputs) is ever replaced."""
     started = time.monotonic()
     target = out_dir / enc.enc_name.name
-    existing_md5 = _existing_matches(enc, target, force, key, expected_md5)
-    if existing_md5 is not None:
+    expected = expected or {}
+    existing = _existing_matches(enc, target, force, key, expected, inputs)
+    if existing is not None:
         return Result(
             source=enc.path,
             target=target,
@@ -222,13 +248,13 @@ def decrypt_file(
             size=enc.payload_size,
             sha256=enc.enc_name.sha256_hex,
             seconds=time.monotonic() - started,
-            md5=existing_md5 or None,
+            md5=existing.get("md5"),
         )
     engine.prepare(enc.payload_size)
     started = time.monotonic()  # a torch import is not this file's time
     digest = hashlib.sha256()
     status = "decrypted"
-    md5 = hashlib.md5() if expected_md5 is not None else None
+    extra = {name: hashlib.new(name) for name in expected if name != "sha256"}
     atomic = AtomicFile(target, fsync=fsync)
     try:
         src_handle = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
@@ -245,7 +271,7 @@ def decrypt_file(
                 out,
                 key,
                 enc.payload_size,
-                hashers=(digest,) if md5 is None else (digest, md5),
+                hashers=(digest, *extra.values()),
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(target),
@@ -253,15 +279,14 @@ def decrypt_file(
             actual = digest.hexdigest()
             if actual != enc.enc_name.sha256_hex:
                 raise DigestMismatch(actual, enc.enc_name.sha256_hex, WRONG_KEY_HINT, enc.path)
-            if md5 is not None and md5.hexdigest() != expected_md5:
-                assert expected_md5 is not None
-                raise _md5_mismatch(md5.hexdigest(), expected_md5, enc.path, "nothing written")
+            found = {"sha256": actual} | {name: h.hexdigest() for name, h in extra.items()}
+            _check_listed(found, expected, enc.path, "nothing written")
             try:
                 atomic.commit(replace=force)
             except FileExistsError:
                 # Something appeared under the final name meanwhile (another run, the user):
                 # kept; this run succeeded only if it is exactly right.
-                if _existing_matches(enc, target, False, key, expected_md5) is None:
+                if _existing_matches(enc, target, False, key, expected, inputs) is None:
                     raise OutputError(
                         "changed while being written; run the same command again", target
                     ) from None
@@ -278,5 +303,5 @@ def decrypt_file(
         size=enc.payload_size,
         sha256=actual,
         seconds=time.monotonic() - started,
-        md5=md5.hexdigest() if md5 is not None else None,
+        md5=found.get("md5"),
     )

@@ -2,7 +2,8 @@
 
 The manifest's entries fall into two groups, the downloaded `.enc` files and the decrypted
 files. A group is checked when at least one of its files is in the folder, so one model card
-checks the downloads before decrypting and the results after.
+checks the downloads before decrypting and the results after. Each file is read once and hashed
+with the algorithms its entries use (md5, SHA-256 or both).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from belle_decrypt.errors import ManifestError
-from belle_decrypt.hashing import md5_file
+from belle_decrypt.hashing import hash_file
 from belle_decrypt.manifest import Manifest, ManifestEntry
 
 OK = "OK"
@@ -28,10 +29,11 @@ DECRYPTED = "decrypted"
 
 @dataclass(frozen=True)
 class FileCheck:
-    """One listed file's outcome; ``actual`` is None when it is missing or unreadable."""
+    """One manifest entry's outcome; ``actual`` is None when the file is missing or unreadable."""
 
     name: str
     group: str
+    algorithm: str
     expected: str
     actual: str | None
     status: str
@@ -42,10 +44,25 @@ class FileCheck:
         return {
             "name": self.name,
             "group": self.group,
+            "algorithm": self.algorithm,
             "expected": self.expected,
             "actual": self.actual,
             "status": self.status,
         }
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """One listed name, the file it stands for in the folder (None: missing) and its entries."""
+
+    name: str
+    path: Path | None
+    entries: tuple[ManifestEntry, ...]
+
+    @property
+    def group(self) -> str:
+        """`encrypted` for a downloaded `.enc` file, else `decrypted`."""
+        return ENCRYPTED if self.entries[0].encrypted else DECRYPTED
 
 
 @dataclass(frozen=True)
@@ -78,51 +95,75 @@ class VerifyReport:
         }
 
 
-def _group(entry: ManifestEntry) -> str:
-    return ENCRYPTED if entry.encrypted else DECRYPTED
+def locate(folder: Path, manifest: Manifest, name: str) -> Path | None:
+    """The file in ``folder`` that the listed ``name`` stands for, or None when missing.
+
+    ``name`` is a path relative to ``folder``; when it is not there, its last parts are
+    tried (a card made with `md5sum dir/*` lists `dir/x`) as long as no other listed name
+    ends with them.
+    """
+    parts = name.split("/")
+    for start in range(len(parts)):
+        if ".." in parts[start:]:
+            continue
+        suffix = "/".join(parts[start:])
+        if start and manifest.names_ending_with(suffix) != (name,):
+            return None
+        path = folder.joinpath(*parts[start:])
+        if os.path.lexists(path):
+            return path
+    return None
 
 
-def entries_to_check(folder: Path, manifest: Manifest) -> tuple[ManifestEntry, ...]:
-    """The entries of each group with at least one file present in ``folder``."""
+def files_to_check(folder: Path, manifest: Manifest) -> tuple[ListedFile, ...]:
+    """The listed files of each group (downloads, decrypted files) with at least one file
+    present in ``folder``."""
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "no such folder"
         raise ManifestError(f"{what}; pass the folder holding the listed files", folder)
-    chosen: list[ManifestEntry] = []
-    for group in (manifest.encrypted, manifest.decrypted):
-        if any((folder / entry.name).exists() for entry in group):
-            chosen.extend(group)
+    listed = [
+        ListedFile(name, locate(folder, manifest, name), manifest.entries_for(name))
+        for name in manifest.names
+    ]
+    present = {item.group for item in listed if item.path is not None}
+    chosen = tuple(item for item in listed if item.group in present)
     if not chosen:
         sources = ", ".join(sorted({entry.source for entry in manifest.entries}))
         raise ManifestError(
-            f"holds none of the {len(manifest.entries)} files listed in {sources}; pass the "
+            f"holds none of the {len(listed)} files listed in {sources}; pass the "
             "folder with the downloaded .enc files or the decrypted files",
             folder,
         )
-    return tuple(chosen)
+    return chosen
 
 
-def _check_one(
-    folder: Path, entry: ManifestEntry, on_progress: Callable[[int], None] | None
+def _judge(
+    item: ListedFile, entry: ManifestEntry, actual: str | None, status: str = "", detail: str = ""
 ) -> FileCheck:
-    path = folder / entry.name
-    group = _group(entry)
-    if not path.exists():
-        return FileCheck(entry.name, group, entry.md5, None, MISSING)
+    """One entry's outcome: ``status`` if given, else OK when ``actual`` is its digest."""
+    status = status or (OK if actual == entry.digest else FAILED)
+    return FileCheck(item.name, item.group, entry.algorithm, entry.digest, actual, status, detail)
+
+
+def _check_one(item: ListedFile, on_progress: Callable[[int], None] | None) -> list[FileCheck]:
+    """Hash one file once, with every algorithm its entries use, and judge each entry."""
+    if item.path is None:
+        return [_judge(item, entry, None, MISSING) for entry in item.entries]
+    algorithms = tuple(dict.fromkeys(entry.algorithm for entry in item.entries))
     try:
-        actual = md5_file(path, on_progress=on_progress)
+        digests = hash_file(item.path, algorithms, on_progress=on_progress)
     except OSError as exc:
-        return FileCheck(
-            entry.name, group, entry.md5, None, FAILED, f"cannot read: {exc.strerror or exc}"
-        )
-    return FileCheck(entry.name, group, entry.md5, actual, OK if actual == entry.md5 else FAILED)
+        detail = f"cannot read: {exc.strerror or exc}"
+        return [_judge(item, entry, None, FAILED, detail) for entry in item.entries]
+    return [_judge(item, entry, digests[entry.algorithm]) for entry in item.entries]
 
 
-def planned_bytes(folder: Path, entries: tuple[ManifestEntry, ...]) -> int:
-    """Bytes that verifying ``entries`` will read (for a progress bar's total)."""
+def planned_bytes(files: tuple[ListedFile, ...]) -> int:
+    """Bytes that verifying ``files`` will read (for a progress bar's total)."""
     total = 0
-    for entry in entries:
+    for item in files:
         try:
-            total += (folder / entry.name).stat().st_size
+            total += item.path.stat().st_size if item.path is not None else 0
         except OSError:
             continue
     return total
@@ -137,7 +178,7 @@ def verify_folder(
     folder: Path,
     manifest: Manifest,
     *,
-    entries: tuple[ManifestEntry, ...] | None = None,
+    files: tuple[ListedFile, ...] | None = None,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
@@ -145,7 +186,7 @@ def verify_folder(
 
     ``on_progress(n)`` is called with bytes hashed, from worker threads, one call at a time.
     """
-    chosen = entries if entries is not None else entries_to_check(folder, manifest)
+    chosen = files if files is not None else files_to_check(folder, manifest)
     lock = threading.Lock()
 
     def progress(n: int) -> None:
@@ -154,5 +195,5 @@ def verify_folder(
                 on_progress(n)
 
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        checks = list(pool.map(lambda entry: _check_one(folder, entry, progress), chosen))
-    return VerifyReport(folder=folder, files=tuple(checks))
+        checks = pool.map(lambda item: _check_one(item, progress), chosen)
+        return VerifyReport(folder=folder, files=tuple(c for each in checks for c in each))

@@ -246,7 +246,9 @@ def test_read_only_output_folder_fails_the_file(small: tuple[Path, Path], tmp_pa
 
 
 @needs_modes
-def test_unreadable_existing_output_is_left_alone(small: tuple[Path, Path], tmp_path: Path) -> None:
+def test_unreadable_existing_output_is_left_alone_unless_forced(
+    small: tuple[Path, Path], tmp_path: Path
+) -> None:
     key, enc = small
     out = tmp_path / "out"
     out.mkdir()
@@ -257,11 +259,14 @@ def test_unreadable_existing_output_is_left_alone(small: tuple[Path, Path], tmp_
     assert proc.returncode == 1
     assert one_error(proc.stderr) == (
         f"{out / 'model.bin'}: cannot read the existing file: Permission denied; check its "
-        "permissions or move it away"
+        "permissions, move it away or pass --force to replace it"
     )
-    (out / "model.bin").chmod(0o644)
     assert listing(out) == ["model.bin"]
     assert (out / "model.bin").read_bytes() == mine
+    forced = run_cli(enc, key, out, "--force", preexec_fn=as_plain_user())
+    assert forced.returncode == 0, forced.stderr
+    assert listing(out) == ["model.bin"]
+    assert (out / "model.bin").read_bytes() == random_bytes(3 * MiB, seed=42)
 
 
 @needs_modes

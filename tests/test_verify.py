@@ -53,6 +53,7 @@ def test_results_ok_json(release: Release, tmp_path: Path) -> None:
             {
                 "name": name,
                 "group": "decrypted",
+                "algorithm": "md5",
                 "expected": md5(data),
                 "actual": md5(data),
                 "status": "OK",
@@ -77,6 +78,7 @@ def test_corrupted_and_missing_results_json(release: Release, tmp_path: Path) ->
     assert by_name["pytorch_model.bin"] == {
         "name": "pytorch_model.bin",
         "group": "decrypted",
+        "algorithm": "md5",
         "expected": md5(release.plain["pytorch_model.bin"]),
         "actual": md5(bytes(damaged)),
         "status": "FAILED",
@@ -84,6 +86,7 @@ def test_corrupted_and_missing_results_json(release: Release, tmp_path: Path) ->
     assert by_name["tokenizer.model"] == {
         "name": "tokenizer.model",
         "group": "decrypted",
+        "algorithm": "md5",
         "expected": md5(release.plain["tokenizer.model"]),
         "actual": None,
         "status": "MISSING",
