@@ -95,6 +95,12 @@ def prepare_output_dir(out_dir: Path) -> None:
     """Create the output folder with its parents; refuse a path that is not a folder."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("the output folder is a file; pass a folder", out_dir)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise InputError(
+            f"the output folder is a symbolic link to {os.readlink(out_dir)}, which does not "
+            "exist; create that folder or pass another one",
+            out_dir,
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
