@@ -113,11 +113,14 @@ def user_errors(writing: bool = False) -> Iterator[None]:
     """Map library errors and signals to one line and an exit code; never a traceback.
 
     SIGXFSZ is ignored so that a file-size limit (``ulimit -f``) makes write() fail with EFBIG,
-    which is reported like any write error, instead of killing the process. ``writing``
+    which is reported like any write error, instead of killing the process. SIGINT raises
+    KeyboardInterrupt inside the block (the entry point ends the process at once outside it). ``writing``
     commands say, when interrupted, that the unfinished file was removed.
     """
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # KeyboardInterrupt while working
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     after = (
         "; the unfinished file was removed; run the same command again to finish" if writing else ""
     )
