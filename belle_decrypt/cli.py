@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -94,6 +94,19 @@ def warn_ignored(manifest: Manifest | None) -> None:
         warn(ignored.message)
 
 
+def echo_batched(pieces: Iterable[str]) -> None:
+    """Write ``pieces`` (each ending with its own line break) to stdout a few thousand at a
+    time: a report may have millions of lines, and each echo flushes."""
+    batch: list[str] = []
+    for piece in pieces:
+        batch.append(piece)
+        if len(batch) == 4096:
+            click.echo("".join(batch), nl=False)
+            batch.clear()
+    if batch:
+        click.echo("".join(batch), nl=False)
+
+
 def human_size(size: float) -> str:
     """1536 -> '1.5 KiB'."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -114,8 +127,8 @@ def user_errors(writing: bool = False) -> Iterator[None]:
 
     SIGXFSZ is ignored so that a file-size limit (``ulimit -f``) makes write() fail with EFBIG,
     which is reported like any write error, instead of killing the process. SIGINT raises
-    KeyboardInterrupt inside the block (the entry point ends the process at once outside it). ``writing``
-    commands say, when interrupted, that the unfinished file was removed.
+    KeyboardInterrupt inside the block (the entry point ends the process at once outside it).
+    ``writing`` commands say, when interrupted, that the unfinished file was removed.
     """
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -472,21 +485,25 @@ def verify(
                 folder, manifest, files=files, workers=jobs, on_progress=bar.update
             )
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        echo_batched(report.json_chunks())
     else:
-        for check in report.files:
-            if check.status == OK and quiet:
-                continue
-            line = f"{check.name}: {check.status}"
-            if check.status == FAILED:
-                mismatch = f"{check.algorithm} {check.actual}, expected {check.expected}"
-                line += f" ({check.detail or mismatch})"
-            click.echo(one_line(line))
-        if not quiet:
-            click.echo(
-                f"{report.count(OK)} OK, {report.count(FAILED)} FAILED, "
-                f"{report.count(MISSING)} MISSING ({' and '.join(report.groups)} files)"
-            )
+
+        def text_lines() -> Iterator[str]:
+            for check in report.files:
+                if check.status == OK and quiet:
+                    continue
+                line = f"{check.name}: {check.status}"
+                if check.status == FAILED:
+                    mismatch = f"{check.algorithm} {check.actual}, expected {check.expected}"
+                    line += f" ({check.detail or mismatch})"
+                yield one_line(line) + "\n"
+            if not quiet:
+                yield (
+                    f"{report.count(OK)} OK, {report.count(FAILED)} FAILED, "
+                    f"{report.count(MISSING)} MISSING ({' and '.join(report.groups)} files)\n"
+                )
+
+        echo_batched(text_lines())
     if not report.ok:
         bad = len(report.files) - report.count(OK)
         error(

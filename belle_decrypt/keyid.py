@@ -80,9 +80,7 @@ class CheckpointInfo:
     def describe(self) -> str:
         """One phrase, e.g. 'a Meta-format checkpoint: 40 layers, hidden size 5120, ...'."""
         if not self.layers:
-            return (
-                f"a PyTorch checkpoint with {plural(self.tensors, 'tensor')}, not a LLaMA layout"
-            )
+            return f"a PyTorch checkpoint with {plural(self.tensors, 'tensor')}, not a LLaMA layout"
         parts = []
         if self.shard:
             parts.append(f"layers {self.layers[0]}-{self.layers[-1]}")

@@ -21,12 +21,14 @@ gives them to Python (surrogate escapes), so they match the files they name.
 from __future__ import annotations
 
 import codecs
+import gc
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from belle_decrypt.container import is_encrypted_name
 from belle_decrypt.errors import ManifestError
@@ -108,12 +110,12 @@ def ends_with(name: str, suffix: str) -> bool:
     return name == suffix or name.endswith("/" + suffix)
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestEntry:
+class ManifestEntry(NamedTuple):
     """One file's expected digest, and where the manifest said so.
 
     ``name`` is the path relative to the folder checked (`/`-separated, no `./`);
-    ``algorithm`` is `md5` or `sha256`; ``digest`` is lower-case hex.
+    ``algorithm`` is `md5` or `sha256`; ``digest`` is lower-case hex. A named tuple: a
+    manifest may list millions of files, and tuples are the cheapest to build.
     """
 
     name: str
@@ -177,25 +179,59 @@ class IgnoredLine:
         )
 
 
-@dataclass(frozen=True)
+class _Collector:
+    """Entries gathered one at a time, one per name and algorithm; contradictions noted."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, tuple[ManifestEntry, ...]] = {}
+        self.ignored: list[IgnoredLine] = []
+        self.clashes: dict[tuple[str, str], list[ManifestEntry]] = {}
+
+    def add(self, entry: ManifestEntry) -> None:
+        listed = self.by_name.get(entry.name, ())
+        same = next((e for e in listed if e.algorithm == entry.algorithm), None)
+        if same is None:
+            self.by_name[entry.name] = (*listed, entry)
+        elif same.digest != entry.digest:
+            self.clashes.setdefault((entry.name, entry.algorithm), [same]).append(entry)
+
+    def manifest(self) -> Manifest:
+        """The manifest; one ManifestError naming every contradicting line."""
+        if self.clashes:
+            conflicts = [
+                f"{name} has different {algorithm} sums at "
+                + ", ".join(f"{entry.where} ({entry.digest})" for entry in listed)
+                for (name, algorithm), listed in self.clashes.items()
+            ]
+            raise ManifestError("; ".join(conflicts) + "; keep the entry that matches your release")
+        return Manifest(self.by_name, self.ignored)
+
+
+@contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Pause the cycle collector while millions of entries (which form no cycles) are built:
+    it would rescan them all again and again, tripling the time of a large manifest."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Manifest:
     """The entries of one or more manifests, one per file name and algorithm, in the order
     first listed."""
 
-    entries: tuple[ManifestEntry, ...]
-    ignored: tuple[IgnoredLine, ...] = ()
-    _by_name: dict[str, tuple[ManifestEntry, ...]] = field(init=False, repr=False, compare=False)
-    _by_base: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        by_name: dict[str, list[ManifestEntry]] = {}
-        for entry in self.entries:
-            by_name.setdefault(entry.name, []).append(entry)
-        by_base: dict[str, list[str]] = {}
-        for name in by_name:
-            by_base.setdefault(name.rsplit("/", 1)[-1], []).append(name)
-        object.__setattr__(self, "_by_name", {k: tuple(v) for k, v in by_name.items()})
-        object.__setattr__(self, "_by_base", {k: tuple(v) for k, v in by_base.items()})
+    def __init__(
+        self,
+        by_name: dict[str, tuple[ManifestEntry, ...]] | None = None,
+        ignored: Iterable[IgnoredLine] = (),
+    ) -> None:
+        self._by_name = by_name if by_name is not None else {}
+        self.ignored = tuple(ignored)
+        self._by_base: dict[str, tuple[str, ...]] | None = None
 
     @classmethod
     def from_entries(
@@ -203,34 +239,23 @@ class Manifest:
     ) -> Manifest:
         """Keep one entry per name and algorithm; raise one ManifestError naming every
         contradicting line."""
-        kept: dict[tuple[str, str], ManifestEntry] = {}
-        clashes: dict[tuple[str, str], list[ManifestEntry]] = {}
+        collector = _Collector()
         for entry in entries:
-            key = (entry.name, entry.algorithm)
-            first = kept.setdefault(key, entry)
-            if first.digest != entry.digest:
-                clashes.setdefault(key, [first]).append(entry)
-        if clashes:
-            conflicts = [
-                f"{name} has different {algorithm} sums at "
-                + ", ".join(f"{entry.where} ({entry.digest})" for entry in listed)
-                for (name, algorithm), listed in clashes.items()
-            ]
-            raise ManifestError("; ".join(conflicts) + "; keep the entry that matches your release")
-        return cls(entries=tuple(kept.values()), ignored=tuple(ignored))
+            collector.add(entry)
+        collector.ignored.extend(ignored)
+        return collector.manifest()
 
     @classmethod
     def parse_lines(cls, lines: Iterable[str], source: str = "<manifest>") -> Manifest:
         """Every entry in ``lines``; other lines holding a digest are kept in ``ignored``."""
-        entries: list[ManifestEntry] = []
-        ignored: list[IgnoredLine] = []
+        collector = _Collector()
         for number, line in enumerate(lines, start=1):
             entry = ManifestEntry.from_line(line, source, number)
             if entry is not None:
-                entries.append(entry)
+                collector.add(entry)
             elif has_digest(line):
-                ignored.append(IgnoredLine(source, number, line))
-        return cls.from_entries(entries, ignored)
+                collector.ignored.append(IgnoredLine(source, number, line))
+        return collector.manifest()
 
     @classmethod
     def parse(cls, text: str, source: str = "<manifest>") -> Manifest:
@@ -243,14 +268,15 @@ class Manifest:
         that lists no entry at all."""
         source = "standard input" if str(path) == STDIN else str(path)
         try:
-            if str(path) == STDIN:
-                manifest = cls.parse_lines(read_lines(sys.stdin.buffer), source)
-            else:
-                with open(path, "rb") as handle:
-                    manifest = cls.parse_lines(read_lines(handle), source)
+            with no_cyclic_gc():
+                if str(path) == STDIN:
+                    manifest = cls.parse_lines(read_lines(sys.stdin.buffer), source)
+                else:
+                    with open(path, "rb") as handle:
+                        manifest = cls.parse_lines(read_lines(handle), source)
         except OSError as exc:
             raise ManifestError(f"cannot read the manifest: {exc.strerror or exc}", source) from exc
-        if not manifest.entries:
+        if not manifest.names:
             raise ManifestError(
                 "lists no checksum entries (expected lines like `<md5 or sha256 hex>  FILE`)",
                 source,
@@ -260,7 +286,7 @@ class Manifest:
     @classmethod
     def read_all(cls, paths: Iterable[Path]) -> Manifest:
         """Read and merge several manifests (a repeated --manifest option)."""
-        merged = cls(entries=())
+        merged = cls()
         for path in paths:
             merged = merged.merge(cls.read(path))
         return merged
@@ -268,12 +294,34 @@ class Manifest:
     def merge(self, other: Manifest) -> Manifest:
         """Both manifests' entries; a name with two different digests of one algorithm is an
         error."""
+        if not self._by_name:
+            return Manifest(other._by_name, (*self.ignored, *other.ignored))
         return Manifest.from_entries(
             (*self.entries, *other.entries), (*self.ignored, *other.ignored)
         )
 
+    @property
+    def entries(self) -> tuple[ManifestEntry, ...]:
+        """Every entry, in the order first listed."""
+        return tuple(entry for listed in self._by_name.values() for entry in listed)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The listed names, in the order first listed."""
+        return tuple(self._by_name)
+
+    def entries_for(self, name: str) -> tuple[ManifestEntry, ...]:
+        """The entries listed under exactly ``name``."""
+        return self._by_name.get(name, ())
+
     def names_ending_with(self, suffix: str) -> tuple[str, ...]:
         """The listed names whose last parts are ``suffix``."""
+        if self._by_base is None:  # built on first use: most lookups are exact
+            by_base: dict[str, list[str]] = {}
+            with no_cyclic_gc():
+                for name in self._by_name:
+                    by_base.setdefault(name.rsplit("/", 1)[-1], []).append(name)
+            self._by_base = {base: tuple(names) for base, names in by_base.items()}
         base = suffix.rsplit("/", 1)[-1]
         return tuple(name for name in self._by_base.get(base, ()) if ends_with(name, suffix))
 
@@ -285,15 +333,6 @@ class Manifest:
             return exact
         names = self.names_ending_with(relative)
         return self._by_name[names[0]] if len(names) == 1 else ()
-
-    def entries_for(self, name: str) -> tuple[ManifestEntry, ...]:
-        """The entries listed under exactly ``name``."""
-        return self._by_name.get(name, ())
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The listed names, in the order first listed."""
-        return tuple(self._by_name)
 
     @property
     def encrypted(self) -> tuple[ManifestEntry, ...]:

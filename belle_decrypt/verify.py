@@ -8,17 +8,18 @@ with the algorithms its entries use (md5, SHA-256 or both).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from belle_decrypt.errors import ManifestError
 from belle_decrypt.hashing import hash_file
-from belle_decrypt.manifest import Manifest, ManifestEntry
+from belle_decrypt.manifest import Manifest, ManifestEntry, no_cyclic_gc
 
 OK = "OK"
 FAILED = "FAILED"
@@ -58,11 +59,11 @@ class ListedFile:
     name: str
     path: Path | None
     entries: tuple[ManifestEntry, ...]
+    group: str = field(init=False)
 
-    @property
-    def group(self) -> str:
-        """`encrypted` for a downloaded `.enc` file, else `decrypted`."""
-        return ENCRYPTED if self.entries[0].encrypted else DECRYPTED
+    def __post_init__(self) -> None:
+        # `encrypted` for a downloaded `.enc` file, else `decrypted`.
+        object.__setattr__(self, "group", ENCRYPTED if self.entries[0].encrypted else DECRYPTED)
 
 
 @dataclass(frozen=True)
@@ -94,24 +95,45 @@ class VerifyReport:
             "files": [check.as_dict() for check in self.files],
         }
 
+    def json_chunks(self) -> Iterator[str]:
+        """``json.dumps(self.as_dict(), indent=2)`` and a line break, one file at a time
+        (a manifest may list millions of files)."""
+        if not self.files:
+            yield json.dumps(self.as_dict(), indent=2) + "\n"
+            return
+        head = json.dumps({"folder": str(self.folder), "ok": self.ok}, indent=2)
+        yield head[: -len("\n}")] + ',\n  "files": ['
+        for number, check in enumerate(self.files):
+            # json.dumps with indent runs in Python; its scalars alone run in C.
+            fields = ",\n".join(
+                f"      {json.dumps(k)}: {json.dumps(v)}" for k, v in check.as_dict().items()
+            )
+            yield ("\n    {\n" if number == 0 else ",\n    {\n") + fields + "\n    }"
+        yield "\n  ]\n}\n"
 
-def locate(folder: Path, manifest: Manifest, name: str) -> Path | None:
+
+def locate(
+    folder: Path, manifest: Manifest, name: str, top: frozenset[str] | None = None
+) -> Path | None:
     """The file in ``folder`` that the listed ``name`` stands for, or None when missing.
 
     ``name`` is a path relative to ``folder``; when it is not there, its last parts are
     tried (a card made with `md5sum dir/*` lists `dir/x`) as long as no other listed name
-    ends with them.
+    ends with them. ``top``, the names directly in ``folder`` when known, saves looking up
+    paths that cannot exist.
     """
     parts = name.split("/")
+    root = os.fspath(folder)
     for start in range(len(parts)):
-        if ".." in parts[start:]:
+        rest = parts[start:]
+        if ".." in rest or (top is not None and rest[0] not in top):
             continue
-        suffix = "/".join(parts[start:])
-        if start and manifest.names_ending_with(suffix) != (name,):
-            return None
-        path = folder.joinpath(*parts[start:])
-        if os.path.lexists(path):
-            return path
+        path = os.path.join(root, *rest)
+        if not os.path.lexists(path):
+            continue
+        if start and manifest.names_ending_with("/".join(rest)) != (name,):
+            return None  # shorter parts would be as ambiguous
+        return Path(path)
     return None
 
 
@@ -121,10 +143,15 @@ def files_to_check(folder: Path, manifest: Manifest) -> tuple[ListedFile, ...]:
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "no such folder"
         raise ManifestError(f"{what}; pass the folder holding the listed files", folder)
-    listed = [
-        ListedFile(name, locate(folder, manifest, name), manifest.entries_for(name))
-        for name in manifest.names
-    ]
+    try:
+        top: frozenset[str] | None = frozenset(os.listdir(folder))
+    except OSError:
+        top = None  # look each path up instead
+    with no_cyclic_gc():  # a manifest may list millions of files
+        listed = [
+            ListedFile(name, locate(folder, manifest, name, top), manifest.entries_for(name))
+            for name in manifest.names
+        ]
     present = {item.group for item in listed if item.path is not None}
     chosen = tuple(item for item in listed if item.group in present)
     if not chosen:
@@ -145,10 +172,14 @@ def _judge(
     return FileCheck(item.name, item.group, entry.algorithm, entry.digest, actual, status, detail)
 
 
+def _missing(item: ListedFile) -> list[FileCheck]:
+    """A listed file that is not in the folder: each of its entries MISSING."""
+    return [_judge(item, entry, None, MISSING) for entry in item.entries]
+
+
 def _check_one(item: ListedFile, on_progress: Callable[[int], None] | None) -> list[FileCheck]:
     """Hash one file once, with every algorithm its entries use, and judge each entry."""
-    if item.path is None:
-        return [_judge(item, entry, None, MISSING) for entry in item.entries]
+    assert item.path is not None
     algorithms = tuple(dict.fromkeys(entry.algorithm for entry in item.entries))
     try:
         digests = hash_file(item.path, algorithms, on_progress=on_progress)
@@ -194,6 +225,13 @@ def verify_folder(
             with lock:
                 on_progress(n)
 
+    present = [item for item in chosen if item.path is not None]
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        checks = pool.map(lambda item: _check_one(item, progress), chosen)
-        return VerifyReport(folder=folder, files=tuple(c for each in checks for c in each))
+        hashed = pool.map(lambda item: _check_one(item, progress), present)
+        with no_cyclic_gc():  # a manifest may list millions of missing files
+            checks = tuple(
+                check
+                for item in chosen
+                for check in (next(hashed) if item.path is not None else _missing(item))
+            )
+    return VerifyReport(folder=folder, files=checks)

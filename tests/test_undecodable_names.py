@@ -19,7 +19,9 @@ SHOWN = r"\xd6\xd0\xce\xc4ģ\xd0\xcd"  # as printed: the undecodable bytes escap
 STRICT = {**ENV, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
 
 
-def run(args: Sequence[str | Path | bytes], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    args: Sequence[str | Path | bytes], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *(arg if isinstance(arg, bytes) else os.fsencode(arg) for arg in args)],
         capture_output=True,

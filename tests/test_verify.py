@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 
 from belle_decrypt.cli import cli
 from belle_decrypt.manifest import Manifest
-from belle_decrypt.verify import verify_folder
+from belle_decrypt.verify import FileCheck, VerifyReport, verify_folder
 from tests.release import Release, make_release, md5
 
 
@@ -174,3 +174,13 @@ def test_manifest_option_is_required(release: Release) -> None:
     result = run("verify", release.enc_dir)
     assert result.exit_code == 2
     assert "Missing option '--manifest'" in result.stderr
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_json_is_written_a_file_at_a_time_as_json_dumps_would(count: int) -> None:
+    checks = [
+        FileCheck(f'dir/"{n}"\udcd6', "decrypted", "md5", "0" * 32, None if n else "1" * 32, "OK")
+        for n in range(count)
+    ]
+    report = VerifyReport(Path("/data/模型"), tuple(checks))
+    assert "".join(report.json_chunks()) == json.dumps(report.as_dict(), indent=2) + "\n"
