@@ -446,7 +446,7 @@ def _decrypt_all(
 def verify(
     folder: Path, manifests: tuple[Path, ...], as_json: bool, jobs: int | None, quiet: bool
 ) -> None:
-    """Check the files in FOLDER against md5 manifests, like `md5sum -c`.
+    """Check the files in FOLDER against md5 or SHA-256 manifests, like `md5sum -c`.
 
     The manifest's .enc entries are checked when any of them is in FOLDER, and so are its
     decrypted-file entries: the same model card checks the downloads before decrypting and

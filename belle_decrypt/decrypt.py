@@ -18,7 +18,7 @@ from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import Key
-from belle_decrypt.output import TEMP_PREFIX, AtomicFile
+from belle_decrypt.output import TEMP_PREFIX, AtomicFile, unreadable_existing
 
 WRONG_KEY_HINT = (
     "the key is probably not the original LLaMA-7B consolidated.00.pth (or the download is damaged)"
@@ -210,11 +210,7 @@ def _existing_matches(
     except OSError as exc:
         if force:
             return None
-        raise OutputError(
-            f"cannot read the existing file: {exc.strerror or exc}; check its permissions, "
-            "move it away or pass --force to replace it",
-            target,
-        ) from exc
+        raise unreadable_existing(target, exc) from exc
     if digests.get("sha256") == enc.enc_name.sha256_hex:
         _check_listed(digests, expected, target, "left as it is")
         return digests

@@ -22,7 +22,7 @@ from belle_decrypt.errors import BelleError, InputError, ManifestError, OutputEr
 from belle_decrypt.hashing import md5_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
-from belle_decrypt.output import AtomicFile
+from belle_decrypt.output import AtomicFile, unreadable_existing
 
 MANIFEST_NAME = "md5sums.txt"
 NAME_MAX = 255
@@ -165,7 +165,13 @@ def _status_against_existing(target: Path, enc_md5: str, force: bool) -> str:
     """'encrypted' when the new file should be renamed into place, 'unchanged' to keep the old."""
     if not target.exists():
         return "encrypted"
-    if target.is_file() and md5_file(target) == enc_md5:
+    try:
+        same = target.is_file() and md5_file(target) == enc_md5
+    except OSError as exc:
+        if force:
+            return "encrypted"
+        raise unreadable_existing(target, exc) from exc
+    if same:
         return "unchanged"
     if force and target.is_file():
         return "encrypted"

@@ -29,6 +29,15 @@ def temp_name(final_name: str, pid: int | None = None) -> str:
     return f"{TEMP_PREFIX}{owner}.{secrets.token_hex(4)}.{final_name[:_NAME_KEEP]}"
 
 
+def unreadable_existing(target: Path, exc: OSError) -> OutputError:
+    """The error for an existing output that cannot be read to compare (--force replaces it)."""
+    return OutputError(
+        f"cannot read the existing file: {exc.strerror or exc}; check its permissions, move it "
+        "away or pass --force to replace it",
+        target,
+    )
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (a no-op where the file system cannot sync folders)."""
     fd = os.open(folder, os.O_RDONLY)

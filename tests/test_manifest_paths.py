@@ -38,6 +38,25 @@ def release(tmp_path: Path) -> Release:
 
 
 @pytest.fixture
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "key.pth"
+    path.write_bytes(KEY)
+    return path
+
+
+def plain_copy(release: Release, folder: Path) -> Path:
+    """The release's decrypted files in ``folder``, as the publisher has them."""
+    folder.mkdir()
+    for name, data in release.plain.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def decrypted_lines(result: Result) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith("decrypted ")]
+
+
+@pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """Two models with files of the same names in their own folders."""
     root = tmp_path / "tree"
@@ -87,7 +106,7 @@ def test_same_base_name_in_two_folders_never_matches_a_flat_file(tree: Path) -> 
 
 
 def test_md5sum_dir_star_card_checks_downloads_and_outputs(
-    release: Release, tmp_path: Path
+    release: Release, key: Path, tmp_path: Path
 ) -> None:
     """Cards made with `md5sum BELLE-7B-enc/*`: the folder prefix is not under DIR."""
     enc_card = tmp_path / "enc.md5"
@@ -97,34 +116,23 @@ def test_md5sum_dir_star_card_checks_downloads_and_outputs(
     assert downloads.exit_code == 0, downloads.output
     assert downloads.stdout.splitlines()[-1] == "3 OK, 0 FAILED, 0 MISSING (encrypted files)"
 
-    published = tmp_path / "BELLE-7B"
-    published.mkdir()
-    for name, data in release.plain.items():
-        (published / name).write_bytes(data)
+    plain_copy(release, tmp_path / "BELLE-7B")
     out_card = tmp_path / "out.md5"
     out_card.write_bytes(sh("md5sum BELLE-7B/*", tmp_path))
-    key = tmp_path / "key.pth"
-    key.write_bytes(KEY)
-    out = tmp_path / "out"
-    result = run(release.enc_dir, key, out, "--manifest", out_card)
+    result = run(release.enc_dir, key, tmp_path / "out", "--manifest", out_card)
     assert result.exit_code == 0, result.output
-    lines = [line for line in result.stdout.splitlines() if line.startswith("decrypted ")]
+    lines = decrypted_lines(result)
     assert len(lines) == 3 and all(line.endswith("SHA-256 and md5 verified") for line in lines)
 
 
-def test_sha256sum_card_verifies_and_decrypts(release: Release, tmp_path: Path) -> None:
+def test_sha256sum_card_verifies_and_decrypts(release: Release, key: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    key = tmp_path / "key.pth"
-    key.write_bytes(KEY)
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    for name, data in release.plain.items():
-        (reference / name).write_bytes(data)
+    reference = plain_copy(release, tmp_path / "reference")
     card = tmp_path / "sha256.txt"
     card.write_bytes(sh("sha256sum * && sha256sum --tag config.json", reference))
-    result = run(release.enc_dir, key, out, "--manifest", card)
+    result = run(release.enc_dir, key, out, "--manifest", "-", stdin=card.read_bytes())
     assert result.exit_code == 0, result.output
-    lines = [line for line in result.stdout.splitlines() if line.startswith("decrypted ")]
+    lines = decrypted_lines(result)
     assert len(lines) == 3
     assert all(line.endswith("SHA-256 verified, as listed in the manifest") for line in lines)
     checked = run("verify", out, "--manifest", card, "--json")
@@ -132,9 +140,7 @@ def test_sha256sum_card_verifies_and_decrypts(release: Release, tmp_path: Path) 
     assert '"algorithm": "sha256"' in checked.stdout and '"algorithm": "md5"' not in checked.stdout
 
 
-def test_a_wrong_sha256_entry_stops_decrypt(release: Release, tmp_path: Path) -> None:
-    key = tmp_path / "key.pth"
-    key.write_bytes(KEY)
+def test_a_wrong_sha256_entry_stops_decrypt(release: Release, key: Path, tmp_path: Path) -> None:
     card = tmp_path / "card.txt"
     card.write_text(f"{'ab' * 32}  config.json\n")
     out = tmp_path / "out"
@@ -150,10 +156,7 @@ def test_a_wrong_sha256_entry_stops_decrypt(release: Release, tmp_path: Path) ->
 
 
 def test_each_entry_checked_with_its_own_algorithm(release: Release, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    for name, data in release.plain.items():
-        (out / name).write_bytes(data)
+    out = plain_copy(release, tmp_path / "out")
     data = release.plain["tokenizer.model"]
     card = tmp_path / "mixed.txt"
     card.write_text(
