@@ -71,6 +71,8 @@ def manifest_check(manifest: Manifest | None, name: str) -> tuple[dict[str, str]
     if manifest is None:
         return {}, "SHA-256 verified"
     expected = {entry.algorithm: entry.digest for entry in manifest.lookup(name)}
+    if not expected and len(manifest.names_ending_with(name)) > 1:
+        return {}, "SHA-256 verified; the manifest lists this name in several folders"
     if not expected:
         return {}, "SHA-256 verified, not in manifest"
     if "md5" in expected:

@@ -204,3 +204,16 @@ def test_manifest_from_standard_input(release: Release) -> None:
         "belle-decrypt: error: standard input: lists no checksum entries (expected lines like "
         "`<md5 or sha256 hex>  FILE`)\n"
     )
+
+
+def test_decrypt_says_when_the_name_is_listed_in_several_folders(
+    release: Release, key: Path, tmp_path: Path
+) -> None:
+    data = release.plain["config.json"]
+    card = tmp_path / "tree.md5"
+    card.write_text(f"{md5(data)}  7B/config.json\n{md5(b'other')}  13B/config.json\n")
+    result = run(release.enc_path("config.json"), key, tmp_path / "out", "--manifest", card)
+    assert result.exit_code == 0, result.output
+    assert decrypted_lines(result)[0].endswith(
+        "SHA-256 verified; the manifest lists this name in several folders"
+    )
