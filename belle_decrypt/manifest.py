@@ -35,7 +35,6 @@ from belle_decrypt.errors import ManifestError
 
 # The digest algorithms a manifest may use, by the length of their hex digest.
 ALGORITHM_BY_LENGTH = {32: "md5", 64: "sha256"}
-ALGORITHMS = tuple(ALGORITHM_BY_LENGTH.values())
 # A manifest naming standard input (click's convention).
 STDIN = "-"
 
@@ -333,16 +332,6 @@ class Manifest:
             return exact
         names = self.names_ending_with(relative)
         return self._by_name[names[0]] if len(names) == 1 else ()
-
-    @property
-    def encrypted(self) -> tuple[ManifestEntry, ...]:
-        """Entries for downloaded `.enc` files."""
-        return tuple(entry for entry in self.entries if entry.encrypted)
-
-    @property
-    def decrypted(self) -> tuple[ManifestEntry, ...]:
-        """Entries for decrypted files."""
-        return tuple(entry for entry in self.entries if not entry.encrypted)
 
 
 def read_lines(handle: BinaryIO) -> Iterator[str]:

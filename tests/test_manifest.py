@@ -137,8 +137,7 @@ def test_model_card_pasted_as_is() -> None:
     )
     manifest = Manifest.parse(text, "card.md")
     assert names_and_md5s(text) == [(ENC, MD5_A), ("pytorch_model.bin", MD5_B)]
-    assert [e.name for e in manifest.encrypted] == [ENC]
-    assert [e.name for e in manifest.decrypted] == ["pytorch_model.bin"]
+    assert [e.encrypted for e in manifest.entries] == [True, False]
     (entry,) = manifest.lookup("pytorch_model.bin")
     assert entry.line == 8 and entry.where == "card.md:8"
     assert manifest.lookup("missing.bin") == ()
