@@ -1,28 +1,38 @@
 """Decrypting a checked set of `.enc` files into one folder, as one run.
 
-It adds to single-file decryption what a run over many files needs: each output checked against
-the manifest's md5, a failure explained (broken download or wrong key), a stop after the first
-two files fail with an unknown key, and a tally. It reports through callbacks and knows nothing
-of the terminal.
+:func:`prepare_run` does every check before anything is written (the files, the manifests, the
+key, the output folder and its free space, stale temporary files) and opens the key.
+:func:`decrypt_all` adds to single-file decryption what a run over many files needs: each
+output checked against the manifest's md5, a failure explained (broken download or wrong key),
+a stop after the first two files fail with an unknown key, and a tally. Both report through
+callbacks and know nothing of the terminal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from belle_decrypt import jobs
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import Result, decrypt_file
+from belle_decrypt.cancel import CancelToken
+from belle_decrypt.decrypt import (
+    Result,
+    bytes_to_write,
+    check_free_space,
+    decrypt_file,
+    prepare_output_dir,
+)
 from belle_decrypt.diagnose import Diagnoser, Diagnosis
-from belle_decrypt.errors import BelleError, DigestMismatch
+from belle_decrypt.errors import BelleError, DigestMismatch, InputError, ProblemsReported
+from belle_decrypt.keyid import identify
 from belle_decrypt.keystream import Key
+from belle_decrypt.layout import Layout, Source, plan
 from belle_decrypt.manifest import Manifest
-
-Progress = Callable[[int], None]
-FileProgress = Callable[[EncFile], AbstractContextManager[Progress | None]]
+from belle_decrypt.outcome import FileProgress, Notices, Outcome, Progress, Tally
+from belle_decrypt.output import remove_stale_temps
+from belle_decrypt.states import Verified
 
 
 @dataclass(frozen=True)
@@ -38,61 +48,113 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """One file's end: a result, or the error that failed it (with its likely cause)."""
+class Run:
+    """A checked run, ready to start: its files (smallest first), the open key, how to run."""
 
-    enc: EncFile
-    result: Result | None
-    error: BelleError | None
-    checked: str
-    diagnosis: Diagnosis | None = None
-
-
-@dataclass
-class Tally:
-    """How a run went."""
-
-    decrypted: int = 0
-    already_decrypted: int = 0
-    failed: int = 0
-    not_tried: int = 0
-    stopped: str | None = None
-    advice: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every file is decrypted and verified."""
-        return self.failed == 0 and self.not_tried == 0
+    files: tuple[Source, ...]
+    key: Key
+    settings: Settings
+    diagnoser: Diagnoser
+    folder: bool
+    """Whether the source is a folder (a tally is worth showing)."""
 
 
-def manifest_check(manifest: Manifest | None, name: str) -> tuple[dict[str, str], str]:
-    """The digests the manifest expects for the output ``name`` (by algorithm) and the words
-    saying what was verified."""
+@contextmanager
+def prepare_run(
+    source: Path,
+    key_file: Path,
+    settings: Settings,
+    manifests: Sequence[Path],
+    notices: Notices,
+    layouts: Sequence[Layout] | None = None,
+) -> Iterator[Run]:
+    """Check everything before a run writes anything, and open the key for it.
+
+    In this order: the files of ``source`` in the ``layouts`` (default: the BELLE container;
+    each unusable file reported, then exit 2 once the manifests and the key are checked too),
+    the ``manifests`` (read into the run's settings; a file whose layout carries no checksum
+    must be listed), the key (a warning when it is not LLaMA-7B), the output folder (made;
+    stale temporary files removed), the skipped files, the free space. Raises a
+    :class:`BelleError`.
+    """
+    checked = plan(source, layouts)
+    problems = list(checked.problems)
+    for problem in problems:
+        notices.problem(problem)
+    manifest = Manifest.read_all(manifests) if manifests else None
+    for ignored in manifest.ignored if manifest is not None else ():
+        notices.warning(ignored.message)
+    for unchecked in _unverifiable(checked.files, manifest):
+        problems.append(unchecked)
+        notices.problem(unchecked)
+    with Key(key_file) as key:
+        if problems:
+            raise ProblemsReported(len(problems))
+        fingerprint = identify(key_file, inspect=False)
+        if not fingerprint.is_expected:
+            notices.warning(
+                f"{key_file}: {fingerprint.verdict}; decrypting anyway (see "
+                f"`belle-decrypt check-key {key_file}`)"
+            )
+        out_dir = settings.out_dir
+        prepare_output_dir(out_dir)
+        remove_stale_temps(out_dir)
+        for path in checked.skipped:
+            notices.skipped(path, "not a .enc file")
+        check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
+        settings = replace(settings, manifest=manifest)
+        settings = replace(settings, jobs=resolve_jobs(checked.files, settings))
+        diagnoser = Diagnoser(key_file, manifest)
+        yield Run(checked.files, key, settings, diagnoser, source.is_dir())
+
+
+def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[InputError]:
+    """A problem for each file that carries no checksum and has no md5 in the manifest."""
+    return [
+        InputError(
+            f"carries no checksum and no manifest lists {enc.output_name!r}; pass the model "
+            "card's md5 list with --manifest",
+            enc.path,
+        )
+        for enc in files
+        if enc.sha256 is None and (manifest is None or not manifest.lookup(enc.output_name))
+    ]
+
+
+def manifest_check(manifest: Manifest | None, enc: Source) -> tuple[dict[str, str], Verified]:
+    """The digests the manifest expects for ``enc``'s output (by algorithm: the output's path
+    relative to OUT_DIR) and what will have been verified."""
+    entries = manifest.lookup(enc.output_name) if manifest is not None else ()
+    expected = {entry.algorithm: entry.digest for entry in entries}
+    if enc.sha256 is None:
+        if not expected:
+            return expected, Verified.NOTHING
+        return expected, Verified.MD5 if "md5" in expected else Verified.SHA256_AS_LISTED
     if manifest is None:
-        return {}, "SHA-256 verified"
-    expected = {entry.algorithm: entry.digest for entry in manifest.lookup(name)}
-    if not expected and len(manifest.names_ending_with(name)) > 1:
-        return {}, "SHA-256 verified; the manifest lists this name in several folders"
+        return expected, Verified.SHA256
+    if not expected and len(manifest.names_ending_with(enc.output_name)) > 1:
+        return expected, Verified.SHA256_LISTED_IN_SEVERAL_FOLDERS
     if not expected:
-        return {}, "SHA-256 verified, not in manifest"
+        return expected, Verified.SHA256_NOT_IN_MANIFEST
     if "md5" in expected:
-        return expected, "SHA-256 and md5 verified"
-    return expected, "SHA-256 verified, as listed in the manifest"
+        return expected, Verified.SHA256_AND_MD5
+    return expected, Verified.SHA256_AS_LISTED
 
 
 def decrypt_one(
-    enc: EncFile,
+    enc: Source,
     key: Key,
     settings: Settings,
     diagnoser: Diagnoser,
     progress: Progress | None,
+    cancel: CancelToken | None = None,
     inputs: Collection[Path] = (),
-) -> Outcome:
+) -> Outcome[Result]:
     """Decrypt one file; a failure becomes an Outcome whose error names the likely cause.
 
     ``inputs`` are the run's input files, never to be replaced by an output.
     """
-    expected, checked = manifest_check(settings.manifest, enc.enc_name.name)
+    expected, checked = manifest_check(settings.manifest, enc)
     try:
         result = decrypt_file(
             enc,
@@ -102,21 +164,22 @@ def decrypt_one(
             fsync=settings.fsync,
             on_progress=progress,
             expected=expected,
+            cancel=cancel,
             inputs=inputs,
         )
     except DigestMismatch as exc:
-        diagnosis = diagnoser.explain(enc)
-        return Outcome(enc, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
+        diagnosis = diagnoser.explain(enc, cancel)
+        return Outcome(enc.path, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
     except BelleError as exc:
-        return Outcome(enc, None, exc, checked)
-    return Outcome(enc, result, None, checked)
+        return Outcome(enc.path, None, exc, checked)
+    return Outcome(enc.path, result, None, checked)
 
 
 class _Stop(Exception):
     """Raised from the result handler to stop a run after the first two files."""
 
 
-def resolve_jobs(files: Sequence[EncFile], settings: Settings) -> int:
+def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
     """Files to decrypt at once: as asked, or from the cores, the hashes per file and sizes."""
     if settings.jobs is not None:
         return settings.jobs
@@ -125,13 +188,14 @@ def resolve_jobs(files: Sequence[EncFile], settings: Settings) -> int:
 
 
 def decrypt_all(
-    files: Sequence[EncFile],
+    files: Sequence[Source],
     key: Key,
     settings: Settings,
     diagnoser: Diagnoser,
     *,
     file_progress: FileProgress | None = None,
-    on_outcome: Callable[[Outcome], None] | None = None,
+    on_outcome: Callable[[Outcome[Result]], None] | None = None,
+    cancel: CancelToken | None = None,
 ) -> Tally:
     """Decrypt ``files`` (several at once with ``settings.jobs``), reporting outcomes in order;
     stop after the first two when both show a wrong key.
@@ -141,21 +205,21 @@ def decrypt_all(
     """
     tally = Tally()
     diagnoses: list[Diagnosis | None] = []
+    token = cancel if cancel is not None else CancelToken()
     inputs = frozenset(enc.path for enc in files)
 
-    def work(enc: EncFile) -> Outcome:
-        context = file_progress(enc) if file_progress is not None else nullcontext(None)
+    def work(enc: Source) -> Outcome[Result]:
+        context = (
+            file_progress(enc.output_name, enc.payload_size)
+            if file_progress is not None
+            else nullcontext(None)
+        )
         with context as progress:
-            return decrypt_one(enc, key, settings, diagnoser, progress, inputs)
+            return decrypt_one(enc, key, settings, diagnoser, progress, token, inputs)
 
-    def handle(enc: EncFile, outcome: Outcome) -> None:
+    def handle(enc: Source, outcome: Outcome[Result]) -> None:
         diagnoses.append(outcome.diagnosis)
-        if outcome.result is None:
-            tally.failed += 1
-        elif outcome.result.status == "already decrypted":
-            tally.already_decrypted += 1
-        else:
-            tally.decrypted += 1
+        tally.add(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
         first_two_done = len(diagnoses) == 2 < len(files)
@@ -163,7 +227,7 @@ def decrypt_all(
             raise _Stop()
 
     try:
-        jobs.run(work, files, resolve_jobs(files, settings), on_result=handle)
+        jobs.run(work, files, resolve_jobs(files, settings), cancel=token, on_result=handle)
     except _Stop:
         tally.not_tried = len(files) - len(diagnoses)
         tally.stopped = (

@@ -1,160 +1,40 @@
 """The `belle-decrypt` command line: a thin click layer over the library.
 
-It turns library errors into one line on stderr and an exit code: 0 success, 1 a file failed,
-2 unusable input found before writing, 130/143 interrupted.
+It parses arguments, calls the library, and hands results and errors to :mod:`console`, which
+turns them into lines and exit codes: 0 success, 1 a file failed, 2 unusable input found before
+writing, 130/143/129 interrupted.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import replace
+from contextlib import suppress
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from belle_decrypt import __version__
-from belle_decrypt.errors import EXIT_FAILED, EXIT_USAGE, BelleError, InputError, ManifestError
+from belle_decrypt.console import (
+    PROG,
+    Notices,
+    bar,
+    decrypt_run,
+    echo_batched,
+    encrypt_run,
+    error,
+    key_lines,
+    progress_enabled,
+    user_errors,
+    verify_lines,
+    warn,
+)
+from belle_decrypt.errors import BelleError, ExitCode, InputError, ManifestError
+from belle_decrypt.states import CheckStatus
 
-if TYPE_CHECKING:
-    from belle_decrypt.batch import Outcome, Settings, Tally
-    from belle_decrypt.container import EncFile
-    from belle_decrypt.diagnose import Diagnoser
-    from belle_decrypt.keystream import Key
-    from belle_decrypt.manifest import Manifest
-
-PROG = "belle-decrypt"
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
-
-
-EXIT_SIGHUP = 129
 # Arguments are checked by the library, which says what is wrong in one line.
 PATH = click.Path(path_type=Path, readable=False)
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that `with` blocks clean up."""
-
-    exit_code = EXIT_SIGTERM
-    word = "terminated"
-
-
-class HungUp(Terminated):
-    """Raised on SIGHUP (a closed terminal or ssh session), handled like SIGTERM."""
-
-    exit_code = EXIT_SIGHUP
-    word = "hung up"
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
-    raise HungUp() if signum == signal.SIGHUP else Terminated()
-
-
-# Control characters (a line break in a file name) shown escaped, so a message stays one line;
-# the bytes of a name that is not UTF-8 (surrogate escapes, as Python reads a GBK name) shown as
-# `\xNN`, since they cannot be written to a UTF-8 terminal.
-_ESCAPES = (
-    {i: f"\\x{i:02x}" for i in (*range(32), 127)}
-    | {10: "\\n", 9: "\\t", 13: "\\r"}
-    | {i: f"\\u{i:04x}" for i in range(0xD800, 0xE000)}
-    | {0xDC00 + i: f"\\x{i:02x}" for i in range(0x80, 0x100)}
-)
-
-
-def one_line(text: str) -> str:
-    """``text`` with control characters and undecodable bytes escaped; other characters
-    (Chinese names) kept."""
-    return text.translate(_ESCAPES)
-
-
-def error(message: str) -> None:
-    """One line on stderr (dropped if stderr is gone, as after a hang-up)."""
-    with suppress(OSError):
-        click.echo(f"{PROG}: error: {one_line(message)}", err=True)
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr."""
-    with suppress(OSError):
-        click.echo(f"{PROG}: warning: {one_line(message)}", err=True)
-
-
-def warn_ignored(manifest: Manifest | None) -> None:
-    """A warning for each manifest line that holds a digest but is not an entry."""
-    for ignored in manifest.ignored if manifest is not None else ():
-        warn(ignored.message)
-
-
-def echo_batched(pieces: Iterable[str]) -> None:
-    """Write ``pieces`` (each ending with its own line break) to stdout a few thousand at a
-    time: a report may have millions of lines, and each echo flushes."""
-    batch: list[str] = []
-    for piece in pieces:
-        batch.append(piece)
-        if len(batch) == 4096:
-            click.echo("".join(batch), nl=False)
-            batch.clear()
-    if batch:
-        click.echo("".join(batch), nl=False)
-
-
-def human_size(size: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _where(exc: BaseException) -> str:
-    """``"<file>: "`` when an interrupt was tagged with the file being written, else ``""``."""
-    return f"{exc.args[0]}: " if exc.args and isinstance(exc.args[0], str) else ""
-
-
-@contextmanager
-def user_errors(writing: bool = False) -> Iterator[None]:
-    """Map library errors and signals to one line and an exit code; never a traceback.
-
-    SIGXFSZ is ignored so that a file-size limit (``ulimit -f``) makes write() fail with EFBIG,
-    which is reported like any write error, instead of killing the process. SIGINT raises
-    KeyboardInterrupt inside the block (the entry point ends the process at once outside it).
-    ``writing`` commands say, when interrupted, that the unfinished file was removed.
-    """
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # KeyboardInterrupt while working
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-    after = (
-        "; the unfinished file was removed; run the same command again to finish" if writing else ""
-    )
-    try:
-        yield
-    except BelleError as exc:
-        error(str(exc))
-        sys.exit(exc.exit_code)
-    except OSError as exc:  # a last resort: an I/O error the library did not word
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        error(f"{where}{exc.strerror or exc}; nothing was left under a final name")
-        sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt as exc:
-        error(f"{_where(exc)}interrupted{after}")
-        sys.exit(EXIT_SIGINT)
-    except Terminated as exc:
-        error(f"{_where(exc)}{exc.word}{after}")
-        sys.exit(exc.exit_code)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class DefaultToDecrypt(click.Group):
@@ -187,78 +67,6 @@ def cli() -> None:
     and in CI:
       belle-decrypt verify out/ --manifest md5.txt --json
     """
-
-
-def progress_enabled(quiet: bool) -> bool:
-    """Bars only for a person watching a terminal."""
-    return not quiet and sys.stderr.isatty()
-
-
-def _bar(total: int, desc: str, enabled: bool, position: int, leave: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        disable=not enabled,
-        position=position,
-        leave=leave,
-        dynamic_ncols=True,
-    )
-
-
-class _Bars:
-    """An overall bar (folder form only) and a bar per file, advanced together.
-
-    ``advance`` may be called from several threads (``--jobs``).
-    """
-
-    def __init__(self, total: int, folder: bool, enabled: bool) -> None:
-        self.folder, self.enabled = folder, enabled
-        self.overall = _bar(total, "all files", enabled and folder, 0, True)
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> _Bars:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.overall.close()
-
-    @contextmanager
-    def file(self, size: int, name: str, shown: bool = True) -> Iterator[Callable[[int], None]]:
-        """A bar for one file (``shown`` False: only the overall bar moves)."""
-        folder = self.folder
-        with _bar(size, name, self.enabled and shown, int(folder), not folder) as bar:
-
-            def advance(n: int) -> None:
-                with self.lock:
-                    bar.update(n)
-                    self.overall.update(n)
-
-            yield advance
-
-
-def say(line: str, quiet: bool) -> None:
-    """A summary line on stdout that does not garble progress bars.
-
-    If the reader of stdout has gone (`| head -1`), the rest of the lines go nowhere and the
-    work goes on.
-    """
-    if quiet:
-        return
-    from tqdm import tqdm
-
-    try:
-        tqdm.write(one_line(line), file=sys.stdout)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 MANIFEST_HELP = (
@@ -320,108 +128,16 @@ def decrypt(
       belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
           --manifest model-card-md5.txt
     """
-    from belle_decrypt.batch import Settings
-    from belle_decrypt.decrypt import (
-        bytes_to_write,
-        check_free_space,
-        plan,
-        prepare_output_dir,
+    from belle_decrypt.batch import Settings, prepare_run
+
+    settings = Settings(
+        out_dir=out_dir, force=force, fsync=not no_fsync, keep_going=keep_going, jobs=jobs
     )
-    from belle_decrypt.diagnose import Diagnoser
-    from belle_decrypt.keyid import identify
-    from belle_decrypt.keystream import Key
-    from belle_decrypt.manifest import Manifest
-    from belle_decrypt.output import remove_stale_temps
-
     with user_errors(writing=True):
-        checked = plan(source)
-        for problem in checked.problems:
-            error(str(problem))
-        manifest = Manifest.read_all(manifests) if manifests else None
-        warn_ignored(manifest)
-        with Key(key_file) as key:
-            if checked.problems:
-                sys.exit(EXIT_USAGE)
-            fingerprint = identify(key_file, inspect=False)
-            if not fingerprint.is_expected:
-                warn(
-                    f"{key_file}: {fingerprint.verdict}; decrypting anyway (see "
-                    f"`{PROG} check-key {key_file}`)"
-                )
-            prepare_output_dir(out_dir)
-            remove_stale_temps(out_dir)
-            for path in checked.skipped:
-                say(f"skipped            {path.name} (not a .enc file)", quiet)
-            check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
-            settings = Settings(
-                out_dir=out_dir,
-                force=force,
-                fsync=not no_fsync,
-                keep_going=keep_going,
-                manifest=manifest,
-                jobs=jobs,
-            )
-            tally = _decrypt_all(
-                checked.files, key, settings, Diagnoser(key_file, manifest), source.is_dir(), quiet
-            )
+        with prepare_run(source, key_file, settings, manifests, Notices(quiet)) as run:
+            tally = decrypt_run(run, quiet)
         if not tally.ok:
-            sys.exit(EXIT_FAILED)
-
-
-def _decrypt_all(
-    files: Sequence[EncFile],
-    key: Key,
-    settings: Settings,
-    diagnoser: Diagnoser,
-    folder: bool,
-    quiet: bool,
-) -> Tally:
-    """Run the batch with progress bars and one line per file, then the tally for a folder.
-
-    With several jobs at once only the overall bar is drawn.
-    """
-    from belle_decrypt.batch import decrypt_all, resolve_jobs
-
-    settings = replace(settings, jobs=resolve_jobs(files, settings))
-    total = sum(enc.payload_size for enc in files)
-    with _Bars(total, folder, progress_enabled(quiet)) as bars:
-
-        @contextmanager
-        def file_progress(enc: EncFile) -> Iterator[Callable[[int], None]]:
-            name = enc.enc_name.name
-            with bars.file(enc.payload_size, name, shown=settings.jobs == 1) as advance:
-                try:
-                    yield advance
-                except (KeyboardInterrupt, Terminated) as exc:  # name the file in the message
-                    raise type(exc)(str(settings.out_dir / name)) from None
-
-        def report(outcome: Outcome) -> None:
-            if outcome.error is not None:
-                error(str(outcome.error))
-                return
-            result = outcome.result
-            assert result is not None
-            rate = result.size / result.seconds if result.seconds > 0 else 0.0
-            say(
-                f"{result.status:<18} {result.target.name}  {human_size(result.size)}"
-                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {outcome.checked}",
-                quiet,
-            )
-
-        tally = decrypt_all(
-            files, key, settings, diagnoser, file_progress=file_progress, on_outcome=report
-        )
-    if tally.stopped is not None:
-        error(tally.stopped)
-    if tally.advice is not None:
-        warn(tally.advice)
-    if folder:
-        say(
-            f"{tally.decrypted} decrypted, {tally.already_decrypted} already decrypted, "
-            f"{tally.failed} failed",
-            quiet,
-        )
-    return tally
+            sys.exit(ExitCode.FAILED)
 
 
 @cli.command()
@@ -460,19 +176,13 @@ def verify(
       belle-decrypt verify BELLE-7B-2M/ --manifest model-card-md5.txt --json | jq .ok
     """
     from belle_decrypt.manifest import Manifest
-    from belle_decrypt.verify import (
-        FAILED,
-        MISSING,
-        OK,
-        files_to_check,
-        planned_bytes,
-        verify_folder,
-    )
+    from belle_decrypt.verify import files_to_check, planned_bytes, verify_folder
 
     with user_errors():
         try:
             manifest = Manifest.read_all(manifests)
-            warn_ignored(manifest)
+            for ignored in manifest.ignored:
+                warn(ignored.message)
             files = files_to_check(folder, manifest)
         except ManifestError as exc:
             if as_json:
@@ -480,37 +190,18 @@ def verify(
                 click.echo(json.dumps(doc, indent=2))
             raise
         total = planned_bytes(files)
-        with _bar(total, "verifying", progress_enabled(quiet), 0, False) as bar:
+        with bar(total, "verifying", progress_enabled(quiet)) as verifying:
             report = verify_folder(
-                folder, manifest, files=files, workers=jobs, on_progress=bar.update
+                folder, manifest, files=files, workers=jobs, on_progress=verifying.update
             )
-    if as_json:
-        echo_batched(report.json_chunks())
-    else:
-
-        def text_lines() -> Iterator[str]:
-            for check in report.files:
-                if check.status == OK and quiet:
-                    continue
-                line = f"{check.name}: {check.status}"
-                if check.status == FAILED:
-                    mismatch = f"{check.algorithm} {check.actual}, expected {check.expected}"
-                    line += f" ({check.detail or mismatch})"
-                yield one_line(line) + "\n"
-            if not quiet:
-                yield (
-                    f"{report.count(OK)} OK, {report.count(FAILED)} FAILED, "
-                    f"{report.count(MISSING)} MISSING ({' and '.join(report.groups)} files)\n"
-                )
-
-        echo_batched(text_lines())
+    echo_batched(report.json_chunks() if as_json else verify_lines(report, quiet))
     if not report.ok:
-        bad = len(report.files) - report.count(OK)
+        bad = len(report.files) - report.count(CheckStatus.OK)
         error(
             f"{folder}: {bad} of {len(report.files)} listed files FAILED or MISSING; "
             "download (or decrypt) those files again"
         )
-        sys.exit(EXIT_FAILED)
+        sys.exit(ExitCode.FAILED)
 
 
 @cli.command("check-key")
@@ -535,23 +226,11 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
         size = 0
         with suppress(OSError):  # identify() says what is wrong with the path
             size = key_file.stat().st_size
-        with _bar(size if full else 0, "md5", progress_enabled(quiet) and full, 0, False) as bar:
-            report = keyid.identify(key_file, full=full, on_progress=bar.update)
-    expected = keyid.LLAMA_7B
-    if not quiet:
-        lines = [
-            ("file", str(report.path)),
-            ("size", f"{report.size:,} bytes (LLaMA-7B: {expected.size or 0:,})"),
-            ("md5 of first 16 MiB", f"{report.head_md5} (LLaMA-7B: {expected.head_md5})"),
-        ]
-        if report.md5 is not None:
-            lines.append(("md5 of whole file", f"{report.md5} (LLaMA-7B: {expected.md5})"))
-        checkpoint = report.checkpoint.describe() if report.checkpoint else "not readable as one"
-        lines.append(("checkpoint", checkpoint))
-        for label, value in lines:
-            click.echo(one_line(f"{label + ':':<21}{value}"))
-    click.echo(one_line(f"{'verdict:':<21}{report.path} {report.verdict}"))
-    sys.exit(0 if report.is_expected else EXIT_FAILED)
+        with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
+            report = keyid.identify(key_file, full=full, on_progress=hashing.update)
+    for line in key_lines(report, quiet):
+        click.echo(line)
+    sys.exit(ExitCode.OK if report.is_expected else ExitCode.FAILED)
 
 
 @cli.command()
@@ -574,48 +253,13 @@ def encrypt(
     Example:
       belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
     """
-    from belle_decrypt.container import HEADER_SIZE
-    from belle_decrypt.decrypt import check_free_space, prepare_output_dir
-    from belle_decrypt.encrypt import encrypt_file, previous_manifest, sources, write_manifest
-    from belle_decrypt.keystream import Key
-    from belle_decrypt.output import remove_stale_temps
+    from belle_decrypt.encrypt import prepare_publish
 
     with user_errors(writing=True):
-        files = sources(source, out_dir)
-        previous = previous_manifest(out_dir)
-        warn_ignored(previous)
-        with Key(key_file) as key:
-            prepare_output_dir(out_dir)
-            remove_stale_temps(out_dir)
-            sizes = {path: path.stat().st_size for path in files}
-            check_free_space(out_dir, sum(size + HEADER_SIZE for size in sizes.values()))
-            results, failed = [], 0
-            with _Bars(sum(sizes.values()), source.is_dir(), progress_enabled(quiet)) as bars:
-                for path in files:
-                    with bars.file(sizes[path], path.name) as advance:
-                        try:
-                            result = encrypt_file(
-                                path,
-                                key,
-                                out_dir,
-                                force=force,
-                                fsync=not no_fsync,
-                                on_progress=advance,
-                            )
-                        except BelleError as exc:
-                            failed += 1
-                            error(str(exc))
-                            continue
-                    results.append(result)
-                    say(
-                        f"{result.status:<10} {result.target.name}  {human_size(result.size)}",
-                        quiet,
-                    )
-            if results or previous is not None:
-                manifest = write_manifest(out_dir, results, previous, fsync=not no_fsync)
-                say(f"wrote      {manifest} (md5 of {len(results)} .enc and plain files)", quiet)
-        if failed:
-            sys.exit(EXIT_FAILED)
+        with prepare_publish(source, key_file, out_dir, Notices(quiet)) as publish:
+            tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
+        if not tally.ok:
+            sys.exit(ExitCode.FAILED)
 
 
 @cli.command()
@@ -637,65 +281,28 @@ def demo(keep: Path | None) -> None:
     """
     import tempfile
 
+    from belle_decrypt.demo import run_steps
+
+    def steps(folder: Path) -> None:
+        run_steps(folder, click.echo, _run_demo_step)
+
     started = time.monotonic()
     with user_errors(writing=True):
         if keep is None:
             with tempfile.TemporaryDirectory(prefix="belle-demo-") as folder:
-                _demo_steps(Path(folder))
+                steps(Path(folder))
             where = "removed the example (keep it with --keep DIR)"
         else:
             if keep.exists() and any(keep.iterdir()):
                 raise InputError("is not empty; give --keep a new or empty folder", keep)
             keep.mkdir(parents=True, exist_ok=True)
-            _demo_steps(keep)
+            steps(keep)
             where = f"the example is in {keep}"
         click.echo(f"\nDone in {time.monotonic() - started:.1f} s; {where}.")
 
 
-def _demo_steps(folder: Path) -> None:
-    """Build the release in ``folder`` and run the user's commands on it, from inside it."""
-    from belle_decrypt.demo import CHECKPOINT, build_release, check_checkpoint
-
-    click.echo(f"{PROG} demo: a synthetic release in {folder} (no network, no LLaMA file)\n")
-    release = build_release(folder)
-    model, key = release.model.name, release.key.name
-    enc, out, card = f"{model}-enc", f"{model}-out", f"{model}-enc/md5sums.txt"
-    files = ", ".join(sorted(p.name for p in release.model.iterdir()))
-    click.echo(
-        f"1. A random stand-in for Meta's key ({release.key.stat().st_size:,} bytes: one "
-        f"10 MiB piece and a short one) and a plain model: {files}."
-    )
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        _demo_run(
-            "2. The publisher encrypts it and writes the md5 list:", ["encrypt", model, key, enc]
-        )
-        _demo_run(
-            "3. You decrypt the folder, each file checked against the md5 list "
-            "(the demo key is not LLaMA-7B, so decrypt warns about it):",
-            [enc, key, out, "--manifest", card],
-        )
-        _demo_run(
-            "4. You verify the results, as a CI script would:", ["verify", out, "--manifest", card]
-        )
-        count = check_checkpoint(Path(out) / CHECKPOINT, Path(model) / CHECKPOINT)
-    finally:
-        os.chdir(previous)
-    click.echo(
-        f"\n5. torch loads the decrypted {CHECKPOINT}: {count} tensors, equal to the original."
-    )
-    click.echo(
-        "\nWith real files:\n"
-        f"  {PROG} check-key llama/7B/consolidated.00.pth\n"
-        f"  {PROG} BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ --manifest md5.txt\n"
-        f"  {PROG} verify BELLE-7B-2M/ --manifest md5.txt"
-    )
-
-
-def _demo_run(title: str, args: list[str]) -> None:
-    """Print a step and its command line, then run it through the real command group."""
-    click.echo(f"\n{title}\n$ {PROG} {' '.join(args)}")
+def _run_demo_step(args: list[str]) -> None:
+    """Run one of the demo's command lines through the real command group."""
     try:
         cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except SystemExit as exc:

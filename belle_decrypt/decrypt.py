@@ -1,4 +1,4 @@
-"""Decrypting one `.enc` file or a folder of them into an output folder, verified."""
+"""Decrypting one checked input file (of any layout) into an output folder, verified."""
 
 from __future__ import annotations
 
@@ -8,30 +8,23 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt import engine
-from belle_decrypt.container import HEADER_SIZE, SUFFIX, EncFile
+from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import Key
-from belle_decrypt.output import TEMP_PREFIX, AtomicFile, unreadable_existing
+from belle_decrypt.layout import Source
+from belle_decrypt.output import AtomicFile, unreadable_existing
+from belle_decrypt.states import FileState
 
 WRONG_KEY_HINT = (
     "the key is probably not the original LLaMA-7B consolidated.00.pth (or the download is damaged)"
 )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a source path holds: checked `.enc` files (smallest first), skipped files, problems."""
-
-    files: tuple[EncFile, ...]
-    skipped: tuple[Path, ...]
-    problems: tuple[InputError, ...]
 
 
 @dataclass(frozen=True)
@@ -40,55 +33,12 @@ class Result:
 
     source: Path
     target: Path
-    status: str
+    status: FileState
     size: int
     sha256: str
     seconds: float
     md5: str | None = None
-
-
-def plan(source: Path) -> Plan:
-    """Check one `.enc` file, or every `*.enc` directly in a folder, before anything is written."""
-    if not source.exists():
-        raise InputError(
-            "no such file or folder; pass a downloaded .enc file or its folder", source
-        )
-    if not source.is_dir():
-        return Plan(files=(EncFile.open(source),), skipped=(), problems=())
-    files: list[EncFile] = []
-    skipped: list[Path] = []
-    problems: list[InputError] = []
-    try:
-        entries = sorted(source.iterdir())
-    except OSError as exc:
-        raise InputError(
-            f"cannot list the folder: {exc.strerror or exc}; check its permissions", source
-        ) from exc
-    for path in entries:
-        if path.is_dir() or path.name.startswith(TEMP_PREFIX):
-            continue
-        if not path.name.endswith(SUFFIX):
-            skipped.append(path)
-            continue
-        try:
-            files.append(EncFile.open(path))
-        except InputError as exc:
-            problems.append(exc)
-    if not files and not problems:
-        raise InputError("holds no NAME.<sha256>.enc files; pass the folder of .enc files", source)
-    first_by_name: dict[str, EncFile] = {}
-    for enc in files:
-        other = first_by_name.setdefault(enc.enc_name.name, enc)
-        if other is not enc:
-            problems.append(
-                InputError(
-                    f"decrypts to {enc.enc_name.name!r} like {other.path.name}; keep only one "
-                    "of them in the folder",
-                    enc.path,
-                )
-            )
-    files.sort(key=lambda enc: (enc.size, enc.path.name))
-    return Plan(files=tuple(files), skipped=tuple(skipped), problems=tuple(problems))
+    """The decrypted file's md5, when a manifest asked for it."""
 
 
 def prepare_output_dir(out_dir: Path) -> None:
@@ -112,12 +62,12 @@ def prepare_output_dir(out_dir: Path) -> None:
         ) from exc
 
 
-def bytes_to_write(files: tuple[EncFile, ...] | list[EncFile], out_dir: Path) -> int:
+def bytes_to_write(files: Sequence[Source], out_dir: Path) -> int:
     """Decrypted bytes still to write: files whose output exists at the right size are done."""
     needed = 0
     for enc in files:
         try:
-            done = (out_dir / enc.enc_name.name).stat().st_size == enc.payload_size
+            done = (out_dir / enc.output_name).stat().st_size == enc.payload_size
         except OSError:
             done = False
         if not done:
@@ -152,22 +102,30 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _label(algorithm: str) -> str:
+    return "SHA-256" if algorithm == "sha256" else algorithm
+
+
 def _check_listed(
-    found: Mapping[str, str], expected: Mapping[str, str], path: Path, done: str
+    enc: Source, found: Mapping[str, str], expected: Mapping[str, str], path: Path, done: str
 ) -> None:
     """Raise when a digest the manifest lists differs from the one computed."""
     for algorithm, digest in expected.items():
-        if found[algorithm] != digest:
-            label = "SHA-256" if algorithm == "sha256" else algorithm
-            raise ChecksumError(
-                f"{label} {found[algorithm]} differs from the manifest's {digest} although the "
-                f"SHA-256 in the name matches; {done}: check that the manifest is for this "
-                "release",
-                path,
+        if found[algorithm] == digest:
+            continue
+        if enc.sha256 is None:  # the manifest is the only check: a failure to diagnose
+            raise DigestMismatch(
+                found[algorithm], digest, WRONG_KEY_HINT, enc.path, _label(algorithm)
             )
+        raise ChecksumError(
+            f"{_label(algorithm)} {found[algorithm]} differs from the manifest's {digest} "
+            f"although the SHA-256 in the name matches; {done}: check that the manifest is for "
+            "this release",
+            path,
+        )
 
 
-def _refuse_own_files(enc: EncFile, target: Path, key: Key, inputs: Collection[Path]) -> None:
+def _refuse_own_files(enc: Source, target: Path, key: Key, inputs: Collection[Path]) -> None:
     """Refuse to replace the key, this file's input or any other input of the same run."""
     owned = [(key.path, "the key file"), (enc.path, "the encrypted file")]
     owned += [(path, "an input of this run") for path in inputs if path != enc.path]
@@ -179,18 +137,19 @@ def _refuse_own_files(enc: EncFile, target: Path, key: Key, inputs: Collection[P
 
 
 def _existing_matches(
-    enc: EncFile,
+    enc: Source,
     target: Path,
     force: bool,
     key: Key,
     expected: Mapping[str, str] | None = None,
+    cancel: CancelToken | None = None,
     inputs: Collection[Path] = (),
 ) -> dict[str, str] | None:
-    """The digests when ``target`` already holds this file's decrypted bytes, None when it
-    must be (re)written; raise if a different file is in the way.
-
-    With ``force`` a file that differs, or that cannot be read, is to be replaced.
-    """
+    """The digests of ``target`` (its sha256, and those the manifest lists) when it already
+    holds this file's decrypted bytes, None when it must be (re)written; raise if a different
+    file is in the way. A file whose layout carries no SHA-256 is recognised by the ``expected``
+    digests alone (never without one). With ``force`` a file that differs, or that cannot be
+    read, is to be replaced."""
     if not target.exists() and not target.is_symlink():
         return None
     if target.is_dir():
@@ -201,7 +160,7 @@ def _existing_matches(
     try:
         info = target.stat()
         digests = (
-            hash_file(target, algorithms, chunk=BUFFER_SIZE)
+            hash_file(target, algorithms, chunk=BUFFER_SIZE, cancel=cancel)
             if stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
             else {}
         )
@@ -211,8 +170,11 @@ def _existing_matches(
         if force:
             return None
         raise unreadable_existing(target, exc) from exc
-    if digests.get("sha256") == enc.enc_name.sha256_hex:
-        _check_listed(digests, expected, target, "left as it is")
+    if enc.sha256 is not None and digests.get("sha256") == enc.sha256:
+        _check_listed(enc, digests, expected, target, "left as it is")
+        return digests
+    listed_match = all(digests.get(name) == digest for name, digest in expected.items())
+    if enc.sha256 is None and expected and listed_match:
         return digests
     if force:
         return None
@@ -224,7 +186,7 @@ def _existing_matches(
 
 
 def decrypt_file(
-    enc: EncFile,
+    enc: Source,
     key: Key,
     out_dir: Path,
     *,
@@ -233,29 +195,32 @@ def decrypt_file(
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
     expected: Mapping[str, str] | None = None,
+    cancel: CancelToken | None = None,
     inputs: Collection[Path] = (),
 ) -> Result:
-    """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches
-    (and the digests ``expected`` by a manifest, by algorithm, match: computed in the same
-    pass). No file in ``inputs`` (the run's other inputs) is ever replaced."""
+    """Decrypt ``enc`` with its layout's keystream from ``key`` into ``out_dir``; the final
+    name appears only once the SHA-256 the file carries matches (and the digests a manifest
+    lists, ``expected`` by algorithm, match: computed in the same pass). ``cancel`` stops the
+    re-hash of an existing output or the XOR within a buffer. No file in ``inputs`` (the run's
+    other inputs) is ever replaced."""
     started = time.monotonic()
-    target = out_dir / enc.enc_name.name
+    target = out_dir / enc.output_name
     expected = expected or {}
-    existing = _existing_matches(enc, target, force, key, expected, inputs)
+    existing = _existing_matches(enc, target, force, key, expected, cancel, inputs)
     if existing is not None:
         return Result(
             source=enc.path,
             target=target,
-            status="already decrypted",
+            status=FileState.ALREADY_DECRYPTED,
             size=enc.payload_size,
-            sha256=enc.enc_name.sha256_hex,
+            sha256=existing["sha256"],
             seconds=time.monotonic() - started,
             md5=existing.get("md5"),
         )
     engine.prepare(enc.payload_size)
     started = time.monotonic()  # a torch import is not this file's time
     digest = hashlib.sha256()
-    status = "decrypted"
+    status = FileState.DECRYPTED
     extra = {name: hashlib.new(name) for name in expected if name != "sha256"}
     atomic = AtomicFile(target, fsync=fsync)
     try:
@@ -266,33 +231,39 @@ def decrypt_file(
             enc.path,
         ) from exc
     try:
-        with src_handle as src, atomic as out:
-            src.seek(HEADER_SIZE)
+        with (
+            src_handle as src,
+            enc.layout.keystream(enc, key) as keystream,
+            atomic as out,
+        ):
+            src.seek(enc.payload_offset)
             xor_stream(
                 src,
                 out,
-                key,
+                keystream,
                 enc.payload_size,
                 hashers=(digest, *extra.values()),
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(target),
+                cancel=cancel,
             )
             actual = digest.hexdigest()
-            if actual != enc.enc_name.sha256_hex:
-                raise DigestMismatch(actual, enc.enc_name.sha256_hex, WRONG_KEY_HINT, enc.path)
+            if enc.sha256 is not None and actual != enc.sha256:
+                raise DigestMismatch(actual, enc.sha256, WRONG_KEY_HINT, enc.path)
             found = {"sha256": actual} | {name: h.hexdigest() for name, h in extra.items()}
-            _check_listed(found, expected, enc.path, "nothing written")
+            _check_listed(enc, found, expected, enc.path, "nothing written")
+            check(cancel)  # a cancelled run puts nothing new under a final name
             try:
                 atomic.commit(replace=force)
             except FileExistsError:
                 # Something appeared under the final name meanwhile (another run, the user):
                 # kept; this run succeeded only if it is exactly right.
-                if _existing_matches(enc, target, False, key, expected, inputs) is None:
+                if _existing_matches(enc, target, False, key, expected, cancel, inputs) is None:
                     raise OutputError(
                         "changed while being written; run the same command again", target
                     ) from None
-                status = "already decrypted"
+                status = FileState.ALREADY_DECRYPTED
     except BelleError:
         raise
     except OSError as exc:

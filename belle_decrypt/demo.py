@@ -8,7 +8,9 @@ larger than two pieces, a config and a tokenizer stand-in.
 from __future__ import annotations
 
 import json
+import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,3 +63,48 @@ def check_checkpoint(decrypted: Path, original: Path) -> int:
     if set(got) != set(want) or not all(torch.equal(got[k], want[k]) for k in want):
         raise ChecksumError("does not hold the original tensors", decrypted)
     return len(got)
+
+
+def run_steps(folder: Path, echo: Callable[[str], None], run: Callable[[list[str]], None]) -> None:
+    """Build the release in ``folder`` and run the user's commands on it, from inside it.
+
+    ``echo`` prints a line; ``run`` runs one command line of the tool (its arguments) and
+    raises if it fails.
+    """
+    prog = "belle-decrypt"
+    echo(f"{prog} demo: a synthetic release in {folder} (no network, no LLaMA file)\n")
+    release = build_release(folder)
+    model, key = release.model.name, release.key.name
+    enc, out, card = f"{model}-enc", f"{model}-out", f"{model}-enc/md5sums.txt"
+    files = ", ".join(sorted(p.name for p in release.model.iterdir()))
+    echo(
+        f"1. A random stand-in for Meta's key ({release.key.stat().st_size:,} bytes: one "
+        f"10 MiB piece and a short one) and a plain model: {files}."
+    )
+
+    def step(title: str, args: list[str]) -> None:
+        echo(f"\n{title}\n$ {prog} {' '.join(args)}")
+        run(args)
+
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        step("2. The publisher encrypts it and writes the md5 list:", ["encrypt", model, key, enc])
+        step(
+            "3. You decrypt the folder, each file checked against the md5 list "
+            "(the demo key is not LLaMA-7B, so decrypt warns about it):",
+            [enc, key, out, "--manifest", card],
+        )
+        step(
+            "4. You verify the results, as a CI script would:", ["verify", out, "--manifest", card]
+        )
+        count = check_checkpoint(Path(out) / CHECKPOINT, Path(model) / CHECKPOINT)
+    finally:
+        os.chdir(previous)
+    echo(f"\n5. torch loads the decrypted {CHECKPOINT}: {count} tensors, equal to the original.")
+    echo(
+        "\nWith real files:\n"
+        f"  {prog} check-key llama/7B/consolidated.00.pth\n"
+        f"  {prog} BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ --manifest md5.txt\n"
+        f"  {prog} verify BELLE-7B-2M/ --manifest md5.txt"
+    )

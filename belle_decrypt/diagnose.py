@@ -7,13 +7,15 @@ fingerprint is the best evidence.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt.container import EncFile
+from belle_decrypt.cancel import CancelToken
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.keyid import KeyReport, KnownKey, identify
+from belle_decrypt.layout import Source
 from belle_decrypt.manifest import Manifest
 
 
@@ -26,7 +28,8 @@ class Diagnosis:
 
 
 class Diagnoser:
-    """Explains checksum failures for one key and one (optional) manifest."""
+    """Explains checksum failures for one key and one (optional) manifest; several threads
+    (``--jobs``) may ask at once."""
 
     def __init__(
         self,
@@ -41,16 +44,19 @@ class Diagnoser:
         self._expected = expected
         self._known = known
         self._report: KeyReport | None = None
+        self._lock = threading.Lock()
 
     def key_report(self) -> KeyReport:
-        """The key's fingerprint verdict with its checkpoint description (computed once)."""
-        if self._report is None:
-            self._report = identify(
-                self.key_path, inspect=True, expected=self._expected, known=self._known
-            )
-        return self._report
+        """The key's fingerprint verdict with its checkpoint description (computed once: the
+        first thread to ask computes it, the others wait for it)."""
+        with self._lock:
+            if self._report is None:
+                self._report = identify(
+                    self.key_path, inspect=True, expected=self._expected, known=self._known
+                )
+            return self._report
 
-    def explain(self, enc: EncFile) -> Diagnosis:
+    def explain(self, enc: Source, cancel: CancelToken | None = None) -> Diagnosis:
         """Say whether ``enc``'s failure is its download or the key, and what to do."""
         key = self.key_report()
         key_says = f"{key.path} {key.verdict}"
@@ -58,7 +64,7 @@ class Diagnoser:
         if entries:
             algorithms = tuple(dict.fromkeys(entry.algorithm for entry in entries))
             try:
-                actual = hash_file(enc.path, algorithms)
+                actual = hash_file(enc.path, algorithms, cancel=cancel)
             except OSError as exc:
                 return Diagnosis(
                     False, f"cannot read it to check its checksum: {exc.strerror or exc}"

@@ -3,6 +3,8 @@
 Each input is read once: the payload is XORed into a temporary file while its SHA-256 and md5
 are computed, then the 32-byte header is written in front and the file renamed to its final name.
 The `.enc` file's own md5 covers that header, so it is read back once for the manifest.
+:func:`prepare_publish` checks everything before writing; :func:`encrypt_all` encrypts every
+file (a failed one does not stop the others) and writes or updates `md5sums.txt`.
 """
 
 from __future__ import annotations
@@ -10,19 +12,23 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt import engine
+from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.container import HEADER_SIZE, EncName
+from belle_decrypt.decrypt import check_free_space, prepare_output_dir
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, ManifestError, OutputError
 from belle_decrypt.hashing import md5_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
-from belle_decrypt.output import AtomicFile, unreadable_existing
+from belle_decrypt.outcome import FileProgress, Notices, Outcome, Tally
+from belle_decrypt.output import AtomicFile, remove_stale_temps, unreadable_existing
+from belle_decrypt.states import FileState
 
 MANIFEST_NAME = "md5sums.txt"
 NAME_MAX = 255
@@ -35,7 +41,7 @@ class Encrypted:
 
     source: Path
     target: Path
-    status: str
+    status: FileState
     size: int
     sha256: str
     plain_md5: str
@@ -115,8 +121,10 @@ def encrypt_file(
     fsync: bool = True,
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
+    cancel: CancelToken | None = None,
 ) -> Encrypted:
-    """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc`, byte-identical to FORMAT.md."""
+    """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc`, byte-identical to
+    docs/FORMAT.md."""
     with suppress(OSError):  # unreadable: said below, when it is opened
         engine.prepare(source.stat().st_size)  # a torch import is not this file's time
     started = time.monotonic()
@@ -136,12 +144,14 @@ def encrypt_file(
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(atomic.final),
+                cancel=cancel,
             )
             os.pwrite(out.fileno(), sha256.digest(), 0)
             target = out_dir / EncName(source.name, sha256.hexdigest()).encrypted_filename()
-            enc_md5 = md5_file(atomic.temp)
+            enc_md5 = md5_file(atomic.temp, cancel=cancel)
             status = _status_against_existing(target, enc_md5, force)
-            if status == "encrypted":
+            if status is FileState.ENCRYPTED:
+                check(cancel)  # a cancelled run puts nothing new under a final name
                 atomic.commit(target)
     except BelleError:
         raise
@@ -161,20 +171,20 @@ def encrypt_file(
     )
 
 
-def _status_against_existing(target: Path, enc_md5: str, force: bool) -> str:
-    """'encrypted' when the new file should be renamed into place, 'unchanged' to keep the old."""
+def _status_against_existing(target: Path, enc_md5: str, force: bool) -> FileState:
+    """ENCRYPTED when the new file should be renamed into place, UNCHANGED to keep the old."""
     if not target.exists():
-        return "encrypted"
+        return FileState.ENCRYPTED
     try:
         same = target.is_file() and md5_file(target) == enc_md5
     except OSError as exc:
         if force:
-            return "encrypted"
+            return FileState.ENCRYPTED
         raise unreadable_existing(target, exc) from exc
     if same:
-        return "unchanged"
+        return FileState.UNCHANGED
     if force and target.is_file():
-        return "encrypted"
+        return FileState.ENCRYPTED
     raise OutputError(
         "exists and differs from the newly encrypted file; move it away or pass --force", target
     )
@@ -219,3 +229,84 @@ def write_manifest(
         out.write(text.encode("utf-8", errors="surrogateescape"))
         atomic.commit()
     return target
+
+
+@dataclass(frozen=True)
+class Publish:
+    """A checked encrypt run: the files with their sizes (smallest first), the open key, the
+    md5sums.txt already in the output folder."""
+
+    files: tuple[Path, ...]
+    sizes: dict[Path, int]
+    key: Key
+    out_dir: Path
+    previous: Manifest | None
+    folder: bool
+
+
+@contextmanager
+def prepare_publish(
+    source: Path, key_file: Path, out_dir: Path, notices: Notices
+) -> Iterator[Publish]:
+    """Check everything before encrypt writes anything, and open the key: the files, an old
+    md5sums.txt (its ignored lines are warnings), the key, the output folder (made; stale
+    temporary files removed) and its free space. Raises a :class:`BelleError`."""
+    files = sources(source, out_dir)
+    previous = previous_manifest(out_dir)
+    for ignored in previous.ignored if previous is not None else ():
+        notices.warning(ignored.message)
+    with Key(key_file) as key:
+        prepare_output_dir(out_dir)
+        remove_stale_temps(out_dir)
+        sizes = {path: path.stat().st_size for path in files}
+        check_free_space(out_dir, sum(size + HEADER_SIZE for size in sizes.values()))
+        yield Publish(tuple(files), sizes, key, out_dir, previous, source.is_dir())
+
+
+@dataclass
+class PublishTally(Tally):
+    """A :class:`Tally` with the manifest written (None when there was nothing to list)."""
+
+    manifest: Path | None = None
+    listed: int = 0
+
+
+def encrypt_all(
+    publish: Publish,
+    *,
+    force: bool = False,
+    fsync: bool = True,
+    file_progress: FileProgress | None = None,
+    on_outcome: Callable[[Outcome[Encrypted]], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> PublishTally:
+    """Encrypt every file of ``publish`` in turn (a failure is an outcome, the others go on),
+    then write or update md5sums.txt with the files encrypted."""
+    tally = PublishTally()
+    results: list[Encrypted] = []
+    for path in publish.files:
+        size = publish.sizes[path]
+        context = file_progress(path.name, size) if file_progress is not None else nullcontext()
+        with context as progress:
+            try:
+                result = encrypt_file(
+                    path,
+                    publish.key,
+                    publish.out_dir,
+                    force=force,
+                    fsync=fsync,
+                    on_progress=progress,
+                    cancel=cancel,
+                )
+            except BelleError as exc:
+                outcome: Outcome[Encrypted] = Outcome(path, None, exc)
+            else:
+                results.append(result)
+                outcome = Outcome(path, result, None)
+        tally.add(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    if results or publish.previous is not None:
+        tally.manifest = write_manifest(publish.out_dir, results, publish.previous, fsync=fsync)
+        tally.listed = len(results)
+    return tally

@@ -8,16 +8,13 @@ hash and the writer run in a thread of their own (hashlib, torch and file I/O re
 and see the buffers in order. A buffer goes back to the pool when every consumer is done with
 it, so memory is ``slots * 2 * buffer_size`` whatever the file size. The calling thread
 supervises: it imports torch while the stages start, waits with timeouts (so Ctrl-C and
-SIGTERM reach it promptly), reports progress, and on any error or interruption stops every
-stage, waits for them, and raises the first error.
+SIGTERM reach it promptly), reports progress, and on any error, interruption or cancelled
+token (:mod:`belle_decrypt.cancel`) stops every stage, waits for them, and raises the first
+error.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import stat
 import sys
 import threading
 import warnings
@@ -25,8 +22,10 @@ from collections.abc import Callable, Sequence
 from queue import Empty, Queue
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
+from belle_decrypt import platform_io
+from belle_decrypt.cancel import Cancelled, CancelToken
 from belle_decrypt.errors import OutputError
-from belle_decrypt.keystream import Key
+from belle_decrypt.keystream import Keystream
 from belle_decrypt.torchload import import_torch
 
 if TYPE_CHECKING:
@@ -66,26 +65,10 @@ class Hasher(Protocol):
     def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
 
 
-class Cancelled(Exception):
-    """A stream stopped because :func:`cancel_running` was called (another file failed or the
-    user interrupted a run with several jobs)."""
-
-
-_cancel = threading.Event()
 _plain_lock = threading.Lock()
 _plain_used = 0
 _torch_lock = threading.Lock()
 _torch_ready = False
-
-
-def cancel_running() -> None:
-    """Make every running and later stream stop with :class:`Cancelled` until reset."""
-    _cancel.set()
-
-
-def reset_cancel() -> None:
-    """Allow streams to run again after :func:`cancel_running`."""
-    _cancel.clear()
 
 
 def _load_torch() -> None:
@@ -139,9 +122,9 @@ def prepare(length: int) -> None:
 class _Slot:
     """One buffer pair in flight: the input bytes and the keystream that becomes the output."""
 
-    def __init__(self, size: int, with_output: bool) -> None:
+    def __init__(self, size: int) -> None:
         self.src = bytearray(size)
-        self.out = bytearray(size if with_output else 0)
+        self.out = bytearray(size)
         self.src_view = memoryview(self.src)
         self.out_view = memoryview(self.out)
         self.length = 0
@@ -211,13 +194,10 @@ class _Writer:
         self.dst, self.label = dst, label
         self.fd: int | None = None
         self.base = self.written = self.windows = 0
-        if WRITE_BEHIND > 0 and hasattr(os, "posix_fadvise"):
-            try:
-                fd = dst.fileno()
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    self.fd, self.base = fd, dst.tell()
-            except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-                pass
+        if WRITE_BEHIND > 0 and platform_io.HAS_FADVISE:
+            self.fd = platform_io.regular_file_fd(dst)
+            if self.fd is not None:
+                self.base = dst.tell()
 
     def write(self, view: memoryview) -> None:
         _write_all(self.dst, view, self.label)
@@ -228,9 +208,7 @@ class _Writer:
         while (self.windows + 1) * window <= self.written:
             for index in (self.windows, self.windows - 3):  # start writeback; drop, now clean
                 if index >= 0:
-                    with contextlib.suppress(OSError):
-                        offset = self.base + index * window
-                        os.posix_fadvise(self.fd, offset, window, os.POSIX_FADV_DONTNEED)
+                    platform_io.drop_cache(self.fd, self.base + index * window, window)
             self.windows += 1
 
 
@@ -240,9 +218,11 @@ Reader = Callable[[memoryview, int], None]
 
 
 class _Shared:
-    """What the streams of one call share: the first error, the stop flag, completion."""
+    """What the stages of one call share: the first error, the stop flag, completion, and
+    the caller's cancel token."""
 
-    def __init__(self) -> None:
+    def __init__(self, cancel: CancelToken) -> None:
+        self.cancel = cancel
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.changed = threading.Event()
@@ -281,10 +261,10 @@ class _Stream:
         read: Reader,
         length: int,
         *,
-        key: Key | None,
+        key: Keystream,
         ready: threading.Event,
         use_torch: bool,
-        write: Callable[[memoryview], None] | None,
+        write: Callable[[memoryview], None],
         hashers: Sequence[tuple[Hasher, bool]],
         buffer_size: int,
         slots: int,
@@ -296,10 +276,8 @@ class _Stream:
         chunks = -(-length // self.size)
         self.free: Queue[_Slot] = Queue()
         for _ in range(max(1, min(slots, chunks))):
-            self.free.put(_Slot(self.size, with_output=key is not None))
-        works: list[Callable[[_Slot], None]] = []
-        if write is not None:
-            works.append(lambda slot: write(slot.out_view[: slot.length]))
+            self.free.put(_Slot(self.size))
+        works: list[Callable[[_Slot], None]] = [lambda slot: write(slot.out_view[: slot.length])]
         for hasher, output in hashers:
             works.append(_hash_work(hasher, output=output))
         self.consumers = [(work, Queue[_Slot | None]()) for work in works]
@@ -314,21 +292,19 @@ class _Stream:
     def produce(self) -> None:
         done = 0
         while done < self.length:
-            if _cancel.is_set():
-                raise Cancelled("cancelled")
+            self.shared.cancel.check()
             slot = self.shared.get(self.free)
             if slot is None:
                 return
             n = min(self.size, self.length - done)
             self.read(slot.src_view[:n], done)
-            if self.key is not None:
-                with self.key.mapped(done, n) as key_view:
-                    if key_view is None:
-                        self.key.fill(slot.out_view[:n], done)
-                    while not self.ready.wait(_POLL):  # torch is being imported
-                        if self.shared.stop.is_set():
-                            return
-                    slot.xor(n, self.use_torch, key_view)
+            with self.key.mapped(done, n) as key_view:
+                if key_view is None:
+                    self.key.fill(slot.out_view[:n], done)
+                while not self.ready.wait(_POLL):  # torch is being imported
+                    if self.shared.stop.is_set():
+                        return
+                slot.xor(n, self.use_torch, key_view)
             slot.length = n
             slot.pending = len(self.consumers)
             for _, queue in self.consumers:
@@ -364,26 +340,17 @@ def _sequential_reader(src: BinaryIO, label: str) -> Reader:
     return read
 
 
-def _positional_reader(fd: int, base: int, label: str) -> Reader:
-    def read(view: memoryview, offset: int) -> None:
-        _read_fully(lambda part, done: os.preadv(fd, [part], base + offset + done), view, label)
-
-    return read
-
-
 def _supervise(
     shared: _Shared,
-    streams: Sequence[_Stream],
+    stream: _Stream,
     on_progress: Callable[[int], None] | None,
     before: Callable[[], None],
 ) -> None:
     """Run every stage in a thread; call ``before`` (the torch import) meanwhile; wait."""
-    threads = []
-    for stream in streams:
-        for stage in stream.stages():
-            threads.append(threading.Thread(target=_guarded(shared, stage), daemon=True))
-    for i, thread in enumerate(threads):
-        thread.name = f"belle-xor-{i}"
+    threads = [
+        threading.Thread(target=_guarded(shared, stage), name=f"belle-xor-{i}", daemon=True)
+        for i, stage in enumerate(stream.stages())
+    ]
     shared.running = len(threads)
     reported = 0
     try:
@@ -397,15 +364,15 @@ def _supervise(
                 break
             shared.changed.wait(_POLL)
             shared.changed.clear()
-            if _cancel.is_set():
+            if shared.cancel.cancelled:
                 shared.fail(Cancelled("cancelled"))
-            reported = _report(streams[0], on_progress, reported)
+            reported = _report(stream, on_progress, reported)
     finally:
         shared.stop.set()
         _join_all(threads)
     if shared.error is not None:
         raise shared.error
-    _report(streams[0], on_progress, reported)
+    _report(stream, on_progress, reported)
 
 
 def _guarded(shared: _Shared, stage: Callable[[], None]) -> Callable[[], None]:
@@ -434,20 +401,10 @@ def _join_all(threads: Sequence[threading.Thread]) -> None:
             thread.join(_POLL)
 
 
-def _input_fd(src: BinaryIO) -> int | None:
-    """A descriptor for positional reads of ``src``, if it has one."""
-    try:
-        fd = src.fileno()
-        os.fstat(fd)
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return None
-    return fd
-
-
 def xor_stream(
     src: BinaryIO,
     dst: BinaryIO,
-    key: Key,
+    key: Keystream,
     length: int,
     *,
     hashers: Sequence[Hasher] = (),
@@ -455,20 +412,19 @@ def xor_stream(
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
     dst_label: str = "output",
-    input_hashers: Sequence[Hasher] = (),
     slots: int = SLOTS,
     backend: Backend = "auto",
+    cancel: CancelToken | None = None,
 ) -> None:
-    """XOR ``length`` bytes of ``src`` with the keystream from payload offset 0 into ``dst``.
+    """XOR ``length`` bytes of ``src`` with ``key``'s keystream from payload offset 0 into
+    ``dst``.
 
     ``hashers`` see the plaintext: the output when decrypting (``hash_output``), the input when
-    encrypting. ``input_hashers`` see the input bytes as read (feed them any header first):
-    when ``src`` is a file they read it on their own with pread, starting before torch is
-    imported, so that for example an md5 of the `.enc` overlaps the import.
-    ``src`` must be positioned at the first payload byte. ``backend`` "auto" uses Python ints
-    while the process has XORed less than ``PLAIN_LIMIT`` bytes that way and has not imported
-    torch, and torch otherwise. Errors from any stage are raised here, after every stage has
-    stopped.
+    encrypting. ``src`` must be positioned at the first payload byte. ``backend`` "auto" uses
+    Python ints while the process has XORed less than ``PLAIN_LIMIT`` bytes that way and has
+    not imported torch, and torch otherwise. ``cancel``, once cancelled, stops every stage
+    within a buffer and raises :class:`~belle_decrypt.cancel.Cancelled`. Errors from any stage
+    are raised here, after every stage has stopped.
     """
     if length == 0:
         return
@@ -477,49 +433,27 @@ def xor_stream(
     use_torch = _use_torch(length, backend)
     if not use_torch:
         buffer_size = min(buffer_size, PLAIN_CHUNK)
-    shared = _Shared()
+    shared = _Shared(cancel if cancel is not None else CancelToken())
     ready = threading.Event()
-    src_label = str(getattr(src, "name", "input"))
-    fd = _input_fd(src) if input_hashers else None
-    main_hashers = [(hasher, hash_output) for hasher in hashers]
-    if input_hashers and fd is None:  # no descriptor: hash the input as the main stream reads it
-        main_hashers += [(hasher, False) for hasher in input_hashers]
-    streams = [
-        _Stream(
-            shared,
-            _sequential_reader(src, src_label),
-            length,
-            key=key,
-            ready=ready,
-            use_torch=use_torch,
-            write=_Writer(dst, dst_label).write,
-            hashers=main_hashers,
-            buffer_size=buffer_size,
-            slots=slots,
-        )
-    ]
-    if input_hashers and fd is not None:
-        streams.append(
-            _Stream(
-                shared,
-                _positional_reader(fd, src.tell(), src_label),
-                length,
-                key=None,
-                ready=ready,
-                use_torch=False,
-                write=None,
-                hashers=[(hasher, False) for hasher in input_hashers],
-                buffer_size=max(buffer_size, BUFFER_SIZE),
-                slots=2,
-            )
-        )
+    stream = _Stream(
+        shared,
+        _sequential_reader(src, str(getattr(src, "name", "input"))),
+        length,
+        key=key,
+        ready=ready,
+        use_torch=use_torch,
+        write=_Writer(dst, dst_label).write,
+        hashers=[(hasher, hash_output) for hasher in hashers],
+        buffer_size=buffer_size,
+        slots=slots,
+    )
 
     def before() -> None:
         if use_torch:
             _load_torch()
         ready.set()
 
-    _supervise(shared, streams, on_progress, before)
+    _supervise(shared, stream, on_progress, before)
 
 
 __all__ = [
@@ -528,7 +462,5 @@ __all__ = [
     "SLOTS",
     "Cancelled",
     "Hasher",
-    "cancel_running",
-    "reset_cancel",
     "xor_stream",
 ]

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
 from pathlib import Path
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+
+class ExitCode(IntEnum):
+    """Every exit status of the command line, in one place."""
+
+    OK = 0
+    FAILED = 1
+    """A file failed its check or could not be written."""
+    USAGE = 2
+    """Unusable input (arguments, files, manifests), found before anything is written."""
+    SIGHUP = 129
+    SIGINT = 130
+    SIGTERM = 143
+
+
+EXIT_FAILED = ExitCode.FAILED
+EXIT_USAGE = ExitCode.USAGE
 
 
 class BelleError(Exception):
     """A failure a user can cause or fix: one line of text, the file concerned, an exit code."""
 
-    exit_code = EXIT_FAILED
+    exit_code: ExitCode = ExitCode.FAILED
 
     def __init__(self, message: str, path: Path | str | None = None) -> None:
         super().__init__(message)
@@ -27,7 +42,14 @@ class BelleError(Exception):
 class InputError(BelleError):
     """Unusable input, found before anything is written (exit 2)."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
+
+
+class ProblemsReported(InputError):
+    """Unusable inputs, each already reported on its own (nothing more to print; exit 2)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} unusable input{'s' if count != 1 else ''}")
 
 
 class ChecksumError(BelleError):
@@ -41,21 +63,26 @@ class OutputError(BelleError):
 class ManifestError(BelleError):
     """An md5 manifest that cannot be read, lists nothing usable, or contradicts itself (exit 2)."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
 
 class DigestMismatch(ChecksumError):
-    """Decrypted bytes whose SHA-256 is not the one in the name; ``hint`` says the likely cause."""
+    """Decrypted bytes whose digest is not the one the file (or, for a layout that carries
+    none, the manifest) says; ``hint`` says the likely cause."""
 
-    def __init__(self, actual: str, expected: str, hint: str, path: Path | str) -> None:
+    def __init__(
+        self, actual: str, expected: str, hint: str, path: Path | str, algorithm: str = "SHA-256"
+    ) -> None:
         super().__init__(
-            f"decrypted SHA-256 {actual} does not match {expected}: {hint}; nothing written", path
+            f"decrypted {algorithm} {actual} does not match {expected}: {hint}; nothing written",
+            path,
         )
         self.actual = actual
         self.expected = expected
         self.hint = hint
+        self.algorithm = algorithm
 
     def with_hint(self, hint: str) -> DigestMismatch:
         """The same failure explained differently."""
         assert self.path is not None
-        return DigestMismatch(self.actual, self.expected, hint, self.path)
+        return DigestMismatch(self.actual, self.expected, hint, self.path, self.algorithm)

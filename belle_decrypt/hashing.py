@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from belle_decrypt.cancel import CancelToken, check
+
 CHUNK_SIZE = 4 * 1024 * 1024
 
 
@@ -16,11 +18,13 @@ def hash_file(
     limit: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     chunk: int = CHUNK_SIZE,
+    cancel: CancelToken | None = None,
 ) -> dict[str, str]:
     """Hex digests of ``path`` (of its first ``limit`` bytes if given), one read for them all.
 
     hashlib releases the GIL on large updates, so threads hashing different files run in
-    parallel. Raises OSError as the file system does.
+    parallel. Raises OSError as the file system does, and Cancelled within a chunk of
+    ``cancel`` being cancelled.
     """
     digests = {name: hashlib.new(name) for name in algorithms}
     buf = bytearray(chunk)
@@ -28,6 +32,7 @@ def hash_file(
     remaining = limit
     with open(path, "rb", buffering=0) as handle:
         while remaining is None or remaining > 0:
+            check(cancel)
             want = chunk if remaining is None else min(chunk, remaining)
             got = handle.readinto(view[:want])
             if not got:
@@ -46,6 +51,7 @@ def md5_file(
     *,
     limit: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    cancel: CancelToken | None = None,
 ) -> str:
     """Hex md5 of ``path`` (of its first ``limit`` bytes if given)."""
-    return hash_file(path, ("md5",), limit=limit, on_progress=on_progress)["md5"]
+    return hash_file(path, ("md5",), limit=limit, on_progress=on_progress, cancel=cancel)["md5"]

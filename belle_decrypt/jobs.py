@@ -1,20 +1,21 @@
 """Several files at once: run a callable over items with N worker threads.
 
 Results are handed back in the items' order, in the calling thread, as soon as each is ready.
-The first exception a call raises stops the handing out of new items, cancels the streams that
-are running (:func:`belle_decrypt.engine.cancel_running`), and is raised once every worker has
-stopped. An exception in the calling thread (Ctrl-C, SIGTERM, a failing ``on_result``) does the
-same. The calling thread only ever waits with timeouts, so signals reach it promptly.
+The first exception a call raises stops the handing out of new items, cancels the run's token
+(:class:`belle_decrypt.cancel.CancelToken`: the calls in flight hold it and stop at their next
+buffer), and is raised once every worker has stopped. An exception in the calling thread
+(Ctrl-C, SIGTERM, a failing ``on_result``) does the same. The calling thread only ever waits
+with timeouts, so signals reach it promptly.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from belle_decrypt.engine import cancel_running, reset_cancel
+from belle_decrypt.cancel import CancelToken
+from belle_decrypt.platform_io import available_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -22,14 +23,6 @@ R = TypeVar("R")
 _POLL = 0.05
 BIG_FILE = 256 * 1024 * 1024
 """Files smaller than this finish in well under a second: they do not earn a job of their own."""
-
-
-def available_cores() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def default_jobs(sizes: Sequence[int], hashes_per_file: int = 1, cores: int | None = None) -> int:
@@ -59,9 +52,15 @@ def run(
     items: Sequence[T],
     jobs: int,
     *,
+    cancel: CancelToken | None = None,
     on_result: Callable[[T, R], None] | None = None,
 ) -> list[R]:
-    """``[func(item) for item in items]`` with up to ``jobs`` calls at once, in order."""
+    """``[func(item) for item in items]`` with up to ``jobs`` calls at once, in order.
+
+    ``cancel`` is the token ``func`` checks: it is cancelled when a call or the calling thread
+    fails, so the calls in flight stop early. Without one, only the handing out stops.
+    """
+    token = cancel if cancel is not None else CancelToken()
     if jobs <= 1 or len(items) <= 1:
         results: list[R] = []
         for item in items:
@@ -88,7 +87,7 @@ def run(
                         state.error = exc
                     state.stop = True
                     state.cond.notify_all()
-                cancel_running()
+                token.cancel()
                 return
             with state.cond:
                 state.results[index] = result
@@ -113,7 +112,7 @@ def run(
             if on_result is not None:
                 on_result(items[len(ordered) - 1], result)
     except BaseException:
-        cancel_running()
+        token.cancel()
         raise
     finally:
         with state.cond:
@@ -121,7 +120,6 @@ def run(
         for thread in threads:
             while thread.is_alive():
                 thread.join(_POLL)
-        reset_cancel()
     if state.error is not None:
         raise state.error
     return ordered

@@ -1,22 +1,24 @@
-"""The keystream of FORMAT.md: the key file cut into 10 MiB pieces, repeated piece by piece.
+"""Keystreams: what the engine XORs with, pulled by payload offset (:class:`Keystream`).
 
-Payload piece ``i`` is XORed with key piece ``i mod n``; a short last key piece is tiled end to
-end to cover a whole payload piece. Where the keystream is one run of the key's bytes it is
-mapped straight from the file (:meth:`Key.mapped`); elsewhere it is read with ``pread`` into
-the caller's buffer (:meth:`Key.fill`). Either way memory stays flat whatever the key's size;
-only a short last piece is kept (read once).
+:class:`Key` is the keystream of docs/FORMAT.md section 1: the key file cut into 10 MiB pieces,
+repeated piece by piece. Payload piece ``i`` is XORed with key piece ``i mod n``; a short last
+key piece is tiled end to end to cover a whole payload piece. Where the keystream is one run of
+the key's bytes it is mapped straight from the file (:meth:`Key.mapped`); elsewhere it is read
+with ``pread`` into the caller's buffer (:meth:`Key.fill`). Either way memory stays flat
+whatever the key's size; only a short last piece is kept (read once).
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
+from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError, OutputError
 
 PIECE_SIZE = 10 * 1024 * 1024
@@ -25,6 +27,20 @@ MAP_MIN = 1024 * 1024
 
 
 KEY_HINT = "pass LLaMA-7B consolidated.00.pth"
+
+
+class Keystream(Protocol):
+    """The bytes a payload is XORed with, by payload offset. The engine asks for them in
+    order, buffer by buffer, from one thread per stream; one keystream may serve several
+    streams at once (``--jobs``), so implementations read with pread, not seek + read."""
+
+    def fill(self, out: memoryview, offset: int) -> None:
+        """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""
+
+    def mapped(self, offset: int, length: int) -> AbstractContextManager[memoryview | None]:
+        """A read-only view of the keystream for payload ``offset .. offset+length`` without a
+        copy, or None where :meth:`fill` must be used (always None is correct, only slower).
+        Every export of the view is released before the block ends."""
 
 
 def check_key_file(path: Path) -> int:
@@ -59,16 +75,18 @@ class Key:
         self.piece_size = piece_size
         check_key_file(path)
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = platform_io.open_regular(path)
         except OSError as exc:
             raise InputError(
                 f"cannot read the key: {exc.strerror or exc}; check its permissions", path
             ) from exc
-        info = os.fstat(self._fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:  # replaced meanwhile
-            os.close(self._fd)
+        size = os.fstat(fd).st_size if fd is not None else 0
+        if fd is None or size == 0:  # replaced meanwhile
+            if fd is not None:
+                os.close(fd)
             raise InputError(f"the key changed while it was opened; {KEY_HINT}", path)
-        self.size = info.st_size
+        self._fd = fd
+        self.size = size
         self.piece_count = -(-self.size // piece_size)
         self._short: memoryview | None = None
 
@@ -92,7 +110,7 @@ class Key:
     def _pread_exact(self, view: memoryview, offset: int) -> None:
         done = 0
         while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
+            got = platform_io.pread_into(self._fd, view[done:], offset + done)
             if got == 0:
                 raise OutputError("the key file shrank while it was being read", self.path)
             done += got
@@ -145,26 +163,11 @@ class Key:
         if start is None or length < MAP_MIN:
             yield None
             return
-        aligned = start - start % mmap.ALLOCATIONGRANULARITY
         if os.fstat(self._fd).st_size < start + length:  # shrunk: let fill() say so
             yield None
             return
-        try:
-            mapping = mmap.mmap(
-                self._fd,
-                start - aligned + length,
-                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                prot=mmap.PROT_READ,
-                offset=aligned,
-            )
-        except (OSError, ValueError):
-            yield None
-            return
-        try:
-            with memoryview(mapping) as whole, whole[start - aligned :] as view:
-                yield view
-        finally:
-            mapping.close()
+        with platform_io.mapped(self._fd, start, length) as view:
+            yield view
 
     def fill(self, out: memoryview, offset: int) -> None:
         """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""

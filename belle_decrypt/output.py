@@ -17,16 +17,17 @@ from types import TracebackType
 from typing import BinaryIO
 
 from belle_decrypt.errors import OutputError
+from belle_decrypt.platform_io import OWNER_PATTERN, fsync_dir, owner_gone, owner_tag
 
 TEMP_PREFIX = ".belle-tmp."
-_TEMP_RE = re.compile(r"^\.belle-tmp\.(?P<pid>\d+)\.[0-9a-f]{8}\.")
+_TEMP_RE = re.compile(rf"^\.belle-tmp\.(?P<owner>{OWNER_PATTERN})\.[0-9a-f]{{8}}\.")
 _NAME_KEEP = 120
 
 
-def temp_name(final_name: str, pid: int | None = None) -> str:
-    """A hidden name marking the file as ours and naming the writing process."""
-    owner = os.getpid() if pid is None else pid
-    return f"{TEMP_PREFIX}{owner}.{secrets.token_hex(4)}.{final_name[:_NAME_KEEP]}"
+def temp_name(final_name: str, owner: str | None = None) -> str:
+    """A hidden name marking the file as ours and naming its owner (the writing process)."""
+    tag = owner_tag() if owner is None else owner
+    return f"{TEMP_PREFIX}{tag}.{secrets.token_hex(4)}.{final_name[:_NAME_KEEP]}"
 
 
 def unreadable_existing(target: Path, exc: OSError) -> OutputError:
@@ -36,18 +37,6 @@ def unreadable_existing(target: Path, exc: OSError) -> OutputError:
         "away or pass --force to replace it",
         target,
     )
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where the file system cannot sync folders)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 class AtomicFile:
@@ -149,28 +138,8 @@ def _rename_no_replace(temp: Path, final: Path) -> None:
         os.unlink(temp)
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether ``pid`` names a running process (a zombie, killed but not reaped, has ended)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, OSError):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
-
-
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Remove our temporary files in ``folder`` whose writing process has ended."""
+    """Remove our temporary files in ``folder`` whose owner has ended."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
@@ -181,8 +150,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         try:
             if match is None or not entry.is_file(follow_symlinks=False):
                 continue
-            pid = int(match.group("pid"))
-            if pid == os.getpid() or _process_alive(pid):
+            if not owner_gone(match.group("owner")):
                 continue
             os.unlink(entry.path)
         except OSError:

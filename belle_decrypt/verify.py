@@ -12,18 +12,20 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from belle_decrypt import jobs
+from belle_decrypt.cancel import CancelToken
 from belle_decrypt.errors import ManifestError
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.manifest import Manifest, ManifestEntry, no_cyclic_gc
+from belle_decrypt.states import CheckStatus
 
-OK = "OK"
-FAILED = "FAILED"
-MISSING = "MISSING"
+OK = CheckStatus.OK
+FAILED = CheckStatus.FAILED
+MISSING = CheckStatus.MISSING
 ENCRYPTED = "encrypted"
 DECRYPTED = "decrypted"
 
@@ -37,7 +39,7 @@ class FileCheck:
     algorithm: str
     expected: str
     actual: str | None
-    status: str
+    status: CheckStatus
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,7 +50,7 @@ class FileCheck:
             "algorithm": self.algorithm,
             "expected": self.expected,
             "actual": self.actual,
-            "status": self.status,
+            "status": self.status.value,
         }
 
 
@@ -78,7 +80,7 @@ class VerifyReport:
         """True when every checked file is OK."""
         return all(check.status == OK for check in self.files)
 
-    def count(self, status: str) -> int:
+    def count(self, status: CheckStatus) -> int:
         """How many files have ``status``."""
         return sum(1 for check in self.files if check.status == status)
 
@@ -165,10 +167,15 @@ def files_to_check(folder: Path, manifest: Manifest) -> tuple[ListedFile, ...]:
 
 
 def _judge(
-    item: ListedFile, entry: ManifestEntry, actual: str | None, status: str = "", detail: str = ""
+    item: ListedFile,
+    entry: ManifestEntry,
+    actual: str | None,
+    status: CheckStatus | None = None,
+    detail: str = "",
 ) -> FileCheck:
     """One entry's outcome: ``status`` if given, else OK when ``actual`` is its digest."""
-    status = status or (OK if actual == entry.digest else FAILED)
+    if status is None:
+        status = OK if actual == entry.digest else FAILED
     return FileCheck(item.name, item.group, entry.algorithm, entry.digest, actual, status, detail)
 
 
@@ -177,12 +184,16 @@ def _missing(item: ListedFile) -> list[FileCheck]:
     return [_judge(item, entry, None, MISSING) for entry in item.entries]
 
 
-def _check_one(item: ListedFile, on_progress: Callable[[int], None] | None) -> list[FileCheck]:
+def _check_one(
+    item: ListedFile,
+    on_progress: Callable[[int], None] | None,
+    cancel: CancelToken | None = None,
+) -> list[FileCheck]:
     """Hash one file once, with every algorithm its entries use, and judge each entry."""
     assert item.path is not None
     algorithms = tuple(dict.fromkeys(entry.algorithm for entry in item.entries))
     try:
-        digests = hash_file(item.path, algorithms, on_progress=on_progress)
+        digests = hash_file(item.path, algorithms, on_progress=on_progress, cancel=cancel)
     except OSError as exc:
         detail = f"cannot read: {exc.strerror or exc}"
         return [_judge(item, entry, None, FAILED, detail) for entry in item.entries]
@@ -212,10 +223,12 @@ def verify_folder(
     files: tuple[ListedFile, ...] | None = None,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    cancel: CancelToken | None = None,
 ) -> VerifyReport:
     """Check every listed file of each group present in ``folder``; never stop at the first.
 
     ``on_progress(n)`` is called with bytes hashed, from worker threads, one call at a time.
+    An interruption (Ctrl-C) cancels the hashes in flight, which stop within a chunk.
     """
     chosen = files if files is not None else files_to_check(folder, manifest)
     lock = threading.Lock()
@@ -225,13 +238,20 @@ def verify_folder(
             with lock:
                 on_progress(n)
 
+    token = cancel if cancel is not None else CancelToken()
     present = [item for item in chosen if item.path is not None]
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        hashed = pool.map(lambda item: _check_one(item, progress), present)
-        with no_cyclic_gc():  # a manifest may list millions of missing files
-            checks = tuple(
-                check
-                for item in chosen
-                for check in (next(hashed) if item.path is not None else _missing(item))
-            )
+    hashed = iter(
+        jobs.run(
+            lambda item: _check_one(item, progress, token),
+            present,
+            workers or default_workers(),
+            cancel=token,
+        )
+    )
+    with no_cyclic_gc():  # a manifest may list millions of missing files
+        checks = tuple(
+            check
+            for item in chosen
+            for check in (next(hashed) if item.path is not None else _missing(item))
+        )
     return VerifyReport(folder=folder, files=checks)

@@ -5,6 +5,7 @@ warms the page cache, then runs each command ``--runs`` times and prints medians
 
     python benchmarks/bench.py                 # 2 GiB, 5 runs
     python benchmarks/bench.py --size 512M --runs 3 --dir /var/tmp
+    python benchmarks/bench.py --latency --size 1G   # only: how fast Ctrl-C stops a run
 
 Wall, user and sys times and the peak RSS are those of the child process (os.wait4).
 """
@@ -16,6 +17,7 @@ import hashlib
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -137,22 +139,6 @@ SHA_PASS = (
 )
 
 
-# What `--manifest` can cost once it checks the md5 of the `.enc` through xor_stream's
-# input_hashers (their reads start while torch is imported): the engine driven by a script.
-MANIFEST_SIM = (
-    "import hashlib,sys\n"
-    "from pathlib import Path\n"
-    "from belle_decrypt.engine import xor_stream\n"
-    "from belle_decrypt.keystream import Key\n"
-    "enc,key,out=map(Path,sys.argv[1:])\n"
-    "with open(enc,'rb',buffering=0) as s,open(out,'wb',buffering=0) as d,Key(key) as k:\n"
-    "    head=s.read(32);md5=hashlib.md5(head);sha=hashlib.sha256()\n"
-    "    n=enc.stat().st_size-32\n"
-    "    xor_stream(s,d,k,n,hashers=(sha,),input_hashers=(md5,))\n"
-    "assert sha.digest()==head\n"
-)
-
-
 def legacy_rate(slice_size: int = 2 * MiB) -> float:
     """Bytes/s of the legacy approach: a per-byte pure-Python XOR loop, on a slice."""
     data = os.urandom(slice_size)
@@ -210,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per command; medians (5)")
     parser.add_argument("--dir", type=Path, default=None, help="where to make the files")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--latency", action="store_true", help="only measure how fast Ctrl-C stops a run"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # heavy work runs in a child, so the parent's RSS stays out of the figures
@@ -218,7 +207,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     size, small = parse_size(args.size), parse_size(args.small)
     root = Path(tempfile.mkdtemp(prefix="belle-bench-", dir=args.dir))
     try:
-        bench(root, size, small, args.runs)
+        if args.latency:
+            latency(root, size, args.runs)
+        else:
+            bench(root, size, small, args.runs)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -303,18 +295,6 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
     else:
         rows.append(("belle-decrypt --manifest", "n/a: this build has no --manifest option"))
 
-    def fresh_out() -> None:
-        clear_out()
-        out.mkdir()
-
-    simulated = median_run(
-        runs,
-        [sys.executable, "-c", MANIFEST_SIM, str(enc), str(key_path), str(out / "sim.bin")],
-        fresh_out,
-    )
-    line("engine + md5 of the .enc (script)", simulated)
-    rows.append(("  ratio", f"{simulated.wall / md5sum.wall:.2f}x md5sum (the --manifest bound)"))
-
     small_run = median_run(
         max(1, runs // 2),
         [*EXE, str(encs[small][0]), str(key_path), str(out), "--no-fsync", "-q"],
@@ -381,6 +361,97 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+
+
+# -- Ctrl-C latency ---------------------------------------------------------------------------
+
+
+def bytes_read(pid: int) -> int:
+    """``rchar`` of /proc/PID/io: bytes the process has read so far."""
+    with open(f"/proc/{pid}/io") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("rchar:"))
+
+
+def written(folder: Path) -> int:
+    """Bytes in the files of ``folder`` (0 when it does not exist yet)."""
+    try:
+        return sum(entry.stat().st_size for entry in os.scandir(folder))
+    except OSError:
+        return 0
+
+
+def sigint_latency(argv: Sequence[str], started: Callable[[int], bool]) -> float:
+    """Start ``argv``, send SIGINT once ``started(pid)``, return the seconds from the signal
+    to its exit (which must be 130)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not started(proc.pid):
+        if proc.poll() is not None:
+            raise SystemExit(f"{' '.join(argv)} ended before the point to interrupt it")
+        time.sleep(0.001)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    seconds = time.perf_counter() - sent
+    assert proc.stderr is not None
+    proc.stderr.close()
+    if proc.returncode != 130:
+        raise SystemExit(f"{' '.join(argv)}: exit {proc.returncode} after SIGINT, not 130")
+    return seconds
+
+
+def sparse(path: Path, size: int, head: bytes = b"") -> Path:
+    with open(path, "wb") as handle:
+        handle.write(head)
+        handle.truncate(size)
+    return path
+
+
+def latency(root: Path, size: int, runs: int) -> None:
+    """SIGINT to exit for each long read: verify -j 2 of two files, the re-hash of an existing
+    output on a re-run, and a decrypt mid-file. Sparse files for the hashes (no disk space);
+    a real `.enc` of ``size`` bytes for the decrypt."""
+    after = min(256 * MiB, size // 4)
+
+    def hashing(pid: int) -> bool:
+        return bytes_read(pid) >= after
+
+    model = root / "model"
+    model.mkdir()
+    for name in ("a.bin", "b.bin"):
+        sparse(model / name, size)
+    card = root / "md5.txt"
+    card.write_text(f"{'0' * 32}  ./a.bin\n{'1' * 32}  ./b.bin\n")
+    key_path = root / "consolidated.00.pth"
+    in_child("key", key_path, 10 * MiB + 12345)
+    digest = hashlib.sha256(b"something else").digest()
+    resume_enc = sparse(root / f"model.bin.{digest.hex()}.enc", size + 32, digest)
+    resume_out = root / "resume-out"
+    resume_out.mkdir()
+    sparse(resume_out / "model.bin", size)
+    enc_dir = root / "enc"
+    enc_dir.mkdir()
+    enc = Path(in_child("make", enc_dir, "pytorch_model.bin", key_path, size)[0])
+    out = root / "out"
+    verify = [*EXE, "verify", str(model), "--manifest", str(card), "-j", "2"]
+    cases: dict[str, tuple[list[str], Callable[[int], bool]]] = {
+        "verify -j 2, two files": (verify, hashing),
+        "re-run: re-hash of an output": (
+            [*EXE, str(resume_enc), str(key_path), str(resume_out)],
+            hashing,
+        ),
+        "decrypt mid-file": (
+            [*EXE, str(enc), str(key_path), str(out), "--no-fsync"],
+            lambda pid: written(out) >= after,
+        ),
+    }
+    print(f"\nCtrl-C latency (SIGINT to exit 130), {human(size)} files, median of {runs}\n")
+    for label, (argv, started) in cases.items():
+        seconds = [sigint_latency([*argv, "-q"], started) for _ in range(runs)]
+        shutil.rmtree(out, ignore_errors=True)
+        print(
+            f"{label:<32} {statistics.median(seconds) * 1000:7.1f} ms "
+            f"(max {max(seconds) * 1000:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -167,3 +167,42 @@ def modes_enforced() -> bool:
         except subprocess.SubprocessError:
             return False
         return done.returncode != 0
+
+
+def bytes_read(pid: int) -> int:
+    """Bytes process ``pid`` has read so far (``rchar`` of /proc/PID/io), 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/io") as handle:
+            for line in handle:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def interrupt_after_reading(
+    proc: subprocess.Popen[str], threshold: int, signum: int = signal.SIGINT, timeout: float = 30
+) -> float:
+    """Once ``proc`` has read ``threshold`` bytes, send ``signum``; return the seconds it then
+    took to exit. Fails if it ends before reading that much."""
+    deadline = time.monotonic() + timeout
+    while bytes_read(proc.pid) < threshold:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before reading {threshold}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"read less than {threshold} bytes in {timeout} s")
+        time.sleep(0.005)
+    sent = time.monotonic()
+    os.kill(proc.pid, signum)
+    proc.wait(timeout=timeout)
+    return time.monotonic() - sent
+
+
+def sparse_file(path: Path, size: int, head: bytes = b"") -> Path:
+    """A file of ``size`` bytes that takes no disk space: ``head``, then a hole (zeros)."""
+    with open(path, "wb") as handle:
+        handle.write(head)
+        handle.truncate(size)
+    return path

@@ -6,14 +6,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from belle_decrypt.batch import Outcome, Settings, decrypt_all
+from belle_decrypt.batch import Settings, decrypt_all
 from belle_decrypt.container import EncFile
+from belle_decrypt.decrypt import Result
 from belle_decrypt.diagnose import Diagnoser
 from belle_decrypt.keystream import Key
+from belle_decrypt.outcome import Outcome
+from belle_decrypt.states import Verified
 from tests.conftest import random_bytes
 
 
-def _files(make_key: Callable[..., Path], make_enc: Callable[..., Path]) -> tuple[Path, list]:
+def _files(
+    make_key: Callable[..., Path], make_enc: Callable[..., Path]
+) -> tuple[Path, list[EncFile]]:
     key = make_key(700)
     encs = [make_enc(f"part{i}.bin", random_bytes(100 * (i + 1), seed=i), key) for i in range(4)]
     return key, [EncFile.open(path) for path in encs]
@@ -24,14 +29,16 @@ def test_every_file_reports_progress_and_an_outcome_in_order(
 ) -> None:
     key_path, files = _files(make_key, make_enc)
     progressed: dict[str, int] = {}
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome[Result]] = []
+    sizes: dict[str, int] = {}
 
     @contextmanager
-    def file_progress(enc: EncFile) -> Iterator[Callable[[int], None]]:
-        progressed[enc.enc_name.name] = 0
+    def file_progress(name: str, size: int) -> Iterator[Callable[[int], None]]:
+        progressed[name] = 0
+        sizes[name] = size
 
         def advance(n: int) -> None:
-            progressed[enc.enc_name.name] += n
+            progressed[name] += n
 
         yield advance
 
@@ -47,9 +54,9 @@ def test_every_file_reports_progress_and_an_outcome_in_order(
             on_outcome=outcomes.append,
         )
     assert tally.ok and (tally.decrypted, tally.failed, tally.not_tried) == (4, 0, 0)
-    assert [o.enc for o in outcomes] == files
-    assert all(o.checked == "SHA-256 verified" and o.error is None for o in outcomes)
-    assert progressed == {enc.enc_name.name: enc.payload_size for enc in files}
+    assert [o.source for o in outcomes] == [enc.path for enc in files]
+    assert all(o.checked is Verified.SHA256 and o.error is None for o in outcomes)
+    assert progressed == sizes == {enc.enc_name.name: enc.payload_size for enc in files}
 
 
 def test_a_wrong_key_stops_after_two_files(
@@ -57,7 +64,7 @@ def test_a_wrong_key_stops_after_two_files(
 ) -> None:
     _, files = _files(make_key, make_enc)
     wrong = make_key(700, name="wrong.pth", seed=3)
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome[Result]] = []
     out = tmp_path / "out"
     out.mkdir()
     with Key(wrong) as key:

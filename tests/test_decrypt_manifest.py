@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from belle_decrypt import keyid
-from belle_decrypt.cli import cli
+from belle_decrypt.batch import Settings, decrypt_all
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.diagnose import Diagnoser
 from belle_decrypt.errors import ChecksumError
+from belle_decrypt.hashing import hash_file
 from belle_decrypt.keyid import HEAD_SIZE, KnownKey
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
+from belle_decrypt.states import FileState
 from tests.conftest import listing
 from tests.release import Release, make_release, md5
+from tests.runner import run
 
 KEY = b"the right key, a few bytes, tiled"
 WRONG_KEY = b"another key of some other model"
 ERR = "belle-decrypt: error: "
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(arg) for arg in args])
 
 
 @pytest.fixture
@@ -121,10 +121,10 @@ def test_md5_checked_for_an_existing_output(
     with Key(key_path) as key:
         enc = EncFile.open(release.enc_path("config.json"))
         first = decrypt_file(enc, key, tmp_path, fsync=False, expected=None)
-        assert first.status == "decrypted" and first.md5 is None
+        assert first.status is FileState.DECRYPTED and first.md5 is None
         right = md5(release.plain["config.json"])
         again = decrypt_file(enc, key, tmp_path, fsync=False, expected={"md5": right})
-        assert (again.status, again.md5) == ("already decrypted", right)
+        assert (again.status, again.md5) == (FileState.ALREADY_DECRYPTED, right)
         with pytest.raises(ChecksumError, match="left as it is"):
             decrypt_file(enc, key, tmp_path, fsync=False, expected={"md5": "1" * 32})
     assert (tmp_path / "config.json").read_bytes() == release.plain["config.json"]
@@ -292,10 +292,37 @@ def test_broken_downloads_do_not_stop_the_folder(
     assert listing(out) == ["pytorch_model.bin"]
 
 
-def test_diagnoser_computes_enc_md5_only_when_asked(release: Release, wrong_key: Path) -> None:
+def test_the_enc_md5_is_computed_only_to_explain_a_listed_failure(
+    release: Release,
+    key_path: Path,
+    wrong_key: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hashed: list[str] = []
+
+    def counting_hash(path: Path, algorithms: Sequence[str], **kwargs: Any) -> dict[str, str]:
+        hashed.append(path.name)
+        return hash_file(path, algorithms, **kwargs)
+
+    monkeypatch.setattr("belle_decrypt.diagnose.hash_file", counting_hash)
+    manifest = Manifest.read(release.card)
+    files = [EncFile.open(release.enc_path(name)) for name in release.plain]
+    with Key(key_path) as key:
+        tally = decrypt_all(files, key, Settings(out_dir=tmp_path), Diagnoser(key_path, manifest))
+    assert tally.ok and hashed == []  # success: no .enc is hashed
+    enc = files[0]
+    diagnosis = Diagnoser(wrong_key, manifest).explain(enc)
+    assert diagnosis.wrong_key and hashed == [enc.path.name]  # a listed failure: once
+    unlisted = Diagnoser(wrong_key).explain(enc)
+    assert unlisted.wrong_key and hashed == [enc.path.name]  # no manifest: nothing to compare
+
+
+def test_the_stop_after_two_needs_both_to_blame_an_unknown_key(
+    release: Release, wrong_key: Path
+) -> None:
     diagnoser = Diagnoser(wrong_key, Manifest.read(release.card))
-    enc = EncFile.open(release.enc_path("config.json"))
-    diagnosis = diagnoser.explain(enc)
+    diagnosis = diagnoser.explain(EncFile.open(release.enc_path("config.json")))
     assert diagnosis.wrong_key
     assert diagnoser.stop_early([diagnosis, diagnosis])
     assert not diagnoser.stop_early([diagnosis, None])

@@ -8,19 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from belle_decrypt import verify
-from belle_decrypt.cli import cli
+from belle_decrypt import hashing, verify
 from belle_decrypt.manifest import Manifest
 from tests.conftest import listing, random_bytes
 from tests.release import Release, make_release, md5
+from tests.runner import run
 
 KEY = b"a key of a few bytes, tiled"
-
-
-def run(*args: str | Path, stdin: bytes | None = None) -> Result:
-    return CliRunner().invoke(cli, [str(arg) for arg in args], input=stdin)
 
 
 def sh(command: str, cwd: Path) -> bytes:
@@ -178,7 +174,7 @@ def test_a_file_is_read_once_for_both_algorithms(
     release: Release, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[str, tuple[str, ...]]] = []
-    real = verify.hash_file
+    real = hashing.hash_file
 
     def spy(path: Path, algorithms: tuple[str, ...], **kwargs: object) -> dict[str, str]:
         seen.append((path.name, algorithms))

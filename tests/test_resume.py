@@ -17,27 +17,24 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from belle_decrypt.cli import cli
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.errors import OutputError
 from belle_decrypt.keystream import Key
 from belle_decrypt.output import AtomicFile
+from belle_decrypt.states import FileState
 from tests import faults
 from tests.conftest import listing, random_bytes
+from tests.runner import run
 
 BIN = random_bytes(30_000, seed=71)
 JSON = b'{"dim": 4096, "n_layers": 32}\n'
 
 
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def one_error(result: Result) -> str:
-    assert "Traceback" not in result.output
+    """The one error line of an in-process run (a traceback would have failed the test)."""
     return faults.one_error(result.stderr)
 
 
@@ -338,7 +335,7 @@ def test_file_appearing_under_the_final_name_mid_run_is_kept(
     with Key(release.key) as key:
         if appears == BIN:
             result = decrypt_file(enc, key, release.out, on_progress=meanwhile, buffer_size=4096)
-            assert result.status == "already decrypted"
+            assert result.status is FileState.ALREADY_DECRYPTED
         else:
             with pytest.raises(OutputError, match="exists and differs"):
                 decrypt_file(enc, key, release.out, on_progress=meanwhile, buffer_size=4096)

@@ -6,21 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from belle_decrypt.cli import cli
 from belle_decrypt.manifest import Manifest
+from belle_decrypt.states import CheckStatus
 from belle_decrypt.verify import FileCheck, VerifyReport, verify_folder
 from tests.release import Release, make_release, md5
+from tests.runner import run
 
 
 @pytest.fixture
 def release(tmp_path: Path) -> Release:
     return make_release(tmp_path, b"a short key")
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(arg) for arg in args])
 
 
 def decrypted_folder(release: Release, tmp_path: Path) -> Path:
@@ -125,7 +121,7 @@ def test_both_groups_in_one_folder(release: Release) -> None:
     (release.enc_dir / "config.json").write_bytes(release.plain["config.json"])
     report = verify_folder(release.enc_dir, Manifest.read(release.card), workers=2)
     assert report.groups == ("encrypted", "decrypted")
-    assert [c.status for c in report.files] == ["OK"] * 4 + ["MISSING"] * 2
+    assert [c.status for c in report.files] == [CheckStatus.OK] * 4 + [CheckStatus.MISSING] * 2
     assert not report.ok
 
 
@@ -179,7 +175,14 @@ def test_manifest_option_is_required(release: Release) -> None:
 @pytest.mark.parametrize("count", [0, 1, 3])
 def test_json_is_written_a_file_at_a_time_as_json_dumps_would(count: int) -> None:
     checks = [
-        FileCheck(f'dir/"{n}"\udcd6', "decrypted", "md5", "0" * 32, None if n else "1" * 32, "OK")
+        FileCheck(
+            f'dir/"{n}"\udcd6',
+            "decrypted",
+            "md5",
+            "0" * 32,
+            None if n else "1" * 32,
+            CheckStatus.OK,
+        )
         for n in range(count)
     ]
     report = VerifyReport(Path("/data/模型"), tuple(checks))

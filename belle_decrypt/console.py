@@ -1,0 +1,348 @@
+"""What the command line shows: one-line messages, progress bars, summary lines, exit codes.
+
+Every command's output goes through here: errors and warnings as one escaped line on stderr,
+summary lines on stdout that do not garble the bars, the overall + per-file bars on stderr
+(only for a person watching a terminal), and :func:`user_errors`, which turns library errors
+and signals into one line and an exit code, never a traceback. The library knows none of it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from belle_decrypt import platform_io
+from belle_decrypt.errors import BelleError, ExitCode, ProblemsReported
+
+if TYPE_CHECKING:
+    from belle_decrypt.batch import Run
+    from belle_decrypt.decrypt import Result
+    from belle_decrypt.encrypt import Encrypted, Publish, PublishTally
+    from belle_decrypt.keyid import KeyReport
+    from belle_decrypt.outcome import Outcome, Tally
+    from belle_decrypt.verify import VerifyReport
+
+PROG = "belle-decrypt"
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that `with` blocks clean up."""
+
+    exit_code = ExitCode.SIGTERM
+    word = "terminated"
+
+
+class HungUp(Terminated):
+    """Raised on SIGHUP (a closed terminal or ssh session), handled like SIGTERM."""
+
+    exit_code = ExitCode.SIGHUP
+    word = "hung up"
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
+    raise HungUp() if platform_io.is_hangup(signum) else Terminated()
+
+
+# Control characters (a line break in a file name) shown escaped, so a message stays one line;
+# the bytes of a name that is not UTF-8 (surrogate escapes, as Python reads a GBK name) shown as
+# `\xNN`, since they cannot be written to a UTF-8 terminal.
+_ESCAPES = (
+    {i: f"\\x{i:02x}" for i in (*range(32), 127)}
+    | {10: "\\n", 9: "\\t", 13: "\\r"}
+    | {i: f"\\u{i:04x}" for i in range(0xD800, 0xE000)}
+    | {0xDC00 + i: f"\\x{i:02x}" for i in range(0x80, 0x100)}
+)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters and undecodable bytes escaped; other characters
+    (Chinese names) kept."""
+    return text.translate(_ESCAPES)
+
+
+def error(message: str) -> None:
+    """One line on stderr (dropped if stderr is gone, as after a hang-up)."""
+    with suppress(OSError):
+        click.echo(f"{PROG}: error: {one_line(message)}", err=True)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    with suppress(OSError):
+        click.echo(f"{PROG}: warning: {one_line(message)}", err=True)
+
+
+def human_size(size: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _where(exc: BaseException) -> str:
+    """``"<file>: "`` when an interrupt was tagged with the file being written, else ``""``."""
+    return f"{exc.args[0]}: " if exc.args and isinstance(exc.args[0], str) else ""
+
+
+@contextmanager
+def user_errors(writing: bool = False) -> Iterator[None]:
+    """Map library errors and signals to one line and an exit code; never a traceback.
+
+    SIGXFSZ is ignored (where it exists) so that a file-size limit (``ulimit -f``) makes
+    write() fail with EFBIG, which is reported like any write error, instead of killing the
+    process. ``writing`` commands say, when interrupted, that the unfinished file was removed.
+    """
+    restore = platform_io.install_signal_handlers(_on_signal)
+    after = (
+        "; the unfinished file was removed; run the same command again to finish" if writing else ""
+    )
+    try:
+        yield
+    except ProblemsReported as exc:  # each was said already
+        sys.exit(exc.exit_code)
+    except BelleError as exc:
+        error(str(exc))
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # a last resort: an I/O error the library did not word
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        error(f"{where}{exc.strerror or exc}; nothing was left under a final name")
+        sys.exit(ExitCode.FAILED)
+    except KeyboardInterrupt as exc:
+        error(f"{_where(exc)}interrupted{after}")
+        sys.exit(ExitCode.SIGINT)
+    except Terminated as exc:
+        error(f"{_where(exc)}{exc.word}{after}")
+        sys.exit(exc.exit_code)
+    finally:
+        restore()
+
+
+def progress_enabled(quiet: bool) -> bool:
+    """Bars only for a person watching a terminal."""
+    return not quiet and sys.stderr.isatty()
+
+
+def bar(total: int, desc: str, enabled: bool, position: int = 0, leave: bool = False) -> Any:
+    """A byte-counting tqdm bar on stderr (a no-op one when not ``enabled``)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        disable=not enabled,
+        position=position,
+        leave=leave,
+        dynamic_ncols=True,
+    )
+
+
+class Bars:
+    """An overall bar (folder form only) and a bar per file, advanced together.
+
+    ``advance`` may be called from several threads (``--jobs``).
+    """
+
+    def __init__(self, total: int, folder: bool, enabled: bool) -> None:
+        self.folder, self.enabled = folder, enabled
+        self.overall = bar(total, "all files", enabled and folder, 0, True)
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> Bars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.overall.close()
+
+    @contextmanager
+    def file(self, size: int, name: str, shown: bool = True) -> Iterator[Callable[[int], None]]:
+        """A bar for one file (``shown`` False: only the overall bar moves)."""
+        folder = self.folder
+        with bar(size, name, self.enabled and shown, int(folder), not folder) as file_bar:
+
+            def advance(n: int) -> None:
+                with self.lock:
+                    file_bar.update(n)
+                    self.overall.update(n)
+
+            yield advance
+
+
+def say(line: str, quiet: bool) -> None:
+    """A summary line on stdout that does not garble progress bars.
+
+    If the reader of stdout has gone (`| head -1`), the rest of the lines go nowhere and the
+    work goes on.
+    """
+    if quiet:
+        return
+    from tqdm import tqdm
+
+    try:
+        tqdm.write(one_line(line), file=sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+class Notices:
+    """The checks before a run, reported as lines (:class:`belle_decrypt.outcome.Notices`)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def problem(self, exc: BelleError) -> None:
+        error(str(exc))
+
+    def warning(self, text: str) -> None:
+        warn(text)
+
+    def skipped(self, path: Path, why: str) -> None:
+        say(f"skipped            {path.name} ({why})", self.quiet)
+
+
+def decrypt_run(run: Run, quiet: bool) -> Tally:
+    """Run the batch with progress bars and one line per file, then the tally for a folder.
+
+    With several jobs at once only the overall bar is drawn.
+    """
+    from belle_decrypt.batch import decrypt_all
+
+    settings = run.settings
+    total = sum(enc.payload_size for enc in run.files)
+    with Bars(total, run.folder, progress_enabled(quiet)) as bars:
+
+        @contextmanager
+        def file_progress(name: str, size: int) -> Iterator[Callable[[int], None]]:
+            with bars.file(size, name, shown=settings.jobs == 1) as advance:
+                try:
+                    yield advance
+                except (KeyboardInterrupt, Terminated) as exc:  # name the file in the message
+                    raise type(exc)(str(settings.out_dir / name)) from None
+
+        def report(outcome: Outcome[Result]) -> None:
+            if outcome.error is not None:
+                error(str(outcome.error))
+                return
+            result, checked = outcome.result, outcome.checked
+            assert result is not None and checked is not None
+            rate = result.size / result.seconds if result.seconds > 0 else 0.0
+            say(
+                f"{result.status.value:<18} {result.target.name}  {human_size(result.size)}"
+                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {checked.value}",
+                quiet,
+            )
+
+        tally = decrypt_all(
+            run.files,
+            run.key,
+            settings,
+            run.diagnoser,
+            file_progress=file_progress,
+            on_outcome=report,
+        )
+    if tally.stopped is not None:
+        error(tally.stopped)
+    if tally.advice is not None:
+        warn(tally.advice)
+    if run.folder:
+        say(
+            f"{tally.decrypted} decrypted, {tally.already_decrypted} already decrypted, "
+            f"{tally.failed} failed",
+            quiet,
+        )
+    return tally
+
+
+def encrypt_run(publish: Publish, quiet: bool, *, force: bool, fsync: bool) -> PublishTally:
+    """Encrypt with progress bars and one line per file, then say which manifest was written."""
+    from belle_decrypt.encrypt import encrypt_all
+
+    total = sum(publish.sizes.values())
+    with Bars(total, publish.folder, progress_enabled(quiet)) as bars:
+
+        def report(outcome: Outcome[Encrypted]) -> None:
+            if outcome.error is not None:
+                error(str(outcome.error))
+                return
+            result = outcome.result
+            assert result is not None
+            say(f"{result.status.value:<10} {result.target.name}  {human_size(result.size)}", quiet)
+
+        tally = encrypt_all(
+            publish,
+            force=force,
+            fsync=fsync,
+            file_progress=lambda name, size: bars.file(size, name),
+            on_outcome=report,
+        )
+    if tally.manifest is not None:
+        say(f"wrote      {tally.manifest} (md5 of {tally.listed} .enc and plain files)", quiet)
+    return tally
+
+
+def verify_lines(report: VerifyReport, quiet: bool) -> Iterator[str]:
+    """`verify`'s text output, each line with its line break: one per listed file's entry
+    (only those not OK with ``quiet``), then the count."""
+    from belle_decrypt.states import CheckStatus
+
+    for check in report.files:
+        if check.status is CheckStatus.OK and quiet:
+            continue
+        line = f"{check.name}: {check.status.value}"
+        if check.status is CheckStatus.FAILED:
+            mismatch = f"{check.algorithm} {check.actual}, expected {check.expected}"
+            line += f" ({check.detail or mismatch})"
+        yield one_line(line) + "\n"
+    if not quiet:
+        yield (
+            f"{report.count(CheckStatus.OK)} OK, {report.count(CheckStatus.FAILED)} FAILED, "
+            f"{report.count(CheckStatus.MISSING)} MISSING ({' and '.join(report.groups)} files)\n"
+        )
+
+
+def echo_batched(pieces: Iterable[str]) -> None:
+    """Write ``pieces`` (each ending with its own line break) to stdout a few thousand at a
+    time: a report may have millions of lines, and each echo flushes."""
+    batch: list[str] = []
+    for piece in pieces:
+        batch.append(piece)
+        if len(batch) == 4096:
+            click.echo("".join(batch), nl=False)
+            batch.clear()
+    if batch:
+        click.echo("".join(batch), nl=False)
+
+
+def key_lines(report: KeyReport, quiet: bool) -> list[str]:
+    """`check-key`'s output: what was measured against LLaMA-7B's values, then the verdict."""
+    from belle_decrypt.keyid import LLAMA_7B as expected
+
+    lines: list[tuple[str, str]] = []
+    if not quiet:
+        lines = [
+            ("file", str(report.path)),
+            ("size", f"{report.size:,} bytes (LLaMA-7B: {expected.size or 0:,})"),
+            ("md5 of first 16 MiB", f"{report.head_md5} (LLaMA-7B: {expected.head_md5})"),
+        ]
+        if report.md5 is not None:
+            lines.append(("md5 of whole file", f"{report.md5} (LLaMA-7B: {expected.md5})"))
+        checkpoint = report.checkpoint.describe() if report.checkpoint else "not readable as one"
+        lines.append(("checkpoint", checkpoint))
+    lines.append(("verdict", f"{report.path} {report.verdict}"))
+    return [one_line(f"{label + ':':<21}{value}") for label, value in lines]
