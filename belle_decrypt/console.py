@@ -200,7 +200,7 @@ def say(line: str, quiet: bool) -> None:
         os.close(devnull)
 
 
-class Notices:
+class ConsoleNotices:
     """The checks before a run, reported as lines (:class:`belle_decrypt.outcome.Notices`)."""
 
     def __init__(self, quiet: bool) -> None:

@@ -17,16 +17,16 @@ from types import TracebackType
 from typing import BinaryIO
 
 from belle_decrypt.errors import OutputError
-from belle_decrypt.platform_io import OWNER_PATTERN, fsync_dir, owner_gone, owner_tag
+from belle_decrypt.platform_io import OWNERSHIP, fsync_dir
 
 TEMP_PREFIX = ".belle-tmp."
-_TEMP_RE = re.compile(rf"^\.belle-tmp\.(?P<owner>{OWNER_PATTERN})\.[0-9a-f]{{8}}\.")
+_TEMP_RE = re.compile(rf"^\.belle-tmp\.(?P<owner>{OWNERSHIP.pattern})\.[0-9a-f]{{8}}\.")
 _NAME_KEEP = 120
 
 
 def temp_name(final_name: str, owner: str | None = None) -> str:
     """A hidden name marking the file as ours and naming its owner (the writing process)."""
-    tag = owner_tag() if owner is None else owner
+    tag = OWNERSHIP.tag() if owner is None else owner
     return f"{TEMP_PREFIX}{tag}.{secrets.token_hex(4)}.{final_name[:_NAME_KEEP]}"
 
 
@@ -62,6 +62,11 @@ class AtomicFile:
                 self.final,
             ) from exc
         self._handle = os.fdopen(fd, "wb", buffering=0)
+        try:
+            OWNERSHIP.claim(fd, self.temp)
+        except BaseException:
+            self.__exit__(None, None, None)  # not entered: remove the temporary file here
+            raise
         return self._handle
 
     def commit(self, final: Path | None = None, *, replace: bool = True) -> None:
@@ -150,7 +155,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         try:
             if match is None or not entry.is_file(follow_symlinks=False):
                 continue
-            if not owner_gone(match.group("owner")):
+            if not OWNERSHIP.is_stale(match.group("owner"), Path(entry.path)):
                 continue
             os.unlink(entry.path)
         except OSError:

@@ -17,6 +17,7 @@ capability             used for                                    without it
 ``HAS_FADVISE``        the write-behind drops written pages        the page cache is left alone
 ``CAN_FSYNC_DIR``      a rename survives a power cut               the folder is not synced
 ``CAN_PROBE_PIDS``     removing temporary files of ended runs      foreign temporary files kept
+                       (:class:`PidOwnership`)
 ``HAS_AFFINITY``       the CPUs this process may use               ``os.cpu_count()``
 =====================  ==========================================  ============================
 
@@ -188,24 +189,40 @@ def fsync_dir(folder: Path) -> None:
 
 # --- temporary-file ownership --------------------------------------------------------------
 
-OWNER_PATTERN = r"\d+"
-"""What :func:`owner_tag` looks like inside a temporary file's name (a regex)."""
+
+class PidOwnership:
+    """Who owns a temporary file: the writing process, named by its pid in the file's name.
+
+    A writer marks its files with :meth:`tag` and calls :meth:`claim` right after creating one;
+    a later run removes a file only when :meth:`is_stale` says its owner has ended. Another
+    scheme (an exclusive lock held on the file for its life, visible across PID namespaces)
+    replaces this class without touching its callers.
+    """
+
+    pattern = r"\d+"
+    """What :meth:`tag` looks like inside a temporary file's name (a regex)."""
+
+    def tag(self) -> str:
+        """This process's mark in the names of the temporary files it writes."""
+        return str(os.getpid())
+
+    def claim(self, fd: int, path: Path) -> None:
+        """Mark the new temporary file ``path`` (open as ``fd``) as this process's; a pid in
+        its name is all this scheme needs."""
+
+    def is_stale(self, tag: str, path: Path) -> bool:
+        """Whether the owner of ``path``, tagged ``tag``, has ended, so the file can go.
+        False whenever that cannot be known: a live run's file is never removed."""
+        if not CAN_PROBE_PIDS or not tag.isdigit():
+            return False
+        pid = int(tag)
+        if pid == os.getpid():
+            return False
+        return not _process_alive(pid)
 
 
-def owner_tag() -> str:
-    """This process's mark in the names of the temporary files it writes."""
-    return str(os.getpid())
-
-
-def owner_gone(tag: str) -> bool:
-    """Whether the process that wrote a temporary file with ``tag`` has ended, so the file
-    can go. False whenever that cannot be known: a live run's file is never removed."""
-    if not CAN_PROBE_PIDS or not tag.isdigit():
-        return False
-    pid = int(tag)
-    if pid == os.getpid():
-        return False
-    return not _process_alive(pid)
+OWNERSHIP = PidOwnership()
+"""The ownership scheme of temporary files in use."""
 
 
 def _process_alive(pid: int) -> bool:
