@@ -553,6 +553,25 @@ def test_manifest_mismatch_fails_with_nothing_written(tmp_path: Path) -> None:
     assert listing(out) == []
 
 
+def test_sha256_card_entries_are_checked_too(tmp_path: Path) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna", "bin-sharded")
+    card = tmp_path / "card.txt"
+    first, second = (diff_dir / f"pytorch_model-0000{n}-of-00002.bin" for n in (1, 2))
+    actual = hashlib.sha256(second.read_bytes()).hexdigest()
+    card.write_text(
+        f"{hashlib.sha256(first.read_bytes()).hexdigest()}  {first.name}\n"
+        f"{'1' * 64}  {second.name}\n"
+    )
+    out = tmp_path / "out"
+    result = run(diff_dir, base_dir, out, "--recipe", "vicuna", "--manifest", card)
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {second}: sha256 {actual} differs from the model card's "
+        f"{'1' * 64} ({card}:2): the download is damaged; download it again; nothing written\n"
+    )
+    assert listing(out) == []
+
+
 def test_manifest_listing_nothing_of_the_diff_is_a_usage_error(tmp_path: Path) -> None:
     diff_dir, base_dir, _ = release(tmp_path, "vicuna")
     card = tmp_path / "card.txt"

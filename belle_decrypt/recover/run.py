@@ -67,6 +67,8 @@ COPIED = (
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.index.json")
 ShardProgress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 KEPT, WRITTEN = "kept", "written"
+# A diff file and the manifest's entries for it (md5, SHA-256 or both).
+Listed = tuple[Path, tuple[ManifestEntry, ...]]
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ class Recovery:
         self.shards: list[Shard] = []
         self.copies: list[Path] = []
         self.journal: Journal | None = None
-        self.manifest_entries: list[tuple[Path, ManifestEntry]] = []
+        self.manifest_entries: list[Listed] = []
         self.pool = BufferPool(0)
         self.scratch = Scratch()
 
@@ -245,12 +247,12 @@ class Recovery:
         to_write += sum(p.stat().st_size for p in self.copies) + len(index_document(self.shards))
         check_free_space(self.out_dir, to_write)
 
-    def _manifest_entries(self, manifest: Manifest) -> list[tuple[Path, ManifestEntry]]:
+    def _manifest_entries(self, manifest: Manifest) -> list[Listed]:
         listed = []
         for path in (*self.diff.files, *self.diff.others):
-            entry = manifest.get(path.name)
-            if entry is not None:
-                listed.append((path, entry))
+            entries = manifest.lookup(path.name)
+            if entries:
+                listed.append((path, entries))
         if not listed:
             raise ManifestError(
                 f"the manifest lists none of the files in {self.diff.path}; pass the model "
@@ -498,9 +500,10 @@ def rotary_inv_freq(config: dict[str, Any]) -> torch.Tensor:
 
 
 class _ManifestHasher:
-    """md5 of the listed diff files, read one after another in a thread beside the recovery."""
+    """The listed diff files hashed (md5 and/or SHA-256, as listed), one after another in a
+    thread beside the recovery."""
 
-    def __init__(self, entries: list[tuple[Path, ManifestEntry]]) -> None:
+    def __init__(self, entries: list[Listed]) -> None:
         self.entries = entries
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
@@ -517,16 +520,18 @@ class _ManifestHasher:
                 raise InterruptedError
 
         try:
-            for path, entry in self.entries:
-                actual = hash_file(path, ("md5",), on_progress=check_stop)["md5"]
-                if actual != entry.md5:
-                    self.failure = ChecksumError(
-                        f"md5 {actual} differs from the model card's {entry.md5} "
-                        f"({entry.where}): the download is damaged; download it again; "
-                        "nothing written",
-                        path,
-                    )
-                    return
+            for path, entries in self.entries:
+                algorithms = sorted({entry.algorithm for entry in entries})
+                actual = hash_file(path, algorithms, on_progress=check_stop)
+                for entry in entries:
+                    if actual[entry.algorithm] != entry.digest:
+                        self.failure = ChecksumError(
+                            f"{entry.algorithm} {actual[entry.algorithm]} differs from the "
+                            f"model card's {entry.digest} ({entry.where}): the download is "
+                            "damaged; download it again; nothing written",
+                            path,
+                        )
+                        return
         except InterruptedError:
             return
         except OSError as exc:
