@@ -43,11 +43,6 @@ class Recipe:
     expected_sum: float | None = None
     sum_tolerance: float = 1e-2
 
-    @property
-    def sums(self) -> bool:
-        """Whether the recipe's tool checks a sum of the recovered weights."""
-        return self.expected_sum is not None
-
     def takes_diff(self, name: str) -> bool:
         """Whether tensor ``name`` is the diff's own (no base needed)."""
         return any(part in name for part in self.from_diff)

@@ -34,7 +34,13 @@ from belle_decrypt.recover import checks
 from belle_decrypt.recover.buffers import BufferPool, Scratch
 from belle_decrypt.recover.checks import Item
 from belle_decrypt.recover.hfdir import WeightFolder
-from belle_decrypt.recover.journal import Journal, fingerprint, pending_name, write_small_file
+from belle_decrypt.recover.journal import (
+    JOURNAL_NAME,
+    Journal,
+    fingerprint,
+    pending_name,
+    write_small_file,
+)
 from belle_decrypt.recover.recipes import INV_FREQ, Recipe, choose, layer_of, state_dict_key
 from belle_decrypt.recover.writer import (
     BIN,
@@ -239,7 +245,7 @@ class Recovery:
             "diff": fingerprint(list(self.diff.files)),
             "base": fingerprint(list(self.base.files)),
         }
-        self.journal = Journal(self.out_dir / ".belle-recover.json", key)
+        self.journal = Journal(self.out_dir / JOURNAL_NAME, key)
         if not self.options.force:
             self.journal = Journal.load(self.out_dir, key)
             self._check_nothing_in_the_way()

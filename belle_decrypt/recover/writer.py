@@ -164,14 +164,12 @@ class HashingWriter:
     def __init__(self, handle: BinaryIO, label: str) -> None:
         self.sink = WriteBehind(handle, label)
         self.sha256 = hashlib.sha256()
-        self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
         """Write all of ``data`` and hash it."""
         view = memoryview(data)
         self.sha256.update(view)
         self.sink.write(view)
-        self.size += len(view)
         return len(view)
 
     def flush(self) -> None:
