@@ -700,3 +700,30 @@ def test_a_write_error_is_one_line_and_leaves_no_final_name(tmp_path: Path) -> N
         "folder)\n"
     )
     assert [name for name in listing(out) if not name.startswith(".belle-")] == []
+
+
+def test_a_base_saved_by_transformers_itself(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=tiny.HIDDEN,
+        intermediate_size=tiny.INTERMEDIATE,
+        num_hidden_layers=tiny.LAYERS,
+        num_attention_heads=tiny.HEADS,
+        max_position_embeddings=2048,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.data = param.data.to(torch.float16)
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+    model.save_pretrained(tmp_path / "llama-hf")
+    base = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    diff = ref.make_diff("vicuna-v0", tiny.tuned(base, 3, vocab=101), base)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "bin", tiny.config(101))
+    out = tmp_path / "out"
+    result = run(diff_dir, tmp_path / "llama-hf", out, "--recipe", "vicuna-v0")
+    assert result.exit_code == 0, result.output
+    assert_recovered(out, ref.recover("vicuna-v0", diff, base))
