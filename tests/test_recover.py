@@ -727,3 +727,13 @@ def test_a_base_saved_by_transformers_itself(tmp_path: Path) -> None:
     result = run(diff_dir, tmp_path / "llama-hf", out, "--recipe", "vicuna-v0")
     assert result.exit_code == 0, result.output
     assert_recovered(out, ref.recover("vicuna-v0", diff, base))
+
+
+def test_a_missing_folder_is_named_before_the_recipe_is_asked_for(tmp_path: Path) -> None:
+    result = run(tmp_path / "nowhere", tmp_path / "base", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {tmp_path / 'nowhere'}: (DIFF_DIR) no such folder; pass the "
+        "Hugging Face model folder\n"
+    )
+    assert not (tmp_path / "out").exists()

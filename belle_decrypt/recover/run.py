@@ -187,16 +187,16 @@ class Recovery:
     @classmethod
     def prepare(cls, diff_dir: Path, base_dir: Path, out_dir: Path, options: Options) -> Recovery:
         """Open and check the inputs and the output folder; raise before writing anything."""
-        recipe, recognised = choose(options.recipe, diff_dir)
-        if options.expect_sum is not None and recipe.dtype != "float32":
-            raise InputError(
-                f"--expect-sum applies to the float32 recipes (alpaca, tulu), not {recipe.name}"
-            )
         for folder in (diff_dir, base_dir):
             if out_dir.exists() and folder.exists() and out_dir.resolve() == folder.resolve():
                 raise InputError("is also an input folder; pass a new output folder", out_dir)
         diff = WeightFolder.open(diff_dir, "DIFF_DIR")
         try:
+            recipe, recognised = choose(options.recipe, diff_dir)
+            if options.expect_sum is not None and recipe.dtype != "float32":
+                raise InputError(
+                    f"--expect-sum applies to the float32 recipes (alpaca, tulu), not {recipe.name}"
+                )
             base = WeightFolder.open(base_dir, "BASE_DIR")
         except BaseException:
             diff.close()
