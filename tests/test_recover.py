@@ -205,11 +205,11 @@ def test_a_bad_shard_size_is_a_usage_error(tmp_path: Path) -> None:
 # --- refusals: exit 2, one line, nothing written -------------------------------------------
 
 
-def norm_level(folder: Path) -> str:
+def norm_level(folder: Path, digits: int = 2) -> str:
     """Mean |x| of a folder's norm weights, as the refusal prints it."""
     state = tiny.load_folder(folder)
     norms = [t.float().abs() for name, t in state.items() if name.endswith("norm.weight")]
-    return f"{float(sum(t.sum() for t in norms)) / sum(t.numel() for t in norms):.2f}"
+    return f"{float(sum(t.sum() for t in norms)) / sum(t.numel() for t in norms):.{digits}f}"
 
 
 def refused(result: Result, out: Path, message: str) -> None:
@@ -254,23 +254,21 @@ def test_full_weights_as_the_diff_are_refused(tmp_path: Path) -> None:
     refused(
         run(full, base_dir, out, "--recipe", "vicuna"),
         out,
-        f"{full}: (DIFF_DIR) its *norm.weight tensors are near 1 (mean |x| {norm_level(full)}), "
-        "so these "
-        "are full weights, not a diff: use the folder as it is, or DIFF_DIR and BASE_DIR are "
-        "swapped",
+        f"{full}: (DIFF_DIR) its *norm.weight tensors are as large as the base's (mean |x| "
+        f"{norm_level(full)} against {norm_level(base_dir)}), so these are full weights, not a "
+        "diff: use the folder as it is, or check that you downloaded the delta release",
     )
 
 
 def test_swapped_folders_are_refused(tmp_path: Path) -> None:
     diff_dir, base_dir, _ = release(tmp_path, "vicuna")
     out = tmp_path / "out"
-    result = run(base_dir, diff_dir, out, "--recipe", "vicuna")
     refused(
-        result,
+        run(base_dir, diff_dir, out, "--recipe", "vicuna"),
         out,
-        f"{base_dir}: (DIFF_DIR) its *norm.weight tensors are near 1 (mean |x| "
-        f"{norm_level(base_dir)}), so these are full weights, not a diff: use the folder as it "
-        "is, or DIFF_DIR and BASE_DIR are swapped",
+        f"{diff_dir}: (BASE_DIR) its *norm.weight tensors are near 0 (mean |x| "
+        f"{norm_level(diff_dir, 3)}, the diff's {norm_level(base_dir, 3)}), so this is a diff, "
+        "not LLaMA weights: DIFF_DIR and BASE_DIR are probably swapped",
     )
 
 
@@ -281,9 +279,23 @@ def test_a_diff_as_the_base_is_refused(tmp_path: Path) -> None:
         run(diff_dir, diff_dir, out, "--recipe", "vicuna"),
         out,
         f"{diff_dir}: (BASE_DIR) its *norm.weight tensors are near 0 (mean |x| "
-        f"{norm_level(diff_dir)}), so this is a diff, not LLaMA weights: DIFF_DIR and BASE_DIR "
-        "are probably swapped",
+        f"{norm_level(diff_dir, 3)}), so this is a diff, not LLaMA weights; pass LLaMA-1 "
+        "converted to the Hugging Face layout",
     )
+
+
+def test_a_base_whose_norms_are_small_like_llamas_is_accepted(tmp_path: Path) -> None:
+    # LLaMA's own RMSNorm weights are far from 1 in early layers (a few hundredths there).
+    base = {
+        name: (t * 0.1 if name.endswith("norm.weight") else t) for name, t in tiny.model(1).items()
+    }
+    diff = ref.make_diff("vicuna", tiny.tuned(base, 2), base)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors", tiny.config(100))
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    assert float(norm_level(base_dir)) < 0.5
+    out = tmp_path / "out"
+    assert run(diff_dir, base_dir, out, "--recipe", "vicuna").exit_code == 0
+    assert_recovered(out, ref.recover("vicuna", diff, base))
 
 
 def test_consolidated_pth_base_is_refused(tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ from belle_decrypt.recover.hfdir import TensorInfo, WeightFolder, data_size
 from belle_decrypt.recover.recipes import EQUAL, INV_FREQ, VOCAB_TENSORS, Recipe, state_dict_key
 
 LLAMA2_POSITIONS = 4096
-# A diff's norm weights are near 0, a full model's near 1; halfway tells them apart.
-FULL_WEIGHTS_NORM = 0.5
+# A diff's norm weights are a small fraction of the base's (a fine-tune moves them a little);
+# full weights' are about the same size. LLaMA's own average far above NEAR_ZERO.
+FULL_WEIGHTS_RATIO = 0.5
+NEAR_ZERO = 0.05
 
 
 @dataclass(frozen=True)
@@ -56,18 +58,32 @@ def _norm_level(folder: WeightFolder) -> float | None:
 
 
 def check_diff_is_diff(diff: WeightFolder, base: WeightFolder) -> None:
-    """Refuse full weights passed as the diff (or the two folders swapped), from the norms."""
-    level = _norm_level(diff)
-    if level is not None and level > FULL_WEIGHTS_NORM:
-        raise diff.fail(
-            f"its *norm.weight tensors are near 1 (mean |x| {level:.2f}), so these are full "
-            "weights, not a diff: use the folder as it is, or DIFF_DIR and BASE_DIR are swapped"
-        )
-    level = _norm_level(base)
-    if level is not None and level < FULL_WEIGHTS_NORM:
+    """Refuse full weights passed as the diff, the two folders swapped, or a diff as the base.
+
+    A diff's ``*norm.weight`` entries are the small changes a fine-tune made, a model's are
+    the weights themselves. LLaMA's own are not all near 1 (early layers' are small), so the
+    test is relative: the diff's mean |x| must be well under the base's, and the base's must
+    not be near 0.
+    """
+    diff_level, base_level = _norm_level(diff), _norm_level(base)
+    if diff_level is None or base_level is None:
+        return
+    if base_level < NEAR_ZERO:
+        if diff_level > base_level:
+            raise base.fail(
+                f"its *norm.weight tensors are near 0 (mean |x| {base_level:.3f}, the diff's "
+                f"{diff_level:.3f}), so this is a diff, not LLaMA weights: DIFF_DIR and "
+                "BASE_DIR are probably swapped"
+            )
         raise base.fail(
-            f"its *norm.weight tensors are near 0 (mean |x| {level:.2f}), so this is a diff, "
-            "not LLaMA weights: DIFF_DIR and BASE_DIR are probably swapped"
+            f"its *norm.weight tensors are near 0 (mean |x| {base_level:.3f}), so this is a "
+            "diff, not LLaMA weights; pass LLaMA-1 converted to the Hugging Face layout"
+        )
+    if diff_level > FULL_WEIGHTS_RATIO * base_level:
+        raise diff.fail(
+            f"its *norm.weight tensors are as large as the base's (mean |x| {diff_level:.2f} "
+            f"against {base_level:.2f}), so these are full weights, not a diff: use the folder "
+            "as it is, or check that you downloaded the delta release"
         )
 
 
