@@ -15,7 +15,7 @@ LLAMA2_POSITIONS = 4096
 # A diff's norm weights are a small fraction of the base's (a fine-tune moves them a little);
 # full weights' are about the same size. LLaMA's own average far above NEAR_ZERO.
 FULL_WEIGHTS_RATIO = 0.5
-NEAR_ZERO = 0.05
+NEAR_ZERO = 0.02
 
 
 @dataclass(frozen=True)
