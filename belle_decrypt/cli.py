@@ -23,6 +23,7 @@ from belle_decrypt.console import (
     decrypt_run,
     encrypt_run,
     error,
+    keep_going_without_stdout_reader,
     key_lines,
     progress_enabled,
     user_errors,
@@ -312,4 +313,5 @@ def _run_demo_step(args: list[str]) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    keep_going_without_stdout_reader()
     cli(prog_name=PROG)

@@ -8,6 +8,7 @@ and signals into one line and an exit code, never a traceback. The library knows
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -174,22 +175,52 @@ class Bars:
 
 
 def say(line: str, quiet: bool) -> None:
-    """A summary line on stdout that does not garble progress bars.
-
-    If the reader of stdout has gone (`| head -1`), the rest of the lines go nowhere and the
-    work goes on.
-    """
+    """A summary line on stdout that does not garble progress bars."""
     if quiet:
         return
     from tqdm import tqdm
 
+    tqdm.write(one_line(line), file=sys.stdout)
+    sys.stdout.flush()
+
+
+class _StdoutFile(io.FileIO):
+    """Standard output's descriptor, where a reader that has gone (EPIPE) makes the rest of
+    the output go nowhere instead of failing the command."""
+
+    def write(self, data: Any, /) -> int:
+        size = memoryview(data).nbytes
+        try:
+            return super().write(data) or 0
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.fileno())
+            os.close(devnull)
+            return size
+
+
+def keep_going_without_stdout_reader() -> None:
+    """Make stdout swallow output once its reader has gone (`| head -0`, `| head -1`).
+
+    The command then does all its work and exits with its real status (0 when all is OK),
+    whatever it prints and whenever: click's own --help included, and the last flush at exit.
+    Called once, by the entry point; stdout keeps its encoding and buffering.
+    """
+    old = sys.stdout
+    if old is None:
+        return
     try:
-        tqdm.write(one_line(line), file=sys.stdout)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        fd = old.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (captured): nothing to guard
+    old.flush()
+    raw = _StdoutFile(fd, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding=old.encoding,
+        errors=old.errors,
+        line_buffering=bool(old.line_buffering),
+    )
 
 
 class Notices:
