@@ -23,6 +23,7 @@ from belle_decrypt.console import (
     decrypt_run,
     encrypt_run,
     error,
+    failure,
     keep_going_without_stdout_reader,
     key_lines,
     progress_enabled,
@@ -30,7 +31,7 @@ from belle_decrypt.console import (
     verify_lines,
     warn,
 )
-from belle_decrypt.errors import BelleError, ExitCode, InputError, ManifestError
+from belle_decrypt.errors import BelleError, ExitCode, InputError
 from belle_decrypt.states import CheckStatus
 
 # Arguments are checked by the library, which says what is wrong in one line.
@@ -181,16 +182,17 @@ def verify(
             for ignored in manifest.ignored:
                 warn(ignored.message)
             entries = entries_to_check(folder, manifest)
-        except ManifestError as exc:
-            if as_json:
-                doc = {"folder": str(folder), "ok": False, "error": str(exc), "files": []}
+            total = planned_bytes(folder, entries)
+            with bar(total, "verifying", progress_enabled(quiet)) as verifying:
+                report = verify_folder(
+                    folder, manifest, entries=entries, workers=jobs, on_progress=verifying.update
+                )
+        except BaseException as exc:
+            reported = failure(exc)
+            if as_json and reported is not None:  # one JSON document, whatever happened
+                doc = {"folder": str(folder), "ok": False, "error": reported[0], "files": []}
                 click.echo(json.dumps(doc, indent=2))
             raise
-        total = planned_bytes(folder, entries)
-        with bar(total, "verifying", progress_enabled(quiet)) as verifying:
-            report = verify_folder(
-                folder, manifest, entries=entries, workers=jobs, on_progress=verifying.update
-            )
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:

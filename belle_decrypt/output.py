@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from belle_decrypt.cancel import note_removed
 from belle_decrypt.errors import OutputError
 from belle_decrypt.platform_io import OWNER_PATTERN, fsync_dir, owner_gone, owner_tag
 
@@ -33,7 +34,8 @@ def temp_name(final_name: str, owner: str | None = None) -> str:
 class AtomicFile:
     """A context manager yielding a temporary file that becomes ``final`` only on ``commit``.
 
-    Leaving the block without ``commit`` (an error, a signal) removes the temporary file.
+    Leaving the block without ``commit`` (an error, a signal) removes the temporary file and
+    notes it on the exception (:func:`belle_decrypt.cancel.note_removed`).
     """
 
     def __init__(self, final: Path, *, fsync: bool = True) -> None:
@@ -103,8 +105,12 @@ class AtomicFile:
         if self._handle is not None and not self._handle.closed:
             self._handle.close()
         if not self._committed:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self.temp)
+            except FileNotFoundError:
+                return
+            if exc is not None:
+                note_removed(exc, self.final)
 
 
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)

@@ -16,8 +16,8 @@ from typing import Any
 
 from belle_decrypt import jobs
 from belle_decrypt.cancel import CancelToken
-from belle_decrypt.errors import ManifestError
-from belle_decrypt.hashing import md5_file
+from belle_decrypt.errors import InputError, ManifestError
+from belle_decrypt.hashing import NotRegularFile, md5_file
 from belle_decrypt.manifest import Manifest, ManifestEntry
 from belle_decrypt.states import CheckStatus
 
@@ -90,9 +90,14 @@ def entries_to_check(folder: Path, manifest: Manifest) -> tuple[ManifestEntry, .
         what = "is not a folder" if folder.exists() else "no such folder"
         raise ManifestError(f"{what}; pass the folder holding the listed files", folder)
     chosen: list[ManifestEntry] = []
-    for group in (manifest.encrypted, manifest.decrypted):
-        if any((folder / entry.name).exists() for entry in group):
-            chosen.extend(group)
+    try:
+        for group in (manifest.encrypted, manifest.decrypted):
+            if any((folder / entry.name).exists() for entry in group):
+                chosen.extend(group)
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the folder: {exc.strerror or exc}; check its permissions", folder
+        ) from exc
     if not chosen:
         sources = ", ".join(sorted({entry.source for entry in manifest.entries}))
         raise ManifestError(
@@ -111,10 +116,12 @@ def _check_one(
 ) -> FileCheck:
     path = folder / entry.name
     group = _group(entry)
-    if not path.exists():
-        return FileCheck(entry.name, group, entry.md5, None, MISSING)
     try:
+        if not path.exists():
+            return FileCheck(entry.name, group, entry.md5, None, MISSING)
         actual = md5_file(path, on_progress=on_progress, cancel=cancel)
+    except NotRegularFile:  # a FIFO or /dev/zero would never end
+        return FileCheck(entry.name, group, entry.md5, None, FAILED, "not a regular file")
     except OSError as exc:
         return FileCheck(
             entry.name, group, entry.md5, None, FAILED, f"cannot read: {exc.strerror or exc}"
