@@ -9,7 +9,6 @@ capability             used for                                    without it
 ``HAS_SIGHUP``         a closed terminal stops a run cleanly       no handler (the OS default)
 ``HAS_SIGXFSZ``        ``ulimit -f`` fails a write instead of      no handler
                        killing the process
-``HAS_MMAP``           the keystream mapped from the key file      copied with reads instead
 ``HAS_PREADV``         reads at an offset into a buffer            ``os.pread`` and a copy
 ``HAS_PREAD``          reads at an offset (threads share a file)   seek + read under a lock
 ``HAS_NONBLOCK``       opening a FIFO under a key or .enc name     stat first, refuse
@@ -29,19 +28,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import signal
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 HAS_SIGHUP = hasattr(signal, "SIGHUP")
 HAS_SIGXFSZ = hasattr(signal, "SIGXFSZ")
-HAS_MMAP = hasattr(mmap, "MAP_SHARED") and hasattr(mmap, "PROT_READ")
 HAS_PREADV = hasattr(os, "preadv")
 HAS_PREAD = hasattr(os, "pread")
 HAS_NONBLOCK = hasattr(os, "O_NONBLOCK")
@@ -117,35 +114,6 @@ def open_regular(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-@contextlib.contextmanager
-def mapped(fd: int, start: int, length: int) -> Iterator[memoryview | None]:
-    """A read-only view of ``length`` bytes of ``fd`` from ``start``, mapped (no copy), or
-    None where mapping is unavailable or fails (the caller then reads instead).
-
-    Release every export of the view (tensors made from it) before the block ends.
-    """
-    if not HAS_MMAP:
-        yield None
-        return
-    aligned = start - start % mmap.ALLOCATIONGRANULARITY
-    try:
-        mapping = mmap.mmap(
-            fd,
-            start - aligned + length,
-            flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-            prot=mmap.PROT_READ,
-            offset=aligned,
-        )
-    except (OSError, ValueError):
-        yield None
-        return
-    try:
-        with memoryview(mapping) as whole, whole[start - aligned :] as view:
-            yield view
-    finally:
-        mapping.close()
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ one-line message and the exact contents of OUT_DIR afterwards."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,8 +28,10 @@ from tests.faults import (
     not_warnings,
     one_error,
     run_cli,
+    sparse_file,
     start_cli,
     stop_mid_file,
+    temps,
 )
 
 BIG = 64 * MiB
@@ -177,6 +181,47 @@ def test_input_that_shrinks_while_read_fails_cleanly(
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1, stderr
     assert one_error(stderr).startswith(f"{enc}: "), stderr
+    assert listing(out) == []
+
+
+def _key_mapped(pid: int, key: Path) -> bool:
+    """Whether process ``pid`` has the key file mapped into memory right now."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return any(line.rstrip().endswith(str(key)) for line in maps)
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("grown", [1 * MiB, 12 * MiB, 24 * MiB])
+def test_a_key_truncated_during_a_run_is_reported_every_time(tmp_path: Path, grown: int) -> None:
+    """The key replaced under a run (a new copy being written): the "shrank" line, exit 1, no
+    temporary file, wherever the run was; never a SIGBUS. The run is stopped at once if the
+    key is seen mapped into its memory (a fault there cannot be recovered from), else once
+    its output holds ``grown`` bytes."""
+    key = tmp_path / "consolidated.00.pth"
+    key.write_bytes(random_bytes(12 * MiB, seed=44))  # a whole piece and a short one
+    digest = hashlib.sha256(b"never reached").digest()
+    enc = tmp_path / "enc" / f"pytorch_model.bin.{digest.hex()}.enc"
+    enc.parent.mkdir()
+    sparse_file(enc, 32 + 48 * MiB, head=digest)  # below the torch path's size: quick
+    out = tmp_path / "out"
+    proc = start_cli(enc, key, out, "-q")
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never got under way"
+        if (
+            _key_mapped(proc.pid, key)
+            or sum((out / name).stat().st_size for name in temps(out)) >= grown
+        ):
+            os.kill(proc.pid, signal.SIGSTOP)
+            break
+    os.truncate(key, MiB)
+    os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1, stderr
+    assert one_error(stderr) == f"{key}: the key file shrank while it was being read"
     assert listing(out) == []
 
 

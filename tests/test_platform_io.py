@@ -3,7 +3,6 @@ still decrypts byte-exact. Linux is where the real calls run; these simulate the
 
 from __future__ import annotations
 
-import mmap
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt import engine, keystream, platform_io
+from belle_decrypt import engine, platform_io
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.errors import InputError
@@ -26,7 +25,6 @@ from tests.runner import run
 PIECE = 4096
 # Each capability with the calls that must not be made without it.
 CAPABILITIES: dict[str, list[tuple[object, str]]] = {
-    "HAS_MMAP": [(mmap, "mmap")],
     "HAS_PREADV": [(os, "preadv")],
     "HAS_PREAD": [(os, "preadv"), (os, "pread")],
     "HAS_NONBLOCK": [],
@@ -73,8 +71,7 @@ def test_decrypt_is_byte_exact_without(
     make_key: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    """The library path with small pieces, so the key is mapped, read, wrapped and tiled."""
-    monkeypatch.setattr(keystream, "MAP_MIN", 1)
+    """The library path with small pieces, so the key is read, wrapped and tiled."""
     monkeypatch.setattr(engine, "WRITE_BEHIND", 4096)
     key_path = make_key(3 * PIECE + 100)
     plain = random_bytes(20 * PIECE + 7, seed=4)
@@ -102,7 +99,7 @@ def test_the_command_line_decrypts_without(
     tmp_path: Path,
 ) -> None:
     """The whole command (signal handlers, stale temporary files, folder fsync) at the real
-    piece size, with a key over one piece so that the keystream is mapped where it can be."""
+    piece size, with a key over one piece (read whole, wrapped, and a short last piece)."""
     key = make_key(reference.REAL_PIECE + 5)
     plain = random_bytes(reference.REAL_PIECE + 3 * 1024 * 1024, seed=8)
     enc = make_enc("pytorch_model.bin", plain, key)
