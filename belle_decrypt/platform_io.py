@@ -15,9 +15,21 @@ capability             used for                                    without it
                        does not hang                               non-regular files
 ``HAS_FADVISE``        the write-behind drops written pages        the page cache is left alone
 ``CAN_FSYNC_DIR``      a rename survives a power cut               the folder is not synced
+``HAS_FLOCK``          a temporary file is owned by its run for    the writer's pid is probed
+                       its whole life (an exclusive lock, seen     (``CAN_PROBE_PIDS``): right
+                       by every process on the kernel, in any      within one PID namespace only
+                       PID namespace): only files nobody holds
+                       are removed as stale
 ``CAN_PROBE_PIDS``     removing temporary files of ended runs      foreign temporary files kept
+                       where locks are missing
 ``HAS_AFFINITY``       the CPUs this process may use               ``os.cpu_count()``
 =====================  ==========================================  ============================
+
+Locks are those of ``flock(2)``: every process on one kernel sees them, whatever its PID
+namespace (containers sharing a volume). Over NFS, Linux passes them to the server's lock
+manager; a mount without lock support (``nolock``) keeps them local to each client, so runs on
+two machines sharing such a folder must not write into it at once. Where a file system refuses
+locks (ENOLCK, EOPNOTSUPP), the pid in the name is probed instead.
 
 ``O_DIRECT`` is not used: the write-behind (``posix_fadvise``) gives the page-cache relief
 without its alignment rules. Tests switch each flag off with ``monkeypatch`` to exercise the
@@ -31,11 +43,15 @@ import errno
 import os
 import signal
 import stat
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+if sys.platform != "win32":
+    import fcntl
 
 HAS_SIGHUP = hasattr(signal, "SIGHUP")
 HAS_SIGXFSZ = hasattr(signal, "SIGXFSZ")
@@ -44,6 +60,7 @@ HAS_PREAD = hasattr(os, "pread")
 HAS_NONBLOCK = hasattr(os, "O_NONBLOCK")
 HAS_FADVISE = hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_DONTNEED")
 CAN_FSYNC_DIR = os.name == "posix"
+HAS_FLOCK = sys.platform != "win32"
 CAN_PROBE_PIDS = os.name == "posix"  # os.kill(pid, 0) elsewhere may end the process
 HAS_AFFINITY = hasattr(os, "sched_getaffinity")
 
@@ -161,9 +178,96 @@ def owner_tag() -> str:
     return str(os.getpid())
 
 
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS)
+
+
+class Ownership:
+    """A run's hold on its temporary file: an exclusive lock on a descriptor of its own, kept
+    until :meth:`release` (after the file is renamed into place or removed)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the file (closing the lock's descriptor); safe to call twice."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def own_temp(fd: int, path: Path) -> Ownership | None:
+    """Take ownership of the temporary file ``path`` just created as ``fd``, before anything
+    is written to it: lock it, then check that ``path`` still names that file (another run may
+    have found it unlocked in between and removed it). None when it does not: make another.
+
+    Without locks (none here, or none on this file system) the pid in its name marks it."""
+    if not HAS_FLOCK:
+        return Ownership(None)
+    holder = os.dup(fd)  # the lock lives as long as this descriptor, past closing ``fd``
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a run that found it unlocked holds it, to remove it
+        os.close(holder)
+        return None
+    except OSError as exc:
+        os.close(holder)
+        if exc.errno in _NO_LOCKS:
+            return Ownership(None)
+        raise
+    if not _names(path, holder):
+        os.close(holder)
+        return None
+    return Ownership(holder)
+
+
+def remove_if_stale(path: Path, tag: str) -> bool:
+    """Remove the temporary file ``path``, named with owner ``tag``, when no live run owns it:
+    when its lock can be taken (or, without locks, when its pid has ended). Never one of this
+    process's own. Return whether it was removed."""
+    if tag == owner_tag():
+        return False
+    if not HAS_FLOCK:
+        return _remove_if_owner_gone(path, tag)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its run is live, in this container or another
+        except OSError as exc:
+            return exc.errno in _NO_LOCKS and _remove_if_owner_gone(path, tag)
+        if not _names(path, fd):
+            return False
+        os.unlink(path)  # while holding the lock: its writer cannot take it meanwhile
+        return True
+    finally:
+        os.close(fd)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _remove_if_owner_gone(path: Path, tag: str) -> bool:
+    if not owner_gone(tag):
+        return False
+    os.unlink(path)
+    return True
+
+
 def owner_gone(tag: str) -> bool:
-    """Whether the process that wrote a temporary file with ``tag`` has ended, so the file
-    can go. False whenever that cannot be known: a live run's file is never removed."""
+    """Whether the process that wrote a temporary file with ``tag`` has ended (as seen from
+    this PID namespace), so the file can go. False whenever that cannot be known: a live
+    run's file is never removed."""
     if not CAN_PROBE_PIDS or not tag.isdigit():
         return False
     pid = int(tag)

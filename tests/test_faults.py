@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import listing, random_bytes
 from tests.faults import (
+    CLI,
     ENV,
     MiB,
     as_plain_user,
@@ -223,6 +224,48 @@ def test_a_key_truncated_during_a_run_is_reported_every_time(tmp_path: Path, gro
     assert proc.returncode == 1, stderr
     assert one_error(stderr) == f"{key}: the key file shrank while it was being read"
     assert listing(out) == []
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0,
+    reason="needs unshare(1) and root to make a PID namespace",
+)
+def test_a_run_in_another_pid_namespace_keeps_a_live_runs_temporary_file(
+    tmp_path: Path, make_enc: Callable[..., Path]
+) -> None:
+    """Two containers on one shared volume: run A is stopped mid-file; run B, in a PID
+    namespace of its own (where A's pid does not exist), decrypts another file into the same
+    folder. A's temporary file stays (its lock says it is live), and A finishes. A temporary
+    file that nobody holds is removed, even when its pid is alive here."""
+    key = tmp_path / "consolidated.00.pth"
+    key.write_bytes(KEY)
+    enc_a = make_zero_enc(tmp_path / "a", "pytorch_model.bin", KEY, 48 * MiB)
+    small = random_bytes(5000, seed=45)
+    enc_b = make_enc("config.json", small, key, folder="b")
+    shared = tmp_path / "shared"
+    proc = start_cli(enc_a, key, shared, "-q")
+    temp = stop_mid_file(proc, shared, grown=4 * MiB)
+    unheld = shared / f".belle-tmp.{os.getpid()}.0123abcd.tokenizer.model"
+    unheld.write_bytes(b"left by a run that ended")  # its pid (this test) is alive here
+    try:
+        other = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", *CLI, enc_b.parent, key, shared],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=ENV,
+            check=False,
+        )
+        assert other.returncode == 0, other.stderr
+        assert temp.exists(), "run B removed the live temporary file of run A"
+        assert not unheld.exists()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert listing(shared) == ["config.json", "pytorch_model.bin"]
+    assert (shared / "config.json").read_bytes() == small
+    assert is_zeros_of(shared / "pytorch_model.bin", 48 * MiB)
 
 
 def test_two_concurrent_runs_never_leave_a_wrong_file(
