@@ -1,4 +1,4 @@
-"""Decrypting a checked set of `.enc` files into one folder, as one run.
+"""Decrypting a checked set of input files (of any layout) into one folder, as one run.
 
 :func:`prepare_run` does every check before anything is written (the files, the manifests, the
 key, the output folder and its free space, stale temporary files) and opens the key.
@@ -17,19 +17,18 @@ from pathlib import Path
 
 from belle_decrypt import jobs
 from belle_decrypt.cancel import CancelToken
-from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import (
     Result,
     bytes_to_write,
     check_free_space,
     decrypt_file,
-    plan,
     prepare_output_dir,
 )
 from belle_decrypt.diagnose import Diagnoser, Diagnosis
-from belle_decrypt.errors import BelleError, DigestMismatch, ProblemsReported
+from belle_decrypt.errors import BelleError, DigestMismatch, InputError, ProblemsReported
 from belle_decrypt.keyid import identify
 from belle_decrypt.keystream import Key
+from belle_decrypt.layout import Layout, Source, plan
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import FileProgress, Notices, Outcome, Progress, Tally
 from belle_decrypt.output import remove_stale_temps
@@ -52,7 +51,7 @@ class Settings:
 class Run:
     """A checked run, ready to start: its files (smallest first), the open key, how to run."""
 
-    files: tuple[EncFile, ...]
+    files: tuple[Source, ...]
     key: Key
     settings: Settings
     diagnoser: Diagnoser
@@ -67,23 +66,30 @@ def prepare_run(
     settings: Settings,
     manifests: Sequence[Path],
     notices: Notices,
+    layouts: Sequence[Layout] | None = None,
 ) -> Iterator[Run]:
     """Check everything before a run writes anything, and open the key for it.
 
-    In this order: the files of ``source`` (each unusable one reported, then exit 2 once the
-    manifests and the key are checked too), the ``manifests`` (read into the run's settings),
-    the key (a warning when it is not LLaMA-7B), the output folder (made; stale temporary
-    files removed), the skipped files, the free space. Raises a :class:`BelleError`.
+    In this order: the files of ``source`` in the ``layouts`` (default: the BELLE container;
+    each unusable file reported, then exit 2 once the manifests and the key are checked too),
+    the ``manifests`` (read into the run's settings; a file whose layout carries no checksum
+    must be listed), the key (a warning when it is not LLaMA-7B), the output folder (made;
+    stale temporary files removed), the skipped files, the free space. Raises a
+    :class:`BelleError`.
     """
-    checked = plan(source)
-    for problem in checked.problems:
+    checked = plan(source, layouts)
+    problems = list(checked.problems)
+    for problem in problems:
         notices.problem(problem)
     manifest = Manifest.read_all(manifests) if manifests else None
     for ignored in manifest.ignored if manifest is not None else ():
         notices.warning(ignored.message)
+    for unchecked in _unverifiable(checked.files, manifest):
+        problems.append(unchecked)
+        notices.problem(unchecked)
     with Key(key_file) as key:
-        if checked.problems:
-            raise ProblemsReported(len(checked.problems))
+        if problems:
+            raise ProblemsReported(len(problems))
         fingerprint = identify(key_file, inspect=False)
         if not fingerprint.is_expected:
             notices.warning(
@@ -102,18 +108,33 @@ def prepare_run(
         yield Run(checked.files, key, settings, diagnoser, source.is_dir())
 
 
-def manifest_check(manifest: Manifest | None, name: str) -> tuple[str | None, Verified]:
-    """The md5 the manifest expects for ``name`` and what will have been verified."""
+def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[InputError]:
+    """A problem for each file that carries no checksum and has no md5 in the manifest."""
+    return [
+        InputError(
+            f"carries no checksum and no manifest lists {enc.output_name!r}; pass the model "
+            "card's md5 list with --manifest",
+            enc.path,
+        )
+        for enc in files
+        if enc.sha256 is None and (manifest is None or manifest.get(enc.output_name) is None)
+    ]
+
+
+def manifest_check(manifest: Manifest | None, enc: Source) -> tuple[str | None, Verified]:
+    """The md5 the manifest expects for ``enc``'s output and what will have been verified."""
+    entry = manifest.get(enc.output_name) if manifest is not None else None
+    if enc.sha256 is None:
+        return (entry.md5, Verified.MD5) if entry is not None else (None, Verified.NOTHING)
     if manifest is None:
         return None, Verified.SHA256
-    entry = manifest.get(name)
     if entry is None:
         return None, Verified.SHA256_NOT_IN_MANIFEST
     return entry.md5, Verified.SHA256_AND_MD5
 
 
 def decrypt_one(
-    enc: EncFile,
+    enc: Source,
     key: Key,
     settings: Settings,
     diagnoser: Diagnoser,
@@ -121,7 +142,7 @@ def decrypt_one(
     cancel: CancelToken | None = None,
 ) -> Outcome[Result]:
     """Decrypt one file; a failure becomes an Outcome whose error names the likely cause."""
-    expected_md5, checked = manifest_check(settings.manifest, enc.enc_name.name)
+    expected_md5, checked = manifest_check(settings.manifest, enc)
     try:
         result = decrypt_file(
             enc,
@@ -145,7 +166,7 @@ class _Stop(Exception):
     """Raised from the result handler to stop a run after the first two files."""
 
 
-def resolve_jobs(files: Sequence[EncFile], settings: Settings) -> int:
+def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
     """Files to decrypt at once: as asked, or from the cores, the hashes per file and sizes."""
     if settings.jobs is not None:
         return settings.jobs
@@ -154,7 +175,7 @@ def resolve_jobs(files: Sequence[EncFile], settings: Settings) -> int:
 
 
 def decrypt_all(
-    files: Sequence[EncFile],
+    files: Sequence[Source],
     key: Key,
     settings: Settings,
     diagnoser: Diagnoser,
@@ -173,16 +194,16 @@ def decrypt_all(
     diagnoses: list[Diagnosis | None] = []
     token = cancel if cancel is not None else CancelToken()
 
-    def work(enc: EncFile) -> Outcome[Result]:
+    def work(enc: Source) -> Outcome[Result]:
         context = (
-            file_progress(enc.enc_name.name, enc.payload_size)
+            file_progress(enc.output_name, enc.payload_size)
             if file_progress is not None
             else nullcontext(None)
         )
         with context as progress:
             return decrypt_one(enc, key, settings, diagnoser, progress, token)
 
-    def handle(enc: EncFile, outcome: Outcome[Result]) -> None:
+    def handle(enc: Source, outcome: Outcome[Result]) -> None:
         diagnoses.append(outcome.diagnosis)
         tally.add(outcome)
         if on_outcome is not None:

@@ -18,7 +18,7 @@ import click
 from belle_decrypt import __version__
 from belle_decrypt.console import (
     PROG,
-    Notices,
+    ConsoleNotices,
     bar,
     decrypt_run,
     encrypt_run,
@@ -132,7 +132,7 @@ def decrypt(
         out_dir=out_dir, force=force, fsync=not no_fsync, keep_going=keep_going, jobs=jobs
     )
     with user_errors(writing=True):
-        with prepare_run(source, key_file, settings, manifests, Notices(quiet)) as run:
+        with prepare_run(source, key_file, settings, manifests, ConsoleNotices(quiet)) as run:
             tally = decrypt_run(run, quiet)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)
@@ -259,7 +259,7 @@ def encrypt(
     from belle_decrypt.encrypt import prepare_publish
 
     with user_errors(writing=True):
-        with prepare_publish(source, key_file, out_dir, Notices(quiet)) as publish:
+        with prepare_publish(source, key_file, out_dir, ConsoleNotices(quiet)) as publish:
             tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)

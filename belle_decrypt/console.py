@@ -241,7 +241,7 @@ def keep_going_without_stdout_reader() -> None:
     )
 
 
-class Notices:
+class ConsoleNotices:
     """The checks before a run, reported as lines (:class:`belle_decrypt.outcome.Notices`)."""
 
     def __init__(self, quiet: bool) -> None:

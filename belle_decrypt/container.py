@@ -1,15 +1,24 @@
-"""The `.enc` container: `NAME.<sha256 hex>.enc`, a 32-byte digest, then the XORed payload."""
+"""The BELLE container (docs/FORMAT.md section 1), the first :class:`~belle_decrypt.layout.Layout`:
+`NAME.<sha256 hex>.enc`, a 32-byte SHA-256 of the decrypted file, then the XORed payload,
+keyed with 10 MiB pieces of the key file (:class:`~belle_decrypt.keystream.Key`).
+"""
 
 from __future__ import annotations
 
 import os
 import re
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError
+from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.output import TEMP_PREFIX
+
+if TYPE_CHECKING:
+    from belle_decrypt.layout import Source
 
 HEADER_SIZE = 32
 SUFFIX = ".enc"
@@ -79,9 +88,29 @@ class EncFile:
     size: int
 
     @property
+    def layout(self) -> BelleContainer:
+        """The layout this file is in."""
+        return BELLE
+
+    @property
+    def output_name(self) -> str:
+        """The decrypted file's name."""
+        return self.enc_name.name
+
+    @property
+    def payload_offset(self) -> int:
+        """The payload follows the 32-byte digest."""
+        return HEADER_SIZE
+
+    @property
     def payload_size(self) -> int:
         """Bytes of decrypted output."""
         return self.size - HEADER_SIZE
+
+    @property
+    def sha256(self) -> str:
+        """The decrypted file's SHA-256, from the name (the header was checked against it)."""
+        return self.enc_name.sha256_hex
 
     @classmethod
     def open(cls, path: Path) -> EncFile:
@@ -129,3 +158,25 @@ class EncFile:
                 path,
             )
         return cls(path=path, enc_name=enc_name, size=size)
+
+
+class BelleContainer:
+    """The BELLE container as a :class:`~belle_decrypt.layout.Layout`."""
+
+    name = "belle"
+    pattern = "NAME.<sha256>.enc"
+
+    def recognises(self, filename: str) -> bool:
+        """Every `*.enc` in a folder is taken as one (a malformed name is then refused)."""
+        return filename.endswith(SUFFIX)
+
+    def open(self, path: Path) -> EncFile:
+        """See :meth:`EncFile.open`."""
+        return EncFile.open(path)
+
+    def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
+        """10 MiB pieces of the key file, whatever the file."""
+        return nullcontext(key)
+
+
+BELLE = BelleContainer()

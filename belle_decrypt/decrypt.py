@@ -1,4 +1,4 @@
-"""Decrypting one `.enc` file or a folder of them into an output folder, verified."""
+"""Decrypting one checked input file (of any layout) into an output folder, verified."""
 
 from __future__ import annotations
 
@@ -8,32 +8,23 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt import engine
 from belle_decrypt.cancel import CancelToken, check
-from belle_decrypt.container import HEADER_SIZE, SUFFIX, EncFile
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import Key
-from belle_decrypt.output import TEMP_PREFIX, AtomicFile
+from belle_decrypt.layout import Source
+from belle_decrypt.output import AtomicFile
 from belle_decrypt.states import FileState
 
 WRONG_KEY_HINT = (
     "the key is probably not the original LLaMA-7B consolidated.00.pth (or the download is damaged)"
 )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a source path holds: checked `.enc` files (smallest first), skipped files, problems."""
-
-    files: tuple[EncFile, ...]
-    skipped: tuple[Path, ...]
-    problems: tuple[InputError, ...]
 
 
 @dataclass(frozen=True)
@@ -47,50 +38,7 @@ class Result:
     sha256: str
     seconds: float
     md5: str | None = None
-
-
-def plan(source: Path) -> Plan:
-    """Check one `.enc` file, or every `*.enc` directly in a folder, before anything is written."""
-    if not source.exists():
-        raise InputError(
-            "no such file or folder; pass a downloaded .enc file or its folder", source
-        )
-    if not source.is_dir():
-        return Plan(files=(EncFile.open(source),), skipped=(), problems=())
-    files: list[EncFile] = []
-    skipped: list[Path] = []
-    problems: list[InputError] = []
-    try:
-        entries = sorted(source.iterdir())
-    except OSError as exc:
-        raise InputError(
-            f"cannot list the folder: {exc.strerror or exc}; check its permissions", source
-        ) from exc
-    for path in entries:
-        if path.is_dir() or path.name.startswith(TEMP_PREFIX):
-            continue
-        if not path.name.endswith(SUFFIX):
-            skipped.append(path)
-            continue
-        try:
-            files.append(EncFile.open(path))
-        except InputError as exc:
-            problems.append(exc)
-    if not files and not problems:
-        raise InputError("holds no NAME.<sha256>.enc files; pass the folder of .enc files", source)
-    first_by_name: dict[str, EncFile] = {}
-    for enc in files:
-        other = first_by_name.setdefault(enc.enc_name.name, enc)
-        if other is not enc:
-            problems.append(
-                InputError(
-                    f"decrypts to {enc.enc_name.name!r} like {other.path.name}; keep only one "
-                    "of them in the folder",
-                    enc.path,
-                )
-            )
-    files.sort(key=lambda enc: (enc.size, enc.path.name))
-    return Plan(files=tuple(files), skipped=tuple(skipped), problems=tuple(problems))
+    """The decrypted file's md5, when a manifest asked for it."""
 
 
 def prepare_output_dir(out_dir: Path) -> None:
@@ -108,12 +56,12 @@ def prepare_output_dir(out_dir: Path) -> None:
         ) from exc
 
 
-def bytes_to_write(files: tuple[EncFile, ...] | list[EncFile], out_dir: Path) -> int:
+def bytes_to_write(files: Sequence[Source], out_dir: Path) -> int:
     """Decrypted bytes still to write: files whose output exists at the right size are done."""
     needed = 0
     for enc in files:
         try:
-            done = (out_dir / enc.enc_name.name).stat().st_size == enc.payload_size
+            done = (out_dir / enc.output_name).stat().st_size == enc.payload_size
         except OSError:
             done = False
         if not done:
@@ -157,15 +105,17 @@ def _md5_mismatch(actual: str, expected_md5: str, path: Path, done: str) -> Chec
 
 
 def _existing_matches(
-    enc: EncFile,
+    enc: Source,
     target: Path,
     force: bool,
     key: Key,
     expected_md5: str | None = None,
     cancel: CancelToken | None = None,
-) -> str | None:
-    """The md5 ('' when not asked) when ``target`` already holds this file's decrypted bytes,
-    None when it must be (re)written; raise if a different file is in the way."""
+) -> dict[str, str] | None:
+    """The digests of ``target`` (its sha256, and md5 when expected) when it already holds
+    this file's decrypted bytes, None when it must be (re)written; raise if a different file
+    is in the way. A file whose layout carries no SHA-256 is recognised by ``expected_md5``
+    alone (never without one)."""
     if not target.exists() and not target.is_symlink():
         return None
     if target.is_dir():
@@ -191,11 +141,13 @@ def _existing_matches(
             "move it away",
             target,
         ) from exc
-    if digests.get("sha256") == enc.enc_name.sha256_hex:
+    if enc.sha256 is not None and digests.get("sha256") == enc.sha256:
         md5 = digests.get("md5", "")
         if expected_md5 is not None and md5 != expected_md5:
             raise _md5_mismatch(md5, expected_md5, target, "left as it is")
-        return md5
+        return digests
+    if enc.sha256 is None and expected_md5 is not None and digests.get("md5") == expected_md5:
+        return digests
     if force:
         return None
     raise OutputError(
@@ -206,7 +158,7 @@ def _existing_matches(
 
 
 def decrypt_file(
-    enc: EncFile,
+    enc: Source,
     key: Key,
     out_dir: Path,
     *,
@@ -217,21 +169,22 @@ def decrypt_file(
     expected_md5: str | None = None,
     cancel: CancelToken | None = None,
 ) -> Result:
-    """Decrypt ``enc`` into ``out_dir``; the final name appears only once the SHA-256 matches
-    (and the md5 equals ``expected_md5`` when given, computed in the same pass). ``cancel``
-    stops the re-hash of an existing output or the XOR within a buffer."""
+    """Decrypt ``enc`` with its layout's keystream from ``key`` into ``out_dir``; the final
+    name appears only once the SHA-256 the file carries matches (and the md5 equals
+    ``expected_md5`` when given, computed in the same pass). ``cancel`` stops the re-hash of an
+    existing output or the XOR within a buffer."""
     started = time.monotonic()
-    target = out_dir / enc.enc_name.name
-    existing_md5 = _existing_matches(enc, target, force, key, expected_md5, cancel)
-    if existing_md5 is not None:
+    target = out_dir / enc.output_name
+    existing = _existing_matches(enc, target, force, key, expected_md5, cancel)
+    if existing is not None:
         return Result(
             source=enc.path,
             target=target,
             status=FileState.ALREADY_DECRYPTED,
             size=enc.payload_size,
-            sha256=enc.enc_name.sha256_hex,
+            sha256=existing["sha256"],
             seconds=time.monotonic() - started,
-            md5=existing_md5 or None,
+            md5=existing.get("md5"),
         )
     engine.prepare(enc.payload_size)
     started = time.monotonic()  # a torch import is not this file's time
@@ -247,12 +200,16 @@ def decrypt_file(
             enc.path,
         ) from exc
     try:
-        with src_handle as src, atomic as out:
-            src.seek(HEADER_SIZE)
+        with (
+            src_handle as src,
+            enc.layout.keystream(enc, key) as keystream,
+            atomic as out,
+        ):
+            src.seek(enc.payload_offset)
             xor_stream(
                 src,
                 out,
-                key,
+                keystream,
                 enc.payload_size,
                 hashers=(digest,) if md5 is None else (digest, md5),
                 on_progress=on_progress,
@@ -261,10 +218,14 @@ def decrypt_file(
                 cancel=cancel,
             )
             actual = digest.hexdigest()
-            if actual != enc.enc_name.sha256_hex:
-                raise DigestMismatch(actual, enc.enc_name.sha256_hex, WRONG_KEY_HINT, enc.path)
+            if enc.sha256 is not None and actual != enc.sha256:
+                raise DigestMismatch(actual, enc.sha256, WRONG_KEY_HINT, enc.path)
             if md5 is not None and md5.hexdigest() != expected_md5:
                 assert expected_md5 is not None
+                if enc.sha256 is None:  # the md5 is the only check: a failure to diagnose
+                    raise DigestMismatch(
+                        md5.hexdigest(), expected_md5, WRONG_KEY_HINT, enc.path, "md5"
+                    )
                 raise _md5_mismatch(md5.hexdigest(), expected_md5, enc.path, "nothing written")
             check(cancel)  # a cancelled run puts nothing new under a final name
             try:

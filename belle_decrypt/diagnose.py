@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt.cancel import CancelToken
-from belle_decrypt.container import EncFile
 from belle_decrypt.hashing import md5_file
 from belle_decrypt.keyid import KeyReport, KnownKey, identify
+from belle_decrypt.layout import Source
 from belle_decrypt.manifest import Manifest
 
 
@@ -56,7 +56,7 @@ class Diagnoser:
                 )
             return self._report
 
-    def explain(self, enc: EncFile, cancel: CancelToken | None = None) -> Diagnosis:
+    def explain(self, enc: Source, cancel: CancelToken | None = None) -> Diagnosis:
         """Say whether ``enc``'s failure is its download or the key, and what to do."""
         key = self.key_report()
         key_says = f"{key.path} {key.verdict}"

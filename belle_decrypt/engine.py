@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 from belle_decrypt import platform_io
 from belle_decrypt.cancel import Cancelled, CancelToken
 from belle_decrypt.errors import OutputError
-from belle_decrypt.keystream import Key
+from belle_decrypt.keystream import Keystream
 from belle_decrypt.torchload import import_torch
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ class _Stream:
         read: Reader,
         length: int,
         *,
-        key: Key,
+        key: Keystream,
         ready: threading.Event,
         use_torch: bool,
         write: Callable[[memoryview], None],
@@ -390,7 +390,7 @@ def _join_all(threads: Sequence[threading.Thread]) -> None:
 def xor_stream(
     src: BinaryIO,
     dst: BinaryIO,
-    key: Key,
+    key: Keystream,
     length: int,
     *,
     hashers: Sequence[Hasher] = (),
@@ -402,7 +402,8 @@ def xor_stream(
     backend: Backend = "auto",
     cancel: CancelToken | None = None,
 ) -> None:
-    """XOR ``length`` bytes of ``src`` with the keystream from payload offset 0 into ``dst``.
+    """XOR ``length`` bytes of ``src`` with ``key``'s keystream from payload offset 0 into
+    ``dst``.
 
     ``hashers`` see the plaintext: the output when decrypting (``hash_output``), the input when
     encrypting. ``src`` must be positioned at the first payload byte. ``backend`` "auto" uses

@@ -67,17 +67,22 @@ class ManifestError(BelleError):
 
 
 class DigestMismatch(ChecksumError):
-    """Decrypted bytes whose SHA-256 is not the one in the name; ``hint`` says the likely cause."""
+    """Decrypted bytes whose digest is not the one the file (or, for a layout that carries
+    none, the manifest) says; ``hint`` says the likely cause."""
 
-    def __init__(self, actual: str, expected: str, hint: str, path: Path | str) -> None:
+    def __init__(
+        self, actual: str, expected: str, hint: str, path: Path | str, algorithm: str = "SHA-256"
+    ) -> None:
         super().__init__(
-            f"decrypted SHA-256 {actual} does not match {expected}: {hint}; nothing written", path
+            f"decrypted {algorithm} {actual} does not match {expected}: {hint}; nothing written",
+            path,
         )
         self.actual = actual
         self.expected = expected
         self.hint = hint
+        self.algorithm = algorithm
 
     def with_hint(self, hint: str) -> DigestMismatch:
         """The same failure explained differently."""
         assert self.path is not None
-        return DigestMismatch(self.actual, self.expected, hint, self.path)
+        return DigestMismatch(self.actual, self.expected, hint, self.path, self.algorithm)

@@ -1,9 +1,10 @@
 """Knowing the key: is this file Meta's original LLaMA-7B `consolidated.00.pth`, and if not, what?
 
-The instant check compares the size and the md5 of the first 16 MiB with FORMAT.md's values;
-the full check compares the whole-file md5 with every known LLaMA file. Where the file is a
-checkpoint that can be opened without reading tensor data (a safetensors header, or torch's
-zip format through mmap), its layers, hidden size and vocabulary name what it is.
+The instant check compares the size and the md5 of the first 16 MiB with the values of
+docs/FORMAT.md section 2; the full check compares the whole-file md5 with every known LLaMA
+file. Where the file is a checkpoint that can be opened without reading tensor data (a
+safetensors header, or torch's zip format through mmap), its layers, hidden size and
+vocabulary name what it is.
 """
 
 from __future__ import annotations
@@ -229,8 +230,8 @@ def identify(
 ) -> KeyReport:
     """Fingerprint the key at ``path`` (and hash it whole with ``full``) and say what it is.
 
-    ``expected`` and ``known`` default to LLaMA-7B and FORMAT.md's table (read at call time,
-    so they can be replaced in tests).
+    ``expected`` and ``known`` default to LLaMA-7B and the table of docs/FORMAT.md section 2
+    (read at call time, so they can be replaced in tests).
     """
     expected = expected if expected is not None else LLAMA_7B
     known = known if known is not None else KNOWN_KEYS

@@ -1,11 +1,12 @@
-"""The keystream of FORMAT.md: the key file cut into 10 MiB pieces, repeated piece by piece.
+"""Keystreams: what the engine XORs with, pulled by payload offset (:class:`Keystream`).
 
-Payload piece ``i`` is XORed with key piece ``i mod n``; a short last key piece is tiled end to
-end to cover a whole payload piece. The keystream is read with ``pread`` into the caller's
-buffer (:meth:`Key.fill`), so memory stays flat whatever the key's size; only a short last
-piece is kept (read once). The key is never mapped: a key file truncated under a mapping
-kills the process with SIGBUS (Python cannot recover from a fault on a mapped page), while a
-read that comes up short is one clear error ("the key file shrank").
+:class:`Key` is the keystream of docs/FORMAT.md section 1: the key file cut into 10 MiB pieces,
+repeated piece by piece. Payload piece ``i`` is XORed with key piece ``i mod n``; a short last
+key piece is tiled end to end to cover a whole payload piece. The keystream is read with
+``pread`` into the caller's buffer (:meth:`Key.fill`), so memory stays flat whatever the key's
+size; only a short last piece is kept (read once). The key is never mapped: a key file
+truncated under a mapping kills the process with SIGBUS (Python cannot recover from a fault on
+a mapped page), while a read that comes up short is one clear error ("the key file shrank").
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import stat
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError, OutputError
@@ -22,6 +24,16 @@ PIECE_SIZE = 10 * 1024 * 1024
 
 
 KEY_HINT = "pass LLaMA-7B consolidated.00.pth"
+
+
+class Keystream(Protocol):
+    """The bytes a payload is XORed with, by payload offset. The engine asks for them in
+    order, buffer by buffer, from one thread per stream; one keystream may serve several
+    streams at once (``--jobs``), so implementations read with pread, not seek + read, and never
+    hand out a mapping of a file that may shrink (a fault there cannot be recovered from)."""
+
+    def fill(self, out: memoryview, offset: int) -> None:
+        """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""
 
 
 def check_key_file(path: Path) -> int:

@@ -2,7 +2,7 @@
 
 A file under its final name is always complete and verified. Temporary files are named
 ``.belle-tmp.<pid>.<token>.<name>`` and locked by their run for their whole life
-(:func:`belle_decrypt.platform_io.own_temp`), so that a later run, in this container or
+(:class:`belle_decrypt.platform_io.LockOwnership`), so that a later run, in this container or
 another on the same kernel, removes only the ones nobody holds.
 """
 
@@ -19,17 +19,10 @@ from typing import BinaryIO
 
 from belle_decrypt.cancel import note_removed
 from belle_decrypt.errors import OutputError
-from belle_decrypt.platform_io import (
-    OWNER_PATTERN,
-    Ownership,
-    fsync_dir,
-    own_temp,
-    owner_tag,
-    remove_if_stale,
-)
+from belle_decrypt.platform_io import OWNERSHIP, Hold, fsync_dir
 
 TEMP_PREFIX = ".belle-tmp."
-_TEMP_RE = re.compile(rf"^\.belle-tmp\.(?P<owner>{OWNER_PATTERN})\.[0-9a-f]{{8}}\.")
+_TEMP_RE = re.compile(rf"^\.belle-tmp\.(?P<owner>{OWNERSHIP.pattern})\.[0-9a-f]{{8}}\.")
 _NAME_KEEP = 120
 _CLAIMS = 5
 """Temporary names tried when another run removes each before it is locked (a race of
@@ -38,7 +31,7 @@ microseconds; five in a row means something keeps removing them)."""
 
 def temp_name(final_name: str, owner: str | None = None) -> str:
     """A hidden name marking the file as ours and naming its owner (the writing process)."""
-    tag = owner_tag() if owner is None else owner
+    tag = OWNERSHIP.tag() if owner is None else owner
     return f"{TEMP_PREFIX}{tag}.{secrets.token_hex(4)}.{final_name[:_NAME_KEEP]}"
 
 
@@ -54,7 +47,7 @@ class AtomicFile:
         self.fsync = fsync
         self.temp = final.parent / temp_name(final.name)
         self._handle: BinaryIO | None = None
-        self._owner = Ownership(None)
+        self._owner = Hold()
         self._committed = False
 
     def __enter__(self) -> BinaryIO:
@@ -68,7 +61,7 @@ class AtomicFile:
                     self.final,
                 ) from exc
             try:
-                owner = own_temp(fd, self.temp)
+                owner = OWNERSHIP.claim(fd, self.temp)
             except OSError:
                 os.close(fd)
                 os.unlink(self.temp)
@@ -178,7 +171,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         try:
             if match is None or not entry.is_file(follow_symlinks=False):
                 continue
-            if not remove_if_stale(Path(entry.path), match.group("owner")):
+            if not OWNERSHIP.remove_if_stale(match.group("owner"), Path(entry.path)):
                 continue
         except OSError:
             continue  # best effort: gone already, or not ours to remove (permissions)

@@ -19,9 +19,9 @@ capability             used for                                    without it
                        its whole life (an exclusive lock, seen     (``CAN_PROBE_PIDS``): right
                        by every process on the kernel, in any      within one PID namespace only
                        PID namespace): only files nobody holds
-                       are removed as stale
+                       are removed (:class:`LockOwnership`)
 ``CAN_PROBE_PIDS``     removing temporary files of ended runs      foreign temporary files kept
-                       where locks are missing
+                       where locks are missing (:class:`PidOwnership`)
 ``HAS_AFFINITY``       the CPUs this process may use               ``os.cpu_count()``
 =====================  ==========================================  ============================
 
@@ -169,82 +169,119 @@ def fsync_dir(folder: Path) -> None:
 
 # --- temporary-file ownership --------------------------------------------------------------
 
-OWNER_PATTERN = r"\d+"
-"""What :func:`owner_tag` looks like inside a temporary file's name (a regex)."""
 
+class Hold:
+    """A run's hold on one of its temporary files, kept until :meth:`release` (after the file
+    is renamed into place or removed): a lock on a descriptor of its own, or nothing where the
+    pid in the file's name is the mark."""
 
-def owner_tag() -> str:
-    """This process's mark in the names of the temporary files it writes."""
-    return str(os.getpid())
-
-
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS)
-
-
-class Ownership:
-    """A run's hold on its temporary file: an exclusive lock on a descriptor of its own, kept
-    until :meth:`release` (after the file is renamed into place or removed)."""
-
-    def __init__(self, fd: int | None) -> None:
+    def __init__(self, fd: int | None = None) -> None:
         self._fd = fd
 
     def release(self) -> None:
-        """Let go of the file (closing the lock's descriptor); safe to call twice."""
+        """Let go of the file; safe to call twice."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
 
-def own_temp(fd: int, path: Path) -> Ownership | None:
-    """Take ownership of the temporary file ``path`` just created as ``fd``, before anything
-    is written to it: lock it, then check that ``path`` still names that file (another run may
-    have found it unlocked in between and removed it). None when it does not: make another.
+class PidOwnership:
+    """Who owns a temporary file: the writing process, named by its pid in the file's name.
 
-    Without locks (none here, or none on this file system) the pid in its name marks it."""
-    if not HAS_FLOCK:
-        return Ownership(None)
-    holder = os.dup(fd)  # the lock lives as long as this descriptor, past closing ``fd``
-    try:
-        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # a run that found it unlocked holds it, to remove it
-        os.close(holder)
-        return None
-    except OSError as exc:
-        os.close(holder)
-        if exc.errno in _NO_LOCKS:
-            return Ownership(None)
-        raise
-    if not _names(path, holder):
-        os.close(holder)
-        return None
-    return Ownership(holder)
+    A writer marks its files with :meth:`tag` and calls :meth:`claim` right after creating one;
+    a later run calls :meth:`remove_if_stale`, which removes a file only when its owner has
+    ended. A pid is only meaningful in the writer's PID namespace: :class:`LockOwnership` is
+    used wherever locks exist, this where they do not.
+    """
 
+    pattern = r"\d+"
+    """What :meth:`tag` looks like inside a temporary file's name (a regex)."""
 
-def remove_if_stale(path: Path, tag: str) -> bool:
-    """Remove the temporary file ``path``, named with owner ``tag``, when no live run owns it:
-    when its lock can be taken (or, without locks, when its pid has ended). Never one of this
-    process's own. Return whether it was removed."""
-    if tag == owner_tag():
-        return False
-    if not HAS_FLOCK:
-        return _remove_if_owner_gone(path, tag)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # its run is live, in this container or another
-        except OSError as exc:
-            return exc.errno in _NO_LOCKS and _remove_if_owner_gone(path, tag)
-        if not _names(path, fd):
+    def tag(self) -> str:
+        """This process's mark in the names of the temporary files it writes."""
+        return str(os.getpid())
+
+    def claim(self, fd: int, path: Path) -> Hold | None:
+        """Own the new temporary file ``path`` (open as ``fd``) before anything is written to
+        it; None when it was removed meanwhile (make another). A pid in its name is all this
+        scheme needs."""
+        return Hold()
+
+    def remove_if_stale(self, tag: str, path: Path) -> bool:
+        """Remove ``path``, tagged ``tag``, when no live run owns it; return whether removed.
+        Never one of this process's own."""
+        if not self.is_stale(tag):
             return False
-        os.unlink(path)  # while holding the lock: its writer cannot take it meanwhile
+        os.unlink(path)
         return True
-    finally:
-        os.close(fd)
+
+    def is_stale(self, tag: str) -> bool:
+        """Whether the process tagged ``tag`` has ended, as seen from this PID namespace. False
+        whenever that cannot be known: a live run's file is never removed."""
+        if not CAN_PROBE_PIDS or not tag.isdigit():
+            return False
+        pid = int(tag)
+        if pid == os.getpid():
+            return False
+        return not _process_alive(pid)
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS)
+
+
+class LockOwnership(PidOwnership):
+    """A temporary file is owned by an exclusive ``flock`` that its run holds for the file's
+    whole life. Every process on the kernel sees the lock, whatever its PID namespace (two
+    containers sharing a volume), so a file is stale exactly when its lock can be taken. The
+    lock is taken before anything is written, then ``path`` is checked to still name the
+    locked file: another run may have found it unlocked in between and removed it.
+
+    Without locks (``HAS_FLOCK`` off, or a file system refusing them: ENOLCK, EOPNOTSUPP) it
+    falls back to the pid (:class:`PidOwnership`). The tag stays the pid, so that this
+    process's own files are always skipped.
+    """
+
+    def claim(self, fd: int, path: Path) -> Hold | None:
+        if not HAS_FLOCK:
+            return super().claim(fd, path)
+        holder = os.dup(fd)  # the lock lives as long as this descriptor, past closing ``fd``
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a run that found it unlocked holds it, to remove it
+            os.close(holder)
+            return None
+        except OSError as exc:
+            os.close(holder)
+            if exc.errno in _NO_LOCKS:
+                return super().claim(fd, path)
+            raise
+        if not _names(path, holder):
+            os.close(holder)
+            return None
+        return Hold(holder)
+
+    def remove_if_stale(self, tag: str, path: Path) -> bool:
+        if not HAS_FLOCK:
+            return super().remove_if_stale(tag, path)
+        if tag == self.tag():
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # its run is live, in this container or another
+            except OSError as exc:
+                return exc.errno in _NO_LOCKS and super().remove_if_stale(tag, path)
+            if not _names(path, fd):
+                return False
+            os.unlink(path)  # while holding the lock: its writer cannot take it meanwhile
+            return True
+        finally:
+            os.close(fd)
 
 
 def _names(path: Path, fd: int) -> bool:
@@ -257,23 +294,8 @@ def _names(path: Path, fd: int) -> bool:
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _remove_if_owner_gone(path: Path, tag: str) -> bool:
-    if not owner_gone(tag):
-        return False
-    os.unlink(path)
-    return True
-
-
-def owner_gone(tag: str) -> bool:
-    """Whether the process that wrote a temporary file with ``tag`` has ended (as seen from
-    this PID namespace), so the file can go. False whenever that cannot be known: a live
-    run's file is never removed."""
-    if not CAN_PROBE_PIDS or not tag.isdigit():
-        return False
-    pid = int(tag)
-    if pid == os.getpid():
-        return False
-    return not _process_alive(pid)
+OWNERSHIP: PidOwnership = LockOwnership()
+"""The ownership scheme of temporary files in use."""
 
 
 def _process_alive(pid: int) -> bool:

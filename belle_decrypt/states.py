@@ -22,6 +22,10 @@ class Verified(Enum):
     SHA256 = "SHA-256 verified"
     SHA256_NOT_IN_MANIFEST = "SHA-256 verified, not in manifest"
     SHA256_AND_MD5 = "SHA-256 and md5 verified"
+    MD5 = "md5 verified"
+    """A layout that carries no checksum, checked against the manifest."""
+    NOTHING = "not verified (no checksum in the file or the manifest)"
+    """Only for library callers that skip the run's checks: a run refuses such a file."""
 
 
 class CheckStatus(Enum):

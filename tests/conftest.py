@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,3 +63,8 @@ def unknown_key_warning(key: Path) -> str:
         f"({key.stat().st_size:,} bytes, not 13,476,939,516); decrypting anyway "
         f"(see `belle-decrypt check-key {key}`)"
     )
+
+
+def library_threads() -> list[str]:
+    """Names of the library's worker and stage threads still alive (none once a call ends)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("belle-")]

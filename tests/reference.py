@@ -1,4 +1,4 @@
-"""An independent, deliberately simple statement of the FORMAT.md rule, used as the test oracle.
+"""An independent, deliberately simple statement of docs/FORMAT.md section 1: the oracle.
 
 Whole files in memory, byte by byte through Python ints: slow, but obviously correct.
 """
@@ -11,7 +11,7 @@ REAL_PIECE = 10 * 1024 * 1024
 
 
 def keystream(key: bytes, length: int, piece: int = REAL_PIECE) -> bytes:
-    """The keystream for a payload of ``length`` bytes, written the way FORMAT.md says it."""
+    """The keystream for a payload of ``length`` bytes, written as docs/FORMAT.md says."""
     pieces = [key[j : j + piece] for j in range(0, len(key), piece)]
     out = bytearray()
     i = 0

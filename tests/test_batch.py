@@ -16,7 +16,9 @@ from belle_decrypt.states import Verified
 from tests.conftest import random_bytes
 
 
-def _files(make_key: Callable[..., Path], make_enc: Callable[..., Path]) -> tuple[Path, list]:
+def _files(
+    make_key: Callable[..., Path], make_enc: Callable[..., Path]
+) -> tuple[Path, list[EncFile]]:
     key = make_key(700)
     encs = [make_enc(f"part{i}.bin", random_bytes(100 * (i + 1), seed=i), key) for i in range(4)]
     return key, [EncFile.open(path) for path in encs]

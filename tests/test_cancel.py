@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,23 +17,19 @@ from belle_decrypt.cancel import Cancelled, CancelToken, removed_unfinished
 from belle_decrypt.container import EncFile
 from belle_decrypt.diagnose import Diagnoser
 from belle_decrypt.hashing import hash_file, md5_file
+from belle_decrypt.keyid import KeyReport, identify
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.verify import verify_folder
-from tests.conftest import listing, random_bytes
+from tests.conftest import library_threads, listing, random_bytes
 from tests.release import make_release, md5
-
-
-def belle_threads() -> list[str]:
-    """Worker and stage threads of the library still alive."""
-    return [t.name for t in threading.enumerate() if t.name.startswith("belle-")]
 
 
 def wait_for_threads(timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
-    while belle_threads() and time.monotonic() < deadline:
+    while library_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert belle_threads() == []
+    assert library_threads() == []
 
 
 def test_token_is_one_way_and_waits() -> None:
@@ -92,19 +89,16 @@ def test_diagnosis_md5_stops_on_a_cancelled_token(tmp_path: Path) -> None:
 def test_key_report_is_computed_once_across_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from belle_decrypt import diagnose
-
     key = tmp_path / "key"
     key.write_bytes(b"k" * 100)
     calls: list[int] = []
-    real = diagnose.identify
 
-    def slow_identify(*args: object, **kwargs: object) -> object:
+    def slow_identify(path: Path, **kwargs: Any) -> KeyReport:
         calls.append(1)
         time.sleep(0.05)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return identify(path, **kwargs)
 
-    monkeypatch.setattr(diagnose, "identify", slow_identify)
+    monkeypatch.setattr("belle_decrypt.diagnose.identify", slow_identify)
     diagnoser = Diagnoser(key)
     reports: list[object] = []
     threads = [

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from belle_decrypt import keyid
-from belle_decrypt.cli import cli
+from belle_decrypt.batch import Settings, decrypt_all
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.diagnose import Diagnoser
 from belle_decrypt.errors import ChecksumError
+from belle_decrypt.hashing import md5_file
 from belle_decrypt.keyid import HEAD_SIZE, KnownKey
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.states import FileState
 from tests.conftest import listing
 from tests.release import Release, make_release, md5
+from tests.runner import run
 
 KEY = b"the right key, a few bytes, tiled"
 WRONG_KEY = b"another key of some other model"
 ERR = "belle-decrypt: error: "
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(arg) for arg in args])
 
 
 @pytest.fixture
@@ -258,10 +256,37 @@ def test_broken_downloads_do_not_stop_the_folder(
     assert listing(out) == ["pytorch_model.bin"]
 
 
-def test_diagnoser_computes_enc_md5_only_when_asked(release: Release, wrong_key: Path) -> None:
+def test_the_enc_md5_is_computed_only_to_explain_a_listed_failure(
+    release: Release,
+    key_path: Path,
+    wrong_key: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hashed: list[str] = []
+
+    def counting_md5(path: Path, **kwargs: Any) -> str:
+        hashed.append(path.name)
+        return md5_file(path, **kwargs)
+
+    monkeypatch.setattr("belle_decrypt.diagnose.md5_file", counting_md5)
+    manifest = Manifest.read(release.card)
+    files = [EncFile.open(release.enc_path(name)) for name in release.plain]
+    with Key(key_path) as key:
+        tally = decrypt_all(files, key, Settings(out_dir=tmp_path), Diagnoser(key_path, manifest))
+    assert tally.ok and hashed == []  # success: no .enc is hashed
+    enc = files[0]
+    diagnosis = Diagnoser(wrong_key, manifest).explain(enc)
+    assert diagnosis.wrong_key and hashed == [enc.path.name]  # a listed failure: once
+    unlisted = Diagnoser(wrong_key).explain(enc)
+    assert unlisted.wrong_key and hashed == [enc.path.name]  # no manifest: nothing to compare
+
+
+def test_the_stop_after_two_needs_both_to_blame_an_unknown_key(
+    release: Release, wrong_key: Path
+) -> None:
     diagnoser = Diagnoser(wrong_key, Manifest.read(release.card))
-    enc = EncFile.open(release.enc_path("config.json"))
-    diagnosis = diagnoser.explain(enc)
+    diagnosis = diagnoser.explain(EncFile.open(release.enc_path("config.json")))
     assert diagnosis.wrong_key
     assert diagnoser.stop_early([diagnosis, diagnosis])
     assert not diagnoser.stop_early([diagnosis, None])

@@ -8,17 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from belle_decrypt.cli import cli
 from belle_decrypt.encrypt import encrypt_file
 from belle_decrypt.keystream import Key
 from tests import reference
 from tests.conftest import listing, random_bytes
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from tests.runner import run
 
 
 @pytest.fixture

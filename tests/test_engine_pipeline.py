@@ -1,4 +1,4 @@
-"""The pipelined engine against the reference oracle, its error paths, and --jobs."""
+"""The pipelined engine against the reference oracle, its error paths and its threads."""
 
 from __future__ import annotations
 
@@ -8,27 +8,20 @@ import mmap
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from belle_decrypt import engine, jobs
+from belle_decrypt import engine
 from belle_decrypt.cancel import Cancelled, CancelToken
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.errors import OutputError
 from belle_decrypt.keystream import Key
 from tests import reference
-from tests.conftest import random_bytes
+from tests.conftest import library_threads, random_bytes
 
 BACKENDS = ["torch", "python"]
-
-
-def stage_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(("belle-xor", "belle-job"))]
 
 
 def run_engine(
@@ -86,7 +79,7 @@ def test_matches_reference_across_boundaries(
         assert out == plain
         assert seen == hashlib.sha256(plain).hexdigest()
         assert progress == size
-    assert stage_threads() == []
+    assert library_threads() == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -177,7 +170,7 @@ def test_write_error_stops_every_stage(
         )
     assert str(caught.value).startswith("out/model.bin: cannot write: No space left on device")
     assert "\n" not in str(caught.value)
-    assert stage_threads() == []
+    assert library_threads() == []
 
 
 def test_read_error_and_short_input(make_key: Callable[..., Path]) -> None:
@@ -186,7 +179,7 @@ def test_read_error_and_short_input(make_key: Callable[..., Path]) -> None:
             engine.xor_stream(FailingReader(bytes(1000)), io.BytesIO(), key, 1000, buffer_size=16)
         with pytest.raises(OutputError, match="ended early"):
             engine.xor_stream(io.BytesIO(bytes(10)), io.BytesIO(), key, 1000, buffer_size=16)
-    assert stage_threads() == []
+    assert library_threads() == []
 
 
 def test_interrupt_in_the_supervising_thread(make_key: Callable[..., Path]) -> None:
@@ -205,7 +198,7 @@ def test_interrupt_in_the_supervising_thread(make_key: Callable[..., Path]) -> N
             buffer_size=64,
             backend="python",
         )
-    assert stage_threads() == []
+    assert library_threads() == []
 
 
 def test_a_cancelled_token_stops_the_stream_and_the_next_runs(
@@ -217,11 +210,11 @@ def test_a_cancelled_token_stops_the_stream_and_the_next_runs(
     with Key(key_path) as key:
         with pytest.raises(Cancelled):
             engine.xor_stream(io.BytesIO(bytes(100)), io.BytesIO(), key, 100, cancel=token)
-        assert stage_threads() == []
+        assert library_threads() == []
         out = io.BytesIO()
         engine.xor_stream(io.BytesIO(bytes(100)), out, key, 100, cancel=CancelToken())
     assert out.getvalue() == reference.keystream(key_path.read_bytes(), 100)
-    assert stage_threads() == []
+    assert library_threads() == []
 
 
 def test_auto_backend_budget(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,109 +231,6 @@ def test_auto_backend_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert engine._use_torch(1, "auto") is True
 
 
-def test_decrypt_file_small_pieces_with_jobs(
-    tmp_path: Path, make_key: Callable[..., Path], make_enc: Callable[..., Path]
-) -> None:
-    """Several files decrypted at once through decrypt_file, in order, each byte-exact."""
-    piece = 7
-    key_path = make_key(3 * piece + 2)
-    plains = {f"f{i}.bin": random_bytes(50 * i + 3, seed=i) for i in range(6)}
-    encs = [EncFile.open(make_enc(name, p, key_path, piece=piece)) for name, p in plains.items()]
-    out = tmp_path / "out"
-    out.mkdir()
-    seen: list[str] = []
-    with Key(key_path, piece_size=piece) as key:
-        results = jobs.run(
-            lambda enc: decrypt_file(enc, key, out, fsync=False, buffer_size=10),
-            encs,
-            3,
-            on_result=lambda enc, result: seen.append(result.target.name),
-        )
-    assert [r.target.name for r in results] == list(plains) == seen
-    for name, plain in plains.items():
-        assert (out / name).read_bytes() == plain
-    assert stage_threads() == []
-
-
-def test_jobs_first_error_stops_the_rest() -> None:
-    started: list[int] = []
-
-    def func(i: int) -> int:
-        started.append(i)
-        if i == 1:
-            raise ValueError("boom")
-        return i
-
-    with pytest.raises(ValueError, match="boom"):
-        jobs.run(func, list(range(50)), 2)
-    assert len(started) < 50
-    assert stage_threads() == []
-    assert jobs.run(lambda i: i * 2, [1, 2, 3], 4) == [2, 4, 6]
-    assert jobs.run(lambda i: i * 2, [1, 2, 3], 1) == [2, 4, 6]
-
-
-def test_default_jobs() -> None:
-    big = jobs.BIG_FILE
-    assert jobs.default_jobs([big] * 4, cores=2) == 1
-    assert jobs.default_jobs([big] * 4, cores=4) == 2
-    assert jobs.default_jobs([big] * 4, hashes_per_file=2, cores=4) == 1
-    assert jobs.default_jobs([big] * 2, cores=16) == 2
-    assert jobs.default_jobs([10] * 9, cores=16) == 1
-
-
-# Runs the CLI in a fresh interpreter and fails unless it exits with an allowed code and
-# never imported torch.
-NO_TORCH = (
-    "import sys\n"
-    "from belle_decrypt.cli import cli\n"
-    "allowed = {int(code) for code in sys.argv[1].split(',')}\n"
-    "try:\n"
-    "    cli(sys.argv[2:], prog_name='belle-decrypt')\n"
-    "except SystemExit as exc:\n"
-    "    assert (exc.code or 0) in allowed, exc.code\n"
-    "assert 'torch' not in sys.modules\n"
-)
-
-
-def _without_torch(args: list[str], allowed: str = "0") -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, allowed, *args], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, (args, proc.stderr)
-
-
-def test_no_torch_for_help_or_small_files(
-    tmp_path: Path, make_key: Callable[..., Path], make_enc: Callable[..., Path]
-) -> None:
-    key_path = make_key(1000)
-    enc = make_enc("config.json", random_bytes(100, seed=1), key_path)
-    for args in (["--help"], ["--version"], [str(enc), str(key_path), str(tmp_path / "o")]):
-        _without_torch(args)
-    assert (tmp_path / "o" / "config.json").read_bytes() == random_bytes(100, seed=1)
-
-
-def test_cli_folder_with_jobs(
-    tmp_path: Path, make_key: Callable[..., Path], make_enc: Callable[..., Path]
-) -> None:
-    from click.testing import CliRunner
-
-    from belle_decrypt.cli import cli
-
-    key_path = make_key(1000)
-    plains = {f"part{i}.bin": random_bytes(3000 + i, seed=i) for i in range(4)}
-    for name, plain in plains.items():
-        make_enc(name, plain, key_path)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(
-        cli, [str(tmp_path / "enc"), str(key_path), str(out), "--jobs", "3", "--no-fsync"]
-    )
-    assert result.exit_code == 0, result.output
-    assert "4 decrypted, 0 already decrypted, 0 failed" in result.output
-    for name, plain in plains.items():
-        assert (out / name).read_bytes() == plain
-    assert stage_threads() == []
-
-
 def test_prepare_loads_torch_only_for_streams_past_the_plain_budget() -> None:
     """prepare() is what keeps a file's reported time free of the torch import."""
     code = (
@@ -352,17 +242,6 @@ def test_prepare_loads_torch_only_for_streams_past_the_plain_budget() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True"]
     assert proc.stderr == ""
-
-
-def test_no_torch_for_verify_or_check_key_on_a_plain_file(
-    tmp_path: Path, make_key: Callable[..., Path], make_enc: Callable[..., Path]
-) -> None:
-    key_path = make_key(1000)
-    enc = make_enc("config.json", random_bytes(100, seed=1), key_path)
-    card = tmp_path / "md5.txt"
-    card.write_text(f"{'0' * 32}  ./{enc.name}\n")
-    _without_torch(["verify", str(enc.parent), "--manifest", str(card)], allowed="0,1")
-    _without_torch(["check-key", str(key_path)], allowed="0,1")
 
 
 def test_the_key_is_never_mapped(
@@ -382,7 +261,8 @@ def test_the_key_is_never_mapped(
     size = 2 * reference.REAL_PIECE + 5
     plain = random_bytes(size, seed=4)
     stream = reference.keystream(key_path.read_bytes(), size, reference.REAL_PIECE)
-    for backend in BACKENDS:
+    backends: list[engine.Backend] = ["torch", "python"]
+    for backend in backends:
         out, _, _ = run_engine(
             key_path,
             reference.xor(plain, stream),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,3 +113,39 @@ def test_reference_is_its_own_inverse() -> None:
     stream = reference.keystream(key, len(plain), 4)
     assert reference.xor(reference.xor(plain, stream), stream) == plain
     assert stream[:4] == key[:4] and stream[8:10] + stream[10:12] == key[8:10] * 2
+
+
+def test_the_worked_example_of_the_spec_is_right() -> None:
+    """docs/FORMAT.md section 1.5, recomputed with the oracle at a 4-byte piece."""
+    spec = (Path(__file__).parents[1] / "docs" / "FORMAT.md").read_text()
+    key = bytes.fromhex("101112131415")
+    digest_hex, blob = reference.encrypt(b"hello world", key, piece=4)
+    stream = reference.keystream(key, 11, piece=4)
+    assert f"keystream              {_spaced(stream[:4])} | {_spaced(stream[4:8])} | " in spec
+    assert f"payload (plain XOR)    {_spaced(blob[32:])}\n" in spec
+    assert f"SHA-256 of the plain   {digest_hex}\n" in spec
+    assert f"`hello.txt.{digest_hex}.enc`" in spec and f"{len(blob)} bytes long" in spec
+
+
+def _spaced(data: bytes) -> str:
+    return data.hex(" ")
+
+
+def test_every_reference_to_the_spec_resolves() -> None:
+    """Each mention of FORMAT.md in the code, tests and READMEs names docs/FORMAT.md, and each
+    section it cites exists there."""
+    root = Path(__file__).parents[1]
+    spec = (root / "docs" / "FORMAT.md").read_text()
+    sections = set(re.findall(r"^#+ (\d+(?:\.\d+)?)\. ", spec, flags=re.MULTILINE))
+    files = [*root.glob("belle_decrypt/**/*.py"), *root.glob("tests/*.py"), *root.glob("*.md")]
+    cited = 0
+    for path in files:
+        text = path.read_text()
+        for match in re.finditer(r"(\S*)FORMAT\.md(?: section (\d+(?:\.\d+)?))?", text):
+            if path.name == "test_format.py":
+                continue
+            assert match.group(1).endswith("docs/"), f"{path}: {match.group(0)}"
+            if match.group(2) is not None:
+                assert match.group(2) in sections, f"{path}: {match.group(0)}"
+            cited += 1
+    assert cited >= 5

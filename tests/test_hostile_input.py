@@ -259,7 +259,11 @@ def test_encrypt_and_check_key_refuse_a_fifo_key_without_hanging(tmp_path: Path)
     plain = tmp_path / "model.bin"
     plain.write_bytes(b"weights")
     message = f"{fifo}: the key is not a regular file (a FIFO or device?); pass LLaMA-7B "
-    for args in (["encrypt", plain, fifo, tmp_path / "pub"], ["check-key", fifo]):
+    commands: list[list[str | Path]] = [
+        ["encrypt", plain, fifo, tmp_path / "pub"],
+        ["check-key", fifo],
+    ]
+    for args in commands:
         proc = run_cli(*args, timeout=30)
         assert proc.returncode == 2, proc.stderr
         assert one_error(proc.stderr) == message + "consolidated.00.pth"

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from belle_decrypt import keyid
-from belle_decrypt.cli import cli
 from belle_decrypt.errors import InputError
 from belle_decrypt.keyid import HEAD_SIZE, KnownKey, describe_tensors, identify
 from tests.conftest import random_bytes
+from tests.runner import run
 
 
 def known_from(data: bytes, label: str = "LLaMA-7B consolidated.00.pth") -> KnownKey:
@@ -179,7 +178,7 @@ def test_llama_sizes_from_shapes(layers: int, hidden: int, model: str) -> None:
 def test_cli_check_key_unknown(tmp_path: Path) -> None:
     path = tmp_path / "key.bin"
     path.write_bytes(b"abc")
-    result = CliRunner().invoke(cli, ["check-key", str(path)])
+    result = run("check-key", path)
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
         f"file:                {path}",
@@ -197,7 +196,7 @@ def test_cli_check_key_known_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     path = tmp_path / "consolidated.00.pth"
     path.write_bytes(data)
     monkeypatch.setattr(keyid, "LLAMA_7B", known_from(data))
-    result = CliRunner().invoke(cli, ["check-key", str(path), "--full", "-q"])
+    result = run("check-key", path, "--full", "-q")
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         f"verdict:             {path} is the original LLaMA-7B consolidated.00.pth "
@@ -206,7 +205,7 @@ def test_cli_check_key_known_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_cli_check_key_missing(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["check-key", str(tmp_path / "nope.pth")])
+    result = run("check-key", tmp_path / "nope.pth")
     assert result.exit_code == 2
     assert result.stderr == (
         f"belle-decrypt: error: {tmp_path / 'nope.pth'}: key file not found; "

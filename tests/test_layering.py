@@ -25,7 +25,13 @@ def imports(module: str) -> set[str]:
 
 
 def library_modules() -> list[str]:
-    return sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem not in COMMAND_LINE)
+    """Every module of the package (subpackages too) but the command line's, as paths
+    relative to the package without ``.py``."""
+    return sorted(
+        str(path.relative_to(PACKAGE).with_suffix(""))
+        for path in PACKAGE.rglob("*.py")
+        if path.stem not in COMMAND_LINE or path.parent != PACKAGE
+    )
 
 
 def test_no_library_module_imports_click() -> None:

@@ -7,23 +7,18 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from belle_decrypt.cli import cli
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.states import CheckStatus
 from belle_decrypt.verify import verify_folder
 from tests.faults import as_plain_user, modes_enforced, one_error, run_cli
 from tests.release import Release, make_release, md5
+from tests.runner import run
 
 
 @pytest.fixture
 def release(tmp_path: Path) -> Release:
     return make_release(tmp_path, b"a short key")
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(arg) for arg in args])
 
 
 def decrypted_folder(release: Release, tmp_path: Path) -> Path:

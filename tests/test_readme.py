@@ -1,0 +1,111 @@
+"""The `belle-decrypt` command lines of both READMEs, run as written against a small release
+built in a temporary folder, with what the READMEs say they do: the docs cannot drift.
+
+Placeholders (`/path/to_encrypted`, `llama/7B/consolidated.00.pth`, `$LLAMA_7B`, ...) all name
+files of that release; the key is a stand-in, so `check-key` exits 1 as the READMEs say for any
+file that is not Meta's LLaMA-7B, and the CI script stops there (`set -e`). Install, test and
+benchmark lines are left out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.release import Release, make_release
+
+ROOT = Path(__file__).parents[1]
+KEY = b"a stand-in for LLaMA-7B consolidated.00.pth"
+# Absolute placeholders of the READMEs, and where they point in the release's folder.
+PLACES = {
+    "/path/to_encrypted": "enc",
+    "/path/to_original_llama_7B/consolidated.00.pth": "llama/7B/consolidated.00.pth",
+    "/path/to_finetuned_model": "finetuned",
+}
+
+
+def bash_blocks(readme: Path) -> list[str]:
+    """The ```bash blocks of ``readme``, in order."""
+    return re.findall(r"^```bash\n(.*?)^```", readme.read_text(), flags=re.DOTALL | re.MULTILINE)
+
+
+def commands(readme: Path) -> list[str]:
+    """Each block that is a script as one command, else each line that runs belle-decrypt;
+    comments removed, install / test / benchmark lines left out."""
+    found: list[str] = []
+    for block in bash_blocks(readme):
+        if block.startswith("#!"):
+            found.append(block)
+            continue
+        for line in block.splitlines():
+            line = re.sub(r"\s+# .*$", "", line).strip()
+            if "belle-decrypt" in line and not line.startswith(("pip ", "python ")):
+                found.append(line)
+    return found
+
+
+def expected_exit(command: str) -> int:
+    """What the READMEs say: check-key exits 1 for a file that is not LLaMA-7B, and a CI
+    script under `set -e` stops with that code; every other command succeeds."""
+    return 1 if "check-key" in command else 0
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[Path, Release]:
+    """A folder where every path the READMEs use exists."""
+    release = make_release(tmp_path, KEY)
+    key = tmp_path / "llama" / "7B" / "consolidated.00.pth"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(KEY)
+    shutil.copytree(release.enc_dir, tmp_path / "BELLE-7B-2M-enc")
+    shutil.copy(release.card, tmp_path / "md5.txt")
+    shutil.copy(release.card, tmp_path / "model-card-md5.txt")
+    (tmp_path / "my-finetune").mkdir()
+    for name, data in release.plain.items():
+        (tmp_path / "my-finetune" / name).write_bytes(data)
+    return tmp_path, release
+
+
+def run_in(folder: Path, command: str) -> subprocess.CompletedProcess[str]:
+    for placeholder, place in PLACES.items():
+        command = command.replace(placeholder, str(folder / place))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "LLAMA_7B": str(folder / "llama" / "7B"),
+    }
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_both_readmes_show_the_same_commands() -> None:
+    assert commands(ROOT / "README.md") == commands(ROOT / "README_en.md")
+
+
+def test_every_readme_command_does_what_the_readme_says(world: tuple[Path, Release]) -> None:
+    folder, release = world
+    lines = commands(ROOT / "README.md")
+    assert len(lines) >= 9
+    for command in lines:
+        proc = run_in(folder, command)
+        assert proc.returncode == expected_exit(command), (command, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr, (command, proc.stderr)
+    for out in ("finetuned", "BELLE-7B-2M"):
+        assert {p.name: p.read_bytes() for p in (folder / out).iterdir()} == release.plain, out
+    assert (folder / "downloads.json").read_text().count('"status": "OK"') == len(release.plain)
+    assert not (folder / "out").exists()  # the CI script stopped at check-key
+    published = sorted(p.name for p in (folder / "my-finetune-enc").iterdir())
+    assert published == sorted([*release.enc_names.values(), "md5sums.txt"])
