@@ -70,6 +70,8 @@ class Tally:
     failed: int = 0
     not_tried: int = 0
     stopped: str | None = None
+    advice: str | None = None
+    """A warning about the run as a whole (every file failed although the key looked right)."""
 
     def add(self, outcome: Outcome[R]) -> None:
         """Count one file's outcome."""

@@ -10,7 +10,7 @@ import pytest
 
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.states import CheckStatus
-from belle_decrypt.verify import verify_folder
+from belle_decrypt.verify import FileCheck, VerifyReport, verify_folder
 from tests.faults import as_plain_user, modes_enforced, one_error, run_cli
 from tests.release import Release, make_release, md5
 from tests.runner import run
@@ -51,6 +51,7 @@ def test_results_ok_json(release: Release, tmp_path: Path) -> None:
             {
                 "name": name,
                 "group": "decrypted",
+                "algorithm": "md5",
                 "expected": md5(data),
                 "actual": md5(data),
                 "status": "OK",
@@ -75,6 +76,7 @@ def test_corrupted_and_missing_results_json(release: Release, tmp_path: Path) ->
     assert by_name["pytorch_model.bin"] == {
         "name": "pytorch_model.bin",
         "group": "decrypted",
+        "algorithm": "md5",
         "expected": md5(release.plain["pytorch_model.bin"]),
         "actual": md5(bytes(damaged)),
         "status": "FAILED",
@@ -82,6 +84,7 @@ def test_corrupted_and_missing_results_json(release: Release, tmp_path: Path) ->
     assert by_name["tokenizer.model"] == {
         "name": "tokenizer.model",
         "group": "decrypted",
+        "algorithm": "md5",
         "expected": md5(release.plain["tokenizer.model"]),
         "actual": None,
         "status": "MISSING",
@@ -214,3 +217,20 @@ def test_verify_json_on_an_unreadable_folder_says_so_in_its_own_words(tmp_path: 
         "files": [],
     }
     assert one_error(proc.stderr) == message
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_json_is_written_a_file_at_a_time_as_json_dumps_would(count: int) -> None:
+    checks = [
+        FileCheck(
+            f'dir/"{n}"\udcd6',
+            "decrypted",
+            "md5",
+            "0" * 32,
+            None if n else "1" * 32,
+            CheckStatus.OK,
+        )
+        for n in range(count)
+    ]
+    report = VerifyReport(Path("/data/模型"), tuple(checks))
+    assert "".join(report.json_chunks()) == json.dumps(report.as_dict(), indent=2) + "\n"
