@@ -44,17 +44,23 @@ def wrong_enc(folder: Path, name: str, size: int) -> Path:
     return sparse_file(folder / f"{name}.{digest.hex()}.enc", size + 32, head=digest)
 
 
+def sparse_model(tmp_path: Path, names: list[str]) -> tuple[Path, Path]:
+    """A folder of big sparse files and a card that lists them with wrong md5s."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in names:
+        sparse_file(folder / name, SIZE)
+    card = tmp_path / "md5.txt"
+    card.write_text("".join(f"{'0' * 32}  ./{name}\n" for name in names))
+    return folder, card
+
+
 @SIGNALS
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_signal_during_verify(
     tmp_path: Path, signum: int, code: int, word: str, jobs: int
 ) -> None:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    for name in ("a.bin", "b.bin"):
-        sparse_file(folder / name, SIZE)
-    card = tmp_path / "md5.txt"
-    card.write_text(f"{'0' * 32}  ./a.bin\n{'1' * 32}  ./b.bin\n")
+    folder, card = sparse_model(tmp_path, ["a.bin", "b.bin"])
     proc = start_cli("verify", folder, "--manifest", card, "-j", str(jobs), "-q")
     seconds = interrupt_after_reading(proc, STARTED, signum)
     stdout, stderr = proc.communicate()
@@ -65,11 +71,7 @@ def test_a_signal_during_verify(
 
 
 def test_verify_json_prints_its_document_when_interrupted(tmp_path: Path) -> None:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    sparse_file(folder / "a.bin", SIZE)
-    card = tmp_path / "md5.txt"
-    card.write_text(f"{'0' * 32}  ./a.bin\n")
+    folder, card = sparse_model(tmp_path, ["a.bin"])
     proc = start_cli("verify", folder, "--manifest", card, "--json")
     seconds = interrupt_after_reading(proc, STARTED)
     stdout, stderr = proc.communicate()
