@@ -4,6 +4,7 @@ one-line message and the exact contents of OUT_DIR afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import resource
@@ -22,6 +23,7 @@ from tests.conftest import listing, random_bytes
 from tests.faults import (
     CLI,
     ENV,
+    PREFIX,
     MiB,
     as_plain_user,
     is_zeros_of,
@@ -195,35 +197,47 @@ def _key_mapped(pid: int, key: Path) -> bool:
         return False
 
 
-@pytest.mark.parametrize("grown", [1 * MiB, 12 * MiB, 24 * MiB])
-def test_a_key_truncated_during_a_run_is_reported_every_time(tmp_path: Path, grown: int) -> None:
-    """The key replaced under a run (a new copy being written): the "shrank" line, exit 1, no
-    temporary file, wherever the run was; never a SIGBUS. The run is stopped at once if the
-    key is seen mapped into its memory (a fault there cannot be recovered from), else once
-    its output holds ``grown`` bytes."""
+def _written(folder: Path) -> int:
+    """Bytes in our temporary files in ``folder`` now."""
+    total = 0
+    for name in temps(folder):
+        with contextlib.suppress(FileNotFoundError):
+            total += (folder / name).stat().st_size
+    return total
+
+
+@pytest.mark.parametrize(
+    ("files", "grown"), [(1, 1 * MiB), (1, 12 * MiB), (1, 24 * MiB), (2, 1 * MiB)]
+)
+def test_a_key_truncated_during_a_run_is_reported_every_time(
+    tmp_path: Path, files: int, grown: int
+) -> None:
+    """The key replaced under a run (a new copy being written): the "shrank" line for each
+    file in flight, exit 1, no temporary file, wherever the run was; never a SIGBUS. The run is
+    stopped as soon as the key is seen mapped into its memory (a fault there cannot be
+    recovered from), else once its output holds ``grown`` bytes. With two files at once, the
+    second one past the plain path's budget imports torch mid-run (seconds), which is when a
+    mapped keystream would sit unread the longest."""
     key = tmp_path / "consolidated.00.pth"
     key.write_bytes(random_bytes(12 * MiB, seed=44))  # a whole piece and a short one
     digest = hashlib.sha256(b"never reached").digest()
-    enc = tmp_path / "enc" / f"pytorch_model.bin.{digest.hex()}.enc"
-    enc.parent.mkdir()
-    sparse_file(enc, 32 + 48 * MiB, head=digest)  # below the torch path's size: quick
+    enc_dir = tmp_path / "enc"
+    enc_dir.mkdir()
+    for name in ("pytorch_model.bin", "other.bin")[:files]:  # each below the torch path's size
+        sparse_file(enc_dir / f"{name}.{digest.hex()}.enc", 32 + 40 * MiB, head=digest)
     out = tmp_path / "out"
-    proc = start_cli(enc, key, out, "-q")
+    proc = start_cli(enc_dir, key, out, "-q", "--jobs", str(files))
     deadline = time.monotonic() + 30
-    while True:
+    while not (_key_mapped(proc.pid, key) or _written(out) >= grown):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the run never got under way"
-        if (
-            _key_mapped(proc.pid, key)
-            or sum((out / name).stat().st_size for name in temps(out)) >= grown
-        ):
-            os.kill(proc.pid, signal.SIGSTOP)
-            break
-    os.truncate(key, MiB)
+    os.kill(proc.pid, signal.SIGSTOP)
+    os.truncate(key, 4096)  # the first bytes of a new copy
     os.kill(proc.pid, signal.SIGCONT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1, stderr
-    assert one_error(stderr) == f"{key}: the key file shrank while it was being read"
+    shrank = f"{PREFIX}{key}: the key file shrank while it was being read"
+    assert not_warnings(stderr) == [shrank] * files
     assert listing(out) == []
 
 
