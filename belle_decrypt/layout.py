@@ -21,12 +21,12 @@ Adding a layout
    folder or which key file to use, are arguments of its constructor) and a frozen dataclass
    for its files with the properties of :class:`Source`. ``open`` raises
    :class:`~belle_decrypt.errors.InputError` with one line saying what is wrong and what to do.
-2. Give it a keystream: any object with ``fill(out, offset)`` and ``mapped(offset, length)``
-   (:class:`~belle_decrypt.keystream.Keystream`). ``fill`` writes the keystream for payload
+2. Give it a keystream: any object with ``fill(out, offset)``
+   (:class:`~belle_decrypt.keystream.Keystream`), which writes the keystream for payload
    bytes ``offset .. offset+len(out)`` into ``out`` (a 16 MiB seed repeated: copy from the seed
    at ``offset % seed``; a same-named base file: pread at ``offset`` and zero the rest past
-   its end); ``mapped`` may always yield None. ``keystream(source, key)`` returns a context
-   manager, so a per-file keystream can open and close its own file.
+   its end; never a mapping of a file that may shrink). ``keystream(source, key)`` returns a
+   context manager, so a per-file keystream can open and close its own file.
 3. Put an instance in the list passed to :func:`plan` (and to ``batch.prepare_run``), before the
    layouts whose names it must win over; the command line builds that list from its options.
 4. Describe it in docs/FORMAT.md and test it against an independent reference in tests/.
