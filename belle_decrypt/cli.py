@@ -335,19 +335,15 @@ def main() -> None:
 def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     """Recover a model from an additive diff (tuned - base) in DIFF_DIR and LLaMA-1 in BASE_DIR.
 
-    Vicuna v0/v1.1, StableVicuna, Ziya, Stanford Alpaca, Tulu v1; --recipe may be left out
-    when DIFF_DIR's name says the release. Both folders are in the Hugging Face layout. The
-    base is checked first, memory stays at a few tensors, each tensor is bit for bit the
-    publisher's tool's, nothing gets a final name before every check passed, and a killed
-    run resumes.
+    Vicuna v0/v1.1, StableVicuna, Ziya, Alpaca, Tulu v1 (--recipe may be left out when
+    DIFF_DIR's name says the release), Hugging Face folders, checked first, bit-exact,
+    resumable, in the memory of a few tensors.
 
     \b
     Example:
-      belle-decrypt recover vicuna-7b-delta-v1.1/ llama-7b-hf/ vicuna-7b-v1.1/
       belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca
     """
     from belle_decrypt.console import recover_run
-    from belle_decrypt.recover.run import Options
 
     with user_errors(writing=True):
-        recover_run(diff_dir, base_dir, out_dir, Options.parse(**options), quiet)
+        recover_run(diff_dir, base_dir, out_dir, quiet, **options)

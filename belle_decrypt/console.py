@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from belle_decrypt.encrypt import Encrypted, Publish, PublishTally
     from belle_decrypt.keyid import KeyReport
     from belle_decrypt.outcome import Outcome, Tally
-    from belle_decrypt.recover.run import Options as RecoverOptions
     from belle_decrypt.recover.run import Outcome as Recovered
     from belle_decrypt.verify import VerifyReport
 
@@ -397,11 +396,13 @@ def key_lines(report: KeyReport, quiet: bool) -> list[str]:
 
 
 def recover_run(
-    diff_dir: Path, base_dir: Path, out_dir: Path, options: RecoverOptions, quiet: bool
+    diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **arguments: Any
 ) -> Recovered:
-    """Check, then recover with a bar per shard and an overall one, then the summary."""
-    from belle_decrypt.recover.run import Recovery
+    """Check, then recover with a bar per shard and an overall one, then the summary;
+    ``arguments`` are the command line's options (see ``recover.run.Options.parse``)."""
+    from belle_decrypt.recover.run import Options, Recovery
 
+    options = Options.parse(**arguments)
     for ignored in options.manifest.ignored if options.manifest is not None else ():
         warn(ignored.message)
     with Recovery.prepare(diff_dir, base_dir, out_dir, options) as job:

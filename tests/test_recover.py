@@ -682,8 +682,7 @@ def test_ctrl_c_stops_with_130_and_nothing_under_a_final_name(tmp_path: Path) ->
     )
     assert stopped.returncode == 130
     assert stopped.stderr == (
-        "belle-decrypt: error: interrupted; the unfinished file was removed; run the same "
-        "command again to finish\n"
+        "belle-decrypt: error: interrupted; run the same command again to finish\n"
     )
     assert [name for name in listing(out) if not name.startswith(".belle-")] == []
     result = run(*args)
