@@ -748,3 +748,38 @@ def test_a_missing_folder_is_named_before_the_recipe_is_asked_for(tmp_path: Path
         "Hugging Face model folder\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+MID_SHARD = """
+import os, signal
+from belle_decrypt.recover import run
+from belle_decrypt import cli
+produce = run.Recovery._produce
+calls = []
+def interrupted(self, item, out):
+    calls.append(item.name)
+    if len(calls) == 5:
+        os.kill(os.getpid(), signal.SIGINT)
+    return produce(self, item, out)
+run.Recovery._produce = interrupted
+cli.main()
+"""
+
+
+def test_ctrl_c_mid_shard_names_the_shard_whose_temporary_file_was_removed(
+    tmp_path: Path,
+) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    stopped = subprocess.run(
+        [sys.executable, "-c", MID_SHARD, "recover", *args], capture_output=True, text=True
+    )
+    assert stopped.returncode == 130
+    assert stopped.stderr == (
+        f"belle-decrypt: error: {out / 'model-00001-of-00004.safetensors'}: interrupted; the "
+        "unfinished file was removed; run the same command again to finish\n"
+    )
+    assert listing(out) == []
+    assert run(*args).exit_code == 0
+    assert_recovered(out, expected)

@@ -363,7 +363,8 @@ class Recovery:
             if self.recipe.dtype == "float32":
                 shard_sums.append(float(tensor.sum()))
 
-        atomic = AtomicFile(self.out_dir / pending_name(shard.name), fsync=fsync)
+        # Named after the shard (an interrupt names it), committed to its pending name.
+        atomic = AtomicFile(self.out_dir / shard.name, fsync=fsync)
         with atomic as handle:
             out = HashingWriter(handle, str(self.out_dir / shard.name))
             try:
@@ -374,7 +375,7 @@ class Recovery:
                     "(check the free space, then run the same command again)",
                     self.out_dir / shard.name,
                 ) from exc
-            atomic.commit()
+            atomic.commit(self.out_dir / pending_name(shard.name))
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
         self.journal.record(shard.name, out.sha256.hexdigest(), shard_sums, fsync=fsync)
         return WRITTEN
