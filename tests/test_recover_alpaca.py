@@ -185,7 +185,7 @@ def test_sum_failure_with_a_matching_manifest_blames_the_base(tmp_path: Path) ->
     result = run(diff_dir, base_dir, out, "--recipe", "alpaca", "--manifest", card)
     assert result.exit_code == 1
     assert result.stderr.endswith(
-        "not 50637.1836 ± 0.01: the diff matches the model card's md5 sums, so the base is the "
+        "not 50637.1836 ± 0.01: the diff matches the model card's checksums, so the base is the "
         "problem: it was converted differently (another script or transformers version) or is "
         "not the LLaMA-1 this diff was made from; nothing written\n"
     )

@@ -428,7 +428,7 @@ class Recovery:
     def _sum_hint(self) -> str:
         if self.manifest_entries:
             return (
-                "the diff matches the model card's md5 sums, so the base is the problem: it "
+                "the diff matches the model card's checksums, so the base is the problem: it "
                 "was converted differently (another script or transformers version) or is not "
                 "the LLaMA-1 this diff was made from"
             )
