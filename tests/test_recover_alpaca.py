@@ -3,6 +3,7 @@ Alpaca's integrity sum (float32, state-dict order, with and without the inv_freq
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -231,3 +232,26 @@ def test_transformers_loads_the_alpaca_result(tmp_path: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype="auto").state_dict()
     assert sorted(loaded) == sorted(expected)
     assert all(tiny.same_bits(loaded[name], t) for name, t in expected.items())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("hidden_size", None), ("num_attention_heads", 0), ("hidden_size", "x"), ("rope_theta", -1)],
+)
+def test_a_config_without_a_usable_rotary_shape_is_refused_before_writing(
+    field: str, value: object, tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path)
+    config = json.loads((diff_dir / "config.json").read_text())
+    config[field] = value
+    (diff_dir / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    result = run(diff_dir, base_dir, out, "--recipe", "alpaca", "--expect-sum", "1")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {diff_dir / 'config.json'}: (DIFF_DIR) {field} {value!r} is not "
+        "usable for the rotary inv_freq buffers the sum check adds (hidden_size and "
+        "num_attention_heads must be positive whole numbers, one a multiple of the other, "
+        "rope_theta a positive number); download config.json again\n"
+    )
+    assert listing(out) == []

@@ -183,6 +183,7 @@ class Recovery:
         self.manifest_entries: list[Listed] = []
         self.pool = BufferPool(0)
         self.scratch = Scratch()
+        self.inv_freq_sum = 0.0
 
     @classmethod
     def prepare(cls, diff_dir: Path, base_dir: Path, out_dir: Path, options: Options) -> Recovery:
@@ -236,6 +237,8 @@ class Recovery:
         ]
         if self.options.manifest is not None:
             self.manifest_entries = self._manifest_entries(self.options.manifest)
+        if self.expected_sum is not None:
+            self.inv_freq_sum = float(rotary_inv_freq(self.diff).sum())
         prepare_output_dir(self.out_dir)
         remove_stale_temps(self.out_dir)
         key = {
@@ -398,10 +401,15 @@ class Recovery:
         base = self.base.load(item.base.name) if item.base is not None else None
         return self.recipe.combine(item.name, base, self.diff.load(item.name), out, self.scratch)
 
+    @property
+    def expected_sum(self) -> float | None:
+        """The integrity figure to check: --expect-sum, else the recipe's (None: no check)."""
+        if self.options.expect_sum is not None:
+            return self.options.expect_sum
+        return self.recipe.expected_sum
+
     def _sum_check(self, sums: list[tuple[str, float]]) -> SumCheck | None:
-        expected = self.options.expect_sum
-        if expected is None:
-            expected = self.recipe.expected_sum
+        expected = self.expected_sum
         if expected is None:
             return None
         without = float32_total(s for name, s in sums if INV_FREQ not in name)
@@ -421,8 +429,7 @@ class Recovery:
         if any(INV_FREQ in name for name, _ in sums):
             return sums
         layers = sorted({n for n in (layer_of(name) for name, _ in sums) if n is not None})
-        buffer = float(rotary_inv_freq(self.diff.config or {}).sum())
-        extra = [(f"model.layers.{n}.self_attn.{INV_FREQ}", buffer) for n in layers]
+        extra = [(f"model.layers.{n}.self_attn.{INV_FREQ}", self.inv_freq_sum) for n in layers]
         return sorted([*sums, *extra], key=lambda pair: state_dict_key(pair[0]))
 
     def _sum_hint(self) -> str:
@@ -495,15 +502,43 @@ def float32_total(values: Iterator[float] | list[float] | Any) -> float:
     return float(total)
 
 
-def rotary_inv_freq(config: dict[str, Any]) -> torch.Tensor:
-    """LLaMA's rotary ``inv_freq`` buffer (float32) for a model config, as transformers made it."""
+def rotary_inv_freq(folder: WeightFolder) -> torch.Tensor:
+    """LLaMA's rotary ``inv_freq`` buffer (float32) for the folder's config, as transformers
+    made it; LLaMA-7B's when the config does not say. A config whose figures cannot give it
+    is refused (before anything is written)."""
+    config = folder.config or {}
+    hidden = config.get("hidden_size", 4096)
+    heads = config.get("num_attention_heads", 32)
+    theta = config.get("rope_theta")
+    theta = 10000.0 if theta is None else theta
+    if not _positive(hidden, True):
+        raise _unusable_config(folder, "hidden_size", hidden)
+    if not _positive(heads, True) or hidden % heads:
+        raise _unusable_config(folder, "num_attention_heads", heads)
+    if not _positive(theta, False):
+        raise _unusable_config(folder, "rope_theta", theta)
     torch_module = import_torch()
-    hidden = int(config.get("hidden_size", 4096))
-    heads = int(config.get("num_attention_heads", 32))
-    theta = float(config.get("rope_theta", 10000.0))
     dim = hidden // heads
     result: torch.Tensor = 1.0 / (theta ** (torch_module.arange(0, dim, 2).float() / dim))
     return result
+
+
+def _positive(value: object, whole: bool) -> bool:
+    """Whether ``value`` is a positive (``whole``: integer) number; JSON's true is not."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > 0
+    return not whole and isinstance(value, float) and value > 0
+
+
+def _unusable_config(folder: WeightFolder, name: str, value: object) -> InputError:
+    return folder.fail(
+        f"{name} {value!r} is not usable for the rotary inv_freq buffers the sum check adds "
+        "(hidden_size and num_attention_heads must be positive whole numbers, one a multiple "
+        "of the other, rope_theta a positive number); download config.json again",
+        folder.path / "config.json",
+    )
 
 
 class _ManifestHasher:
