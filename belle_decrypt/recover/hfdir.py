@@ -10,10 +10,12 @@ pickles mapped with ``weights_only=True`` so that no unpickling can run code.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
 import pickle
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 ZIP_MAGIC = b"PK\x03\x04"
+# Every pickle of protocol 2 or later (torch's pre-1.6 format among them) starts so.
+PICKLE_MAGIC = b"\x80"
 CONVERT_HINT = (
     "convert it to the Hugging Face layout first (transformers' "
     "convert_llama_weights_to_hf.py --input_dir LLAMA_DIR --model_size 7B --output_dir BASE_DIR)"
@@ -125,7 +129,7 @@ class WeightFolder:
             raise self._nothing_to_recover(entries)
         index = self.path / index_name
         if index.exists():
-            weight_map = self._read_index(index)
+            weight_map = self._read_index(index, candidates)
             files = sorted({self.path / name for name in weight_map.values()})
         else:
             weight_map = None
@@ -164,14 +168,31 @@ class WeightFolder:
             entry = self.path / name
             if name.startswith(".") or entry.is_dir():
                 continue
-            if not entry.exists():
-                raise self.fail(
-                    "is a broken link (a hub-cache blob that was never downloaded); download "
-                    "the model again",
-                    entry,
-                )
+            self._check_entry(entry)
             entries.append(entry)
         return entries
+
+    def _check_entry(self, entry: Path) -> None:
+        """Refuse what cannot be read as a file: a broken link, a link loop, a FIFO, a device
+        (reading a FIFO would wait forever for a writer)."""
+        try:
+            mode = entry.stat().st_mode
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self.fail(
+                    "is a symbolic link loop; remove it or point it at the downloaded file", entry
+                ) from exc
+            raise self.fail(
+                "is a broken link (a hub-cache blob that was never downloaded); download "
+                "the model again",
+                entry,
+            ) from exc
+        if not stat.S_ISREG(mode):
+            raise self.fail(
+                "is not a regular file (a FIFO, socket or device); remove it, or put the "
+                "downloaded file in its place",
+                entry,
+            )
 
     def _nothing_to_recover(self, entries: list[Path]) -> InputError:
         names = [p.name for p in entries]
@@ -187,19 +208,40 @@ class WeightFolder:
             "pass the Hugging Face model folder"
         )
 
-    def _read_index(self, index: Path) -> dict[str, str]:
+    def _read_index(self, index: Path, candidates: list[Path]) -> dict[str, str]:
+        """The index's weight map, every file it names one of the folder's weight files."""
         try:
             doc = json.loads(index.read_text(encoding="utf-8"))
-            weight_map = doc["weight_map"]
-            if not isinstance(weight_map, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-            ):
-                raise ValueError("weight_map is not a mapping of names to files")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise self.fail(f"cannot read the index: {exc}; download it again", index) from exc
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise self.fail(
+                "is not a weight index (a JSON object whose weight_map maps tensor names to "
+                "file names); download it again",
+                index,
+            )
+        names = {p.name for p in candidates}
+        kind = "*.safetensors" if index.name == SAFETENSORS_INDEX else "pytorch_model*.bin"
         for shard in sorted(set(weight_map.values())):
-            if "/" in shard or not (self.path / shard).is_file():
-                raise self.fail(f"the index lists {shard}, which is missing; download it", index)
+            if shard in names:
+                continue
+            if shard in ("", ".", "..") or "/" in shard or os.sep in shard:
+                raise self.fail(
+                    f"the index lists {shard!r}, which is not a file name in this folder "
+                    "(weights are read only from the model's own folder); download the index "
+                    "again",
+                    index,
+                )
+            if (self.path / shard).exists():
+                raise self.fail(
+                    f"the index lists {shard!r}, which is not one of the folder's {kind} "
+                    "files; download the index again",
+                    index,
+                )
+            raise self.fail(f"the index lists {shard}, which is missing; download it", index)
         return weight_map
 
     def _read_file(self, file: Path) -> None:
@@ -209,6 +251,10 @@ class WeightFolder:
             size = file.stat().st_size
         except OSError as exc:
             raise self.fail(f"cannot read: {exc.strerror or exc}", file) from exc
+        if size == 0:
+            raise self.fail(
+                "is empty (0 bytes): the download did not finish; download it again", file
+            )
         if is_lfs_pointer(head, size):
             raise self.fail(
                 "is a Git LFS pointer, not the data; run `git lfs pull` in the cloned folder",
@@ -252,6 +298,12 @@ class WeightFolder:
 
     def _read_pickle(self, file: Path, head: bytes) -> list[TensorInfo]:
         if not head.startswith(ZIP_MAGIC):
+            if not head.startswith(PICKLE_MAGIC):
+                raise self.fail(
+                    "is not a torch checkpoint (neither a zip archive nor a pickle; an error "
+                    "page saved in its place?): damaged; download it again",
+                    file,
+                )
             raise self.fail(
                 "is not a torch zip checkpoint (an old-style pickle, which cannot be read "
                 "safely); save it again with a recent torch, or use the .safetensors files",
