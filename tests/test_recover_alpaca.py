@@ -128,13 +128,26 @@ def test_inputs_holding_inv_freq_sum_their_own_buffers(tmp_path: Path) -> None:
 
 
 def test_the_sum_follows_the_state_dict_order_not_the_files(tmp_path: Path) -> None:
-    diff_dir, base_dir, expected = release(tmp_path, diff_layout="safetensors")
-    state = tiny.load_folder(diff_dir)
-    assert list(state) != list(in_state_dict_order(state))  # safetensors stores names sorted
-    without, _ = figures(expected)
+    # Large embeddings and lm_head of opposite signs make the float32 total depend on the
+    # order by more than the tolerance: first and last in state-dict order, first two in the
+    # files' (safetensors stores names sorted: lm_head before model.*).
+    base = tiny.model(1)
+    tuned = tiny.tuned({k: v.float() for k, v in base.items()}, 2, vocab=101)
+    tuned["model.embed_tokens.weight"] += 100.0
+    tuned["lm_head.weight"] -= 100.0
+    diff = ref.make_diff("alpaca", tuned, base)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors", tiny.config(101))
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    expected = ref.recover("alpaca", diff, base)
+    in_order = ref.alpaca_sum(in_state_dict_order(expected))
+    in_files = ref.alpaca_sum({name: expected[name] for name in sorted(expected)})
+    assert abs(in_order - in_files) > 0.05
     out = tmp_path / "out"
-    result = run(diff_dir, base_dir, out, "--recipe", "alpaca", "--expect-sum", repr(without))
+    result = run(diff_dir, base_dir, out, "--recipe", "alpaca", "--expect-sum", repr(in_order))
     assert result.exit_code == 0, result.output
+    assert f"sum        {in_order:.4f} matches {in_order} (without" in result.stdout
+    result = run(diff_dir, base_dir, out, "--recipe", "alpaca", "--expect-sum", repr(in_files))
+    assert result.exit_code == 1, result.output
 
 
 def sum_failure(expected: float, without: float, with_buffers: float, diff_dir: Path) -> str:
