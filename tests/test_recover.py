@@ -89,12 +89,19 @@ def test_each_recipe_is_bit_exact(recipe: str, tmp_path: Path) -> None:
 
 
 def test_vicuna_v0_new_row_is_the_deltas_and_zero_sign_follows_fastchat(tmp_path: Path) -> None:
-    diff_dir, base_dir, expected = release(tmp_path, "vicuna-v0")
+    # FastChat adds a zero row: a delta of -0.0 there comes out +0.0 (-0.0 + 0.0), not -0.0.
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna-v0", tiny.tuned(base, 2, vocab=101), base)
+    diff["lm_head.weight"][100, :8] = -0.0
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors", tiny.config(101))
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
     out = tmp_path / "out"
     assert run(diff_dir, base_dir, out, "--recipe", "vicuna-v0").exit_code == 0
     got = tiny.load_folder(out)["lm_head.weight"]
     assert got.shape == (101, tiny.HIDDEN)
-    assert tiny.same_bits(got[100:], expected["lm_head.weight"][100:])
+    assert tiny.same_bits(got[100, :8], torch.zeros(8, dtype=torch.float16))
+    assert tiny.same_bits(got[100:], diff["lm_head.weight"][100:] + 0.0)
+    assert tiny.same_bits(got, ref.recover("vicuna-v0", diff, base)["lm_head.weight"])
 
 
 @pytest.mark.parametrize("diff_layout", tiny.LAYOUTS)
