@@ -268,3 +268,18 @@ def test_a_config_without_a_usable_rotary_shape_is_refused_before_writing(
         "rope_theta a positive number); download config.json again\n"
     )
     assert listing(out) == []
+
+
+@pytest.mark.parametrize("figure", ["nan", "inf", "-inf"])
+def test_an_expected_sum_that_is_not_a_finite_number_is_a_usage_error(
+    figure: str, tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path)
+    out = tmp_path / "out"
+    result = run(diff_dir, base_dir, out, "--recipe", "alpaca", "--expect-sum", figure)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: --expect-sum {float(figure)} is not a finite number; pass the "
+        "figure the release's card gives, like 50637.1836\n"
+    )
+    assert not out.exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import fnmatch
+import math
 import os
 import shutil
 import threading
@@ -102,6 +103,11 @@ class Options:
         no_fsync: bool,
     ) -> Options:
         """The options as the command line gives them: the manifests read, the size parsed."""
+        if expect_sum is not None and not math.isfinite(expect_sum):
+            raise InputError(
+                f"--expect-sum {expect_sum} is not a finite number; pass the figure the "
+                "release's card gives, like 50637.1836"
+            )
         return cls(
             recipe=recipe,
             fmt=BIN if as_bin else SAFETENSORS,
