@@ -418,7 +418,10 @@ def recover_run(
     if outcome.copied:
         say(f"copied     {', '.join(outcome.copied)}", quiet)
     if outcome.manifest_checked:
-        say(f"md5        {outcome.manifest_checked} diff files match the manifest", quiet)
+        say(
+            f"manifest   {outcome.manifest_checked} diff files match the manifest's checksums",
+            quiet,
+        )
     check = outcome.sum_check
     if check is not None:
         value = check.without_inv_freq if check.matched == "without" else check.with_inv_freq
@@ -428,7 +431,7 @@ def recover_run(
             quiet,
         )
     say(
-        f"recovered  {out_dir}: {len(outcome.shards)} shards, "
+        f"recovered  {out_dir}: {len(outcome.shards)} shard{'s' * (len(outcome.shards) != 1)}, "
         f"{human_size(outcome.written)} written in {outcome.seconds:.1f} s",
         quiet,
     )

@@ -126,6 +126,7 @@ def test_hub_cache_snapshots_are_recognised_and_followed(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     first = result.stdout.splitlines()[0]
     assert first == "recipe     vicuna (recognised from vicuna-7b-delta-v1.1)"
+    assert result.stdout.splitlines()[-1].startswith(f"recovered  {out}: 1 shard, ")
     assert_recovered(out, expected)
     assert not any(p.is_symlink() for p in out.iterdir())
 
@@ -553,7 +554,7 @@ def test_manifest_checks_the_diff(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run(diff_dir, base_dir, out, "--recipe", "vicuna", "--manifest", card)
     assert result.exit_code == 0, result.output
-    assert "md5        2 diff files match the manifest\n" in result.stdout
+    assert "manifest   2 diff files match the manifest's checksums\n" in result.stdout
     assert_recovered(out, expected)
 
 
