@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError
+from belle_decrypt.keyid import KeyReport, KnownKey, llama_7b, unexpected_key_warning
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.output import TEMP_PREFIX
 
@@ -166,6 +167,11 @@ class BelleContainer:
     name = "belle"
     pattern = "NAME.<sha256>.enc"
 
+    @property
+    def expected_key(self) -> KnownKey:
+        """Meta's LLaMA-7B consolidated.00.pth."""
+        return llama_7b()
+
     def recognises(self, filename: str) -> bool:
         """Every `*.enc` in a folder is taken as one (a malformed name is then refused)."""
         return filename.endswith(SUFFIX)
@@ -177,6 +183,10 @@ class BelleContainer:
     def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
         """10 MiB pieces of the key file, whatever the file."""
         return nullcontext(key)
+
+    def key_warning(self, report: KeyReport, unverified: bool) -> str | None:
+        """Any key is tried: each file's SHA-256 tells whether it was the right one."""
+        return unexpected_key_warning(report)
 
 
 BELLE = BelleContainer()

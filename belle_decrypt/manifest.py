@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from belle_decrypt.container import is_encrypted_name
+from belle_decrypt.container import SUFFIX
 from belle_decrypt.errors import ManifestError
 
 # A digest-like token: a run of 32 or more hex digits standing alone.
@@ -105,8 +105,8 @@ class ManifestEntry:
 
     @property
     def encrypted(self) -> bool:
-        """True for a downloaded `NAME.<sha256>.enc` file, False for a decrypted file."""
-        return is_encrypted_name(self.name)
+        """True for a downloaded `.enc` file (of any layout), False for a decrypted file."""
+        return self.name.endswith(SUFFIX)
 
     @property
     def where(self) -> str:
