@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 SEED_SIZE = 16 * 1024 * 1024
 CLUTTER_PREFIXES = ("readme", "license", "licence")
 """Files of a model-hub folder that are not part of the model (compared in lower case)."""
+CLUTTER_NAMES = ("md5sums.txt",)
+"""The md5 list `belle-decrypt encrypt` writes beside the files: the card's, not the model's."""
 
 
 class SeedStream:
@@ -126,8 +128,9 @@ class ZeroStream:
 
 
 def is_clutter(filename: str) -> bool:
-    """Hidden files (`.gitattributes`), `README*` and `LICENSE*`: not copied."""
-    return filename.startswith(".") or filename.lower().startswith(CLUTTER_PREFIXES)
+    """Hidden files (`.gitattributes`), `README*`, `LICENSE*` and `md5sums.txt`: not copied."""
+    lower = filename.lower()
+    return filename.startswith(".") or lower.startswith(CLUTTER_PREFIXES) or lower in CLUTTER_NAMES
 
 
 class PlainCopy:
