@@ -19,10 +19,9 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from belle_decrypt.container import BELLE, HEADER_SIZE, SUFFIX
+from belle_decrypt.container import BELLE, HEADER_SIZE, SUFFIX, KeyedOnLlama7B
 from belle_decrypt.errors import InputError
 from belle_decrypt.headerless import EMPTY_SHA256, TECHGPT, is_hex_run
-from belle_decrypt.keyid import KeyReport, KnownKey, llama_7b, unexpected_key_warning
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.layout import Layout, Plan, Source
 from belle_decrypt.seed import OPENBUDDY, PLAIN_COPY, is_copy
@@ -64,20 +63,12 @@ def detect(path: Path) -> Layout:
     return BELLE
 
 
-class Detect:
-    """Every XOR layout at once: each `.enc` file is opened by the layout :func:`detect` finds."""
+class Detect(KeyedOnLlama7B):
+    """Every XOR layout at once: each `.enc` file is opened by the layout :func:`detect` finds
+    (a run asks the files' own layouts for their key, not this one)."""
 
     name = "detect"
     pattern = "*.enc"
-
-    @property
-    def expected_key(self) -> KnownKey:
-        """As the BELLE container (a run asks the files' own layout)."""
-        return llama_7b()
-
-    def recognises(self, filename: str) -> bool:
-        """Every `*.enc` (plain files are for :func:`settle`)."""
-        return filename.endswith(SUFFIX)
 
     def open(self, path: Path) -> Source:
         """Open ``path`` in its own layout (the source says which)."""
@@ -88,10 +79,6 @@ class Detect:
     def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
         """The keystream of the source's own layout."""
         return source.layout.keystream(source, key)
-
-    def key_warning(self, report: KeyReport, unverified: bool) -> str | None:
-        """As the BELLE container (a run asks the files' own layout)."""
-        return unexpected_key_warning(report)
 
 
 DETECT = Detect()
