@@ -1,5 +1,5 @@
 """`python -m belle_decrypt` works like the `belle-decrypt` command."""
 
-from belle_decrypt.cli import main
+from belle_decrypt.entry import main
 
 main()

@@ -10,7 +10,7 @@ callbacks and know nothing of the terminal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -129,20 +129,28 @@ def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[In
             enc.path,
         )
         for enc in files
-        if enc.sha256 is None and (manifest is None or manifest.get(enc.output_name) is None)
+        if enc.sha256 is None and (manifest is None or not manifest.lookup(enc.output_name))
     ]
 
 
-def manifest_check(manifest: Manifest | None, enc: Source) -> tuple[str | None, Verified]:
-    """The md5 the manifest expects for ``enc``'s output and what will have been verified."""
-    entry = manifest.get(enc.output_name) if manifest is not None else None
+def manifest_check(manifest: Manifest | None, enc: Source) -> tuple[dict[str, str], Verified]:
+    """The digests the manifest expects for ``enc``'s output (by algorithm: the output's path
+    relative to OUT_DIR) and what will have been verified."""
+    entries = manifest.lookup(enc.output_name) if manifest is not None else ()
+    expected = {entry.algorithm: entry.digest for entry in entries}
     if enc.sha256 is None:
-        return (entry.md5, Verified.MD5) if entry is not None else (None, Verified.NOTHING)
+        if not expected:
+            return expected, Verified.NOTHING
+        return expected, Verified.MD5 if "md5" in expected else Verified.SHA256_AS_LISTED
     if manifest is None:
-        return None, Verified.SHA256
-    if entry is None:
-        return None, Verified.SHA256_NOT_IN_MANIFEST
-    return entry.md5, Verified.SHA256_AND_MD5
+        return expected, Verified.SHA256
+    if not expected and len(manifest.names_ending_with(enc.output_name)) > 1:
+        return expected, Verified.SHA256_LISTED_IN_SEVERAL_FOLDERS
+    if not expected:
+        return expected, Verified.SHA256_NOT_IN_MANIFEST
+    if "md5" in expected:
+        return expected, Verified.SHA256_AND_MD5
+    return expected, Verified.SHA256_AS_LISTED
 
 
 def decrypt_one(
@@ -152,9 +160,13 @@ def decrypt_one(
     diagnoser: Diagnoser,
     progress: Progress | None,
     cancel: CancelToken | None = None,
+    inputs: Collection[Path] = (),
 ) -> Outcome[Result]:
-    """Decrypt one file; a failure becomes an Outcome whose error names the likely cause."""
-    expected_md5, checked = manifest_check(settings.manifest, enc)
+    """Decrypt one file; a failure becomes an Outcome whose error names the likely cause.
+
+    ``inputs`` are the run's input files, never to be replaced by an output.
+    """
+    expected, checked = manifest_check(settings.manifest, enc)
     try:
         result = decrypt_file(
             enc,
@@ -163,8 +175,9 @@ def decrypt_one(
             force=settings.force,
             fsync=settings.fsync,
             on_progress=progress,
-            expected_md5=expected_md5,
+            expected=expected,
             cancel=cancel,
+            inputs=inputs,
         )
     except DigestMismatch as exc:
         diagnosis = diagnoser.explain(enc, cancel)
@@ -209,6 +222,7 @@ def decrypt_all(
     tally = Tally()
     diagnoses: list[Diagnosis | None] = []
     token = cancel if cancel is not None else CancelToken()
+    inputs = frozenset(enc.path for enc in files)
 
     def work(enc: Source) -> Outcome[Result]:
         context = (
@@ -217,7 +231,7 @@ def decrypt_all(
             else nullcontext(None)
         )
         with context as progress:
-            return decrypt_one(enc, key, settings, diagnoser, progress, token)
+            return decrypt_one(enc, key, settings, diagnoser, progress, token, inputs)
 
     def handle(enc: Source, outcome: Outcome[Result]) -> None:
         diagnoses.append(outcome.diagnosis)
@@ -238,4 +252,6 @@ def decrypt_all(
             f"{tally.not_tried} more not tried; pass the right key, or --keep-going to try "
             "every file anyway"
         )
+    if files and len(diagnoses) == len(files) and all(d is not None for d in diagnoses):
+        tally.advice = diagnoser.damaged_key()
     return tally

@@ -21,6 +21,7 @@ from belle_decrypt.console import (
     ConsoleNotices,
     bar,
     decrypt_run,
+    echo_batched,
     encrypt_run,
     error,
     key_lines,
@@ -68,7 +69,10 @@ def cli() -> None:
     """
 
 
-MANIFEST_HELP = "An md5 list (md5sum output or the model card's text pasted as is); repeatable."
+MANIFEST_HELP = (
+    "An md5 or SHA-256 list (md5sum / sha256sum output or the model card's text pasted as is; "
+    "- reads standard input); repeatable."
+)
 FORMATS = click.Choice(("belle", "techgpt", "openbuddy"))
 
 
@@ -174,7 +178,7 @@ def decrypt(
 def verify(
     folder: Path, manifests: tuple[Path, ...], as_json: bool, jobs: int | None, quiet: bool
 ) -> None:
-    """Check the files in FOLDER against md5 manifests, like `md5sum -c`.
+    """Check the files in FOLDER against md5 or SHA-256 manifests, like `md5sum -c`.
 
     The manifest's .enc entries are checked when any of them is in FOLDER, and so are its
     decrypted-file entries: the same model card checks the downloads before decrypting and
@@ -188,29 +192,25 @@ def verify(
       belle-decrypt verify BELLE-7B-2M/ --manifest model-card-md5.txt --json | jq .ok
     """
     from belle_decrypt.manifest import Manifest
-    from belle_decrypt.verify import entries_to_check, planned_bytes, verify_folder
+    from belle_decrypt.verify import files_to_check, planned_bytes, verify_folder
 
     with user_errors():
         try:
             manifest = Manifest.read_all(manifests)
             for ignored in manifest.ignored:
                 warn(ignored.message)
-            entries = entries_to_check(folder, manifest)
+            files = files_to_check(folder, manifest)
         except ManifestError as exc:
             if as_json:
                 doc = {"folder": str(folder), "ok": False, "error": str(exc), "files": []}
                 click.echo(json.dumps(doc, indent=2))
             raise
-        total = planned_bytes(folder, entries)
+        total = planned_bytes(files)
         with bar(total, "verifying", progress_enabled(quiet)) as verifying:
             report = verify_folder(
-                folder, manifest, entries=entries, workers=jobs, on_progress=verifying.update
+                folder, manifest, files=files, workers=jobs, on_progress=verifying.update
             )
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
-    else:
-        for line in verify_lines(report, quiet):
-            click.echo(line)
+    echo_batched(report.json_chunks() if as_json else verify_lines(report, quiet))
     if not report.ok:
         bad = len(report.files) - report.count(CheckStatus.OK)
         error(

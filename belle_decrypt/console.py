@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
@@ -52,12 +52,20 @@ def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
     raise HungUp() if platform_io.is_hangup(signum) else Terminated()
 
 
-# Control characters (a line break in a file name) shown escaped, so a message stays one line.
-_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {10: "\\n", 9: "\\t", 13: "\\r"}
+# Control characters (a line break in a file name) shown escaped, so a message stays one line;
+# the bytes of a name that is not UTF-8 (surrogate escapes, as Python reads a GBK name) shown as
+# `\xNN`, since they cannot be written to a UTF-8 terminal.
+_ESCAPES = (
+    {i: f"\\x{i:02x}" for i in (*range(32), 127)}
+    | {10: "\\n", 9: "\\t", 13: "\\r"}
+    | {i: f"\\u{i:04x}" for i in range(0xD800, 0xE000)}
+    | {0xDC00 + i: f"\\x{i:02x}" for i in range(0x80, 0x100)}
+)
 
 
 def one_line(text: str) -> str:
-    """``text`` with control characters escaped; other characters (Chinese names) kept."""
+    """``text`` with control characters and undecodable bytes escaped; other characters
+    (Chinese names) kept."""
     return text.translate(_ESCAPES)
 
 
@@ -254,6 +262,8 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
         )
     if tally.stopped is not None:
         error(tally.stopped)
+    if tally.advice is not None:
+        warn(tally.advice)
     copied = f"{tally.copied} copied, " if tally.copied else ""
     unverified = f" ({tally.unverified} not verified)" if tally.unverified else ""
     if run.folder:
@@ -298,25 +308,37 @@ def encrypt_run(publish: Publish, quiet: bool, *, force: bool, fsync: bool) -> P
     return tally
 
 
-def verify_lines(report: VerifyReport, quiet: bool) -> list[str]:
-    """`verify`'s text output: one line per listed file (only those not OK with ``quiet``),
-    then the count."""
+def verify_lines(report: VerifyReport, quiet: bool) -> Iterator[str]:
+    """`verify`'s text output, each line with its line break: one per listed file's entry
+    (only those not OK with ``quiet``), then the count."""
     from belle_decrypt.states import CheckStatus
 
-    lines = []
     for check in report.files:
         if check.status is CheckStatus.OK and quiet:
             continue
         line = f"{check.name}: {check.status.value}"
         if check.status is CheckStatus.FAILED:
-            line += f" ({check.detail or f'md5 {check.actual}, expected {check.expected}'})"
-        lines.append(line)
+            mismatch = f"{check.algorithm} {check.actual}, expected {check.expected}"
+            line += f" ({check.detail or mismatch})"
+        yield one_line(line) + "\n"
     if not quiet:
-        lines.append(
+        yield (
             f"{report.count(CheckStatus.OK)} OK, {report.count(CheckStatus.FAILED)} FAILED, "
-            f"{report.count(CheckStatus.MISSING)} MISSING ({' and '.join(report.groups)} files)"
+            f"{report.count(CheckStatus.MISSING)} MISSING ({' and '.join(report.groups)} files)\n"
         )
-    return lines
+
+
+def echo_batched(pieces: Iterable[str]) -> None:
+    """Write ``pieces`` (each ending with its own line break) to stdout a few thousand at a
+    time: a report may have millions of lines, and each echo flushes."""
+    batch: list[str] = []
+    for piece in pieces:
+        batch.append(piece)
+        if len(batch) == 4096:
+            click.echo("".join(batch), nl=False)
+            batch.clear()
+    if batch:
+        click.echo("".join(batch), nl=False)
 
 
 def key_lines(report: KeyReport, quiet: bool) -> list[str]:
@@ -335,4 +357,4 @@ def key_lines(report: KeyReport, quiet: bool) -> list[str]:
         checkpoint = report.checkpoint.describe() if report.checkpoint else "not readable as one"
         lines.append(("checkpoint", checkpoint))
     lines.append(("verdict", f"{report.path} {report.verdict}"))
-    return [f"{label + ':':<21}{value}" for label, value in lines]
+    return [one_line(f"{label + ':':<21}{value}") for label, value in lines]

@@ -8,7 +8,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,7 +20,7 @@ from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, Inpu
 from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import Key
 from belle_decrypt.layout import Source
-from belle_decrypt.output import AtomicFile
+from belle_decrypt.output import AtomicFile, unreadable_existing
 from belle_decrypt.states import FileState
 
 WRONG_KEY_HINT = (
@@ -47,6 +47,12 @@ def prepare_output_dir(out_dir: Path) -> None:
     """Create the output folder with its parents; refuse a path that is not a folder."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("the output folder is a file; pass a folder", out_dir)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise InputError(
+            f"the output folder is a symbolic link to {os.readlink(out_dir)}, which does not "
+            "exist; create that folder or pass another one",
+            out_dir,
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -98,12 +104,38 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _md5_mismatch(actual: str, expected_md5: str, path: Path, done: str) -> ChecksumError:
-    return ChecksumError(
-        f"md5 {actual} differs from the manifest's {expected_md5} although the SHA-256 in the "
-        f"name matches; {done}: check that the manifest is for this release",
-        path,
-    )
+def _label(algorithm: str) -> str:
+    return "SHA-256" if algorithm == "sha256" else algorithm
+
+
+def _check_listed(
+    enc: Source, found: Mapping[str, str], expected: Mapping[str, str], path: Path, done: str
+) -> None:
+    """Raise when a digest the manifest lists differs from the one computed."""
+    for algorithm, digest in expected.items():
+        if found[algorithm] == digest:
+            continue
+        if enc.sha256 is None:  # the manifest is the only check: a failure to diagnose
+            raise DigestMismatch(
+                found[algorithm], digest, WRONG_KEY_HINT, enc.path, _label(algorithm)
+            )
+        raise ChecksumError(
+            f"{_label(algorithm)} {found[algorithm]} differs from the manifest's {digest} "
+            f"although the SHA-256 in the name matches; {done}: check that the manifest is for "
+            "this release",
+            path,
+        )
+
+
+def _refuse_own_files(enc: Source, target: Path, key: Key, inputs: Collection[Path]) -> None:
+    """Refuse to replace the key, this file's input or any other input of the same run."""
+    owned = [(key.path, "the key file"), (enc.path, "the encrypted file")]
+    owned += [(path, "an input of this run") for path in inputs if path != enc.path]
+    for own, what in owned:
+        if _same_file(target, own):
+            raise OutputError(
+                f"is {what} itself and would be replaced; choose another output folder", target
+            )
 
 
 def _existing_matches(
@@ -111,27 +143,23 @@ def _existing_matches(
     target: Path,
     force: bool,
     key: Key,
-    expected_md5: str | None = None,
+    expected: Mapping[str, str] | None = None,
     cancel: CancelToken | None = None,
+    inputs: Collection[Path] = (),
 ) -> dict[str, str] | None:
-    """The digests of ``target`` (its sha256, and md5 when expected) when it already holds
-    this file's decrypted bytes, None when it must be (re)written; raise if a different file
-    is in the way. A file whose layout carries no SHA-256 is recognised by ``expected_md5``
-    alone (never without one)."""
+    """The digests of ``target`` (its sha256, and those the manifest lists) when it already
+    holds this file's decrypted bytes, None when it must be (re)written; raise if a different
+    file is in the way. A file whose layout carries no SHA-256 is recognised by the ``expected``
+    digests alone (never without one). With ``force`` a file that differs, or that cannot be
+    read, is to be replaced."""
     if not target.exists() and not target.is_symlink():
         return None
     if target.is_dir():
         raise OutputError("a folder is in the way of the output file; move it away", target)
-    for own, what in ((key.path, "the key file"), (enc.path, "the encrypted file")):
-        if _same_file(target, own):
-            raise OutputError(
-                f"is {what} itself and would be replaced; choose another output folder", target
-            )
-    algorithms = tuple(
-        name
-        for name, wanted in (("sha256", enc.sha256), ("md5", expected_md5))
-        if wanted is not None
-    )
+    _refuse_own_files(enc, target, key, inputs)
+    expected = expected or {}
+    carried = ("sha256",) if enc.sha256 is not None else ()
+    algorithms = tuple(dict.fromkeys((*carried, *expected)))  # only what is checked
     try:
         info = target.stat()
         whole = stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
@@ -144,17 +172,14 @@ def _existing_matches(
     except FileNotFoundError:
         digests = {}  # a broken symbolic link: in the way, but nothing to read
     except OSError as exc:
-        raise OutputError(
-            f"cannot read the existing file: {exc.strerror or exc}; check its permissions or "
-            "move it away",
-            target,
-        ) from exc
+        if force:
+            return None
+        raise unreadable_existing(target, exc) from exc
     if enc.sha256 is not None and digests.get("sha256") == enc.sha256:
-        md5 = digests.get("md5", "")
-        if expected_md5 is not None and md5 != expected_md5:
-            raise _md5_mismatch(md5, expected_md5, target, "left as it is")
+        _check_listed(enc, digests, expected, target, "left as it is")
         return digests
-    if enc.sha256 is None and expected_md5 is not None and digests.get("md5") == expected_md5:
+    listed_match = all(digests.get(name) == digest for name, digest in expected.items())
+    if enc.sha256 is None and expected and listed_match:
         return digests
     _refuse_unless(force, target)
     return None
@@ -215,16 +240,19 @@ def decrypt_file(
     fsync: bool = True,
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
-    expected_md5: str | None = None,
+    expected: Mapping[str, str] | None = None,
     cancel: CancelToken | None = None,
+    inputs: Collection[Path] = (),
 ) -> Result:
     """Decrypt ``enc`` with its layout's keystream from ``key`` into ``out_dir``; the final
-    name appears only once the SHA-256 the file carries matches (and the md5 equals
-    ``expected_md5`` when given, computed in the same pass). ``cancel`` stops the re-hash of an
-    existing output or the XOR within a buffer."""
+    name appears only once the SHA-256 the file carries matches (and the digests a manifest
+    lists, ``expected`` by algorithm, match: computed in the same pass). ``cancel`` stops the
+    re-hash of an existing output or the XOR within a buffer. No file in ``inputs`` (the run's
+    other inputs) is ever replaced."""
     started = time.monotonic()
     target = out_dir / enc.output_name
-    existing = _existing_matches(enc, target, force, key, expected_md5, cancel)
+    expected = expected or {}
+    existing = _existing_matches(enc, target, force, key, expected, cancel, inputs)
     if existing is not None:
         return Result(
             source=enc.path,
@@ -237,10 +265,12 @@ def decrypt_file(
         )
     engine.prepare(enc.payload_size)
     started = time.monotonic()  # a torch import is not this file's time
-    digest = hashlib.sha256() if enc.sha256 is not None else None  # only what is checked
     status = FileState.DECRYPTED
-    md5 = hashlib.md5() if expected_md5 is not None else None
-    hashers = tuple(hasher for hasher in (digest, md5) if hasher is not None)
+    # Only what is checked: a headerless file with an md5 entry costs one hash, not two.
+    wants_sha256 = enc.sha256 is not None or "sha256" in expected
+    digest = hashlib.sha256() if wants_sha256 else None
+    extra = {name: hashlib.new(name) for name in expected if name != "sha256"}
+    hashers = tuple(hasher for hasher in (digest, *extra.values()) if hasher is not None)
     atomic = AtomicFile(target, fsync=fsync)
     try:
         src_handle = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
@@ -271,20 +301,17 @@ def decrypt_file(
             if enc.sha256 is not None and actual != enc.sha256:
                 assert actual is not None
                 raise DigestMismatch(actual, enc.sha256, WRONG_KEY_HINT, enc.path)
-            if md5 is not None and md5.hexdigest() != expected_md5:
-                assert expected_md5 is not None
-                if enc.sha256 is None:  # the md5 is the only check: a failure to diagnose
-                    raise DigestMismatch(
-                        md5.hexdigest(), expected_md5, WRONG_KEY_HINT, enc.path, "md5"
-                    )
-                raise _md5_mismatch(md5.hexdigest(), expected_md5, enc.path, "nothing written")
+            found = {name: h.hexdigest() for name, h in extra.items()}
+            if actual is not None:
+                found["sha256"] = actual
+            _check_listed(enc, found, expected, enc.path, "nothing written")
             check(cancel)  # a cancelled run puts nothing new under a final name
             try:
                 atomic.commit(replace=force)
             except FileExistsError:
                 # Something appeared under the final name meanwhile (another run, the user):
                 # kept; this run succeeded only if it is exactly right.
-                if _existing_matches(enc, target, False, key, expected_md5, cancel) is None:
+                if _existing_matches(enc, target, False, key, expected, cancel, inputs) is None:
                     raise OutputError(
                         "changed while being written; run the same command again", target
                     ) from None
@@ -301,5 +328,5 @@ def decrypt_file(
         size=enc.payload_size,
         sha256=actual,
         seconds=time.monotonic() - started,
-        md5=md5.hexdigest() if md5 is not None else None,
+        md5=found.get("md5"),
     )

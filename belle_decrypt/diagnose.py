@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt.cancel import CancelToken
-from belle_decrypt.hashing import md5_file
+from belle_decrypt.hashing import hash_file
 from belle_decrypt.keyid import KeyReport, KnownKey, identify
 from belle_decrypt.layout import Source
 from belle_decrypt.manifest import Manifest
@@ -60,19 +60,28 @@ class Diagnoser:
         """Say whether ``enc``'s failure is its download or the key, and what to do."""
         key = self.key_report()
         key_says = f"{key.path} {key.verdict}"
-        entry = self.manifest.get(enc.path.name) if self.manifest is not None else None
-        if entry is not None:
+        entries = self.manifest.lookup(enc.path.name) if self.manifest is not None else ()
+        if entries:
+            algorithms = tuple(dict.fromkeys(entry.algorithm for entry in entries))
             try:
-                actual = md5_file(enc.path, cancel=cancel)
+                actual = hash_file(enc.path, algorithms, cancel=cancel)
             except OSError as exc:
-                return Diagnosis(False, f"cannot read it to check its md5: {exc.strerror or exc}")
-            if actual != entry.md5:
                 return Diagnosis(
-                    False,
-                    f"broken download: its md5 {actual} differs from {entry.md5} "
-                    f"({entry.where}); download {enc.path.name} again",
+                    False, f"cannot read it to check its checksum: {exc.strerror or exc}"
                 )
-            intact = f"the download is intact (md5 matches {entry.where}), so the key is wrong"
+            for entry in entries:
+                if actual[entry.algorithm] != entry.digest:
+                    return Diagnosis(
+                        False,
+                        f"broken download: its {entry.algorithm} {actual[entry.algorithm]} "
+                        f"differs from {entry.digest} ({entry.where}); download "
+                        f"{enc.path.name} again",
+                    )
+            entry = entries[0]
+            intact = (
+                f"the download is intact ({entry.algorithm} matches {entry.where}), so the key "
+                "is wrong"
+            )
             if key.is_expected:
                 return Diagnosis(
                     True,
@@ -87,6 +96,20 @@ class Diagnoser:
                 "again (pass the model card's md5 list with --manifest to tell for sure)",
             )
         return Diagnosis(True, f"the key is probably wrong: {key_says}")
+
+    def damaged_key(self) -> str | None:
+        """When every file of a run failed its checksum although the key passed the instant
+        check: the key may be damaged past its first 16 MiB; what to run before downloading
+        everything again. None when the key failed that check or was hashed whole."""
+        key = self.key_report()
+        if not key.is_expected or key.md5 is not None:
+            return None
+        return (
+            f"every file failed its checksum, yet {key.path} passed the instant key check "
+            "(size and first 16 MiB): it may be damaged past its first 16 MiB (a preallocated, "
+            f"unfinished copy); run `belle-decrypt check-key {key.path} --full` before "
+            "downloading anything again"
+        )
 
     def stop_early(self, outcomes: Sequence[Diagnosis | None]) -> bool:
         """True when the first two files (None: did not fail their checksum) both failed

@@ -29,7 +29,7 @@ from belle_decrypt.headerless import TECHGPT
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import FileProgress, Notices, Outcome, Tally
-from belle_decrypt.output import AtomicFile, remove_stale_temps
+from belle_decrypt.output import AtomicFile, remove_stale_temps, unreadable_existing
 from belle_decrypt.seed import OPENBUDDY, read_seed
 from belle_decrypt.states import FileState
 
@@ -116,7 +116,7 @@ def _check_publishable_name(path: Path) -> None:
         raise InputError(
             f"this name cannot be published, decrypt would refuse it ({exc.message})", path
         ) from None
-    if len(path.name.encode()) + ENC_NAME_EXTRA > NAME_MAX:
+    if len(os.fsencode(path.name)) + ENC_NAME_EXTRA > NAME_MAX:
         raise InputError(
             f"the name is too long to publish: NAME.<sha256>.enc must fit in {NAME_MAX} bytes; "
             "rename it",
@@ -207,7 +207,13 @@ def _status_against_existing(target: Path, enc_md5: str, force: bool) -> FileSta
     """ENCRYPTED when the new file should be renamed into place, UNCHANGED to keep the old."""
     if not target.exists():
         return FileState.ENCRYPTED
-    if target.is_file() and md5_file(target) == enc_md5:
+    try:
+        same = target.is_file() and md5_file(target) == enc_md5
+    except OSError as exc:
+        if force:
+            return FileState.ENCRYPTED
+        raise unreadable_existing(target, exc) from exc
+    if same:
         return FileState.UNCHANGED
     if force and target.is_file():
         return FileState.ENCRYPTED
@@ -219,19 +225,25 @@ def _status_against_existing(target: Path, enc_md5: str, force: bool) -> FileSta
 def manifest_lines(results: list[Encrypted], previous: Manifest | None = None) -> list[str]:
     """Model-card md5 lists: the `.enc` files ("after you clone"), then the decrypted files.
 
-    Entries of a ``previous`` md5sums.txt are kept for files this run did not write, so
-    encrypting one file at a time builds up one manifest; a file encrypted again replaces
-    its old entries.
+    Entries of a ``previous`` md5sums.txt (md5 or SHA-256) are kept for files this run did not
+    write, so encrypting one file at a time builds up one manifest; a file encrypted again
+    replaces its old entries.
     """
-    enc = {r.target.name: r.enc_md5 for r in results}
-    plain = {r.source.name: r.plain_md5 for r in results}
-    written = set(plain)
+    enc = {(r.target.name, "md5"): r.enc_md5 for r in results}
+    plain = {(r.source.name, "md5"): r.plain_md5 for r in results}
+    written = {r.source.name for r in results}
     for entry in previous.entries if previous is not None else ():
+        key = (entry.name, entry.algorithm)
         if not entry.encrypted:
-            plain.setdefault(entry.name, entry.md5)
-        elif decrypted_name(entry.name) not in written:
-            enc.setdefault(entry.name, entry.md5)
-    return [f"{md5}  ./{name}" for group in (enc, plain) for name, md5 in sorted(group.items())]
+            if entry.name not in written:
+                plain.setdefault(key, entry.digest)
+        elif decrypted_name(entry.base) not in written:
+            enc.setdefault(key, entry.digest)
+    return [
+        f"{digest}  ./{name}"
+        for group in (enc, plain)
+        for (name, _), digest in sorted(group.items())
+    ]
 
 
 def write_manifest(
@@ -245,7 +257,8 @@ def write_manifest(
     target = out_dir / MANIFEST_NAME
     atomic = AtomicFile(target, fsync=fsync)
     with atomic as out:
-        out.write("".join(line + "\n" for line in manifest_lines(results, previous)).encode())
+        text = "".join(line + "\n" for line in manifest_lines(results, previous))
+        out.write(text.encode("utf-8", errors="surrogateescape"))
         atomic.commit()
     return target
 

@@ -59,6 +59,11 @@ _SHARD_NAME_RE = re.compile(r"-\d+-of-\d+\.")
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 tensor', '2 tensors'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What a checkpoint's tensor names and shapes say it is."""
@@ -78,12 +83,12 @@ class CheckpointInfo:
     def describe(self) -> str:
         """One phrase, e.g. 'a Meta-format checkpoint: 40 layers, hidden size 5120, ...'."""
         if not self.layers:
-            return f"a PyTorch checkpoint with {self.tensors} tensors, not a LLaMA layout"
+            return f"a PyTorch checkpoint with {plural(self.tensors, 'tensor')}, not a LLaMA layout"
         parts = []
         if self.shard:
             parts.append(f"layers {self.layers[0]}-{self.layers[-1]}")
         else:
-            parts.append(f"{len(self.layers)} layer{'s' if len(self.layers) > 1 else ''}")
+            parts.append(plural(len(self.layers), "layer"))
         if self.hidden is not None:
             parts.append(f"hidden size {self.hidden}")
         if self.vocab is not None:
@@ -126,15 +131,22 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]] | None:
             if not 2 <= length <= min(_MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
                 return None
             header = json.loads(handle.read(length))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a crafted header nests arrays deeply
         return None
     if not isinstance(header, dict):
         return None
     return {
-        name: list(meta["shape"])
+        name: meta["shape"]
         for name, meta in header.items()
-        if isinstance(meta, dict) and isinstance(meta.get("shape"), list)
+        if isinstance(meta, dict) and _is_shape(meta.get("shape"))
     }
+
+
+def _is_shape(value: object) -> bool:
+    """A tensor shape: a list of non-negative integers."""
+    return isinstance(value, list) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+    )
 
 
 ZIP_MAGIC = b"PK\x03\x04"

@@ -72,6 +72,8 @@ class Tally:
     stopped: str | None = None
     unverified: int = 0
     """Files that ended well with no checksum to check them by (``--no-verify``)."""
+    advice: str | None = None
+    """A warning about the run as a whole (every file failed although the key looked right)."""
 
     def add(self, outcome: Outcome[R]) -> None:
         """Count one file's outcome."""

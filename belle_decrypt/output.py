@@ -30,6 +30,15 @@ def temp_name(final_name: str, owner: str | None = None) -> str:
     return f"{TEMP_PREFIX}{tag}.{secrets.token_hex(4)}.{final_name[:_NAME_KEEP]}"
 
 
+def unreadable_existing(target: Path, exc: OSError) -> OutputError:
+    """The error for an existing output that cannot be read to compare (--force replaces it)."""
+    return OutputError(
+        f"cannot read the existing file: {exc.strerror or exc}; check its permissions, move it "
+        "away or pass --force to replace it",
+        target,
+    )
+
+
 class AtomicFile:
     """A context manager yielding a temporary file that becomes ``final`` only on ``commit``.
 

@@ -61,8 +61,12 @@ _seek_lock = threading.Lock()
 def install_signal_handlers(on_terminate: SignalHandler) -> Callable[[], None]:
     """Send SIGTERM (and SIGHUP where it exists) to ``on_terminate``; ignore SIGXFSZ where it
     exists, so that a file-size limit makes write() fail with EFBIG instead of killing the
-    process. Return a function that puts the previous handlers back."""
+    process; make SIGINT raise KeyboardInterrupt (unless it is ignored, as under nohup), since
+    the entry point ends the process at once outside these handlers. Return a function that
+    puts the previous handlers back."""
     previous: dict[int, Any] = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_terminate)}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     if HAS_SIGHUP:
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_terminate)
     if HAS_SIGXFSZ:

@@ -25,6 +25,11 @@ class Verified(Enum):
     SHA256 = "SHA-256 verified"
     SHA256_NOT_IN_MANIFEST = "SHA-256 verified, not in manifest"
     SHA256_AND_MD5 = "SHA-256 and md5 verified"
+    SHA256_AS_LISTED = "SHA-256 verified, as listed in the manifest"
+    """The manifest lists a SHA-256 (no md5) for the file."""
+    SHA256_LISTED_IN_SEVERAL_FOLDERS = (
+        "SHA-256 verified; the manifest lists this name in several folders"
+    )
     MD5 = "md5 verified"
     """A layout that carries no checksum, checked against the manifest."""
     NOTHING = "no checksum in the file or the manifest (--no-verify)"

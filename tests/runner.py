@@ -10,6 +10,7 @@ from click.testing import CliRunner, Result
 from belle_decrypt.cli import cli
 
 
-def run(*args: str | Path) -> Result:
-    """``belle-decrypt ARGS`` in-process; exit code, stdout and stderr in the result."""
-    return CliRunner().invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+def run(*args: str | Path, stdin: bytes | None = None) -> Result:
+    """``belle-decrypt ARGS`` in-process (``stdin`` its standard input); exit code, stdout and
+    stderr in the result."""
+    return CliRunner().invoke(cli, [str(arg) for arg in args], input=stdin, catch_exceptions=False)

@@ -3,10 +3,12 @@ folder, in real subprocesses."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,3 +135,31 @@ def test_a_closed_stdout_does_not_stop_a_folder(
     assert proc.stderr == unknown_key_warning(key) + "\n"
     for name, data in plains.items():
         assert (out / name).read_bytes() == data
+
+
+@pytest.mark.parametrize("how", ["script", "python -m"])
+@pytest.mark.parametrize("module", ["click", "tqdm"])
+def test_ctrl_c_while_importing_is_one_line_and_130(tmp_path: Path, how: str, module: str) -> None:
+    """A real SIGINT in the first moments (while click, or tqdm, is being imported): one line
+    and exit 130, not an import traceback or click's "Aborted!"."""
+    fake = tmp_path / "fake" / module
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(10)\n"
+    )
+    (tmp_path / "a.bin").write_bytes(b"a")
+    (tmp_path / "card.md5").write_text(f"{hashlib.md5(b'a').hexdigest()}  a.bin\n")
+    command = [str(SCRIPT)] if how == "script" else [sys.executable, "-m", "belle_decrypt"]
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*command, "verify", str(tmp_path), "--manifest", str(tmp_path / "card.md5")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert time.monotonic() - started <= 5
+    assert (proc.returncode, proc.stderr) == (130, "belle-decrypt: error: interrupted\n")
+    assert proc.stdout == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.diagnose import Diagnoser
 from belle_decrypt.errors import ChecksumError
-from belle_decrypt.hashing import md5_file
+from belle_decrypt.hashing import hash_file
 from belle_decrypt.keyid import HEAD_SIZE, KnownKey
 from belle_decrypt.keystream import Key
 from belle_decrypt.manifest import Manifest
@@ -119,13 +120,13 @@ def test_md5_checked_for_an_existing_output(
 ) -> None:
     with Key(key_path) as key:
         enc = EncFile.open(release.enc_path("config.json"))
-        first = decrypt_file(enc, key, tmp_path, fsync=False, expected_md5=None)
+        first = decrypt_file(enc, key, tmp_path, fsync=False, expected=None)
         assert first.status is FileState.DECRYPTED and first.md5 is None
         right = md5(release.plain["config.json"])
-        again = decrypt_file(enc, key, tmp_path, fsync=False, expected_md5=right)
+        again = decrypt_file(enc, key, tmp_path, fsync=False, expected={"md5": right})
         assert (again.status, again.md5) == (FileState.ALREADY_DECRYPTED, right)
         with pytest.raises(ChecksumError, match="left as it is"):
-            decrypt_file(enc, key, tmp_path, fsync=False, expected_md5="1" * 32)
+            decrypt_file(enc, key, tmp_path, fsync=False, expected={"md5": "1" * 32})
     assert (tmp_path / "config.json").read_bytes() == release.plain["config.json"]
 
 
@@ -166,13 +167,12 @@ def test_broken_download_diagnosed(release: Release, key_path: Path, tmp_path: P
     out = tmp_path / "out"
     result = run(enc, key_path, out, "--manifest", release.card)
     assert result.exit_code == 1
-    entry = Manifest.read(release.card).get(enc.name)
-    assert entry is not None
+    (entry,) = Manifest.read(release.card).lookup(enc.name)
     message = result.stderr.splitlines()[-1]
     assert message.startswith(f"{ERR}{enc}: decrypted SHA-256 ")
     assert message.endswith(
         f": broken download: its md5 {md5(bytes(blob))} differs from "
-        f"{entry.md5} ({release.card}:{entry.line}); download {enc.name} again; nothing written"
+        f"{entry.digest} ({release.card}:{entry.line}); download {enc.name} again; nothing written"
     )
     assert listing(out) == []
 
@@ -181,8 +181,7 @@ def test_wrong_key_diagnosed(release: Release, wrong_key: Path, tmp_path: Path) 
     enc = release.enc_path("config.json")
     result = run(enc, wrong_key, tmp_path / "out", "--manifest", release.card)
     assert result.exit_code == 1
-    entry = Manifest.read(release.card).get(enc.name)
-    assert entry is not None
+    (entry,) = Manifest.read(release.card).lookup(enc.name)
     assert result.stderr.splitlines()[-1].endswith(
         f": the download is intact (md5 matches {release.card}:{entry.line}), "
         f"so the key is wrong: {wrong_key} {verdict_for(wrong_key)}13,476,939,516); "
@@ -209,10 +208,47 @@ def test_known_key_without_manifest_blames_download(
     enc.write_bytes(blob)
     result = run(enc, key_path, tmp_path / "out")
     assert result.exit_code == 1
-    assert result.stderr.splitlines()[-1].endswith(
+    assert result.stderr.splitlines()[-2].endswith(
         f"so the download is probably damaged; download {enc.name} again (pass the model "
         "card's md5 list with --manifest to tell for sure); nothing written"
     )
+    assert result.stderr.splitlines()[-1] == damaged_key_advice(key_path)
+
+
+def damaged_key_advice(key: Path) -> str:
+    return (
+        f"belle-decrypt: warning: every file failed its checksum, yet {key} passed the instant "
+        "key check (size and first 16 MiB): it may be damaged past its first 16 MiB (a "
+        f"preallocated, unfinished copy); run `belle-decrypt check-key {key} --full` before "
+        "downloading anything again"
+    )
+
+
+def test_every_file_failing_with_a_key_known_from_its_start_suggests_a_full_check(
+    release: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = 10
+    known = KnownKey("LLaMA-7B consolidated.00.pth", md5(KEY), len(KEY), md5(KEY[:head]))
+    monkeypatch.setattr(keyid, "HEAD_SIZE", head)
+    monkeypatch.setattr(keyid, "LLAMA_7B", known)
+    monkeypatch.setattr(keyid, "KNOWN_KEYS", (known,))
+    damaged = tmp_path / "damaged" / "consolidated.00.pth"
+    damaged.parent.mkdir()
+    damaged.write_bytes(KEY[:head] + bytes(len(KEY) - head))  # a preallocated, unfinished copy
+    result = run(release.enc_dir, damaged, tmp_path / "out")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith(ERR)]
+    assert len(errors) == 3  # every file tried: the key passed the instant check
+    assert result.stderr.splitlines()[-1] == damaged_key_advice(damaged)
+    enc = release.enc_path("config.json")
+    blob = bytearray(enc.read_bytes())
+    blob[-1] ^= 1
+    enc.write_bytes(blob)
+    key = tmp_path / "consolidated.00.pth"
+    key.write_bytes(KEY)
+    partly = run(release.enc_dir, key, tmp_path / "out2")
+    assert partly.exit_code == 1
+    assert "warning: every file failed" not in partly.stderr  # two files decrypted
 
 
 def test_folder_stops_after_two_wrong_key_failures(
@@ -265,11 +301,11 @@ def test_the_enc_md5_is_computed_only_to_explain_a_listed_failure(
 ) -> None:
     hashed: list[str] = []
 
-    def counting_md5(path: Path, **kwargs: Any) -> str:
+    def counting_hash(path: Path, algorithms: Sequence[str], **kwargs: Any) -> dict[str, str]:
         hashed.append(path.name)
-        return md5_file(path, **kwargs)
+        return hash_file(path, algorithms, **kwargs)
 
-    monkeypatch.setattr("belle_decrypt.diagnose.md5_file", counting_md5)
+    monkeypatch.setattr("belle_decrypt.diagnose.hash_file", counting_hash)
     manifest = Manifest.read(release.card)
     files = [EncFile.open(release.enc_path(name)) for name in release.plain]
     with Key(key_path) as key:

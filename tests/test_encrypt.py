@@ -192,8 +192,8 @@ def test_a_broken_old_manifest_is_refused_before_writing(
     result = run("encrypt", tmp_path / "model", key, pub)
     assert result.exit_code == 2
     assert result.stderr == (
-        f"belle-decrypt: error: {pub / 'md5sums.txt'}: lists no md5 entries (expected lines like "
-        "`<32 hex md5>  FILE`); this run would update it: fix it or move it away\n"
+        f"belle-decrypt: error: {pub / 'md5sums.txt'}: lists no checksum entries (expected lines "
+        "like `<md5 or sha256 hex>  FILE`); this run would update it: fix it or move it away\n"
     )
     assert listing(pub) == ["md5sums.txt"]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.faults import (
     ENV,
@@ -246,7 +247,9 @@ def test_read_only_output_folder_fails_the_file(small: tuple[Path, Path], tmp_pa
 
 
 @needs_modes
-def test_unreadable_existing_output_is_left_alone(small: tuple[Path, Path], tmp_path: Path) -> None:
+def test_unreadable_existing_output_is_left_alone_unless_forced(
+    small: tuple[Path, Path], tmp_path: Path
+) -> None:
     key, enc = small
     out = tmp_path / "out"
     out.mkdir()
@@ -257,11 +260,14 @@ def test_unreadable_existing_output_is_left_alone(small: tuple[Path, Path], tmp_
     assert proc.returncode == 1
     assert one_error(proc.stderr) == (
         f"{out / 'model.bin'}: cannot read the existing file: Permission denied; check its "
-        "permissions or move it away"
+        "permissions, move it away or pass --force to replace it"
     )
-    (out / "model.bin").chmod(0o644)
     assert listing(out) == ["model.bin"]
     assert (out / "model.bin").read_bytes() == mine
+    forced = run_cli(enc, key, out, "--force", preexec_fn=as_plain_user())
+    assert forced.returncode == 0, forced.stderr
+    assert listing(out) == ["model.bin"]
+    assert (out / "model.bin").read_bytes() == random_bytes(3 * MiB, seed=42)
 
 
 @needs_modes
@@ -293,3 +299,26 @@ def test_other_commands_report_unreadable_inputs_in_one_line(
         assert (command, proc.returncode) == (command, 2), proc.stderr
         assert one_error(proc.stderr) == expected[command]
     assert not (tmp_path / "pub").exists() or listing(tmp_path / "pub") == []
+
+
+@needs_modes
+def test_encrypt_force_replaces_an_unreadable_existing_file(tmp_path: Path) -> None:
+    key = tmp_path / "key.pth"
+    key.write_bytes(random_bytes(300, seed=45))
+    plain = tmp_path / "model.bin"
+    plain.write_bytes(random_bytes(1000, seed=46))
+    digest, blob = reference.encrypt(plain.read_bytes(), key.read_bytes())
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    existing = pub / f"model.bin.{digest}.enc"
+    existing.write_bytes(b"someone else's copy")
+    existing.chmod(0)
+    refused = run_cli("encrypt", plain, key, pub, preexec_fn=as_plain_user())
+    assert refused.returncode == 1
+    assert one_error(refused.stderr) == (
+        f"{existing}: cannot read the existing file: Permission denied; check its permissions, "
+        "move it away or pass --force to replace it"
+    )
+    forced = run_cli("encrypt", plain, key, pub, "--force", preexec_fn=as_plain_user())
+    assert forced.returncode == 0, forced.stderr
+    assert existing.read_bytes() == blob

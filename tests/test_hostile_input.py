@@ -169,6 +169,16 @@ def out_dir_under_file(tmp: Path) -> Case:
     return enc, key, out / "sub", 2, f"{out / 'sub'}: {msg}"
 
 
+def out_dir_dangling_symlink(tmp: Path) -> Case:
+    enc, key, out = _named(tmp, f"model.bin.{HEX}.enc")
+    out.symlink_to(tmp / "unmounted" / "disk")
+    msg = (
+        f"the output folder is a symbolic link to {tmp / 'unmounted' / 'disk'}, which does not "
+        "exist; create that folder or pass another one"
+    )
+    return enc, key, out, 2, f"{out}: {msg}"
+
+
 def two_files_one_name(tmp: Path) -> Case:
     key, enc_dir, out = _layout(tmp)
     other = random_bytes(100, seed=63)
@@ -198,6 +208,7 @@ CASES: list[Builder] = [
     fifo_source,
     out_dir_is_file,
     out_dir_under_file,
+    out_dir_dangling_symlink,
     two_files_one_name,
 ]
 
@@ -268,3 +279,24 @@ def test_encrypt_and_check_key_refuse_a_fifo_key_without_hanging(tmp_path: Path)
         assert proc.returncode == 2, proc.stderr
         assert one_error(proc.stderr) == message + "consolidated.00.pth"
     assert not (tmp_path / "pub").exists()
+
+
+@pytest.mark.parametrize("force", [True, False], ids=["force", "no-force"])
+def test_an_output_never_replaces_another_input(tmp_path: Path, force: bool) -> None:
+    """OUT_DIR = the input folder: `a.<h1>.enc.<h2>.enc` decrypts to the name of the input
+    `a.<h1>.enc`, which must stay as it is, with or without --force."""
+    key, enc_dir, _ = _layout(tmp_path)
+    inner = enc_dir / f"model.bin.{HEX}.enc"
+    inner.write_bytes(BLOB)
+    outer_hex, outer_blob = reference.encrypt(b"something else entirely", KEY)
+    outer = enc_dir / f"{inner.name}.{outer_hex}.enc"
+    outer.write_bytes(outer_blob)
+    proc = run_cli(enc_dir, key, enc_dir, *(["--force"] if force else []))
+    assert proc.returncode == 1, proc.stderr
+    assert one_error(proc.stderr) == (
+        f"{inner}: is an input of this run itself and would be replaced; choose another "
+        "output folder"
+    )
+    assert inner.read_bytes() == BLOB
+    assert listing(enc_dir) == sorted([inner.name, outer.name, "model.bin"])
+    assert (enc_dir / "model.bin").read_bytes() == PLAIN

@@ -13,6 +13,7 @@ from belle_decrypt import keyid
 from belle_decrypt.errors import InputError
 from belle_decrypt.keyid import HEAD_SIZE, KnownKey, describe_tensors, identify
 from tests.conftest import random_bytes
+from tests.faults import one_error, run_cli
 from tests.runner import run
 
 
@@ -210,4 +211,48 @@ def test_cli_check_key_missing(tmp_path: Path) -> None:
     assert result.stderr == (
         f"belle-decrypt: error: {tmp_path / 'nope.pth'}: key file not found; "
         "pass LLaMA-7B consolidated.00.pth\n"
+    )
+
+
+def safetensors(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        struct.pack("<Q", 200_000) + b"[" * 200_000,  # nests deeper than the recursion limit
+        safetensors(b'{"x":{"shape":[{"a":1}],"dtype":"F16"},"norm.weight":{"shape":[[1]]}}'),
+        safetensors(b'{"norm.weight":{"shape":["4096"]},"layers.0.w":{"shape":[true]}}'),
+    ],
+    ids=["deep-nesting", "dict-in-shape", "strings-in-shape"],
+)
+def test_crafted_key_gets_a_verdict(tmp_path: Path, blob: bytes) -> None:
+    """check-key and decrypt's diagnosis, in subprocesses: a verdict, never a traceback."""
+    key = tmp_path / "crafted.safetensors"
+    key.write_bytes(blob)
+    checked = run_cli("check-key", key)
+    assert checked.returncode == 1, checked.stderr
+    assert checked.stderr == ""
+    assert checked.stdout.splitlines()[-2:] == [
+        "checkpoint:          not readable as one",
+        f"verdict:             {key} is not the original LLaMA-7B consolidated.00.pth "
+        f"({len(blob):,} bytes, not 13,476,939,516)",
+    ]
+    enc = tmp_path / f"model.bin.{'0' * 64}.enc"
+    enc.write_bytes(bytes(32) + b"payload")
+    decrypted = run_cli(enc, key, tmp_path / "out")
+    assert decrypted.returncode == 1
+    assert one_error(decrypted.stderr).endswith(
+        f"the key is probably wrong: {key} is not the original LLaMA-7B consolidated.00.pth "
+        f"({len(blob):,} bytes, not 13,476,939,516); nothing written"
+    )
+
+
+def test_one_tensor_is_singular() -> None:
+    assert describe_tensors({"w": [3]}).describe() == (
+        "a PyTorch checkpoint with 1 tensor, not a LLaMA layout"
+    )
+    assert describe_tensors({"w": [3], "b": [3]}).describe() == (
+        "a PyTorch checkpoint with 2 tensors, not a LLaMA layout"
     )

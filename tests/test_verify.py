@@ -9,7 +9,7 @@ import pytest
 
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.states import CheckStatus
-from belle_decrypt.verify import verify_folder
+from belle_decrypt.verify import FileCheck, VerifyReport, verify_folder
 from tests.release import Release, make_release, md5
 from tests.runner import run
 
@@ -49,6 +49,7 @@ def test_results_ok_json(release: Release, tmp_path: Path) -> None:
             {
                 "name": name,
                 "group": "decrypted",
+                "algorithm": "md5",
                 "expected": md5(data),
                 "actual": md5(data),
                 "status": "OK",
@@ -73,6 +74,7 @@ def test_corrupted_and_missing_results_json(release: Release, tmp_path: Path) ->
     assert by_name["pytorch_model.bin"] == {
         "name": "pytorch_model.bin",
         "group": "decrypted",
+        "algorithm": "md5",
         "expected": md5(release.plain["pytorch_model.bin"]),
         "actual": md5(bytes(damaged)),
         "status": "FAILED",
@@ -80,6 +82,7 @@ def test_corrupted_and_missing_results_json(release: Release, tmp_path: Path) ->
     assert by_name["tokenizer.model"] == {
         "name": "tokenizer.model",
         "group": "decrypted",
+        "algorithm": "md5",
         "expected": md5(release.plain["tokenizer.model"]),
         "actual": None,
         "status": "MISSING",
@@ -167,3 +170,20 @@ def test_manifest_option_is_required(release: Release) -> None:
     result = run("verify", release.enc_dir)
     assert result.exit_code == 2
     assert "Missing option '--manifest'" in result.stderr
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_json_is_written_a_file_at_a_time_as_json_dumps_would(count: int) -> None:
+    checks = [
+        FileCheck(
+            f'dir/"{n}"\udcd6',
+            "decrypted",
+            "md5",
+            "0" * 32,
+            None if n else "1" * 32,
+            CheckStatus.OK,
+        )
+        for n in range(count)
+    ]
+    report = VerifyReport(Path("/data/模型"), tuple(checks))
+    assert "".join(report.json_chunks()) == json.dumps(report.as_dict(), indent=2) + "\n"
