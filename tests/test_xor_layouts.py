@@ -13,7 +13,7 @@ from click.testing import Result
 
 from belle_decrypt import keyid
 from tests import reference, reference_layouts
-from tests.conftest import listing, random_bytes, unknown_key_warning
+from tests.conftest import Key, listing, random_bytes, unknown_key_warning
 from tests.reference_layouts import PLACEHOLDER, SEED_SIZE
 from tests.runner import run
 
@@ -29,16 +29,6 @@ ENCRYPT = {
     "techgpt": (reference_layouts.techgpt_name, reference_layouts.techgpt_encrypt),
     "openbuddy": (reference_layouts.openbuddy_name, reference_layouts.openbuddy_encrypt),
 }
-Key = tuple[Path, bytes]
-
-
-@pytest.fixture(scope="session")
-def big_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
-    """A key longer than the 16 MiB seed and not a whole number of 10 MiB pieces (made once)."""
-    data = random_bytes(SEED_SIZE + 12_345, seed=11)
-    path = tmp_path_factory.mktemp("key") / "consolidated.00.pth"
-    path.write_bytes(data)
-    return path, data
 
 
 @pytest.fixture(scope="session")
