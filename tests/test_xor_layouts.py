@@ -510,3 +510,61 @@ def test_help_lists_the_formats() -> None:
     result = run("decrypt", "--help")
     assert "--format [belle|techgpt|openbuddy]" in result.stdout
     assert "--no-verify" in result.stdout
+
+
+# --- the rest of the run, unchanged for these layouts ----------------------------------------
+
+
+def test_a_sha256_list_checks_a_headerless_file(tmp_path: Path, big_key: Key) -> None:
+    plain = {"model.bin": random_bytes(4000, seed=21)}
+    enc = publish(tmp_path / "enc", "techgpt", big_key[1], plain)["model.bin"]
+    card = tmp_path / "sha256.txt"
+    card.write_text(f"{hashlib.sha256(plain['model.bin']).hexdigest()}  ./model.bin\n")
+    result = run(enc, big_key[0], tmp_path / "out", "--manifest", card)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "model.bin").read_bytes() == plain["model.bin"]
+    card.write_text(f"{'0' * 64}  ./model.bin\n")
+    wrong = run(enc, big_key[0], tmp_path / "other", "--manifest", card)
+    assert wrong.exit_code == 1
+    assert wrong.stderr.splitlines()[1].startswith(
+        f"{ERR}{enc}: decrypted SHA-256 {hashlib.sha256(plain['model.bin']).hexdigest()} does "
+        f"not match {'0' * 64}: "
+    )
+    assert listing(tmp_path / "other") == []
+
+
+@pytest.mark.parametrize("layout", ["techgpt", "openbuddy"])
+def test_jobs_and_verify_work_on_these_layouts(
+    tmp_path: Path, big_key: Key, seed_is_known: None, layout: str
+) -> None:
+    plain = plain_folder(tmp_path)
+    enc = tmp_path / "enc"
+    assert run("encrypt", tmp_path / "plain", big_key[0], enc, "--format", layout).exit_code == 0
+    card = enc / "md5sums.txt"
+    downloads = run("verify", enc, "--manifest", card)
+    assert downloads.exit_code == 0, downloads.output
+    assert downloads.stdout.splitlines()[-1] == "3 OK, 0 FAILED, 0 MISSING (encrypted files)"
+    out = tmp_path / "out"
+    result = run(enc, big_key[0], out, "--manifest", card, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == plain
+    decrypted = run("verify", out, "--manifest", card)
+    assert decrypted.exit_code == 0, decrypted.output
+
+
+def test_encrypt_updates_its_openbuddy_manifest_one_file_at_a_time(
+    tmp_path: Path, big_key: Key
+) -> None:
+    plain = plain_folder(tmp_path)
+    out = tmp_path / "enc"
+    for name in ("config.json", "tokenizer.model", "config.json"):
+        made = run("encrypt", tmp_path / "plain" / name, big_key[0], out, "--format", "openbuddy")
+        assert made.exit_code == 0, made.output
+    key = big_key[1]
+    assert (out / "md5sums.txt").read_text().splitlines() == [
+        f"{md5(reference_layouts.openbuddy_encrypt(plain['config.json'], key))}  ./config.json.enc",
+        f"{md5(reference_layouts.openbuddy_encrypt(plain['tokenizer.model'], key))}  "
+        "./tokenizer.model.enc",
+        f"{md5(plain['config.json'])}  ./config.json",
+        f"{md5(plain['tokenizer.model'])}  ./tokenizer.model",
+    ]
