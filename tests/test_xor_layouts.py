@@ -4,6 +4,9 @@ tests/reference_layouts.py, detection, round trips through encrypt, and hostile 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -568,3 +571,20 @@ def test_encrypt_updates_its_openbuddy_manifest_one_file_at_a_time(
         f"{md5(plain['config.json'])}  ./config.json",
         f"{md5(plain['tokenizer.model'])}  ./tokenizer.model",
     ]
+
+
+@pytest.mark.parametrize("layout", ["techgpt", "openbuddy"])
+def test_a_fifo_under_these_names_does_not_hang(tmp_path: Path, big_key: Key, layout: str) -> None:
+    enc = tmp_path / ENCRYPT[layout][0]("model.bin")
+    os.mkfifo(enc)
+    proc = subprocess.run(
+        [sys.executable, "-m", "belle_decrypt", enc, big_key[0], tmp_path / "out", "--no-verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"{ERR}{enc}: is not a regular file (a FIFO or device?); pass the downloaded .enc file\n"
+    )
