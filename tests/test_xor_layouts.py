@@ -4,6 +4,7 @@ tests/reference_layouts.py, detection, round trips through encrypt, and hostile 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from belle_decrypt import keyid
+from belle_decrypt import engine, keyid
+from belle_decrypt.engine import Backend
+from belle_decrypt.seed import SeedStream
 from tests import reference, reference_layouts
 from tests.conftest import Key, listing, random_bytes, unknown_key_warning
 from tests.reference_layouts import PLACEHOLDER, SEED_SIZE
@@ -588,3 +591,51 @@ def test_a_fifo_under_these_names_does_not_hang(tmp_path: Path, big_key: Key, la
     assert proc.stderr == (
         f"{ERR}{enc}: is not a regular file (a FIFO or device?); pass the downloaded .enc file\n"
     )
+
+
+# --- the seed keystream at small sizes, through the engine ---------------------------------
+
+
+def test_the_seed_stream_fills_and_maps_like_the_reference_at_every_offset() -> None:
+    seed = random_bytes(13, seed=31)
+    stream = SeedStream(memoryview(bytearray(seed)))
+    expected = reference_layouts.seed_keystream(seed, 120, seed_size=13)
+    for offset in range(60):
+        for length in (1, 5, 13, 14, 40):
+            out = bytearray(length)
+            stream.fill(memoryview(out), offset)
+            assert bytes(out) == expected[offset : offset + length], (offset, length)
+            with stream.mapped(offset, length) as view:
+                fits = offset % 13 + length <= 13
+                assert (view is not None) == fits
+                if view is not None:
+                    assert bytes(view) == expected[offset : offset + length]
+
+
+@pytest.mark.parametrize("buffer_size", [1, 7, 13, 26, 64, 4096])
+@pytest.mark.parametrize("backend", ["python", "torch"])
+def test_the_engine_with_a_seed_stream_matches_the_reference(
+    buffer_size: int, backend: Backend
+) -> None:
+    seed = random_bytes(13, seed=32)
+    plain = random_bytes(500, seed=33)
+    enc = reference_layouts.openbuddy_encrypt(plain, seed, seed_size=13)
+    out = io.BytesIO()
+    engine.xor_stream(
+        io.BytesIO(enc),
+        out,
+        SeedStream(memoryview(bytearray(seed))),
+        len(enc),
+        buffer_size=buffer_size,
+        backend=backend,
+    )
+    assert out.getvalue() == plain
+
+
+def test_the_worked_examples_of_the_spec_are_right() -> None:
+    """docs/FORMAT.md sections 3.4 and 4.5, recomputed by the references."""
+    spec = (Path(__file__).parents[1] / "docs" / "FORMAT.md").read_text()
+    techgpt = reference_layouts.techgpt_encrypt(b"hello world", bytes(range(0x10, 0x16)), piece=4)
+    seed = reference_layouts.openbuddy_encrypt(b"hello world", bytes([0x10, 0x11, 0x12]), 3)
+    assert f"`{techgpt.hex(' ')}`, section 1.5's payload alone" in spec
+    assert f"`{seed.hex(' ')}`." in spec
