@@ -639,3 +639,19 @@ def test_the_worked_examples_of_the_spec_are_right() -> None:
     seed = reference_layouts.openbuddy_encrypt(b"hello world", bytes([0x10, 0x11, 0x12]), 3)
     assert f"`{techgpt.hex(' ')}`, section 1.5's payload alone" in spec
     assert f"`{seed.hex(' ')}`." in spec
+
+
+def test_encrypt_openbuddy_refuses_a_key_shorter_than_the_seed(
+    tmp_path: Path, make_key: Any
+) -> None:
+    key = make_key(5000)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "model.bin").write_bytes(b"weights")
+    out = tmp_path / "enc"
+    result = run("encrypt", tmp_path / "plain", key, out, "--format", "openbuddy")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"{ERR}{key}: the key is 5,000 bytes, shorter than the 16 MiB seed; pass LLaMA-7B "
+        "consolidated.00.pth\n"
+    )
+    assert not out.exists()
