@@ -373,8 +373,13 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
             f"{size / legacy:.0f} s for {human(size)}",
         )
     )
+    print_table("belle-decrypt benchmark", size, runs, rows)
+
+
+def print_table(title: str, size: int, runs: int, rows: list[tuple[str, str]]) -> None:
+    """The figures as an aligned table under one line saying how they were measured."""
     print(
-        f"\nbelle-decrypt benchmark, {human(size)} payload, median of {runs}, warm page cache, "
+        f"\n{title}, {human(size)} payload, median of {runs}, warm page cache, "
         f"{os.cpu_count()} CPUs, {platform.machine()} {platform.python_version()}\n"
     )
     width = max(len(label) for label, _ in rows)
@@ -625,13 +630,7 @@ def bench_layouts(root: Path, size: int, small: int, runs: int) -> None:
         )
         for path, _ in made.values():
             shutil.rmtree(path.parent)
-    print(
-        f"\nbelle-decrypt layouts benchmark, {human(size)} payload, median of {runs}, warm page "
-        f"cache, {os.cpu_count()} CPUs, {platform.machine()} {platform.python_version()}\n"
-    )
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
+    print_table("belle-decrypt layouts benchmark", size, runs, rows)
 
 
 if __name__ == "__main__":
