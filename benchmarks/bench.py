@@ -553,7 +553,7 @@ def bench_layouts(root: Path, size: int, small: int, runs: int) -> None:
     and ``size``, and the publisher's script logic measured on a slice and scaled."""
     print(f"making a {human(size)} key and .enc files in {root} ...", file=sys.stderr)
     key_path = root / "consolidated.00.pth"
-    in_child("key", key_path, max(size, small) + 12345)
+    in_child("key", key_path, max(size, small, SEED_SIZE) + 12345)  # longer than the payload
     out = root / "out"
 
     def clear_out() -> None:
