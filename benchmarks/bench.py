@@ -621,7 +621,8 @@ def bench_layouts(root: Path, size: int, small: int, runs: int) -> None:
             what = "TechGPT's script (per-byte Python XOR + SHA-256), on 2 MiB"
         else:
             rate = float(in_child("openbuddy-script", enc, key_path, root / "numpy.out")[0])
-            what = "OpenBuddy's script (numpy, 16 MiB blocks, no check), on 256 MiB"
+            sliced = human(min(size, 256 * MiB))
+            what = f"OpenBuddy's script (numpy, 16 MiB blocks, no check), on {sliced}"
         rows.append(
             (
                 f"{layout}: official script's logic",
