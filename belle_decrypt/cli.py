@@ -270,7 +270,7 @@ def encrypt(
     quiet: bool,
     force: bool,
     no_fsync: bool,
-    **opts: str,
+    format_name: str,
 ) -> None:
     """Encrypt SOURCE (a model file, or every non-hidden file in a folder) for publishing.
 
@@ -286,7 +286,7 @@ def encrypt(
     from belle_decrypt.encrypt import PUBLISHING, prepare_publish
 
     with user_errors(writing=True):
-        notices, publishing = ConsoleNotices(quiet), PUBLISHING[opts["format_name"]]
+        notices, publishing = ConsoleNotices(quiet), PUBLISHING[format_name]
         with prepare_publish(source, key_file, out_dir, notices, publishing) as publish:
             tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
         if not tally.ok:
