@@ -656,3 +656,18 @@ def test_encrypt_openbuddy_refuses_a_key_shorter_than_the_seed(
         "consolidated.00.pth\n"
     )
     assert not out.exists()
+
+
+def test_a_right_seed_is_not_blamed_when_every_file_fails(
+    tmp_path: Path, big_key: Key, seed_is_known: None
+) -> None:
+    plain = {"a.bin": b"one", "b.bin": b"two"}
+    enc = publish(tmp_path / "enc", "openbuddy", big_key[1], plain)
+    card = tmp_path / "card.txt"
+    card.write_text("".join(f"{'0' * 32}  ./{name}\n" for name in plain))
+    result = run(tmp_path / "enc", big_key[0], tmp_path / "out", "--manifest", card)
+    assert result.exit_code == 1
+    assert [line.split(": decrypted md5 ")[0] for line in result.stderr.splitlines()] == [
+        f"{ERR}{enc['a.bin']}",
+        f"{ERR}{enc['b.bin']}",
+    ]
