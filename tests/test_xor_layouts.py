@@ -513,10 +513,12 @@ def test_format_openbuddy_takes_the_whole_name(tmp_path: Path, big_key: Key) -> 
     assert (tmp_path / "out" / name).read_bytes() == plain
 
 
-def test_help_lists_the_formats() -> None:
-    result = run("decrypt", "--help")
+@pytest.mark.parametrize("command", ["decrypt", "encrypt", "check-key"])
+def test_help_lists_the_formats(command: str) -> None:
+    result = run(command, "--help")
+    assert result.exit_code == 0
     assert "--format [belle|techgpt|openbuddy]" in result.stdout
-    assert "--no-verify" in result.stdout
+    assert ("--no-verify" in result.stdout) == (command == "decrypt")
 
 
 # --- the rest of the run, unchanged for these layouts ----------------------------------------
