@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -76,6 +77,9 @@ MANIFEST_HELP = (
     "- reads standard input); repeatable."
 )
 FORMATS = click.Choice(("belle", "techgpt", "openbuddy"))
+JOBS = click.IntRange(min=1)
+KEEP_GOING_HELP = "Go on even when the first two files fail their checksum with an unknown key."
+JOBS_HELP = "Files to decrypt at once in folder form (default: from the cores and the files)."
 NO_VERIFY_HELP = "Decrypt files with no checksum (techgpt, openbuddy) without --manifest."
 DETECTED = "by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, NAME.enc openbuddy"
 
@@ -91,18 +95,8 @@ DETECTED = "by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, 
     type=PATH,
     help=MANIFEST_HELP + " Each output's md5 must match its entry.",
 )
-@click.option(
-    "--keep-going",
-    is_flag=True,
-    help="Go on even when the first two files fail their checksum with an unknown key.",
-)
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Files to decrypt at once in folder form (default: from the cores and the files).",
-)
+@click.option("--keep-going", is_flag=True, help=KEEP_GOING_HELP)
+@click.option("-j", "--jobs", type=JOBS, help=JOBS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing output file that differs.")
 @click.option(
@@ -127,11 +121,10 @@ def decrypt(
 ) -> None:
     """Decrypt SOURCE (one .enc file, or a folder of them) into OUT_DIR.
 
-    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth. Each output is checked
-    against the SHA-256 in its header (and, with --manifest, against the model card's md5)
-    before it appears under its final name. TechGPT and OpenBuddy files carry no checksum:
-    --manifest is then required (or --no-verify). A failure says whether the download is
-    broken or the key is wrong.
+    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth. Each output is checked against
+    the SHA-256 in its header (TechGPT, OpenBuddy: none) and, with --manifest (required for
+    those, or --no-verify), the model card's md5 before it appears under its final name. A
+    failure says whether the download is broken or the key is wrong.
 
     \b
     Example:
@@ -161,13 +154,7 @@ def decrypt(
     help=MANIFEST_HELP,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Files hashed at once [default: up to 4].",
-)
+@click.option("-j", "--jobs", type=JOBS, help="Files hashed at once [default: up to 4].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only files not OK.")
 def verify(
     folder: Path, manifests: tuple[Path, ...], as_json: bool, jobs: int | None, quiet: bool
@@ -226,8 +213,7 @@ def check_key(key_file: Path, full: bool, quiet: bool, format_name: str) -> None
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
     the whole file, compared with every known LLaMA file. A checkpoint is described (layers,
     hidden size, vocabulary) so a LLaMA-13B file or a Hugging Face shard is named as such.
-    Exit 0 when it is the LLaMA-7B file (with --format openbuddy: when its first 16 MiB are
-    that file's, whatever its size), 1 when not.
+    Exit 0 when it is the LLaMA-7B file (--format openbuddy: starts like it), 1 when not.
 
     \b
     Example:
@@ -236,15 +222,13 @@ def check_key(key_file: Path, full: bool, quiet: bool, format_name: str) -> None
     from belle_decrypt import keyid
     from belle_decrypt.detect import LAYOUTS
 
-    expected = LAYOUTS[format_name].expected_key
+    want = LAYOUTS[format_name].expected_key
     with user_errors():
         size = 0
         with suppress(OSError):  # identify() says what is wrong with the path
             size = key_file.stat().st_size
         with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
-            report = keyid.identify(
-                key_file, full=full, expected=expected, on_progress=hashing.update
-            )
+            report = keyid.identify(key_file, full=full, expected=want, on_progress=hashing.update)
     for line in key_lines(report, quiet):
         click.echo(line)
     sys.exit(ExitCode.OK if report.is_expected else ExitCode.FAILED)
@@ -258,15 +242,7 @@ def check_key(key_file: Path, full: bool, quiet: bool, format_name: str) -> None
 @click.option("--force", is_flag=True, help="Replace an existing .enc file that differs.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
 @click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
-def encrypt(
-    source: Path,
-    key_file: Path,
-    out_dir: Path,
-    quiet: bool,
-    force: bool,
-    no_fsync: bool,
-    format_name: str,
-) -> None:
+def encrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     """Encrypt SOURCE (a model file, or every non-hidden file in a folder) for publishing.
 
     Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use
@@ -281,9 +257,11 @@ def encrypt(
     from belle_decrypt.encrypt import PUBLISHING, prepare_publish
 
     with user_errors(writing=True):
-        notices, publishing = ConsoleNotices(quiet), PUBLISHING[format_name]
+        notices, publishing = ConsoleNotices(quiet), PUBLISHING[options["format_name"]]
         with prepare_publish(source, key_file, out_dir, notices, publishing) as publish:
-            tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
+            tally = encrypt_run(
+                publish, quiet, force=options["force"], fsync=not options["no_fsync"]
+            )
         if not tally.ok:
             sys.exit(ExitCode.FAILED)
 
@@ -340,3 +318,32 @@ def main() -> None:
     """Console-script entry point."""
     keep_going_without_stdout_reader()
     cli(prog_name=PROG)
+
+
+@cli.command()
+@click.argument("diff_dir", type=PATH)
+@click.argument("base_dir", type=PATH)
+@click.argument("out_dir", type=PATH)
+@click.option("--recipe", type=click.Choice(["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"]))
+@click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin shards.")
+@click.option("--max-shard-size", default="2GB", show_default=True, help="E.g. 500MB, 10GiB.")
+@click.option("--manifest", "manifests", multiple=True, type=PATH, help=MANIFEST_HELP)
+@click.option("--expect-sum", type=float, help="The sum to check (alpaca, tulu).")
+@click.option("--force", is_flag=True, help="Replace model files already in OUT_DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
+@click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
+def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
+    """Recover a model from an additive diff (tuned - base) in DIFF_DIR and LLaMA-1 in BASE_DIR.
+
+    Vicuna v0/v1.1, StableVicuna, Ziya, Alpaca, Tulu v1 (--recipe may be left out when
+    DIFF_DIR's name says the release), Hugging Face folders, checked first, bit-exact,
+    resumable, in the memory of a few tensors.
+
+    \b
+    Example:
+      belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca
+    """
+    from belle_decrypt.console import recover_run
+
+    with user_errors(writing=True):
+        recover_run(diff_dir, base_dir, out_dir, quiet, **options)

@@ -585,7 +585,7 @@ def layout_md5_rate(enc: Path, layout: str, key_path: Path, payload: int) -> flo
 
 
 def techgpt_script_rate(enc: Path, key_path: Path, slice_size: int = 2 * MiB) -> float:
-    """Bytes/s of TechGPT's script as docs/FORMAT.md section 3 describes it, on a slice: a
+    """Bytes/s of TechGPT's script as docs/FORMAT.md section 4 describes it, on a slice: a
     per-byte Python XOR with the key, and the SHA-256 of the result."""
     with open(enc, "rb") as handle:
         data = handle.read(slice_size)
@@ -600,7 +600,7 @@ def techgpt_script_rate(enc: Path, key_path: Path, slice_size: int = 2 * MiB) ->
 def openbuddy_script_rate(
     enc: Path, key_path: Path, out: Path, slice_size: int = 256 * MiB
 ) -> float:
-    """Bytes/s of OpenBuddy's script as docs/FORMAT.md section 4 describes it, on a slice: the
+    """Bytes/s of OpenBuddy's script as docs/FORMAT.md section 5 describes it, on a slice: the
     seed's md5 checked, then numpy XOR of 16 MiB blocks with the seed, written out."""
     import numpy as np
 
