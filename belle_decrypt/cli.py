@@ -76,6 +76,12 @@ MANIFEST_HELP = (
     "An md5 or SHA-256 list (md5sum / sha256sum output or the model card's text pasted as is; "
     "- reads standard input); repeatable."
 )
+FORMATS = click.Choice(("belle", "techgpt", "openbuddy"))
+JOBS = click.IntRange(min=1)
+KEEP_GOING_HELP = "Go on even when the first two files fail their checksum with an unknown key."
+JOBS_HELP = "Files to decrypt at once in folder form (default: from the cores and the files)."
+NO_VERIFY_HELP = "Decrypt files with no checksum (techgpt, openbuddy) without --manifest."
+DETECTED = "by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, NAME.enc openbuddy"
 
 
 @cli.command()
@@ -89,18 +95,8 @@ MANIFEST_HELP = (
     type=PATH,
     help=MANIFEST_HELP + " Each output's md5 must match its entry.",
 )
-@click.option(
-    "--keep-going",
-    is_flag=True,
-    help="Go on even when the first two files fail their checksum with an unknown key.",
-)
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Files to decrypt at once in folder form (default: from the cores and the files).",
-)
+@click.option("--keep-going", is_flag=True, help=KEEP_GOING_HELP)
+@click.option("-j", "--jobs", type=JOBS, help=JOBS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing output file that differs.")
 @click.option(
@@ -108,6 +104,8 @@ MANIFEST_HELP = (
     is_flag=True,
     help="Skip fsync of outputs and folder: faster, but a power cut may lose finished files.",
 )
+@click.option("--format", "format_name", type=FORMATS, help=f"The layout [default: {DETECTED}].")
+@click.option("--no-verify", is_flag=True, help=NO_VERIFY_HELP)
 def decrypt(
     source: Path,
     key_file: Path,
@@ -118,13 +116,15 @@ def decrypt(
     quiet: bool,
     force: bool,
     no_fsync: bool,
+    format_name: str | None,
+    no_verify: bool,
 ) -> None:
-    """Decrypt SOURCE (one NAME.<sha256>.enc file, or a folder of them) into OUT_DIR.
+    """Decrypt SOURCE (one .enc file, or a folder of them) into OUT_DIR.
 
-    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth. Each output is checked
-    against the SHA-256 in its header (and, with --manifest, against the model card's md5)
-    before it appears under its final name. A failure says whether the download is broken
-    or the key is wrong.
+    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth. Each output is checked against
+    the SHA-256 in its header (TechGPT, OpenBuddy: none) and, with --manifest (required for
+    those, or --no-verify), the model card's md5 before it appears under its final name. A
+    failure says whether the download is broken or the key is wrong.
 
     \b
     Example:
@@ -132,12 +132,12 @@ def decrypt(
           --manifest model-card-md5.txt
     """
     from belle_decrypt.batch import Settings, prepare_run
+    from belle_decrypt.detect import layouts_for
 
-    settings = Settings(
-        out_dir=out_dir, force=force, fsync=not no_fsync, keep_going=keep_going, jobs=jobs
-    )
+    settings = Settings(out_dir, force, not no_fsync, keep_going, jobs=jobs, verify=not no_verify)
+    notices, layouts = ConsoleNotices(quiet), layouts_for(format_name)
     with user_errors(writing=True):
-        with prepare_run(source, key_file, settings, manifests, ConsoleNotices(quiet)) as run:
+        with prepare_run(source, key_file, settings, manifests, notices, layouts) as run:
             tally = decrypt_run(run, quiet)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)
@@ -154,13 +154,7 @@ def decrypt(
     help=MANIFEST_HELP,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Files hashed at once [default: up to 4].",
-)
+@click.option("-j", "--jobs", type=JOBS, help="Files hashed at once [default: up to 4].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only files not OK.")
 def verify(
     folder: Path, manifests: tuple[Path, ...], as_json: bool, jobs: int | None, quiet: bool
@@ -212,26 +206,29 @@ def verify(
 @click.argument("key_file", type=PATH)
 @click.option("--full", is_flag=True, help="Hash the whole file and compare with every LLaMA file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
-def check_key(key_file: Path, full: bool, quiet: bool) -> None:
+@click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
+def check_key(key_file: Path, full: bool, quiet: bool, format_name: str) -> None:
     """Say whether KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth, and if not, what.
 
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
     the whole file, compared with every known LLaMA file. A checkpoint is described (layers,
     hidden size, vocabulary) so a LLaMA-13B file or a Hugging Face shard is named as such.
-    Exit 0 when it is the LLaMA-7B file, 1 when not.
+    Exit 0 when it is the LLaMA-7B file (--format openbuddy: starts like it), 1 when not.
 
     \b
     Example:
       belle-decrypt check-key llama/7B/consolidated.00.pth --full
     """
     from belle_decrypt import keyid
+    from belle_decrypt.detect import LAYOUTS
 
+    want = LAYOUTS[format_name].expected_key
     with user_errors():
         size = 0
         with suppress(OSError):  # identify() says what is wrong with the path
             size = key_file.stat().st_size
         with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
-            report = keyid.identify(key_file, full=full, on_progress=hashing.update)
+            report = keyid.identify(key_file, full=full, expected=want, on_progress=hashing.update)
     for line in key_lines(report, quiet):
         click.echo(line)
     sys.exit(ExitCode.OK if report.is_expected else ExitCode.FAILED)
@@ -244,24 +241,27 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing .enc file that differs.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
-def encrypt(
-    source: Path, key_file: Path, out_dir: Path, quiet: bool, force: bool, no_fsync: bool
-) -> None:
+@click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
+def encrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     """Encrypt SOURCE (a model file, or every non-hidden file in a folder) for publishing.
 
-    Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use, and
-    OUT_DIR/md5sums.txt lists the md5 of the .enc files ("after you clone") and of the plain
-    files ("after you decrypt"), ready for the model card and for --manifest / verify.
+    Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use
+    (--format techgpt: NAME.e3b0c442…b855.enc, openbuddy: NAME.enc), and OUT_DIR/md5sums.txt
+    lists the md5 of the .enc files ("after you clone") and of the plain files ("after you
+    decrypt"), ready for the model card and for --manifest / verify.
 
     \b
     Example:
       belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
     """
-    from belle_decrypt.encrypt import prepare_publish
+    from belle_decrypt.encrypt import PUBLISHING, prepare_publish
 
     with user_errors(writing=True):
-        with prepare_publish(source, key_file, out_dir, ConsoleNotices(quiet)) as publish:
-            tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
+        notices, publishing = ConsoleNotices(quiet), PUBLISHING[options["format_name"]]
+        with prepare_publish(source, key_file, out_dir, notices, publishing) as publish:
+            tally = encrypt_run(
+                publish, quiet, force=options["force"], fsync=not options["no_fsync"]
+            )
         if not tally.ok:
             sys.exit(ExitCode.FAILED)
 

@@ -23,6 +23,7 @@ import click
 from belle_decrypt import platform_io
 from belle_decrypt.cancel import removed_unfinished
 from belle_decrypt.errors import BelleError, ExitCode, ProblemsReported
+from belle_decrypt.states import Verified
 
 if TYPE_CHECKING:
     from belle_decrypt.batch import Run
@@ -289,8 +290,11 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
             result, checked = outcome.result, outcome.checked
             assert result is not None and checked is not None
             rate = result.size / result.seconds if result.seconds > 0 else 0.0
+            state = result.status.value
+            if checked is Verified.NOTHING:
+                state += " (not verified)"
             say(
-                f"{result.status.value:<18} {result.target.name}  {human_size(result.size)}"
+                f"{state:<18} {result.target.name}  {human_size(result.size)}"
                 f" in {result.seconds:.1f} s ({human_size(rate)}/s), {checked.value}",
                 quiet,
             )
@@ -307,11 +311,19 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
         error(tally.stopped)
     if tally.advice is not None:
         warn(tally.advice)
+    copied = f"{tally.copied} copied, " if tally.copied else ""
+    unverified = f" ({tally.unverified} not verified)" if tally.unverified else ""
     if run.folder:
         say(
             f"{tally.decrypted} decrypted, {tally.already_decrypted} already decrypted, "
-            f"{tally.failed} failed",
+            f"{copied}{tally.failed} failed{unverified}",
             quiet,
+        )
+    if tally.unverified:
+        warn(
+            f"{tally.unverified} file{'s' if tally.unverified != 1 else ''} not verified "
+            "(--no-verify, no checksum in the files or the manifest); check them against the "
+            "model card's md5 list: belle-decrypt verify OUT_DIR --manifest CARD"
         )
     return tally
 

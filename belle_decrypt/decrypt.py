@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from belle_decrypt import engine
 from belle_decrypt.cancel import CancelToken, check
@@ -35,7 +36,8 @@ class Result:
     target: Path
     status: FileState
     size: int
-    sha256: str
+    sha256: str | None
+    """The decrypted file's SHA-256, when the layout carries one to check."""
     seconds: float
     md5: str | None = None
     """The decrypted file's md5, when a manifest asked for it."""
@@ -156,14 +158,17 @@ def _existing_matches(
         raise OutputError("a folder is in the way of the output file; move it away", target)
     _refuse_own_files(enc, target, key, inputs)
     expected = expected or {}
-    algorithms = ("sha256", *(name for name in expected if name != "sha256"))
+    carried = ("sha256",) if enc.sha256 is not None else ()
+    algorithms = tuple(dict.fromkeys((*carried, *expected)))  # only what is checked
     try:
         info = target.stat()
-        digests = (
-            hash_file(target, algorithms, chunk=BUFFER_SIZE, cancel=cancel)
-            if stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
-            else {}
-        )
+        whole = stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
+        if whole and not algorithms:  # nothing to check it by (--no-verify): decrypt and compare
+            if _same_as_fresh(enc, key, target, cancel):
+                return {}
+            _refuse_unless(force, target)
+            return None
+        digests = hash_file(target, algorithms, chunk=BUFFER_SIZE, cancel=cancel) if whole else {}
     except FileNotFoundError:
         digests = {}  # a broken symbolic link: in the way, but nothing to read
     except OSError as exc:
@@ -176,13 +181,54 @@ def _existing_matches(
     listed_match = all(digests.get(name) == digest for name, digest in expected.items())
     if enc.sha256 is None and expected and listed_match:
         return digests
+    _refuse_unless(force, target)
+    return None
+
+
+def _refuse_unless(force: bool, target: Path) -> None:
+    """Refuse the different file in the way of ``target``, unless told to replace it."""
     if force:
-        return None
+        return
     raise OutputError(
         "exists and differs from what this file decrypts to; move it away or pass --force "
         "to replace it",
         target,
     )
+
+
+class _Compare:
+    """A stand-in hasher that compares the plaintext with an existing file, in order."""
+
+    def __init__(self, existing: BinaryIO) -> None:
+        self.existing = existing
+        self.same = True
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        if self.same:
+            self.same = self.existing.read(len(data)) == data
+
+
+def _same_as_fresh(enc: Source, key: Key, target: Path, cancel: CancelToken | None) -> bool:
+    """Whether ``target`` holds what decrypting ``enc`` gives now: for a file with no checksum
+    anywhere (``--no-verify``), a fresh decryption is the only thing to compare it with."""
+    with (
+        open(target, "rb") as existing,
+        open(enc.path, "rb", buffering=0) as src,
+        open(os.devnull, "wb") as sink,
+        enc.layout.keystream(enc, key) as keystream,
+    ):
+        compare = _Compare(existing)
+        src.seek(enc.payload_offset)
+        xor_stream(
+            src,
+            sink,
+            keystream,
+            enc.payload_size,
+            hashers=(compare,),
+            dst_label=str(target),
+            cancel=cancel,
+        )
+    return compare.same
 
 
 def decrypt_file(
@@ -213,15 +259,18 @@ def decrypt_file(
             target=target,
             status=FileState.ALREADY_DECRYPTED,
             size=enc.payload_size,
-            sha256=existing["sha256"],
+            sha256=existing.get("sha256"),
             seconds=time.monotonic() - started,
             md5=existing.get("md5"),
         )
     engine.prepare(enc.payload_size)
     started = time.monotonic()  # a torch import is not this file's time
-    digest = hashlib.sha256()
     status = FileState.DECRYPTED
+    # Only what is checked: a headerless file with an md5 entry costs one hash, not two.
+    wants_sha256 = enc.sha256 is not None or "sha256" in expected
+    digest = hashlib.sha256() if wants_sha256 else None
     extra = {name: hashlib.new(name) for name in expected if name != "sha256"}
+    hashers = tuple(hasher for hasher in (digest, *extra.values()) if hasher is not None)
     atomic = AtomicFile(target, fsync=fsync)
     try:
         src_handle = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
@@ -242,16 +291,19 @@ def decrypt_file(
                 out,
                 keystream,
                 enc.payload_size,
-                hashers=(digest, *extra.values()),
+                hashers=hashers,
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(target),
                 cancel=cancel,
             )
-            actual = digest.hexdigest()
+            actual = digest.hexdigest() if digest is not None else None
             if enc.sha256 is not None and actual != enc.sha256:
+                assert actual is not None
                 raise DigestMismatch(actual, enc.sha256, WRONG_KEY_HINT, enc.path)
-            found = {"sha256": actual} | {name: h.hexdigest() for name, h in extra.items()}
+            found = {name: h.hexdigest() for name, h in extra.items()}
+            if actual is not None:
+                found["sha256"] = actual
             _check_listed(enc, found, expected, enc.path, "nothing written")
             check(cancel)  # a cancelled run puts nothing new under a final name
             try:

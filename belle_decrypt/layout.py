@@ -11,9 +11,14 @@ the :class:`Source` records it opens; the engine only pulls bytes from a
   written; :attr:`Source.payload_offset` is where the payload starts);
 - which keystream applies, by payload offset (:meth:`Layout.keystream`);
 - what verification the file carries: an expected SHA-256 (:attr:`Source.sha256`), or None, in
-  which case the run requires the model card's md5 for it (``--manifest``).
+  which case the run requires the model card's md5 for it (``--manifest``, or ``--no-verify``);
+- which key it needs (:attr:`Layout.expected_key`) and what to do when the key given is not
+  that one (:meth:`Layout.key_warning`: warn, or refuse where nothing would catch it).
 
-The BELLE container (:class:`belle_decrypt.container.BelleContainer`) is the first one.
+The BELLE container (:class:`belle_decrypt.container.BelleContainer`) is the first one; the
+headerless BELLE files of TechGPT and OpenBuddy's 16 MiB seed follow
+(:mod:`belle_decrypt.headerless`, :mod:`belle_decrypt.seed`), and :mod:`belle_decrypt.detect`
+tells them apart by name and size when no ``--format`` is given.
 
 Adding a layout
 ---------------
@@ -27,9 +32,15 @@ Adding a layout
    at ``offset % seed``; a same-named base file: pread at ``offset`` and zero the rest past
    its end; never a mapping of a file that may shrink). ``keystream(source, key)`` returns a
    context manager, so a per-file keystream can open and close its own file.
-3. Put an instance in the list passed to :func:`plan` (and to ``batch.prepare_run``), before the
-   layouts whose names it must win over; the command line builds that list from its options.
-4. Describe it in docs/FORMAT.md and test it against an independent reference in tests/.
+3. Say which key it needs (``expected_key``, a :class:`~belle_decrypt.keyid.KnownKey`: the
+   run fingerprints the key against it) and what a different key means (``key_warning``:
+   usually :func:`~belle_decrypt.keyid.unexpected_key_warning`; refuse where no checksum
+   would catch it).
+4. Put an instance in the list passed to :func:`plan` (and to ``batch.prepare_run``), before the
+   layouts whose names it must win over; the command line builds that list from its options
+   (:func:`belle_decrypt.detect.layouts_for`; detection in :mod:`belle_decrypt.detect` when a
+   name is enough to tell). A run takes one layout per folder (``detect.settle``).
+5. Describe it in docs/FORMAT.md and test it against an independent reference in tests/.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from pathlib import Path
 from typing import Protocol
 
 from belle_decrypt.errors import InputError
+from belle_decrypt.keyid import KeyReport, KnownKey
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.output import TEMP_PREFIX
 
@@ -92,12 +104,22 @@ class Layout(Protocol):
     def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
         """The keystream for ``source``'s payload, from the run's key file."""
 
+    @property
+    def expected_key(self) -> KnownKey:
+        """The key file this layout is keyed on (what the fingerprint is compared with)."""
+
+    def key_warning(self, report: KeyReport, unverified: bool) -> str | None:
+        """A warning when ``report`` (the key's fingerprint against :attr:`expected_key`) says
+        it is not that key, or None; raise InputError to refuse it. ``unverified``: some file
+        of the run has no checksum to catch a wrong key (``--no-verify``)."""
+
 
 def default_layouts() -> tuple[Layout, ...]:
-    """The layouts a run knows without options: the BELLE container."""
-    from belle_decrypt.container import BELLE
+    """The layouts a run knows without options: every XOR layout, told apart by name and
+    size (:data:`belle_decrypt.detect.DETECT`)."""
+    from belle_decrypt.detect import DETECT
 
-    return (BELLE,)
+    return (DETECT,)
 
 
 @dataclass(frozen=True)
