@@ -121,3 +121,18 @@ def test_a_bin_that_is_neither_zip_nor_pickle_is_called_damaged(tmp_path: Path) 
         f"{diff_dir / 'pytorch_model.bin'}: (DIFF_DIR) is not a torch checkpoint (neither a zip "
         "archive nor a pickle; an error page saved in its place?): damaged; download it again",
     )
+
+
+def test_a_single_file_beside_an_index_of_shards_is_refused(tmp_path: Path) -> None:
+    # transformers loads model.safetensors before it looks for an index: with both, which
+    # weights the publisher's tool would add is not what the index says.
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna", "safetensors-sharded")
+    (diff_dir / "model.safetensors").write_bytes((diff_dir / SECOND).read_bytes())
+    out = tmp_path / "out"
+    refused(
+        run(diff_dir, base_dir, out, "--recipe", "vicuna"),
+        out,
+        f"{diff_dir / 'model.safetensors'}: (DIFF_DIR) is beside {INDEX}, which lists other "
+        "files: two downloads mixed (transformers would load this one, the index names "
+        "shards); keep one of them",
+    )

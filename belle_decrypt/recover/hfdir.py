@@ -131,6 +131,14 @@ class WeightFolder:
         if index.exists():
             weight_map = self._read_index(index, candidates)
             files = sorted({self.path / name for name in weight_map.values()})
+            single = self.path / index_name.removesuffix(".index.json")
+            if single in candidates and single not in files:
+                raise self.fail(
+                    f"is beside {index_name}, which lists other files: two downloads mixed "
+                    "(transformers would load this one, the index names shards); keep one of "
+                    "them",
+                    single,
+                )
         else:
             weight_map = None
             files = sorted(candidates)
