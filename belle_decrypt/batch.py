@@ -28,7 +28,7 @@ from belle_decrypt.diagnose import Diagnoser, Diagnosis
 from belle_decrypt.errors import BelleError, DigestMismatch, InputError, ProblemsReported
 from belle_decrypt.keyid import identify
 from belle_decrypt.keystream import Key
-from belle_decrypt.layout import Layout, Source, plan
+from belle_decrypt.layout import Layout, Source, input_paths, plan, skip_reason
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import FileProgress, Notices, Outcome, Progress, Tally
 from belle_decrypt.output import remove_stale_temps
@@ -45,6 +45,8 @@ class Settings:
     keep_going: bool = False
     manifest: Manifest | None = None
     jobs: int | None = None
+    no_verify: bool = False
+    """Decrypt files whose layout carries no checksum even when no manifest lists them."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Run:
     """A checked run, ready to start: its files (smallest first), the open key, how to run."""
 
     files: tuple[Source, ...]
-    key: Key
+    key: Key | None
     settings: Settings
     diagnoser: Diagnoser
     folder: bool
@@ -62,11 +64,12 @@ class Run:
 @contextmanager
 def prepare_run(
     source: Path,
-    key_file: Path,
+    key_file: Path | None,
     settings: Settings,
     manifests: Sequence[Path],
     notices: Notices,
     layouts: Sequence[Layout] | None = None,
+    diagnoser: Diagnoser | None = None,
 ) -> Iterator[Run]:
     """Check everything before a run writes anything, and open the key for it.
 
@@ -75,37 +78,50 @@ def prepare_run(
     the ``manifests`` (read into the run's settings; a file whose layout carries no checksum
     must be listed), the key (a warning when it is not LLaMA-7B), the output folder (made;
     stale temporary files removed), the skipped files, the free space. Raises a
-    :class:`BelleError`.
+    :class:`BelleError`. ``key_file`` is None for layouts whose key is a folder given to
+    them (the per-file layout); they bring their own ``diagnoser``.
     """
     checked = plan(source, layouts)
     problems = list(checked.problems)
     for problem in problems:
         notices.problem(problem)
-    manifest = Manifest.read_all(manifests) if manifests else None
+    manifest = Manifest.read_all(manifests) if manifests else settings.manifest
     for ignored in manifest.ignored if manifest is not None else ():
         notices.warning(ignored.message)
-    for unchecked in _unverifiable(checked.files, manifest):
+    unverifiable = [] if settings.no_verify else _unverifiable(checked.files, manifest)
+    for unchecked in unverifiable:
         problems.append(unchecked)
         notices.problem(unchecked)
-    with Key(key_file) as key:
+    with Key(key_file) if key_file is not None else nullcontext(None) as key:
         if problems:
             raise ProblemsReported(len(problems))
-        fingerprint = identify(key_file, inspect=False)
-        if not fingerprint.is_expected:
-            notices.warning(
-                f"{key_file}: {fingerprint.verdict}; decrypting anyway (see "
-                f"`belle-decrypt check-key {key_file}`)"
-            )
+        if key_file is not None:
+            fingerprint = identify(key_file, inspect=False)
+            if not fingerprint.is_expected:
+                notices.warning(
+                    f"{key_file}: {fingerprint.verdict}; decrypting anyway (see "
+                    f"`belle-decrypt check-key {key_file}`)"
+                )
         out_dir = settings.out_dir
         prepare_output_dir(out_dir)
         remove_stale_temps(out_dir)
-        for path in checked.skipped:
-            notices.skipped(path, "not a .enc file")
+        _report_skipped(checked.skipped, skip_reason(layouts or ()), notices)
         check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
         settings = replace(settings, manifest=manifest)
         settings = replace(settings, jobs=resolve_jobs(checked.files, settings))
-        diagnoser = Diagnoser(key_file, manifest)
+        if diagnoser is None:
+            assert key_file is not None, "a run without a key file brings its diagnoser"
+            diagnoser = Diagnoser(key_file, manifest)
         yield Run(checked.files, key, settings, diagnoser, source.is_dir())
+
+
+def _report_skipped(skipped: Sequence[Path], reason: str, notices: Notices) -> None:
+    """Each skipped file on its line; a layout's hub files (several, one reason) once."""
+    if reason == "not a .enc file" or len(skipped) < 2:
+        for path in skipped:
+            notices.skipped(path, reason)
+    else:
+        notices.skipped(Path(", ".join(path.name for path in skipped)), reason)
 
 
 def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[InputError]:
@@ -143,7 +159,7 @@ def manifest_check(manifest: Manifest | None, enc: Source) -> tuple[dict[str, st
 
 def decrypt_one(
     enc: Source,
-    key: Key,
+    key: Key | None,
     settings: Settings,
     diagnoser: Diagnoser,
     progress: Progress | None,
@@ -176,7 +192,8 @@ def decrypt_one(
 
 
 class _Stop(Exception):
-    """Raised from the result handler to stop a run after the first two files."""
+    """Raised from the result handler to stop a run (after the first two files, or at a
+    failure that dooms every other file)."""
 
 
 def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
@@ -189,7 +206,7 @@ def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
 
 def decrypt_all(
     files: Sequence[Source],
-    key: Key,
+    key: Key | None,
     settings: Settings,
     diagnoser: Diagnoser,
     *,
@@ -206,7 +223,8 @@ def decrypt_all(
     tally = Tally()
     diagnoses: list[Diagnosis | None] = []
     token = cancel if cancel is not None else CancelToken()
-    inputs = frozenset(enc.path for enc in files)
+    inputs = frozenset(path for enc in files for path in input_paths(enc))
+    doomed: list[BelleError] = []
 
     def work(enc: Source) -> Outcome[Result]:
         context = (
@@ -222,6 +240,11 @@ def decrypt_all(
         tally.add(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
+        error = outcome.error
+        stops = error is not None and bool(getattr(error, "stops_run", False))
+        if error is not None and stops and len(diagnoses) < len(files) and not settings.keep_going:
+            doomed.append(error)
+            raise _Stop()
         first_two_done = len(diagnoses) == 2 < len(files)
         if first_two_done and not settings.keep_going and diagnoser.stop_early(diagnoses):
             raise _Stop()
@@ -231,7 +254,11 @@ def decrypt_all(
     except _Stop:
         tally.not_tried = len(files) - len(diagnoses)
         tally.stopped = (
-            f"stopped: the first two files both failed their checksum and the key "
+            f"stopped at {doomed[0].path.name if doomed[0].path else 'a file'}: every other "
+            f"file needs the same base; {tally.not_tried} more not tried; fix the base, or "
+            "pass --keep-going to try every file anyway"
+            if doomed
+            else f"stopped: the first two files both failed their checksum and the key "
             f"{diagnoser.key_path} is not the original LLaMA-7B consolidated.00.pth; "
             f"{tally.not_tried} more not tried; pass the right key, or --keep-going to try "
             "every file anyway"

@@ -105,6 +105,27 @@ MANIFEST_HELP = (
     is_flag=True,
     help="Skip fsync of outputs and folder: faster, but a power cut may lose finished files.",
 )
+@click.option(
+    "--format",
+    "layout_name",
+    type=click.Choice(["belle", "perfile"]),
+    default=None,
+    help="The release's layout: belle (NAME.<sha256>.enc files) or perfile (payload files "
+    "XORed with a converted base; the default when KEY_FILE is a folder).",
+)
+@click.option(
+    "--base-manifest",
+    "base_manifests",
+    multiple=True,
+    type=PATH,
+    help="perfile: the card's md5/SHA-256 list of the converted base files, checked as they "
+    "are read.",
+)
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Decrypt files that carry no checksum even when no --manifest lists them.",
+)
 def decrypt(
     source: Path,
     key_file: Path,
@@ -115,10 +136,15 @@ def decrypt(
     quiet: bool,
     force: bool,
     no_fsync: bool,
+    layout_name: str | None,
+    base_manifests: tuple[Path, ...],
+    no_verify: bool,
 ) -> None:
     """Decrypt SOURCE (one NAME.<sha256>.enc file, or a folder of them) into OUT_DIR.
 
-    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth. Each output is checked
+    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth; for OpenAssistant and
+    Pygmalion/Metharme releases it is the folder of LLaMA converted to the Hugging Face
+    layout (the per-file layout, docs/FORMAT.md section 5). Each output is checked
     against the SHA-256 in its header (and, with --manifest, against the model card's md5)
     before it appears under its final name. A failure says whether the download is broken
     or the key is wrong.
@@ -131,10 +157,27 @@ def decrypt(
     from belle_decrypt.batch import Settings, prepare_run
 
     settings = Settings(
-        out_dir=out_dir, force=force, fsync=not no_fsync, keep_going=keep_going, jobs=jobs
+        out_dir=out_dir,
+        force=force,
+        fsync=not no_fsync,
+        keep_going=keep_going,
+        jobs=jobs,
+        no_verify=no_verify,
     )
+    perfile = layout_name == "perfile" or (layout_name is None and key_file.is_dir())
     with user_errors(writing=True):
-        with prepare_run(source, key_file, settings, manifests, ConsoleNotices(quiet)) as run:
+        if base_manifests and not perfile:
+            raise InputError("--base-manifest is for the per-file layout (KEY_FILE a folder)")
+        notices = ConsoleNotices(quiet)
+        if perfile:
+            from belle_decrypt.perfile import prepare_perfile_run
+
+            preparing = prepare_perfile_run(
+                source, key_file, settings, manifests, base_manifests, notices
+            )
+        else:
+            preparing = prepare_run(source, key_file, settings, manifests, notices)
+        with preparing as run:
             tally = decrypt_run(run, quiet)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)

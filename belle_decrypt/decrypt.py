@@ -9,6 +9,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
 from belle_decrypt.hashing import hash_file
-from belle_decrypt.keystream import Key
-from belle_decrypt.layout import Source
+from belle_decrypt.keystream import KEY_HINT, Key, Keystream
+from belle_decrypt.layout import FolderKeyed, OwnPayload, Source
 from belle_decrypt.output import AtomicFile, unreadable_existing
 from belle_decrypt.states import FileState
 
@@ -35,7 +36,8 @@ class Result:
     target: Path
     status: FileState
     size: int
-    sha256: str
+    sha256: str | None
+    """The SHA-256 of the output, when the file carries one (or the manifest lists it)."""
     seconds: float
     md5: str | None = None
     """The decrypted file's md5, when a manifest asked for it."""
@@ -125,9 +127,11 @@ def _check_listed(
         )
 
 
-def _refuse_own_files(enc: Source, target: Path, key: Key, inputs: Collection[Path]) -> None:
+def _refuse_own_files(enc: Source, target: Path, key: Key | None, inputs: Collection[Path]) -> None:
     """Refuse to replace the key, this file's input or any other input of the same run."""
-    owned = [(key.path, "the key file"), (enc.path, "the encrypted file")]
+    owned = [(enc.path, "the encrypted file")]
+    if key is not None:
+        owned.append((key.path, "the key file"))
     owned += [(path, "an input of this run") for path in inputs if path != enc.path]
     for own, what in owned:
         if _same_file(target, own):
@@ -140,7 +144,7 @@ def _existing_matches(
     enc: Source,
     target: Path,
     force: bool,
-    key: Key,
+    key: Key | None,
     expected: Mapping[str, str] | None = None,
     cancel: CancelToken | None = None,
     inputs: Collection[Path] = (),
@@ -156,7 +160,7 @@ def _existing_matches(
         raise OutputError("a folder is in the way of the output file; move it away", target)
     _refuse_own_files(enc, target, key, inputs)
     expected = expected or {}
-    algorithms = ("sha256", *(name for name in expected if name != "sha256"))
+    algorithms = _algorithms(enc, expected)
     try:
         info = target.stat()
         digests = (
@@ -185,9 +189,25 @@ def _existing_matches(
     )
 
 
+def _keystream(enc: Source, key: Key | None) -> AbstractContextManager[Keystream]:
+    """The keystream of ``enc``: from the key file, or from its layout's own folder."""
+    if isinstance(enc.layout, FolderKeyed):
+        return enc.layout.own_keystream(enc)
+    if key is None:
+        raise InputError(f"needs a key file; {KEY_HINT}", enc.path)
+    return enc.layout.keystream(enc, key)
+
+
+def _algorithms(enc: Source, expected: Mapping[str, str]) -> tuple[str, ...]:
+    """The digests to compute of an output: the SHA-256 the file carries (if any) and those
+    the manifest lists."""
+    carried = ("sha256",) if enc.sha256 is not None else ()
+    return (*carried, *(name for name in expected if name not in carried))
+
+
 def decrypt_file(
     enc: Source,
-    key: Key,
+    key: Key | None,
     out_dir: Path,
     *,
     force: bool = False,
@@ -213,18 +233,19 @@ def decrypt_file(
             target=target,
             status=FileState.ALREADY_DECRYPTED,
             size=enc.payload_size,
-            sha256=existing["sha256"],
+            sha256=existing.get("sha256"),
             seconds=time.monotonic() - started,
             md5=existing.get("md5"),
         )
     engine.prepare(enc.payload_size)
     started = time.monotonic()  # a torch import is not this file's time
-    digest = hashlib.sha256()
+    hashers = {name: hashlib.new(name) for name in _algorithms(enc, expected)}
     status = FileState.DECRYPTED
-    extra = {name: hashlib.new(name) for name in expected if name != "sha256"}
     atomic = AtomicFile(target, fsync=fsync)
     try:
-        src_handle = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
+        src_handle = (
+            enc.open_payload() if isinstance(enc, OwnPayload) else open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
+        )
     except OSError as exc:
         raise OutputError(
             f"cannot read: {exc.strerror or exc}; nothing written (check the file's permissions)",
@@ -233,7 +254,7 @@ def decrypt_file(
     try:
         with (
             src_handle as src,
-            enc.layout.keystream(enc, key) as keystream,
+            _keystream(enc, key) as keystream,
             atomic as out,
         ):
             src.seek(enc.payload_offset)
@@ -242,16 +263,16 @@ def decrypt_file(
                 out,
                 keystream,
                 enc.payload_size,
-                hashers=(digest, *extra.values()),
+                hashers=tuple(hashers.values()),
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(target),
                 cancel=cancel,
             )
-            actual = digest.hexdigest()
+            found = {name: hasher.hexdigest() for name, hasher in hashers.items()}
+            actual = found.get("sha256")
             if enc.sha256 is not None and actual != enc.sha256:
-                raise DigestMismatch(actual, enc.sha256, WRONG_KEY_HINT, enc.path)
-            found = {"sha256": actual} | {name: h.hexdigest() for name, h in extra.items()}
+                raise DigestMismatch(str(actual), enc.sha256, WRONG_KEY_HINT, enc.path)
             _check_listed(enc, found, expected, enc.path, "nothing written")
             check(cancel)  # a cancelled run puts nothing new under a final name
             try:
