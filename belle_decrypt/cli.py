@@ -283,23 +283,48 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing .enc file that differs.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
+@click.option(
+    "--format",
+    "layout_name",
+    type=click.Choice(["belle", "perfile"]),
+    default="belle",
+    show_default=True,
+    help="belle: NAME.<sha256>.enc files; perfile: each file XORed with the same-named file "
+    "of KEY_FILE, a folder (a converted base), under its own name.",
+)
 def encrypt(
-    source: Path, key_file: Path, out_dir: Path, quiet: bool, force: bool, no_fsync: bool
+    source: Path,
+    key_file: Path,
+    out_dir: Path,
+    quiet: bool,
+    force: bool,
+    no_fsync: bool,
+    layout_name: str,
 ) -> None:
     """Encrypt SOURCE (a model file, or every non-hidden file in a folder) for publishing.
 
     Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use, and
     OUT_DIR/md5sums.txt lists the md5 of the .enc files ("after you clone") and of the plain
     files ("after you decrypt"), ready for the model card and for --manifest / verify.
+    With --format perfile, KEY_FILE is the base folder; each payload keeps its name, and
+    md5sums.txt lists the payload files, md5sums-decoded.txt the model files.
 
     \b
     Example:
       belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
+      belle-decrypt encrypt --format perfile my-finetune/ llama-7b-hf/ my-finetune-xor/
     """
     from belle_decrypt.encrypt import prepare_publish
+    from belle_decrypt.perfile_publish import prepare_perfile_publish
 
+    notices = ConsoleNotices(quiet)
     with user_errors(writing=True):
-        with prepare_publish(source, key_file, out_dir, ConsoleNotices(quiet)) as publish:
+        preparing = (
+            prepare_perfile_publish(source, key_file, out_dir, notices)
+            if layout_name == "perfile"
+            else prepare_publish(source, key_file, out_dir, notices)
+        )
+        with preparing as publish:
             tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from belle_decrypt.encrypt import Encrypted, Publish, PublishTally
     from belle_decrypt.keyid import KeyReport
     from belle_decrypt.outcome import Outcome, Tally
+    from belle_decrypt.perfile_publish import PerFilePublish
     from belle_decrypt.verify import VerifyReport
 
 PROG = "belle-decrypt"
@@ -269,9 +270,12 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
     return tally
 
 
-def encrypt_run(publish: Publish, quiet: bool, *, force: bool, fsync: bool) -> PublishTally:
+def encrypt_run(
+    publish: Publish | PerFilePublish, quiet: bool, *, force: bool, fsync: bool
+) -> PublishTally:
     """Encrypt with progress bars and one line per file, then say which manifest was written."""
     from belle_decrypt.encrypt import encrypt_all
+    from belle_decrypt.perfile_publish import DECODED_LIST, PerFilePublish, encode_all
 
     total = sum(publish.sizes.values())
     with Bars(total, publish.folder, progress_enabled(quiet)) as bars:
@@ -284,14 +288,22 @@ def encrypt_run(publish: Publish, quiet: bool, *, force: bool, fsync: bool) -> P
             assert result is not None
             say(f"{result.status.value:<10} {result.target.name}  {human_size(result.size)}", quiet)
 
-        tally = encrypt_all(
-            publish,
-            force=force,
-            fsync=fsync,
-            file_progress=lambda name, size: bars.file(size, name),
-            on_outcome=report,
-        )
-    if tally.manifest is not None:
+        def file_progress(name: str, size: int) -> AbstractContextManager[Callable[[int], None]]:
+            return bars.file(size, name)
+
+        if isinstance(publish, PerFilePublish):
+            tally = encode_all(
+                publish, force=force, fsync=fsync, file_progress=file_progress, on_outcome=report
+            )
+        else:
+            tally = encrypt_all(
+                publish, force=force, fsync=fsync, file_progress=file_progress, on_outcome=report
+            )
+    if tally.manifest is not None and isinstance(publish, PerFilePublish):
+        decoded = tally.manifest.parent / DECODED_LIST
+        say(f"wrote      {tally.manifest} (md5 of {tally.listed} payload files)", quiet)
+        say(f"wrote      {decoded} (md5 of {tally.listed} decoded files)", quiet)
+    elif tally.manifest is not None:
         say(f"wrote      {tally.manifest} (md5 of {tally.listed} .enc and plain files)", quiet)
     return tally
 

@@ -33,8 +33,11 @@ from belle_decrypt.outcome import Notices
 
 PLAIN_NAMES = frozenset({"added_tokens.json"})
 """Payload files that are plain: copied as they are."""
-CLUTTER_NAMES = frozenset({"README.md", ".gitattributes", "xor_codec.py"})
-"""Hub files beside the payload that are not part of the model (LICENSE* too)."""
+CLUTTER_NAMES = frozenset(
+    {"README.md", ".gitattributes", "xor_codec.py", "md5sums.txt", "md5sums-decoded.txt"}
+)
+"""Hub files beside the payload that are not part of the model (LICENSE* and hidden files
+too), and the two lists `encrypt --format perfile` writes beside the payloads."""
 GZIP_MAGIC = b"\x1f\x8b"
 PINNED = (
     "the card pins the conversion (transformers commit and torch version, e.g. OpenAssistant's "
@@ -45,9 +48,9 @@ _COUNT_CHUNK = 1024 * 1024
 
 
 def is_clutter(filename: str) -> bool:
-    """A hub file that is not part of the model (README.md, .gitattributes, LICENSE*,
-    the publisher's xor_codec.py)."""
-    return filename in CLUTTER_NAMES or filename.startswith("LICENSE")
+    """A hub file that is not part of the model (README.md, .gitattributes and other hidden
+    files, LICENSE*, the publisher's xor_codec.py) or one of encrypt's two md5 lists."""
+    return filename in CLUTTER_NAMES or filename.startswith(("LICENSE", "."))
 
 
 class BaseMismatch(OutputError):
@@ -356,7 +359,8 @@ class PerFileDiagnoser(Diagnoser):
         return None
 
 
-def _same_folder(a: Path, b: Path) -> bool:
+def same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name the same existing folder."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -382,7 +386,7 @@ def prepare_perfile_run(
             base_dir,
         )
     for other, what in ((base_dir, "base"), (source, "payload")):
-        if _same_folder(settings.out_dir, other):
+        if same_folder(settings.out_dir, other):
             raise InputError(
                 f"is the {what} folder; choose another output folder", settings.out_dir
             )
