@@ -129,7 +129,7 @@ def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[In
     return [
         InputError(
             f"carries no checksum and no manifest lists {enc.output_name!r}; pass the model "
-            "card's md5 list with --manifest",
+            "card's md5 list with --manifest (or --no-verify to decrypt without a check)",
             enc.path,
         )
         for enc in files

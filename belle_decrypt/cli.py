@@ -74,6 +74,11 @@ MANIFEST_HELP = (
     "- reads standard input); repeatable."
 )
 
+LAYOUTS = ["belle", "perfile"]
+FORMAT_HELP = "belle: NAME.<sha256>.enc files; perfile: payloads over a base (KEY_FILE a folder)."
+BASE_HELP = "perfile: the card's list of the base files, checked as they are read."
+NO_VERIFY_HELP = "Decrypt files that carry no checksum even when no --manifest lists them."
+
 
 @cli.command()
 @click.argument("source", type=PATH)
@@ -105,27 +110,9 @@ MANIFEST_HELP = (
     is_flag=True,
     help="Skip fsync of outputs and folder: faster, but a power cut may lose finished files.",
 )
-@click.option(
-    "--format",
-    "layout_name",
-    type=click.Choice(["belle", "perfile"]),
-    default=None,
-    help="The release's layout: belle (NAME.<sha256>.enc files) or perfile (payload files "
-    "XORed with a converted base; the default when KEY_FILE is a folder).",
-)
-@click.option(
-    "--base-manifest",
-    "base_manifests",
-    multiple=True,
-    type=PATH,
-    help="perfile: the card's md5/SHA-256 list of the converted base files, checked as they "
-    "are read.",
-)
-@click.option(
-    "--no-verify",
-    is_flag=True,
-    help="Decrypt files that carry no checksum even when no --manifest lists them.",
-)
+@click.option("--format", "layout_name", type=click.Choice(LAYOUTS), help=FORMAT_HELP)
+@click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
+@click.option("--no-verify", is_flag=True, help=NO_VERIFY_HELP)
 def decrypt(
     source: Path,
     key_file: Path,
@@ -154,30 +141,15 @@ def decrypt(
       belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
           --manifest model-card-md5.txt
     """
-    from belle_decrypt.batch import Settings, prepare_run
+    from belle_decrypt.batch import Settings
+    from belle_decrypt.perfile import prepare_decrypt
 
-    settings = Settings(
-        out_dir=out_dir,
-        force=force,
-        fsync=not no_fsync,
-        keep_going=keep_going,
-        jobs=jobs,
-        no_verify=no_verify,
-    )
-    perfile = layout_name == "perfile" or (layout_name is None and key_file.is_dir())
+    settings = Settings(out_dir, force, not no_fsync, keep_going, None, jobs, no_verify)
+    notices = ConsoleNotices(quiet)
     with user_errors(writing=True):
-        if base_manifests and not perfile:
-            raise InputError("--base-manifest is for the per-file layout (KEY_FILE a folder)")
-        notices = ConsoleNotices(quiet)
-        if perfile:
-            from belle_decrypt.perfile import prepare_perfile_run
-
-            preparing = prepare_perfile_run(
-                source, key_file, settings, manifests, base_manifests, notices
-            )
-        else:
-            preparing = prepare_run(source, key_file, settings, manifests, notices)
-        with preparing as run:
+        with prepare_decrypt(
+            source, key_file, settings, manifests, base_manifests, notices, layout_name
+        ) as run:
             tally = decrypt_run(run, quiet)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)
@@ -284,13 +256,7 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing .enc file that differs.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
 @click.option(
-    "--format",
-    "layout_name",
-    type=click.Choice(["belle", "perfile"]),
-    default="belle",
-    show_default=True,
-    help="belle: NAME.<sha256>.enc files; perfile: each file XORed with the same-named file "
-    "of KEY_FILE, a folder (a converted base), under its own name.",
+    "--format", "layout_name", type=click.Choice(LAYOUTS), default="belle", help=FORMAT_HELP
 )
 def encrypt(
     source: Path,
@@ -314,17 +280,12 @@ def encrypt(
       belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
       belle-decrypt encrypt --format perfile my-finetune/ llama-7b-hf/ my-finetune-xor/
     """
-    from belle_decrypt.encrypt import prepare_publish
-    from belle_decrypt.perfile_publish import prepare_perfile_publish
+    from belle_decrypt.perfile_publish import prepare_any_publish
 
-    notices = ConsoleNotices(quiet)
     with user_errors(writing=True):
-        preparing = (
-            prepare_perfile_publish(source, key_file, out_dir, notices)
-            if layout_name == "perfile"
-            else prepare_publish(source, key_file, out_dir, notices)
-        )
-        with preparing as publish:
+        with prepare_any_publish(
+            source, key_file, out_dir, ConsoleNotices(quiet), layout_name
+        ) as publish:
             tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)

@@ -346,8 +346,8 @@ class PerFileDiagnoser(Diagnoser):
             return Diagnosis(False, f"it is copied as it is; download {enc.path.name} again")
         return Diagnosis(
             True,
-            f"the base is probably not the publisher's conversion ({PINNED}), or the payload "
-            "download is damaged; pass the card's base list with --base-manifest to tell which",
+            "the base is probably not the publisher's conversion, or the payload download is "
+            f"damaged; pass the card's base list with --base-manifest to tell which; {PINNED}",
         )
 
     def stop_early(self, outcomes: Sequence[Diagnosis | None]) -> bool:
@@ -406,3 +406,35 @@ def prepare_perfile_run(
                         f"{found.base}: not in the base manifest; this base file is not checked"
                     )
         yield run
+
+
+def is_per_file_run(source: Path, key: Path) -> bool:
+    """Whether a run with no ``--format`` is per-file: its key is a folder and its source is
+    not a BELLE release (`.enc` files), for which a folder key is a mistake to explain."""
+    if not key.is_dir():
+        return False
+    if source.is_dir():
+        try:
+            return not any(path.name.endswith(".enc") for path in source.iterdir())
+        except OSError:
+            return True  # the run says what is wrong with the folder
+    return not source.name.endswith(".enc")
+
+
+def prepare_decrypt(
+    source: Path,
+    key: Path,
+    settings: Settings,
+    manifests: Sequence[Path],
+    base_manifests: Sequence[Path],
+    notices: Notices,
+    layout_name: str | None = None,
+) -> AbstractContextManager[Run]:
+    """The checked run of `decrypt SOURCE KEY OUT_DIR`: per-file when ``layout_name`` says so
+    or the key is a folder (:func:`is_per_file_run`), the default layouts otherwise."""
+    perfile = layout_name == "perfile" or (layout_name is None and is_per_file_run(source, key))
+    if perfile:
+        return prepare_perfile_run(source, key, settings, manifests, base_manifests, notices)
+    if base_manifests:
+        raise InputError("--base-manifest is for the per-file layout (KEY_FILE a folder)")
+    return prepare_run(source, key, settings, manifests, notices)

@@ -13,14 +13,20 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt import engine
 from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.decrypt import check_free_space, prepare_output_dir
-from belle_decrypt.encrypt import Encrypted, PublishTally, status_against_existing
+from belle_decrypt.encrypt import (
+    Encrypted,
+    Publish,
+    PublishTally,
+    prepare_publish,
+    status_against_existing,
+)
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, OutputError
 from belle_decrypt.hashing import md5_file
@@ -213,3 +219,13 @@ def encode_all(
         tally.manifest = publish.out_dir / PAYLOAD_LIST
         tally.listed = len(results)
     return tally
+
+
+def prepare_any_publish(
+    source: Path, key: Path, out_dir: Path, notices: Notices, layout_name: str = "belle"
+) -> AbstractContextManager[Publish | PerFilePublish]:
+    """The checked encrypt run of ``layout_name``: per-file (``key`` is the base folder) or
+    the BELLE container."""
+    if layout_name == "perfile":
+        return prepare_perfile_publish(source, key, out_dir, notices)
+    return prepare_publish(source, key, out_dir, notices)

@@ -187,7 +187,8 @@ def test_a_layout_without_a_checksum_needs_a_manifest(tmp_path: Path) -> None:
         pass
     assert notices.problems == [
         f"{folder / 'model.bin.toy'}: carries no checksum and no manifest lists 'model.bin'; "
-        "pass the model card's md5 list with --manifest"
+        "pass the model card's md5 list with --manifest (or --no-verify to decrypt without a "
+        "check)"
     ]
     assert not (tmp_path / "out").exists()
 
