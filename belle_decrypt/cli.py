@@ -20,6 +20,7 @@ from belle_decrypt.console import (
     PROG,
     ConsoleNotices,
     bar,
+    base_run,
     decrypt_run,
     echo_batched,
     encrypt_run,
@@ -223,13 +224,15 @@ def verify(
 @click.argument("key_file", type=PATH)
 @click.option("--full", is_flag=True, help="Hash the whole file and compare with every LLaMA file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
-def check_key(key_file: Path, full: bool, quiet: bool) -> None:
+@click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
+def check_key(key_file: Path, full: bool, quiet: bool, base_manifests: tuple[Path, ...]) -> None:
     """Say whether KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth, and if not, what.
 
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
     the whole file, compared with every known LLaMA file. A checkpoint is described (layers,
     hidden size, vocabulary) so a LLaMA-13B file or a Hugging Face shard is named as such.
-    Exit 0 when it is the LLaMA-7B file, 1 when not.
+    Exit 0 when it is the LLaMA-7B file, 1 when not. A folder (a per-file release's base)
+    is checked for the look of a Hugging Face LLaMA, and against --base-manifest.
 
     \b
     Example:
@@ -238,6 +241,8 @@ def check_key(key_file: Path, full: bool, quiet: bool) -> None:
     from belle_decrypt import keyid
 
     with user_errors():
+        if key_file.is_dir() or base_manifests:
+            sys.exit(ExitCode.OK if base_run(key_file, base_manifests, quiet) else ExitCode.FAILED)
         size = 0
         with suppress(OSError):  # identify() says what is wrong with the path
             size = key_file.stat().st_size

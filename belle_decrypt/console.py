@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
@@ -23,6 +23,7 @@ from belle_decrypt import platform_io
 from belle_decrypt.errors import BelleError, ExitCode, ProblemsReported
 
 if TYPE_CHECKING:
+    from belle_decrypt.basecheck import BaseReport
     from belle_decrypt.batch import Run
     from belle_decrypt.decrypt import Result
     from belle_decrypt.encrypt import Encrypted, Publish, PublishTally
@@ -339,6 +340,30 @@ def echo_batched(pieces: Iterable[str]) -> None:
             batch.clear()
     if batch:
         click.echo("".join(batch), nl=False)
+
+
+def base_run(folder: Path, manifests: Sequence[Path], quiet: bool) -> bool:
+    """`check-key` on a base folder: its look, its files against the card's base list (with a
+    bar), printed; True when it is a converted LLaMA matching the list."""
+    from belle_decrypt.basecheck import check_base
+    from belle_decrypt.perfile import read_split_manifest
+
+    manifest = read_split_manifest(manifests)
+    with bar(0, "md5", progress_enabled(quiet) and manifest is not None) as hashing:
+        report = check_base(folder, manifest, on_progress=hashing.update)
+    for line in base_lines(report, quiet):
+        click.echo(line)
+    return report.ok
+
+
+def base_lines(report: BaseReport, quiet: bool) -> list[str]:
+    """`check-key`'s output for a base folder: what it holds, the base list's lines as
+    `verify` prints them, then the verdict."""
+    lines = [] if quiet else [("folder", str(report.folder)), *report.findings]
+    text = [one_line(f"{label + ':':<21}{value}") for label, value in lines]
+    if report.listed is not None:
+        text += [line.rstrip("\n") for line in verify_lines(report.listed, quiet)]
+    return [*text, one_line(f"{'verdict:':<21}{report.folder} {report.verdict}")]
 
 
 def key_lines(report: KeyReport, quiet: bool) -> list[str]:

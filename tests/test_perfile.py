@@ -371,3 +371,78 @@ def test_the_base_shrinking_while_read_is_one_line(tmp_path: Path) -> None:
     assert str(raised.value) == (
         f"{base}: the base file shrank while it was being read; nothing written"
     )
+
+
+def converted_llama(folder: Path) -> dict[str, bytes]:
+    """A small folder laid out like LLaMA-7B converted to the Hugging Face layout."""
+    config = (
+        b'{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, '
+        b'"num_hidden_layers": 32, "vocab_size": 32000}'
+    )
+    files = {
+        "config.json": config,
+        "pytorch_model-00001-of-00002.bin": random_bytes(300, 20),
+        "pytorch_model-00002-of-00002.bin": random_bytes(200, 21),
+        "pytorch_model.bin.index.json": b'{"weight_map": {}}',
+        "tokenizer.model": random_bytes(50, 22),
+    }
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_check_key_on_a_folder_describes_a_converted_llama(tmp_path: Path) -> None:
+    base = tmp_path / "llama-7b-hf"
+    converted_llama(base)
+    result = run("check-key", base)
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        f"folder:              {base}",
+        "config.json:         model_type 'llama', hidden size 4096, 32 layers, vocabulary 32000: "
+        "LLaMA-7B",
+        "weights:             2 of 2 bin shards",
+        "tokenizer.model:     present",
+        f"verdict:             {base} looks like LLaMA converted to the Hugging Face layout; pass "
+        "the card's base list with --base-manifest to know it is the publisher's conversion",
+    ]
+    (base / "pytorch_model-00002-of-00002.bin").unlink()
+    result = run("check-key", base, "-q")
+    assert result.exit_code == 1
+    assert result.stdout == (
+        f"verdict:             {base} does not look like LLaMA converted to the Hugging Face "
+        "layout\n"
+    )
+
+
+def test_check_key_on_a_folder_with_the_base_list(tmp_path: Path) -> None:
+    base = tmp_path / "llama-7b-hf"
+    files = converted_llama(base)
+    listed = card(tmp_path / "base.md5", files)
+    result = run("check-key", base, "--base-manifest", listed, "-q")
+    assert result.exit_code == 0
+    assert result.stdout == (
+        f"verdict:             {base} matches the base list: it is the publisher's conversion\n"
+    )
+    (base / "tokenizer.model").write_bytes(b"another conversion")
+    result = run("check-key", base, "--base-manifest", listed, "-q")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"tokenizer.model: FAILED (md5 {md5(b'another conversion')}, expected "
+        f"{md5(files['tokenizer.model'])})",
+        f"verdict:             {base} differs from the base list: not the publisher's "
+        f"conversion; {PINNED}",
+    ]
+
+
+def test_verify_checks_a_payload_folder_and_a_decoded_folder(tmp_path: Path) -> None:
+    release = two_file_release(tmp_path)
+    payloads = {name: (release.payload / name).read_bytes() for name in release.plains}
+    payload_list = card(tmp_path / "payload.sha256", payloads, "sha256")
+    result = run("verify", release.payload, "--manifest", payload_list, "-q")
+    assert (result.exit_code, result.stdout) == (0, "")
+    release.decode("--manifest", release.manifest)
+    result = run("verify", release.out, "--manifest", release.manifest, "-q")
+    assert (result.exit_code, result.stdout) == (0, "")
+    result = run("verify", release.payload, "--manifest", release.manifest, "-q")
+    assert result.exit_code == 1
