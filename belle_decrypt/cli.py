@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import suppress
 from pathlib import Path
 
 import click
@@ -20,12 +19,11 @@ from belle_decrypt.console import (
     PROG,
     ConsoleNotices,
     bar,
-    base_run,
+    check_key_run,
     decrypt_run,
     echo_batched,
     encrypt_run,
     error,
-    key_lines,
     progress_enabled,
     user_errors,
     verify_lines,
@@ -238,19 +236,9 @@ def check_key(key_file: Path, full: bool, quiet: bool, base_manifests: tuple[Pat
     Example:
       belle-decrypt check-key llama/7B/consolidated.00.pth --full
     """
-    from belle_decrypt import keyid
-
     with user_errors():
-        if key_file.is_dir() or base_manifests:
-            sys.exit(ExitCode.OK if base_run(key_file, base_manifests, quiet) else ExitCode.FAILED)
-        size = 0
-        with suppress(OSError):  # identify() says what is wrong with the path
-            size = key_file.stat().st_size
-        with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
-            report = keyid.identify(key_file, full=full, on_progress=hashing.update)
-    for line in key_lines(report, quiet):
-        click.echo(line)
-    sys.exit(ExitCode.OK if report.is_expected else ExitCode.FAILED)
+        ok = check_key_run(key_file, full, quiet, base_manifests)
+    sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
 @cli.command()

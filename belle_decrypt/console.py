@@ -342,6 +342,23 @@ def echo_batched(pieces: Iterable[str]) -> None:
         click.echo("".join(batch), nl=False)
 
 
+def check_key_run(key_file: Path, full: bool, quiet: bool, base_manifests: Sequence[Path]) -> bool:
+    """`check-key`: the key file's verdict (with a bar when hashing it whole), or a base
+    folder's (:func:`base_run`), printed; True when it is what is needed."""
+    from belle_decrypt import keyid
+
+    if os.path.isdir(key_file) or base_manifests:  # isdir never raises: identify() says why
+        return base_run(key_file, base_manifests, quiet)
+    size = 0
+    with suppress(OSError):  # identify() says what is wrong with the path
+        size = key_file.stat().st_size
+    with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
+        report = keyid.identify(key_file, full=full, on_progress=hashing.update)
+    for line in key_lines(report, quiet):
+        click.echo(line)
+    return report.is_expected
+
+
 def base_run(folder: Path, manifests: Sequence[Path], quiet: bool) -> bool:
     """`check-key` on a base folder: its look, its files against the card's base list (with a
     bar), printed; True when it is a converted LLaMA matching the list."""

@@ -411,9 +411,9 @@ def prepare_perfile_run(
 def is_per_file_run(source: Path, key: Path) -> bool:
     """Whether a run with no ``--format`` is per-file: its key is a folder and its source is
     not a BELLE release (`.enc` files), for which a folder key is a mistake to explain."""
-    if not key.is_dir():
+    if not os.path.isdir(key):  # never raises: an unreadable key is said by the run
         return False
-    if source.is_dir():
+    if os.path.isdir(source):
         try:
             return not any(path.name.endswith(".enc") for path in source.iterdir())
         except OSError:
