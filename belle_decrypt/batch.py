@@ -1,4 +1,4 @@
-"""Decrypting a checked set of `.enc` files into one folder, as one run.
+"""Decrypting a checked set of input files (of any layout) into one folder, as one run.
 
 :func:`prepare_run` does every check before anything is written (the files, the manifests, the
 key, the output folder and its free space, stale temporary files) and opens the key.
