@@ -272,6 +272,10 @@ class Manifest:
         try:
             with no_cyclic_gc():
                 if str(path) == STDIN:
+                    if sys.stdin is None:  # started with standard input closed
+                        raise ManifestError(
+                            "is closed; pipe the manifest in or name its file", source
+                        )
                     manifest = cls.parse_lines(read_lines(sys.stdin.buffer), source)
                 else:
                     with open(path, "rb") as handle:

@@ -4,6 +4,7 @@ SHA-256 entries beside md5 ones, each checked with its own algorithm; standard i
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from click.testing import Result
 from belle_decrypt import hashing, verify
 from belle_decrypt.manifest import Manifest
 from tests.conftest import listing, random_bytes
+from tests.faults import CLI
 from tests.release import Release, make_release, md5
 from tests.runner import run
 
@@ -212,4 +214,19 @@ def test_decrypt_says_when_the_name_is_listed_in_several_folders(
     assert result.exit_code == 0, result.output
     assert decrypted_lines(result)[0].endswith(
         "SHA-256 verified; the manifest lists this name in several folders"
+    )
+
+
+def test_manifest_from_closed_standard_input(release: Release) -> None:
+    proc = subprocess.run(
+        [*CLI, "verify", str(release.enc_dir), "--manifest", "-"],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.close(0),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "belle-decrypt: error: standard input: is closed; pipe the manifest in or name its file\n"
     )
