@@ -17,6 +17,7 @@ from pathlib import Path
 
 from belle_decrypt import jobs
 from belle_decrypt.cancel import CancelToken
+from belle_decrypt.container import BELLE
 from belle_decrypt.decrypt import (
     Result,
     bytes_to_write,
@@ -24,6 +25,7 @@ from belle_decrypt.decrypt import (
     decrypt_file,
     prepare_output_dir,
 )
+from belle_decrypt.detect import run_layout, settle
 from belle_decrypt.diagnose import Diagnoser, Diagnosis
 from belle_decrypt.errors import BelleError, DigestMismatch, InputError, ProblemsReported
 from belle_decrypt.keyid import identify
@@ -32,7 +34,13 @@ from belle_decrypt.layout import Layout, Source, input_paths, plan, skip_reason
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import FileProgress, Notices, Outcome, Progress, Tally
 from belle_decrypt.output import remove_stale_temps
-from belle_decrypt.states import Verified
+from belle_decrypt.seed import is_copy
+from belle_decrypt.states import FileState, Verified
+
+COPIED = {
+    FileState.DECRYPTED: FileState.COPIED,
+    FileState.ALREADY_DECRYPTED: FileState.ALREADY_COPIED,
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,9 @@ class Settings:
     keep_going: bool = False
     manifest: Manifest | None = None
     jobs: int | None = None
-    no_verify: bool = False
-    """Decrypt files whose layout carries no checksum even when no manifest lists them."""
+    verify: bool = True
+    """False (``--no-verify``): a file that carries no checksum and is not in the manifest is
+    decrypted unverified instead of refused."""
 
 
 @dataclass(frozen=True)
@@ -73,35 +82,38 @@ def prepare_run(
 ) -> Iterator[Run]:
     """Check everything before a run writes anything, and open the key for it.
 
-    In this order: the files of ``source`` in the ``layouts`` (default: the BELLE container;
-    each unusable file reported, then exit 2 once the manifests and the key are checked too),
-    the ``manifests`` (read into the run's settings; a file whose layout carries no checksum
-    must be listed), the key (a warning when it is not LLaMA-7B), the output folder (made;
-    stale temporary files removed), the skipped files, the free space. Raises a
-    :class:`BelleError`. ``key_file`` is None for layouts whose key is a folder given to
-    them (the per-file layout); they bring their own ``diagnoser``.
+    In this order: the files of ``source`` in the ``layouts`` (default: each file's layout
+    detected; a folder mixing layouts refused; each unusable file reported, then exit 2 once
+    the manifests and the key are checked too), the ``manifests`` (read into the run's
+    settings; a file whose layout carries no checksum must be listed unless
+    ``settings.verify`` is off), the key against the layout's (a warning, or a refusal where
+    nothing would catch a wrong key), the output folder (made; stale temporary files removed),
+    the skipped files, the free space. Raises a :class:`BelleError`.
+    ``key_file`` is None for layouts whose key is a folder given to them (the per-file
+    layout); they bring their own ``diagnoser``.
     """
-    checked = plan(source, layouts)
+    checked = settle(source, plan(source, layouts))
     problems = list(checked.problems)
     for problem in problems:
         notices.problem(problem)
     manifest = Manifest.read_all(manifests) if manifests else settings.manifest
     for ignored in manifest.ignored if manifest is not None else ():
         notices.warning(ignored.message)
-    unverifiable = [] if settings.no_verify else _unverifiable(checked.files, manifest)
-    for unchecked in unverifiable:
+    unverifiable = _unverifiable(checked.files, manifest)
+    for unchecked in unverifiable if settings.verify else ():
         problems.append(unchecked)
         notices.problem(unchecked)
     with Key(key_file) if key_file is not None else nullcontext(None) as key:
         if problems:
             raise ProblemsReported(len(problems))
         if key_file is not None:
-            fingerprint = identify(key_file, inspect=False)
-            if not fingerprint.is_expected:
-                notices.warning(
-                    f"{key_file}: {fingerprint.verdict}; decrypting anyway (see "
-                    f"`belle-decrypt check-key {key_file}`)"
-                )
+            layout = run_layout(checked.files) or BELLE
+            fingerprint = identify(key_file, inspect=False, expected=layout.expected_key)
+            warning = layout.key_warning(fingerprint, unverified=bool(unverifiable))
+            if warning is not None:
+                notices.warning(warning)
+            if diagnoser is None:
+                diagnoser = Diagnoser(key_file, manifest, expected=layout.expected_key)
         out_dir = settings.out_dir
         prepare_output_dir(out_dir)
         remove_stale_temps(out_dir)
@@ -109,9 +121,7 @@ def prepare_run(
         check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
         settings = replace(settings, manifest=manifest)
         settings = replace(settings, jobs=resolve_jobs(checked.files, settings))
-        if diagnoser is None:
-            assert key_file is not None, "a run without a key file brings its diagnoser"
-            diagnoser = Diagnoser(key_file, manifest)
+        assert diagnoser is not None, "a run without a key file brings its diagnoser"
         yield Run(checked.files, key, settings, diagnoser, source.is_dir())
 
 
@@ -129,7 +139,7 @@ def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[In
     return [
         InputError(
             f"carries no checksum and no manifest lists {enc.output_name!r}; pass the model "
-            "card's md5 list with --manifest (or --no-verify to decrypt without a check)",
+            "card's md5 list with --manifest",
             enc.path,
         )
         for enc in files
@@ -188,6 +198,10 @@ def decrypt_one(
         return Outcome(enc.path, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
     except BelleError as exc:
         return Outcome(enc.path, None, exc, checked)
+    if is_copy(enc):
+        result = replace(result, status=COPIED[result.status])
+    elif checked is Verified.NOTHING and result.status is FileState.ALREADY_DECRYPTED:
+        checked = Verified.SAME_AS_FRESH
     return Outcome(enc.path, result, None, checked)
 
 

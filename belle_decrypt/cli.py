@@ -72,11 +72,15 @@ MANIFEST_HELP = (
     "An md5 or SHA-256 list (md5sum / sha256sum output or the model card's text pasted as is; "
     "- reads standard input); repeatable."
 )
-
-LAYOUTS = ["belle", "perfile"]
-FORMAT_HELP = "belle: NAME.<sha256>.enc files; perfile: payloads over a base (KEY_FILE a folder)."
+FORMATS = click.Choice(("belle", "techgpt", "openbuddy", "perfile"))
+FORMAT_HELP = (
+    "The layout [default: by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, "
+    "NAME.enc openbuddy; perfile (payloads over a base) when KEY_FILE is a folder]."
+)
 BASE_HELP = "perfile: the card's list of the base files, checked as they are read."
-NO_VERIFY_HELP = "Decrypt files that carry no checksum even when no --manifest lists them."
+NO_VERIFY_HELP = (
+    "Decrypt files that carry no checksum (techgpt, openbuddy, perfile) without --manifest."
+)
 
 
 @cli.command()
@@ -109,7 +113,7 @@ NO_VERIFY_HELP = "Decrypt files that carry no checksum even when no --manifest l
     is_flag=True,
     help="Skip fsync of outputs and folder: faster, but a power cut may lose finished files.",
 )
-@click.option("--format", "layout_name", type=click.Choice(LAYOUTS), help=FORMAT_HELP)
+@click.option("--format", "format_name", type=FORMATS, help=FORMAT_HELP)
 @click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
 @click.option("--no-verify", is_flag=True, help=NO_VERIFY_HELP)
 def decrypt(
@@ -122,18 +126,19 @@ def decrypt(
     quiet: bool,
     force: bool,
     no_fsync: bool,
-    layout_name: str | None,
+    format_name: str | None,
     base_manifests: tuple[Path, ...],
     no_verify: bool,
 ) -> None:
-    """Decrypt SOURCE (one NAME.<sha256>.enc file, or a folder of them) into OUT_DIR.
+    """Decrypt SOURCE (one .enc file, or a folder of them) into OUT_DIR.
 
     KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth; for OpenAssistant and
     Pygmalion/Metharme releases it is the folder of LLaMA converted to the Hugging Face
-    layout (the per-file layout, docs/FORMAT.md section 5). Each output is checked
+    layout (the per-file layout, docs/FORMAT.md section 6). Each output is checked
     against the SHA-256 in its header (and, with --manifest, against the model card's md5)
-    before it appears under its final name. A failure says whether the download is broken
-    or the key is wrong.
+    before it appears under its final name. TechGPT, OpenBuddy and per-file payloads carry no
+    checksum: --manifest is then required (or --no-verify). A failure says whether the download is
+    broken or the key is wrong.
 
     \b
     Example:
@@ -143,11 +148,11 @@ def decrypt(
     from belle_decrypt.batch import Settings
     from belle_decrypt.perfile import prepare_decrypt
 
-    settings = Settings(out_dir, force, not no_fsync, keep_going, None, jobs, no_verify)
+    settings = Settings(out_dir, force, not no_fsync, keep_going, jobs=jobs, verify=not no_verify)
     notices = ConsoleNotices(quiet)
     with user_errors(writing=True):
         with prepare_decrypt(
-            source, key_file, settings, manifests, base_manifests, notices, layout_name
+            source, key_file, settings, manifests, base_manifests, notices, format_name
         ) as run:
             tally = decrypt_run(run, quiet)
         if not tally.ok:
@@ -222,22 +227,26 @@ def verify(
 @click.argument("key_file", type=PATH)
 @click.option("--full", is_flag=True, help="Hash the whole file and compare with every LLaMA file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
+@click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
 @click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
-def check_key(key_file: Path, full: bool, quiet: bool, base_manifests: tuple[Path, ...]) -> None:
+def check_key(
+    key_file: Path, full: bool, quiet: bool, format_name: str, base_manifests: tuple[Path, ...]
+) -> None:
     """Say whether KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth, and if not, what.
 
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
     the whole file, compared with every known LLaMA file. A checkpoint is described (layers,
     hidden size, vocabulary) so a LLaMA-13B file or a Hugging Face shard is named as such.
-    Exit 0 when it is the LLaMA-7B file, 1 when not. A folder (a per-file release's base)
-    is checked for the look of a Hugging Face LLaMA, and against --base-manifest.
+    Exit 0 when it is the LLaMA-7B file (with --format openbuddy: when its first 16 MiB are
+    that file's, whatever its size), 1 when not. A folder (a per-file release's base) is
+    checked for the look of a Hugging Face LLaMA, and against --base-manifest.
 
     \b
     Example:
       belle-decrypt check-key llama/7B/consolidated.00.pth --full
     """
     with user_errors():
-        ok = check_key_run(key_file, full, quiet, base_manifests)
+        ok = check_key_run(key_file, full, quiet, format_name, base_manifests)
     sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
@@ -248,9 +257,7 @@ def check_key(key_file: Path, full: bool, quiet: bool, base_manifests: tuple[Pat
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing .enc file that differs.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
-@click.option(
-    "--format", "layout_name", type=click.Choice(LAYOUTS), default="belle", help=FORMAT_HELP
-)
+@click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
 def encrypt(
     source: Path,
     key_file: Path,
@@ -258,15 +265,16 @@ def encrypt(
     quiet: bool,
     force: bool,
     no_fsync: bool,
-    layout_name: str,
+    **opts: str,
 ) -> None:
     """Encrypt SOURCE (a model file, or every non-hidden file in a folder) for publishing.
 
-    Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use, and
-    OUT_DIR/md5sums.txt lists the md5 of the .enc files ("after you clone") and of the plain
-    files ("after you decrypt"), ready for the model card and for --manifest / verify.
-    With --format perfile, KEY_FILE is the base folder; each payload keeps its name, and
-    md5sums.txt lists the payload files, md5sums-decoded.txt the model files.
+    Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use
+    (--format techgpt: NAME.e3b0c442…b855.enc, openbuddy: NAME.enc), and OUT_DIR/md5sums.txt
+    lists the md5 of the .enc files ("after you clone") and of the plain files ("after you
+    decrypt"), ready for the model card and for --manifest / verify. With --format perfile,
+    KEY_FILE is the base folder; each payload keeps its name, and md5sums.txt lists the
+    payloads, md5sums-decoded.txt the model files.
 
     \b
     Example:
@@ -276,9 +284,8 @@ def encrypt(
     from belle_decrypt.perfile_publish import prepare_any_publish
 
     with user_errors(writing=True):
-        with prepare_any_publish(
-            source, key_file, out_dir, ConsoleNotices(quiet), layout_name
-        ) as publish:
+        notices, format_name = ConsoleNotices(quiet), opts["format_name"]
+        with prepare_any_publish(source, key_file, out_dir, notices, format_name) as publish:
             tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)

@@ -21,6 +21,7 @@ import click
 
 from belle_decrypt import platform_io
 from belle_decrypt.errors import BelleError, ExitCode, ProblemsReported
+from belle_decrypt.states import Verified
 
 if TYPE_CHECKING:
     from belle_decrypt.basecheck import BaseReport
@@ -244,8 +245,11 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
             result, checked = outcome.result, outcome.checked
             assert result is not None and checked is not None
             rate = result.size / result.seconds if result.seconds > 0 else 0.0
+            state = result.status.value
+            if checked is Verified.NOTHING:
+                state += " (not verified)"
             say(
-                f"{result.status.value:<18} {result.target.name}  {human_size(result.size)}"
+                f"{state:<18} {result.target.name}  {human_size(result.size)}"
                 f" in {result.seconds:.1f} s ({human_size(rate)}/s), {checked.value}",
                 quiet,
             )
@@ -262,11 +266,19 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
         error(tally.stopped)
     if tally.advice is not None:
         warn(tally.advice)
+    copied = f"{tally.copied} copied, " if tally.copied else ""
+    unverified = f" ({tally.unverified} not verified)" if tally.unverified else ""
     if run.folder:
         say(
             f"{tally.decrypted} decrypted, {tally.already_decrypted} already decrypted, "
-            f"{tally.failed} failed",
+            f"{copied}{tally.failed} failed{unverified}",
             quiet,
+        )
+    if tally.unverified:
+        warn(
+            f"{tally.unverified} file{'s' if tally.unverified != 1 else ''} not verified "
+            "(--no-verify, no checksum in the files or the manifest); check them against the "
+            "model card's md5 list: belle-decrypt verify OUT_DIR --manifest CARD"
         )
     return tally
 
@@ -342,18 +354,24 @@ def echo_batched(pieces: Iterable[str]) -> None:
         click.echo("".join(batch), nl=False)
 
 
-def check_key_run(key_file: Path, full: bool, quiet: bool, base_manifests: Sequence[Path]) -> bool:
-    """`check-key`: the key file's verdict (with a bar when hashing it whole), or a base
-    folder's (:func:`base_run`), printed; True when it is what is needed."""
+def check_key_run(
+    key_file: Path, full: bool, quiet: bool, format_name: str, base_manifests: Sequence[Path]
+) -> bool:
+    """`check-key`: the key file's verdict against ``format_name``'s key (with a bar when
+    hashing it whole), or a base folder's (:func:`base_run`), printed; True when it is what
+    is needed."""
     from belle_decrypt import keyid
+    from belle_decrypt.detect import LAYOUTS
 
-    if os.path.isdir(key_file) or base_manifests:  # isdir never raises: identify() says why
+    # isdir never raises: identify() says what is wrong with an unreadable path
+    if format_name == "perfile" or os.path.isdir(key_file) or base_manifests:
         return base_run(key_file, base_manifests, quiet)
+    expected = LAYOUTS[format_name].expected_key
     size = 0
     with suppress(OSError):  # identify() says what is wrong with the path
         size = key_file.stat().st_size
     with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
-        report = keyid.identify(key_file, full=full, on_progress=hashing.update)
+        report = keyid.identify(key_file, full=full, expected=expected, on_progress=hashing.update)
     for line in key_lines(report, quiet):
         click.echo(line)
     return report.is_expected

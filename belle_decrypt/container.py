@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError
+from belle_decrypt.keyid import KeyReport, KnownKey, llama_7b, unexpected_key_warning
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.output import TEMP_PREFIX
 
@@ -69,6 +70,46 @@ class EncName:
         return f"{self.name}.{self.sha256_hex}{SUFFIX}"
 
 
+def parse_name(filename: str, path: Path) -> EncName:
+    """:meth:`EncName.parse`, the error naming ``path``."""
+    try:
+        return EncName.parse(filename)
+    except InputError as exc:
+        raise InputError(exc.message, path) from None
+
+
+def read_head(path: Path, length: int) -> tuple[int, bytes]:
+    """The size and first ``length`` bytes of an input file, checked before any writing: it
+    exists, is a regular file (a FIFO must not hang), is readable, and is not a Git LFS
+    pointer."""
+    if not path.exists():
+        raise InputError("no such file (or a broken symbolic link); check the path", path)
+    if path.is_dir():
+        raise InputError("is a folder, not an encrypted file; pass a .enc file", path)
+    try:
+        fd = platform_io.open_regular(path)
+        if fd is None:
+            raise InputError(
+                "is not a regular file (a FIFO or device?); pass the downloaded .enc file", path
+            )
+        try:
+            size = os.fstat(fd).st_size
+            head = platform_io.pread(fd, max(length, len(LFS_POINTER_PREFIX)), 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise InputError(
+            f"cannot read: {exc.strerror or exc}; check the file's permissions", path
+        ) from exc
+    if is_lfs_pointer(head, size):
+        raise InputError(
+            "is a Git LFS pointer, not the data; run `git lfs pull` in the cloned repository "
+            "(or download the file itself)",
+            path,
+        )
+    return size, head
+
+
 def is_encrypted_name(filename: str) -> bool:
     """True for names of the form `NAME.<64 lower-case hex>.enc`."""
     return _NAME_RE.fullmatch(filename) is not None
@@ -115,36 +156,8 @@ class EncFile:
     @classmethod
     def open(cls, path: Path) -> EncFile:
         """Check an `.enc` before any writing: name, readability, LFS pointer, size, header."""
-        try:
-            enc_name = EncName.parse(path.name)
-        except InputError as exc:
-            raise InputError(exc.message, path) from None
-        if not path.exists():
-            raise InputError("no such file (or a broken symbolic link); check the path", path)
-        if path.is_dir():
-            raise InputError("is a folder, not an encrypted file; pass a .enc file", path)
-        try:
-            fd = platform_io.open_regular(path)  # a FIFO under an .enc name must not hang
-            if fd is None:
-                raise InputError(
-                    "is not a regular file (a FIFO or device?); pass the downloaded .enc file",
-                    path,
-                )
-            try:
-                size = os.fstat(fd).st_size
-                head = platform_io.pread(fd, max(HEADER_SIZE, len(LFS_POINTER_PREFIX)), 0)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise InputError(
-                f"cannot read: {exc.strerror or exc}; check the file's permissions", path
-            ) from exc
-        if is_lfs_pointer(head, size):
-            raise InputError(
-                "is a Git LFS pointer, not the data; run `git lfs pull` in the cloned "
-                "repository (or download the file itself)",
-                path,
-            )
+        enc_name = parse_name(path.name, path)
+        size, head = read_head(path, HEADER_SIZE)
         if size < HEADER_SIZE:
             raise InputError(
                 f"is {size} bytes, shorter than the {HEADER_SIZE}-byte header; download it again",
@@ -160,23 +173,36 @@ class EncFile:
         return cls(path=path, enc_name=enc_name, size=size)
 
 
-class BelleContainer:
-    """The BELLE container as a :class:`~belle_decrypt.layout.Layout`."""
+class KeyedOnLlama7B:
+    """What the layouts keyed with 10 MiB pieces of LLaMA-7B (section 1.3) share."""
 
-    name = "belle"
-    pattern = "NAME.<sha256>.enc"
+    @property
+    def expected_key(self) -> KnownKey:
+        """Meta's LLaMA-7B consolidated.00.pth."""
+        return llama_7b()
 
     def recognises(self, filename: str) -> bool:
         """Every `*.enc` in a folder is taken as one (a malformed name is then refused)."""
         return filename.endswith(SUFFIX)
 
-    def open(self, path: Path) -> EncFile:
-        """See :meth:`EncFile.open`."""
-        return EncFile.open(path)
-
     def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
         """10 MiB pieces of the key file, whatever the file."""
         return nullcontext(key)
+
+    def key_warning(self, report: KeyReport, unverified: bool) -> str | None:
+        """Any key is tried: the file's SHA-256 (or the manifest's md5) tells if it was right."""
+        return unexpected_key_warning(report)
+
+
+class BelleContainer(KeyedOnLlama7B):
+    """The BELLE container as a :class:`~belle_decrypt.layout.Layout`."""
+
+    name = "belle"
+    pattern = "NAME.<sha256>.enc"
+
+    def open(self, path: Path) -> EncFile:
+        """See :meth:`EncFile.open`."""
+        return EncFile.open(path)
 
 
 BELLE = BelleContainer()

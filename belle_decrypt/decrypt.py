@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from belle_decrypt import engine
 from belle_decrypt.cancel import CancelToken, check
@@ -37,7 +38,7 @@ class Result:
     status: FileState
     size: int
     sha256: str | None
-    """The SHA-256 of the output, when the file carries one (or the manifest lists it)."""
+    """The decrypted file's SHA-256, when the layout carries one to check."""
     seconds: float
     md5: str | None = None
     """The decrypted file's md5, when a manifest asked for it."""
@@ -160,14 +161,17 @@ def _existing_matches(
         raise OutputError("a folder is in the way of the output file; move it away", target)
     _refuse_own_files(enc, target, key, inputs)
     expected = expected or {}
-    algorithms = _algorithms(enc, expected)
+    carried = ("sha256",) if enc.sha256 is not None else ()
+    algorithms = tuple(dict.fromkeys((*carried, *expected)))  # only what is checked
     try:
         info = target.stat()
-        digests = (
-            hash_file(target, algorithms, chunk=BUFFER_SIZE, cancel=cancel)
-            if stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
-            else {}
-        )
+        whole = stat.S_ISREG(info.st_mode) and info.st_size == enc.payload_size
+        if whole and not algorithms:  # nothing to check it by (--no-verify): decrypt and compare
+            if _same_as_fresh(enc, key, target, cancel):
+                return {}
+            _refuse_unless(force, target)
+            return None
+        digests = hash_file(target, algorithms, chunk=BUFFER_SIZE, cancel=cancel) if whole else {}
     except FileNotFoundError:
         digests = {}  # a broken symbolic link: in the way, but nothing to read
     except OSError as exc:
@@ -180,8 +184,14 @@ def _existing_matches(
     listed_match = all(digests.get(name) == digest for name, digest in expected.items())
     if enc.sha256 is None and expected and listed_match:
         return digests
+    _refuse_unless(force, target)
+    return None
+
+
+def _refuse_unless(force: bool, target: Path) -> None:
+    """Refuse the different file in the way of ``target``, unless told to replace it."""
     if force:
-        return None
+        return
     raise OutputError(
         "exists and differs from what this file decrypts to; move it away or pass --force "
         "to replace it",
@@ -198,11 +208,47 @@ def _keystream(enc: Source, key: Key | None) -> AbstractContextManager[Keystream
     return enc.layout.keystream(enc, key)
 
 
-def _algorithms(enc: Source, expected: Mapping[str, str]) -> tuple[str, ...]:
-    """The digests to compute of an output: the SHA-256 the file carries (if any) and those
-    the manifest lists."""
-    carried = ("sha256",) if enc.sha256 is not None else ()
-    return (*carried, *(name for name in expected if name not in carried))
+def _open_payload(enc: Source) -> BinaryIO:
+    """``enc``'s file opened at its payload (a gzip payload decompressed)."""
+    if isinstance(enc, OwnPayload):
+        return enc.open_payload()
+    src = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (the caller closes it)
+    src.seek(enc.payload_offset)
+    return src
+
+
+class _Compare:
+    """A stand-in hasher that compares the plaintext with an existing file, in order."""
+
+    def __init__(self, existing: BinaryIO) -> None:
+        self.existing = existing
+        self.same = True
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        if self.same:
+            self.same = self.existing.read(len(data)) == data
+
+
+def _same_as_fresh(enc: Source, key: Key | None, target: Path, cancel: CancelToken | None) -> bool:
+    """Whether ``target`` holds what decrypting ``enc`` gives now: for a file with no checksum
+    anywhere (``--no-verify``), a fresh decryption is the only thing to compare it with."""
+    with (
+        open(target, "rb") as existing,
+        _open_payload(enc) as src,
+        open(os.devnull, "wb") as sink,
+        _keystream(enc, key) as keystream,
+    ):
+        compare = _Compare(existing)
+        xor_stream(
+            src,
+            sink,
+            keystream,
+            enc.payload_size,
+            hashers=(compare,),
+            dst_label=str(target),
+            cancel=cancel,
+        )
+    return compare.same
 
 
 def decrypt_file(
@@ -239,13 +285,15 @@ def decrypt_file(
         )
     engine.prepare(enc.payload_size)
     started = time.monotonic()  # a torch import is not this file's time
-    hashers = {name: hashlib.new(name) for name in _algorithms(enc, expected)}
     status = FileState.DECRYPTED
+    # Only what is checked: a headerless file with an md5 entry costs one hash, not two.
+    wants_sha256 = enc.sha256 is not None or "sha256" in expected
+    digest = hashlib.sha256() if wants_sha256 else None
+    extra = {name: hashlib.new(name) for name in expected if name != "sha256"}
+    hashers = tuple(hasher for hasher in (digest, *extra.values()) if hasher is not None)
     atomic = AtomicFile(target, fsync=fsync)
     try:
-        src_handle = (
-            enc.open_payload() if isinstance(enc, OwnPayload) else open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
-        )
+        src_handle = _open_payload(enc)
     except OSError as exc:
         raise OutputError(
             f"cannot read: {exc.strerror or exc}; nothing written (check the file's permissions)",
@@ -257,22 +305,24 @@ def decrypt_file(
             _keystream(enc, key) as keystream,
             atomic as out,
         ):
-            src.seek(enc.payload_offset)
             xor_stream(
                 src,
                 out,
                 keystream,
                 enc.payload_size,
-                hashers=tuple(hashers.values()),
+                hashers=hashers,
                 on_progress=on_progress,
                 buffer_size=buffer_size,
                 dst_label=str(target),
                 cancel=cancel,
             )
-            found = {name: hasher.hexdigest() for name, hasher in hashers.items()}
-            actual = found.get("sha256")
+            actual = digest.hexdigest() if digest is not None else None
             if enc.sha256 is not None and actual != enc.sha256:
-                raise DigestMismatch(str(actual), enc.sha256, WRONG_KEY_HINT, enc.path)
+                assert actual is not None
+                raise DigestMismatch(actual, enc.sha256, WRONG_KEY_HINT, enc.path)
+            found = {name: h.hexdigest() for name, h in extra.items()}
+            if actual is not None:
+                found["sha256"] = actual
             _check_listed(enc, found, expected, enc.path, "nothing written")
             check(cancel)  # a cancelled run puts nothing new under a final name
             try:

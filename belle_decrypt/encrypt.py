@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,18 +21,43 @@ from belle_decrypt import engine
 from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.container import HEADER_SIZE, EncName
 from belle_decrypt.decrypt import check_free_space, prepare_output_dir
+from belle_decrypt.detect import decrypted_name
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, ManifestError, OutputError
 from belle_decrypt.hashing import md5_file
-from belle_decrypt.keystream import Key
+from belle_decrypt.headerless import TECHGPT
+from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import FileProgress, Notices, Outcome, Tally
 from belle_decrypt.output import AtomicFile, remove_stale_temps, unreadable_existing
+from belle_decrypt.seed import OPENBUDDY, read_seed
 from belle_decrypt.states import FileState
 
 MANIFEST_NAME = "md5sums.txt"
 NAME_MAX = 255
 ENC_NAME_EXTRA = 1 + 64 + 4  # ".<sha256 hex>.enc"
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """How encrypt lays a file out (docs/FORMAT.md): with the 32-byte header or none, its
+    name from the plain name and SHA-256, and the keystream taken from the key."""
+
+    header: bool
+    name: Callable[[str, str], str]
+    keystream: Callable[[Key], AbstractContextManager[Keystream]]
+
+
+PUBLISHING = {
+    "belle": Publishing(
+        True, lambda name, hex_: EncName(name, hex_).encrypted_filename(), nullcontext
+    ),
+    "techgpt": Publishing(False, TECHGPT.encrypted_name, nullcontext),
+    "openbuddy": Publishing(
+        False, OPENBUDDY.encrypted_name, lambda key: nullcontext(read_seed(key))
+    ),
+}
+"""The layouts ``encrypt --format`` writes."""
 
 
 @dataclass(frozen=True)
@@ -122,22 +147,28 @@ def encrypt_file(
     on_progress: Callable[[int], None] | None = None,
     buffer_size: int = BUFFER_SIZE,
     cancel: CancelToken | None = None,
+    publishing: Publishing = PUBLISHING["belle"],
 ) -> Encrypted:
-    """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc`, byte-identical to
-    docs/FORMAT.md."""
+    """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc` (or the layout of
+    ``publishing``), byte-identical to docs/FORMAT.md."""
     with suppress(OSError):  # unreadable: said below, when it is opened
         engine.prepare(source.stat().st_size)  # a torch import is not this file's time
     started = time.monotonic()
     sha256, plain_md5 = hashlib.sha256(), hashlib.md5()
     atomic = AtomicFile(out_dir / f"{source.name}.enc", fsync=fsync)
     try:
-        with open(source, "rb", buffering=0) as src, atomic as out:
+        with (
+            open(source, "rb", buffering=0) as src,
+            publishing.keystream(key) as keystream,
+            atomic as out,
+        ):
             size = os.fstat(src.fileno()).st_size
-            out.write(bytes(HEADER_SIZE))
+            if publishing.header:
+                out.write(bytes(HEADER_SIZE))
             xor_stream(
                 src,
                 out,
-                key,
+                keystream,
                 size,
                 hashers=(sha256, plain_md5),
                 hash_output=False,
@@ -146,8 +177,9 @@ def encrypt_file(
                 dst_label=str(atomic.final),
                 cancel=cancel,
             )
-            os.pwrite(out.fileno(), sha256.digest(), 0)
-            target = out_dir / EncName(source.name, sha256.hexdigest()).encrypted_filename()
+            if publishing.header:
+                os.pwrite(out.fileno(), sha256.digest(), 0)
+            target = out_dir / publishing.name(source.name, sha256.hexdigest())
             enc_md5 = md5_file(atomic.temp, cancel=cancel)
             status = status_against_existing(target, enc_md5, force)
             if status is FileState.ENCRYPTED:
@@ -205,7 +237,7 @@ def manifest_lines(results: list[Encrypted], previous: Manifest | None = None) -
         if not entry.encrypted:
             if entry.name not in written:
                 plain.setdefault(key, entry.digest)
-        elif EncName.parse(entry.base).name not in written:
+        elif decrypted_name(entry.base) not in written:
             enc.setdefault(key, entry.digest)
     return [
         f"{digest}  ./{name}"
@@ -242,25 +274,33 @@ class Publish:
     out_dir: Path
     previous: Manifest | None
     folder: bool
+    publishing: Publishing = PUBLISHING["belle"]
 
 
 @contextmanager
 def prepare_publish(
-    source: Path, key_file: Path, out_dir: Path, notices: Notices
+    source: Path,
+    key_file: Path,
+    out_dir: Path,
+    notices: Notices,
+    publishing: Publishing = PUBLISHING["belle"],
 ) -> Iterator[Publish]:
     """Check everything before encrypt writes anything, and open the key: the files, an old
-    md5sums.txt (its ignored lines are warnings), the key, the output folder (made; stale
-    temporary files removed) and its free space. Raises a :class:`BelleError`."""
+    md5sums.txt (its ignored lines are warnings), the key (long enough for the layout's
+    keystream), the output folder (made; stale temporary files removed) and its free space.
+    Raises a :class:`BelleError`."""
     files = sources(source, out_dir)
     previous = previous_manifest(out_dir)
     for ignored in previous.ignored if previous is not None else ():
         notices.warning(ignored.message)
     with Key(key_file) as key:
+        with publishing.keystream(key):
+            pass
         prepare_output_dir(out_dir)
         remove_stale_temps(out_dir)
         sizes = {path: path.stat().st_size for path in files}
         check_free_space(out_dir, sum(size + HEADER_SIZE for size in sizes.values()))
-        yield Publish(tuple(files), sizes, key, out_dir, previous, source.is_dir())
+        yield Publish(tuple(files), sizes, key, out_dir, previous, source.is_dir(), publishing)
 
 
 @dataclass
@@ -297,6 +337,7 @@ def encrypt_all(
                     fsync=fsync,
                     on_progress=progress,
                     cancel=cancel,
+                    publishing=publish.publishing,
                 )
             except BelleError as exc:
                 outcome: Outcome[Encrypted] = Outcome(path, None, exc)

@@ -13,7 +13,7 @@ import json
 import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class KnownKey:
     md5: str
     size: int | None = None
     head_md5: str | None = None
+    head_only: bool = False
+    """Only the first 16 MiB matter (OpenBuddy's seed): any size with that start is right."""
 
 
 LLAMA_7B = KnownKey(
@@ -206,6 +208,8 @@ def _verdict(
 ) -> tuple[bool, str]:
     """(is it the expected key, one phrase saying what it is)."""
     want = f"the original {expected.label}"
+    if expected.head_only:
+        return _seed_verdict(size, head_md5, checkpoint, expected, want)
     if md5 is not None:
         if md5 == expected.md5:
             return True, f"is {want} (whole-file md5 matches)"
@@ -226,6 +230,32 @@ def _verdict(
     else:
         differs = "whole-file md5 differs" if md5 is not None else "first 16 MiB differ"
         what = f"is not {want} (its {differs})"
+    if checkpoint is not None:
+        what += f": it is {checkpoint.describe()}"
+    return False, what
+
+
+def llama_7b() -> KnownKey:
+    """LLaMA-7B's values, read at call time (tests replace :data:`LLAMA_7B`)."""
+    return LLAMA_7B
+
+
+def llama_7b_seed() -> KnownKey:
+    """What the 16 MiB seed layout (docs/FORMAT.md section 4) needs: LLaMA-7B's first 16 MiB."""
+    return replace(LLAMA_7B, head_only=True)
+
+
+def _seed_verdict(
+    size: int, head_md5: str, checkpoint: CheckpointInfo | None, expected: KnownKey, want: str
+) -> tuple[bool, str]:
+    """The verdict when only the first 16 MiB of the key are used."""
+    if size < HEAD_SIZE:
+        return False, (
+            f"is {size:,} bytes, shorter than the 16 MiB seed taken from the start of {want}"
+        )
+    if head_md5 == expected.head_md5:
+        return True, f"starts with the 16 MiB seed of {want} (all the seed layout uses)"
+    what = f"does not start with the 16 MiB seed of {want} (its first 16 MiB differ)"
     if checkpoint is not None:
         what += f": it is {checkpoint.describe()}"
     return False, what
@@ -258,3 +288,14 @@ def identify(
     checkpoint = inspect_checkpoint(path) if inspect else None
     is_expected, verdict = _verdict(size, head_md5, md5, checkpoint, expected, known)
     return KeyReport(path, size, head_md5, md5, checkpoint, is_expected, verdict)
+
+
+def unexpected_key_warning(report: KeyReport, check_key: str = "check-key") -> str | None:
+    """The usual answer to a key that is not the expected one: decrypt anyway (the checksums
+    will tell) and say how to look closer; None for the expected key."""
+    if report.is_expected:
+        return None
+    return (
+        f"{report.path}: {report.verdict}; decrypting anyway (see "
+        f"`belle-decrypt {check_key} {report.path}`)"
+    )

@@ -107,6 +107,10 @@ class Key:
     ) -> None:
         self.close()
 
+    def read(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with the key file's own bytes from ``offset`` (not the keystream)."""
+        self._pread_exact(view, offset)
+
     def _pread_exact(self, view: memoryview, offset: int) -> None:
         done = 0
         while done < len(view):

@@ -11,9 +11,14 @@ the :class:`Source` records it opens; the engine only pulls bytes from a
   written; :attr:`Source.payload_offset` is where the payload starts);
 - which keystream applies, by payload offset (:meth:`Layout.keystream`);
 - what verification the file carries: an expected SHA-256 (:attr:`Source.sha256`), or None, in
-  which case the run requires the model card's md5 for it (``--manifest``).
+  which case the run requires the model card's md5 for it (``--manifest``, or ``--no-verify``);
+- which key it needs (:attr:`Layout.expected_key`) and what to do when the key given is not
+  that one (:meth:`Layout.key_warning`: warn, or refuse where nothing would catch it).
 
-The BELLE container (:class:`belle_decrypt.container.BelleContainer`) is the first one.
+The BELLE container (:class:`belle_decrypt.container.BelleContainer`) is the first one; the
+headerless BELLE files of TechGPT and OpenBuddy's 16 MiB seed follow
+(:mod:`belle_decrypt.headerless`, :mod:`belle_decrypt.seed`), and :mod:`belle_decrypt.detect`
+tells them apart by name and size when no ``--format`` is given.
 
 Adding a layout
 ---------------
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from belle_decrypt.errors import InputError
+from belle_decrypt.keyid import KeyReport, KnownKey
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.output import TEMP_PREFIX
 
@@ -95,6 +101,15 @@ class Layout(Protocol):
     def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
         """The keystream for ``source``'s payload, from the run's key file."""
 
+    @property
+    def expected_key(self) -> KnownKey:
+        """The key file this layout is keyed on (what the fingerprint is compared with)."""
+
+    def key_warning(self, report: KeyReport, unverified: bool) -> str | None:
+        """A warning when ``report`` (the key's fingerprint against :attr:`expected_key`) says
+        it is not that key, or None; raise InputError to refuse it. ``unverified``: some file
+        of the run has no checksum to catch a wrong key (``--no-verify``)."""
+
 
 @runtime_checkable
 class FolderKeyed(Protocol):
@@ -129,10 +144,11 @@ def skip_reason(layouts: Sequence[Layout]) -> str:
 
 
 def default_layouts() -> tuple[Layout, ...]:
-    """The layouts a run knows without options: the BELLE container."""
-    from belle_decrypt.container import BELLE
+    """The layouts a run knows without options: every XOR layout, told apart by name and
+    size (:data:`belle_decrypt.detect.DETECT`)."""
+    from belle_decrypt.detect import DETECT
 
-    return (BELLE,)
+    return (DETECT,)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from belle_decrypt.container import is_encrypted_name
+from belle_decrypt.container import SUFFIX
 from belle_decrypt.errors import ManifestClash, ManifestError
 
 # The digest algorithms a manifest may use, by the length of their hex digest.
@@ -152,8 +152,8 @@ class ManifestEntry(NamedTuple):
 
     @property
     def encrypted(self) -> bool:
-        """True for a downloaded `NAME.<sha256>.enc` file, False for a decrypted file."""
-        return is_encrypted_name(self.base)
+        """True for a downloaded `.enc` file (of any layout), False for a decrypted file."""
+        return self.base.endswith(SUFFIX)
 
     @property
     def where(self) -> str:

@@ -70,6 +70,8 @@ class Tally:
     failed: int = 0
     not_tried: int = 0
     stopped: str | None = None
+    unverified: int = 0
+    """Files that ended well with no checksum to check them by (``--no-verify``)."""
     advice: str | None = None
     """A warning about the run as a whole (every file failed although the key looked right)."""
 
@@ -79,6 +81,8 @@ class Tally:
             self.failed += 1
         else:
             self.done[outcome.result.status] += 1
+            if outcome.checked in (Verified.NOTHING, Verified.SAME_AS_FRESH):
+                self.unverified += 1
 
     @property
     def decrypted(self) -> int:
@@ -87,6 +91,11 @@ class Tally:
     @property
     def already_decrypted(self) -> int:
         return self.done[FileState.ALREADY_DECRYPTED]
+
+    @property
+    def copied(self) -> int:
+        """Plain files copied, or found copied already."""
+        return self.done[FileState.COPIED] + self.done[FileState.ALREADY_COPIED]
 
     @property
     def ok(self) -> bool:

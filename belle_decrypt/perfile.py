@@ -1,4 +1,4 @@
-"""The per-file layout (docs/FORMAT.md section 5): OpenAssistant's and Pygmalion/Metharme's
+"""The per-file layout (docs/FORMAT.md section 6): OpenAssistant's and Pygmalion/Metharme's
 `xor_codec.py` releases, a :class:`~belle_decrypt.layout.Layout` whose key is a folder.
 
 Each payload file is the XOR of a model file with the same-named file of a LLaMA converted to
@@ -26,6 +26,7 @@ from belle_decrypt.batch import Run, Settings, prepare_run
 from belle_decrypt.cancel import CancelToken
 from belle_decrypt.diagnose import Diagnoser, Diagnosis
 from belle_decrypt.errors import InputError, ManifestClash, ManifestError, OutputError
+from belle_decrypt.keyid import KeyReport, KnownKey, llama_7b
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.layout import Source
 from belle_decrypt.manifest import Manifest
@@ -240,6 +241,16 @@ class PerFileLayout:
         self.base_dir = base_dir
         self.base_manifest = base_manifest
 
+    @property
+    def expected_key(self) -> KnownKey:
+        """No key file: the base folder is given to the layout. The run never fingerprints a
+        key for it; LLaMA-7B stands in to satisfy callers that ask."""
+        return llama_7b()
+
+    def key_warning(self, report: KeyReport, unverified: bool) -> str | None:
+        """Never asked: a per-file run opens no key file."""
+        return None
+
     def recognises(self, filename: str) -> bool:
         """Every file but the hub's clutter."""
         return not is_clutter(filename)
@@ -437,4 +448,6 @@ def prepare_decrypt(
         return prepare_perfile_run(source, key, settings, manifests, base_manifests, notices)
     if base_manifests:
         raise InputError("--base-manifest is for the per-file layout (KEY_FILE a folder)")
-    return prepare_run(source, key, settings, manifests, notices)
+    from belle_decrypt.detect import layouts_for
+
+    return prepare_run(source, key, settings, manifests, notices, layouts_for(layout_name))

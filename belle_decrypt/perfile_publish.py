@@ -1,4 +1,4 @@
-"""The publisher's side of the per-file layout (docs/FORMAT.md section 5): each model file XORed
+"""The publisher's side of the per-file layout (docs/FORMAT.md section 6): each model file XORed
 with the same-named base file into a payload of the same name, and two md5 lists.
 
 Payloads are written uncompressed (gzip output depends on the compressor, so it could not be
@@ -21,6 +21,7 @@ from belle_decrypt import engine
 from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.decrypt import check_free_space, prepare_output_dir
 from belle_decrypt.encrypt import (
+    PUBLISHING,
     Encrypted,
     Publish,
     PublishTally,
@@ -225,7 +226,7 @@ def prepare_any_publish(
     source: Path, key: Path, out_dir: Path, notices: Notices, layout_name: str = "belle"
 ) -> AbstractContextManager[Publish | PerFilePublish]:
     """The checked encrypt run of ``layout_name``: per-file (``key`` is the base folder) or
-    the BELLE container."""
+    another layout's `.enc` files (``encrypt.PUBLISHING``)."""
     if layout_name == "perfile":
         return prepare_perfile_publish(source, key, out_dir, notices)
-    return prepare_publish(source, key, out_dir, notices)
+    return prepare_publish(source, key, out_dir, notices, PUBLISHING[layout_name])

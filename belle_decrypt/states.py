@@ -11,6 +11,9 @@ class FileState(Enum):
     DECRYPTED = "decrypted"
     ALREADY_DECRYPTED = "already decrypted"
     """The output was there already with the right bytes; left as it is."""
+    COPIED = "copied"
+    """A plain model file of the release (OpenBuddy's config, tokenizer) copied as it is."""
+    ALREADY_COPIED = "already copied"
     ENCRYPTED = "encrypted"
     UNCHANGED = "unchanged"
     """encrypt made the same `.enc` file that was there already; left as it is."""
@@ -29,8 +32,11 @@ class Verified(Enum):
     )
     MD5 = "md5 verified"
     """A layout that carries no checksum, checked against the manifest."""
-    NOTHING = "not verified (no checksum in the file or the manifest)"
-    """Only for library callers that skip the run's checks: a run refuses such a file."""
+    NOTHING = "no checksum in the file or the manifest (--no-verify)"
+    """A layout that carries no checksum, not in the manifest: a run refuses such a file
+    unless told not to verify (``--no-verify``)."""
+    SAME_AS_FRESH = "same bytes as a fresh decryption, no checksum (--no-verify)"
+    """An existing output of such a file, compared with the bytes the key gives now."""
 
 
 class CheckStatus(Enum):

@@ -21,6 +21,7 @@ from belle_decrypt.batch import Settings, decrypt_all, prepare_run
 from belle_decrypt.container import BELLE, EncFile
 from belle_decrypt.decrypt import Result
 from belle_decrypt.errors import BelleError, InputError, ProblemsReported
+from belle_decrypt.keyid import LLAMA_7B, KeyReport
 from belle_decrypt.keystream import Key, Keystream
 from belle_decrypt.layout import Layout, Source, plan
 from belle_decrypt.outcome import Outcome
@@ -71,6 +72,11 @@ class SeedLayout:
     def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
         return nullcontext(SeedStream(key))
 
+    expected_key = LLAMA_7B
+
+    def key_warning(self, report: KeyReport, unverified: bool) -> str | None:
+        return None
+
 
 class BaseStream:
     """The bytes of a base file, zeros past its end."""
@@ -108,6 +114,11 @@ class BaseLayout:
             yield BaseStream(fd, os.fstat(fd).st_size)
         finally:
             os.close(fd)
+
+    expected_key = LLAMA_7B
+
+    def key_warning(self, report: KeyReport, unverified: bool) -> str | None:
+        return None
 
 
 class Silent:
@@ -187,8 +198,7 @@ def test_a_layout_without_a_checksum_needs_a_manifest(tmp_path: Path) -> None:
         pass
     assert notices.problems == [
         f"{folder / 'model.bin.toy'}: carries no checksum and no manifest lists 'model.bin'; "
-        "pass the model card's md5 list with --manifest (or --no-verify to decrypt without a "
-        "check)"
+        "pass the model card's md5 list with --manifest"
     ]
     assert not (tmp_path / "out").exists()
 
