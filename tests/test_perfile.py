@@ -447,3 +447,23 @@ def test_verify_checks_a_payload_folder_and_a_decoded_folder(tmp_path: Path) -> 
     assert (result.exit_code, result.stdout) == (0, "")
     result = run("verify", release.payload, "--manifest", release.manifest, "-q")
     assert result.exit_code == 1
+
+
+def test_a_rerun_under_no_verify_compares_with_a_fresh_decode(tmp_path: Path) -> None:
+    release = two_file_release(tmp_path)
+    release.decode("--no-verify")
+    again = run(release.payload, release.base, release.out, "--no-verify", "-j", "1")
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.splitlines()[-1] == (
+        "0 decrypted, 2 already decrypted, 0 failed (2 not verified)"
+    )
+    (release.out / SHARD).write_bytes(bytes(len(release.plains[SHARD])))
+    refused = run(release.payload, release.base, release.out, "--no-verify", "-q")
+    assert refused.exit_code == 1
+    assert refused.stderr.splitlines()[0] == (
+        f"belle-decrypt: error: {release.out / SHARD}: exists and differs from what this file "
+        "decrypts to; move it away or pass --force to replace it"
+    )
+    forced = run(release.payload, release.base, release.out, "--no-verify", "--force", "-q")
+    assert forced.exit_code == 0, forced.stderr
+    assert (release.out / SHARD).read_bytes() == release.plains[SHARD]
