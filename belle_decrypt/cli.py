@@ -146,7 +146,7 @@ def decrypt(
           --manifest model-card-md5.txt
     """
     from belle_decrypt.batch import Settings
-    from belle_decrypt.perfile import prepare_decrypt
+    from belle_decrypt.perfile_run import prepare_decrypt
 
     settings = Settings(out_dir, force, not no_fsync, keep_going, jobs=jobs, verify=not no_verify)
     notices = ConsoleNotices(quiet)

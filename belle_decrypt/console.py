@@ -381,7 +381,7 @@ def base_run(folder: Path, manifests: Sequence[Path], quiet: bool) -> bool:
     """`check-key` on a base folder: its look, its files against the card's base list (with a
     bar), printed; True when it is a converted LLaMA matching the list."""
     from belle_decrypt.basecheck import check_base
-    from belle_decrypt.perfile import read_split_manifest
+    from belle_decrypt.perfile_run import read_split_manifest
 
     manifest = read_split_manifest(manifests)
     with bar(0, "md5", progress_enabled(quiet) and manifest is not None) as hashing:

@@ -33,7 +33,8 @@ from belle_decrypt.errors import BelleError, InputError, OutputError
 from belle_decrypt.hashing import md5_file
 from belle_decrypt.outcome import FileProgress, Notices, Outcome
 from belle_decrypt.output import AtomicFile, remove_stale_temps
-from belle_decrypt.perfile import PLAIN_NAMES, BaseStream, is_clutter, same_folder
+from belle_decrypt.perfile import PLAIN_NAMES, BaseStream, is_clutter
+from belle_decrypt.perfile_run import same_folder
 from belle_decrypt.states import FileState
 
 PAYLOAD_LIST = "md5sums.txt"
