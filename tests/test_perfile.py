@@ -467,3 +467,44 @@ def test_a_rerun_under_no_verify_compares_with_a_fresh_decode(tmp_path: Path) ->
     forced = run(release.payload, release.base, release.out, "--no-verify", "--force", "-q")
     assert forced.exit_code == 0, forced.stderr
     assert (release.out / SHARD).read_bytes() == release.plains[SHARD]
+
+
+def test_encrypt_refuses_a_model_file_without_a_base_before_writing(tmp_path: Path) -> None:
+    model, base = tmp_path / "model", tmp_path / "base"
+    model.mkdir()
+    base.mkdir()
+    (model / "config.json").write_bytes(b"{}")
+    (model / SHARD).write_bytes(b"weights")
+    (base / "config.json").write_bytes(b"{ }")
+    result = run("encrypt", "--format", "perfile", model, base, tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {model / SHARD}: has no base counterpart {base / SHARD}; pass "
+        "the folder of the converted LLaMA this model was tuned from\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_lfs_pointer_payload_is_refused(tmp_path: Path) -> None:
+    release = two_file_release(tmp_path)
+    pointer = release.payload / SHARD
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9000\n")
+    result = run(release.payload, release.base, release.out, "--manifest", release.manifest)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {pointer}: is a Git LFS pointer, not the data; run `git lfs "
+        "pull` in the cloned repository (or download the file itself)\n"
+    )
+    assert not release.out.exists()
+
+
+def test_format_perfile_needs_a_base_folder(tmp_path: Path) -> None:
+    release = two_file_release(tmp_path)
+    key = tmp_path / "consolidated.00.pth"
+    key.write_bytes(b"key")
+    result = run(release.payload, key, release.out, "--format", "perfile")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {key}: the base is not a folder; pass the folder of LLaMA "
+        "converted to the Hugging Face layout\n"
+    )
