@@ -16,6 +16,7 @@ layouts, and gives an OpenBuddy folder's plain model files to the run to copy.
 
 from __future__ import annotations
 
+import stat
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -34,6 +35,9 @@ TITLES = {"belle": "BELLE", "techgpt": "TechGPT", "openbuddy": "OpenBuddy"}
 def _is_empty_container(path: Path) -> bool:
     """True when ``path`` is exactly the 32-byte BELLE container of an empty file."""
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size != HEADER_SIZE:  # a FIFO: no read
+            return False
         with open(path, "rb") as handle:
             return handle.read(HEADER_SIZE + 1) == bytes.fromhex(EMPTY_SHA256)
     except OSError:

@@ -33,11 +33,17 @@ Adding a layout
    its end); ``mapped`` may always yield None. ``keystream(source, key)`` returns a context
    manager, so a per-file keystream can open and close its own file. A layout whose key is a
    folder (the per-file layout) also has ``own_keystream(source)`` (:class:`FolderKeyed`): a
-   run of it opens no key file.
-   A source whose payload needs decoding (gzip) also has ``open_payload`` (:class:`OwnPayload`).
-3. Put an instance in the list passed to :func:`plan` (and to ``batch.prepare_run``), before the
-   layouts whose names it must win over; the command line builds that list from its options.
-4. Describe it in docs/FORMAT.md and test it against an independent reference in tests/.
+   run of it opens no key file. A source whose payload needs decoding (gzip) also has
+   ``open_payload`` (:class:`OwnPayload`).
+3. Say which key it needs (``expected_key``, a :class:`~belle_decrypt.keyid.KnownKey`: the
+   run fingerprints the key against it) and what a different key means (``key_warning``:
+   usually :func:`~belle_decrypt.keyid.unexpected_key_warning`; refuse where no checksum
+   would catch it).
+4. Put an instance in the list passed to :func:`plan` (and to ``batch.prepare_run``), before the
+   layouts whose names it must win over; the command line builds that list from its options
+   (:func:`belle_decrypt.detect.layouts_for`; detection in :mod:`belle_decrypt.detect` when a
+   name is enough to tell). A run takes one layout per folder (``detect.settle``).
+5. Describe it in docs/FORMAT.md and test it against an independent reference in tests/.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ warms the page cache, then runs each command ``--runs`` times and prints medians
     python benchmarks/bench.py                 # 2 GiB, 5 runs
     python benchmarks/bench.py --size 512M --runs 3 --dir /var/tmp
     python benchmarks/bench.py --latency --size 1G   # only: how fast Ctrl-C stops a run
+    python benchmarks/bench.py --layouts             # only: TechGPT and OpenBuddy files
     python benchmarks/bench.py --perfile             # only: the per-file layout's lines
 
 Wall, user and sys times and the peak RSS are those of the child process (os.wait4).
@@ -29,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from belle_decrypt import engine
+from belle_decrypt.encrypt import PUBLISHING, encrypt_file
 from belle_decrypt.keystream import Key
+from belle_decrypt.seed import SEED_SIZE
 
 MiB = 1024 * 1024
 CHUNK = 64 * MiB
@@ -200,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--latency", action="store_true", help="only measure how fast Ctrl-C stops a run"
     )
+    parser.add_argument(
+        "--layouts", action="store_true", help="only the TechGPT and OpenBuddy layouts"
+    )
     parser.add_argument("--perfile", action="store_true", help="only the per-file layout's lines")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.latency:
             latency(root, size, args.runs)
+        elif args.layouts:
+            bench_layouts(root, size, small, args.runs)
         elif args.perfile:
             perfile_bench(root, size, args.runs)
         else:
@@ -235,6 +243,16 @@ def child(argv: Sequence[str]) -> None:
         print(engine_rate(Path(rest[0]), Path(rest[1]), 64 * MiB, "python"))
     elif what == "hash":
         print(hash_rate(rest[0]))
+    elif what == "make-layout":
+        folder, layout, key_path, size = rest
+        print(*make_layout_enc(Path(folder), layout, Path(key_path), int(size)))
+    elif what == "steady-layout":
+        enc, layout, key_path, size = rest
+        print(layout_md5_rate(Path(enc), layout, Path(key_path), int(size)))
+    elif what == "techgpt-script":
+        print(techgpt_script_rate(Path(rest[0]), Path(rest[1])))
+    elif what == "openbuddy-script":
+        print(openbuddy_script_rate(Path(rest[0]), Path(rest[1]), Path(rest[2])))
     elif what == "perfile":
         make_perfile(Path(rest[0]), int(rest[1]))
     elif what == "codec":
@@ -565,6 +583,164 @@ def latency(root: Path, size: int, runs: int) -> None:
             f"{label:<32} {statistics.median(seconds) * 1000:7.1f} ms "
             f"(max {max(seconds) * 1000:.1f} ms)"
         )
+
+
+# -- the headerless layouts (TechGPT, OpenBuddy) ----------------------------------------------
+
+
+def make_layout_enc(folder: Path, layout: str, key_path: Path, size: int) -> tuple[Path, str, str]:
+    """A synthetic model file encrypted by the package in ``layout``; return (.enc path, enc
+    md5, plain md5)."""
+    plain = folder / "pytorch_model.bin"
+    write_random(plain, size, layout.encode())
+    with Key(key_path) as key:
+        made = encrypt_file(plain, key, folder, fsync=False, publishing=PUBLISHING[layout])
+    plain.unlink()
+    return made.target, made.enc_md5, made.plain_md5
+
+
+def layout_md5_rate(enc: Path, layout: str, key_path: Path, payload: int) -> float:
+    """Bytes/s of the engine in-process with ``layout``'s keystream and one md5 (what a run
+    with a manifest computes for a file that carries no checksum), output to /dev/null."""
+    from belle_decrypt.detect import LAYOUTS
+    from belle_decrypt.headerless import Headerless
+
+    engine._load_torch()
+    source = Headerless(enc, LAYOUTS[layout], "pytorch_model.bin", payload)
+    with (
+        open(enc, "rb", buffering=0) as src,
+        open(os.devnull, "wb", buffering=0) as dst,
+        Key(key_path) as key,
+        source.layout.keystream(source, key) as keystream,
+    ):
+        started = time.perf_counter()
+        engine.xor_stream(src, dst, keystream, payload, hashers=(hashlib.md5(),))
+        return payload / (time.perf_counter() - started)
+
+
+def techgpt_script_rate(enc: Path, key_path: Path, slice_size: int = 2 * MiB) -> float:
+    """Bytes/s of TechGPT's script as docs/FORMAT.md section 3 describes it, on a slice: a
+    per-byte Python XOR with the key, and the SHA-256 of the result."""
+    with open(enc, "rb") as handle:
+        data = handle.read(slice_size)
+    with open(key_path, "rb") as handle:
+        key = handle.read(slice_size)
+    started = time.perf_counter()
+    out = bytes(a ^ b for a, b in zip(data, key, strict=True))
+    hashlib.sha256(out).hexdigest()
+    return slice_size / (time.perf_counter() - started)
+
+
+def openbuddy_script_rate(
+    enc: Path, key_path: Path, out: Path, slice_size: int = 256 * MiB
+) -> float:
+    """Bytes/s of OpenBuddy's script as docs/FORMAT.md section 4 describes it, on a slice: the
+    seed's md5 checked, then numpy XOR of 16 MiB blocks with the seed, written out."""
+    import numpy as np
+
+    started = time.perf_counter()
+    with open(key_path, "rb") as handle:
+        seed_bytes = handle.read(SEED_SIZE)
+    hashlib.md5(seed_bytes).hexdigest()
+    seed = np.frombuffer(seed_bytes, dtype=np.uint8)
+    done = 0
+    with open(enc, "rb") as src, open(out, "wb") as dst:
+        while done < slice_size and (block := src.read(SEED_SIZE)):
+            data = np.frombuffer(block, dtype=np.uint8)
+            dst.write(np.bitwise_xor(data, seed[: len(data)]).tobytes())
+            done += len(block)
+    elapsed = time.perf_counter() - started
+    out.unlink()
+    return done / elapsed
+
+
+def bench_layouts(root: Path, size: int, small: int, runs: int) -> None:
+    """Per headerless layout, on ``size`` bytes with the card's md5 list: md5sum of the .enc,
+    belle-decrypt --manifest, the in-process steady state against md5, peak RSS at ``small``
+    and ``size``, and the publisher's script logic measured on a slice and scaled."""
+    print(f"making a {human(size)} key and .enc files in {root} ...", file=sys.stderr)
+    key_path = root / "consolidated.00.pth"
+    in_child("key", key_path, max(size, small) + 12345)
+    out = root / "out"
+
+    def clear_out() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+
+    md5_speed = float(in_child("hash", "md5")[0])
+    rows: list[tuple[str, str]] = []
+    for layout in ("techgpt", "openbuddy"):
+        made: dict[int, tuple[Path, Path]] = {}
+        for n in sorted({size, small}):
+            folder = root / f"{layout}-{n}"
+            folder.mkdir()
+            enc_path, enc_md5, plain_md5 = in_child("make-layout", folder, layout, key_path, n)
+            card = folder / "md5.txt"
+            card.write_text(
+                f"{enc_md5}  ./{Path(enc_path).name}\n{plain_md5}  ./pytorch_model.bin\n"
+            )
+            made[n] = (Path(enc_path), card)
+        enc, card = made[size]
+        for path in (key_path, enc):  # warm the page cache
+            run_child(["md5sum", str(path)])
+
+        def command(n: int, made: dict[int, tuple[Path, Path]] = made) -> list[str]:
+            path, listed = made[n]
+            return [*EXE, str(path), str(key_path), str(out), "--manifest", str(listed)]
+
+        md5sum = median_run(runs, ["md5sum", str(enc)])
+        decrypt = median_run(runs, [*command(size), "--no-fsync", "-q"], clear_out)
+        small_run = median_run(max(1, runs // 2), [*command(small), "--no-fsync", "-q"], clear_out)
+        clear_out()
+        steady = statistics.median(
+            float(in_child("steady-layout", enc, layout, key_path, size)[0]) for _ in range(runs)
+        )
+        for label, r in (
+            (f"{layout}: md5sum .enc", md5sum),
+            (f"{layout}: belle-decrypt --manifest", decrypt),
+        ):
+            rows.append(
+                (
+                    label,
+                    f"{r.wall:6.2f} s wall  {r.user:5.2f} user  {r.sys:5.2f} sys  "
+                    f"{size / r.wall / 1e9:5.2f} GB/s  peak RSS {r.rss_mb:5.0f} MB",
+                )
+            )
+        rows.append(("  ratio", f"{decrypt.wall / md5sum.wall:.2f}x md5sum (--no-fsync)"))
+        rows.append(
+            (
+                f"{layout}: in-process steady state",
+                f"{steady / 1e9:.2f} GB/s = {steady / md5_speed * 100:.0f}% of md5 "
+                f"({md5_speed / 1e9:.2f} GB/s; target >= 90%)",
+            )
+        )
+        rows.append(
+            (
+                f"{layout}: peak RSS",
+                f"{small_run.rss_mb:.0f} MB at {human(small)}, {decrypt.rss_mb:.0f} MB at "
+                f"{human(size)} ({(decrypt.rss_mb / small_run.rss_mb - 1) * 100:+.1f}%)",
+            )
+        )
+        if layout == "techgpt":
+            rate = float(in_child("techgpt-script", enc, key_path)[0])
+            what = "TechGPT's script (per-byte Python XOR + SHA-256), on 2 MiB"
+        else:
+            rate = float(in_child("openbuddy-script", enc, key_path, root / "numpy.out")[0])
+            what = "OpenBuddy's script (numpy, 16 MiB blocks, no check), on 256 MiB"
+        rows.append(
+            (
+                f"{layout}: official script's logic",
+                f"{rate / 1e6:.1f} MB/s, {what}, scaled: {size / rate:.0f} s for {human(size)}",
+            )
+        )
+        for path, _ in made.values():
+            shutil.rmtree(path.parent)
+    print(
+        f"\nbelle-decrypt layouts benchmark, {human(size)} payload, median of {runs}, warm page "
+        f"cache, {os.cpu_count()} CPUs, {platform.machine()} {platform.python_version()}\n"
+    )
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,19 @@ def random_bytes(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+Key = tuple[Path, bytes]
+"""A key file and its bytes."""
+
+
+@pytest.fixture(scope="session")
+def big_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
+    """A key longer than the 16 MiB seed and not a whole number of 10 MiB pieces (made once)."""
+    data = random_bytes(16 * 1024 * 1024 + 12_345, seed=11)
+    path = tmp_path_factory.mktemp("key") / "consolidated.00.pth"
+    path.write_bytes(data)
+    return path, data
+
+
 @pytest.fixture
 def make_key(tmp_path: Path) -> Callable[..., Path]:
     """Write a key file of ``size`` random bytes and return its path."""

@@ -4,6 +4,10 @@ tests/reference_layouts.py, detection, round trips through encrypt, and hostile 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,9 +15,11 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from belle_decrypt import keyid
+from belle_decrypt import engine, keyid
+from belle_decrypt.engine import Backend
+from belle_decrypt.seed import SeedStream
 from tests import reference, reference_layouts
-from tests.conftest import listing, random_bytes, unknown_key_warning
+from tests.conftest import Key, listing, random_bytes, unknown_key_warning
 from tests.reference_layouts import PLACEHOLDER, SEED_SIZE
 from tests.runner import run
 
@@ -29,16 +35,6 @@ ENCRYPT = {
     "techgpt": (reference_layouts.techgpt_name, reference_layouts.techgpt_encrypt),
     "openbuddy": (reference_layouts.openbuddy_name, reference_layouts.openbuddy_encrypt),
 }
-Key = tuple[Path, bytes]
-
-
-@pytest.fixture(scope="session")
-def big_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
-    """A key longer than the 16 MiB seed and not a whole number of 10 MiB pieces (made once)."""
-    data = random_bytes(SEED_SIZE + 12_345, seed=11)
-    path = tmp_path_factory.mktemp("key") / "consolidated.00.pth"
-    path.write_bytes(data)
-    return path, data
 
 
 @pytest.fixture(scope="session")
@@ -520,3 +516,142 @@ def test_help_lists_the_formats() -> None:
     result = run("decrypt", "--help")
     assert "--format [belle|techgpt|openbuddy|perfile]" in result.stdout
     assert "--no-verify" in result.stdout
+
+
+# --- the rest of the run, unchanged for these layouts ----------------------------------------
+
+
+def test_a_sha256_list_checks_a_headerless_file(tmp_path: Path, big_key: Key) -> None:
+    plain = {"model.bin": random_bytes(4000, seed=21)}
+    enc = publish(tmp_path / "enc", "techgpt", big_key[1], plain)["model.bin"]
+    card = tmp_path / "sha256.txt"
+    card.write_text(f"{hashlib.sha256(plain['model.bin']).hexdigest()}  ./model.bin\n")
+    result = run(enc, big_key[0], tmp_path / "out", "--manifest", card)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "model.bin").read_bytes() == plain["model.bin"]
+    card.write_text(f"{'0' * 64}  ./model.bin\n")
+    wrong = run(enc, big_key[0], tmp_path / "other", "--manifest", card)
+    assert wrong.exit_code == 1
+    assert wrong.stderr.splitlines()[1].startswith(
+        f"{ERR}{enc}: decrypted SHA-256 {hashlib.sha256(plain['model.bin']).hexdigest()} does "
+        f"not match {'0' * 64}: "
+    )
+    assert listing(tmp_path / "other") == []
+
+
+@pytest.mark.parametrize("layout", ["techgpt", "openbuddy"])
+def test_jobs_and_verify_work_on_these_layouts(
+    tmp_path: Path, big_key: Key, seed_is_known: None, layout: str
+) -> None:
+    plain = plain_folder(tmp_path)
+    enc = tmp_path / "enc"
+    assert run("encrypt", tmp_path / "plain", big_key[0], enc, "--format", layout).exit_code == 0
+    card = enc / "md5sums.txt"
+    downloads = run("verify", enc, "--manifest", card)
+    assert downloads.exit_code == 0, downloads.output
+    assert downloads.stdout.splitlines()[-1] == "3 OK, 0 FAILED, 0 MISSING (encrypted files)"
+    out = tmp_path / "out"
+    result = run(enc, big_key[0], out, "--manifest", card, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == plain
+    decrypted = run("verify", out, "--manifest", card)
+    assert decrypted.exit_code == 0, decrypted.output
+
+
+def test_encrypt_updates_its_openbuddy_manifest_one_file_at_a_time(
+    tmp_path: Path, big_key: Key
+) -> None:
+    plain = plain_folder(tmp_path)
+    out = tmp_path / "enc"
+    for name in ("config.json", "tokenizer.model", "config.json"):
+        made = run("encrypt", tmp_path / "plain" / name, big_key[0], out, "--format", "openbuddy")
+        assert made.exit_code == 0, made.output
+    key = big_key[1]
+    assert (out / "md5sums.txt").read_text().splitlines() == [
+        f"{md5(reference_layouts.openbuddy_encrypt(plain['config.json'], key))}  ./config.json.enc",
+        f"{md5(reference_layouts.openbuddy_encrypt(plain['tokenizer.model'], key))}  "
+        "./tokenizer.model.enc",
+        f"{md5(plain['config.json'])}  ./config.json",
+        f"{md5(plain['tokenizer.model'])}  ./tokenizer.model",
+    ]
+
+
+@pytest.mark.parametrize("layout", ["techgpt", "openbuddy"])
+def test_a_fifo_under_these_names_does_not_hang(tmp_path: Path, big_key: Key, layout: str) -> None:
+    enc = tmp_path / ENCRYPT[layout][0]("model.bin")
+    os.mkfifo(enc)
+    proc = subprocess.run(
+        [sys.executable, "-m", "belle_decrypt", enc, big_key[0], tmp_path / "out", "--no-verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"{ERR}{enc}: is not a regular file (a FIFO or device?); pass the downloaded .enc file\n"
+    )
+
+
+# --- the seed keystream at small sizes, through the engine ---------------------------------
+
+
+def test_the_seed_stream_fills_and_maps_like_the_reference_at_every_offset() -> None:
+    seed = random_bytes(13, seed=31)
+    stream = SeedStream(memoryview(bytearray(seed)))
+    expected = reference_layouts.seed_keystream(seed, 120, seed_size=13)
+    for offset in range(60):
+        for length in (1, 5, 13, 14, 40):
+            out = bytearray(length)
+            stream.fill(memoryview(out), offset)
+            assert bytes(out) == expected[offset : offset + length], (offset, length)
+            with stream.mapped(offset, length) as view:
+                fits = offset % 13 + length <= 13
+                assert (view is not None) == fits
+                if view is not None:
+                    assert bytes(view) == expected[offset : offset + length]
+
+
+@pytest.mark.parametrize("buffer_size", [1, 7, 13, 26, 64, 4096])
+@pytest.mark.parametrize("backend", ["python", "torch"])
+def test_the_engine_with_a_seed_stream_matches_the_reference(
+    buffer_size: int, backend: Backend
+) -> None:
+    seed = random_bytes(13, seed=32)
+    plain = random_bytes(500, seed=33)
+    enc = reference_layouts.openbuddy_encrypt(plain, seed, seed_size=13)
+    out = io.BytesIO()
+    engine.xor_stream(
+        io.BytesIO(enc),
+        out,
+        SeedStream(memoryview(bytearray(seed))),
+        len(enc),
+        buffer_size=buffer_size,
+        backend=backend,
+    )
+    assert out.getvalue() == plain
+
+
+def test_the_worked_examples_of_the_spec_are_right() -> None:
+    """docs/FORMAT.md sections 3.4 and 4.5, recomputed by the references."""
+    spec = (Path(__file__).parents[1] / "docs/FORMAT.md").read_text()
+    techgpt = reference_layouts.techgpt_encrypt(b"hello world", bytes(range(0x10, 0x16)), piece=4)
+    seed = reference_layouts.openbuddy_encrypt(b"hello world", bytes([0x10, 0x11, 0x12]), 3)
+    assert f"`{techgpt.hex(' ')}`, section 1.5's payload alone" in spec
+    assert f"`{seed.hex(' ')}`." in spec
+
+
+def test_encrypt_openbuddy_refuses_a_key_shorter_than_the_seed(
+    tmp_path: Path, make_key: Any
+) -> None:
+    key = make_key(5000)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "model.bin").write_bytes(b"weights")
+    out = tmp_path / "enc"
+    result = run("encrypt", tmp_path / "plain", key, out, "--format", "openbuddy")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"{ERR}{key}: the key is 5,000 bytes, shorter than the 16 MiB seed; pass LLaMA-7B "
+        "consolidated.00.pth\n"
+    )
+    assert not out.exists()
