@@ -225,6 +225,19 @@ class BaseStream:
                 )
 
 
+def _check_readable(base: Path) -> None:
+    """Refuse a base file that cannot be opened, before anything is written."""
+    try:
+        fd = platform_io.open_regular(base)
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the base file: {exc.strerror or exc}; check its permissions", base
+        ) from exc
+    if fd is None:
+        raise InputError("the base file is not a regular file (a FIFO or device?)", base)
+    os.close(fd)
+
+
 class PerFileLayout:
     """The per-file layout as a :class:`~belle_decrypt.layout.Layout`: every file in the
     payload folder but the hub's clutter is a payload keyed on ``base_dir``'s same-named file."""
@@ -282,6 +295,7 @@ class PerFileLayout:
                     "Face conversion of LLaMA the card names); pass the right base folder",
                     path,
                 )
+            _check_readable(base)
         compressed = head.startswith(GZIP_MAGIC)
         payload_size = gzip_size(path) if compressed else size
         return PayloadFile(path, self, base, payload_size, compressed)

@@ -18,9 +18,13 @@ from belle_decrypt.manifest import Manifest
 from belle_decrypt.perfile import PINNED, BaseMismatch, BaseStream, PerFileLayout
 from tests import reference
 from tests.conftest import listing, random_bytes
+from tests.faults import as_plain_user, modes_enforced, one_error, run_cli
 from tests.runner import run
 
 SHARD = "pytorch_model-00001-of-00002.bin"
+needs_modes = pytest.mark.skipif(
+    not modes_enforced(), reason="file modes are not enforced for this user here"
+)
 
 
 def md5(data: bytes) -> str:
@@ -508,3 +512,23 @@ def test_format_perfile_needs_a_base_folder(tmp_path: Path) -> None:
         f"belle-decrypt: error: {key}: the base is not a folder; pass the folder of LLaMA "
         "converted to the Hugging Face layout\n"
     )
+
+
+@needs_modes
+def test_an_unreadable_base_file_is_refused_before_writing(tmp_path: Path) -> None:
+    release = two_file_release(tmp_path)
+    (release.base / SHARD).chmod(0)
+    proc = run_cli(
+        release.payload,
+        release.base,
+        release.out,
+        "--manifest",
+        release.manifest,
+        preexec_fn=as_plain_user(),
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert one_error(proc.stderr) == (
+        f"{release.base / SHARD}: cannot read the base file: Permission denied; check its "
+        "permissions"
+    )
+    assert not release.out.exists()
