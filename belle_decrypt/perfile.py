@@ -145,11 +145,17 @@ class BaseStream:
     are asked for (before the output can get its final name)."""
 
     def __init__(
-        self, base: Path | None, payload_size: int, expected: Mapping[str, str] | None = None
+        self,
+        base: Path | None,
+        payload_size: int,
+        expected: Mapping[str, str] | None = None,
+        decoded: Mapping[str, str] | None = None,
     ) -> None:
+        """``decoded``: the decoded file's digests on the card, to tell swapped lists."""
         self.base = base
         self.payload_size = payload_size
         self.expected = dict(expected or {})
+        self.decoded = dict(decoded or {})
         self._hashers = {name: hashlib.new(name) for name in self.expected}
         self._fd = -1
         self.size = 0
@@ -218,6 +224,13 @@ class BaseStream:
             actual = self._hashers[name].hexdigest()
             if actual != digest:
                 label = "SHA-256" if name == "sha256" else name
+                if self.decoded.get(name) == actual:
+                    raise BaseMismatch(
+                        f"base file's {label} {actual} is the one --manifest lists for it: the "
+                        "two lists are swapped; pass the card's base block with --base-manifest "
+                        "and its decoded block with --manifest; nothing written",
+                        self.base,
+                    )
                 raise BaseMismatch(
                     f"base file's {label} {actual} differs from the base manifest's {digest}: "
                     f"this is not the publisher's conversion; {PINNED}; nothing written",
@@ -246,9 +259,16 @@ class PerFileLayout:
     pattern = "payload files named like the base's"
     skip_reason = "hub files, not part of the model"
 
-    def __init__(self, base_dir: Path, base_manifest: Manifest | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        base_manifest: Manifest | None = None,
+        decoded_manifest: Manifest | None = None,
+    ) -> None:
+        """``decoded_manifest`` (the ``--manifest`` list) only tells swapped lists apart."""
         self.base_dir = base_dir
         self.base_manifest = base_manifest
+        self.decoded_manifest = decoded_manifest
 
     @property
     def expected_key(self) -> KnownKey:
@@ -302,28 +322,33 @@ class PerFileLayout:
 
     def base_expected(self, source: PayloadFile) -> dict[str, str]:
         """The card's base digests (by algorithm) for ``source``'s base file."""
-        if self.base_manifest is None or source.base is None:
-            return {}
-        return {e.algorithm: e.digest for e in self.base_manifest.lookup(source.output_name)}
+        return _digests(self.base_manifest if source.base is not None else None, source)
 
     def own_keystream(self, source: Source) -> AbstractContextManager[Keystream]:
         """The same-named base file (zeros for a plain file), hashed against the base list."""
         if not isinstance(source, PayloadFile):
             raise TypeError("the per-file layout decodes only its own files")
-        return _base_stream(source.base, source.payload_size, self.base_expected(source))
+        decoded = _digests(self.decoded_manifest, source)
+        return _base_stream(source, self.base_expected(source), decoded)
 
     def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
         """The key file plays no part: see :meth:`own_keystream`."""
         return self.own_keystream(source)
 
 
+def _digests(manifest: Manifest | None, source: PayloadFile) -> dict[str, str]:
+    """The digests ``manifest`` lists for ``source``'s name, by algorithm."""
+    entries = manifest.lookup(source.output_name) if manifest is not None else ()
+    return {entry.algorithm: entry.digest for entry in entries}
+
+
 @contextmanager
 def _base_stream(
-    base: Path | None, payload_size: int, expected: Mapping[str, str]
+    source: PayloadFile, expected: Mapping[str, str], decoded: Mapping[str, str]
 ) -> Iterator[BaseStream]:
-    stream = BaseStream(base, payload_size, expected)
+    stream = BaseStream(source.base, source.payload_size, expected, decoded)
     try:
-        if payload_size == 0:  # the engine asks for no bytes: check the base now
+        if source.payload_size == 0:  # the engine asks for no bytes: check the base now
             stream.finish()
         yield stream
     finally:

@@ -102,8 +102,8 @@ def prepare_perfile_run(
             raise InputError(
                 f"is the {what} folder; choose another output folder", settings.out_dir
             )
-    layout = PerFileLayout(base_dir, read_split_manifest(base_manifests))
     manifest = read_split_manifest(manifests)
+    layout = PerFileLayout(base_dir, read_split_manifest(base_manifests), manifest)
     settings = replace(settings, manifest=manifest)
     diagnoser = PerFileDiagnoser(layout, manifest)
     with prepare_run(source, None, settings, (), notices, (layout,), diagnoser) as run:

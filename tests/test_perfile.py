@@ -532,3 +532,26 @@ def test_an_unreadable_base_file_is_refused_before_writing(tmp_path: Path) -> No
         "permissions"
     )
     assert not release.out.exists()
+
+
+def test_swapped_lists_are_named_as_such(tmp_path: Path) -> None:
+    release = two_file_release(tmp_path)
+    result = run(
+        release.payload,
+        release.base,
+        release.out,
+        "--manifest",
+        release.base_manifest,
+        "--base-manifest",
+        release.manifest,
+        "-q",
+    )
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        f"belle-decrypt: error: {release.base / 'config.json'}: base file's md5 "
+        f"{md5(release.bases['config.json'])} is the one --manifest lists for it: the two lists "
+        "are swapped; pass the card's base block with --base-manifest and its decoded block with "
+        "--manifest; nothing written"
+    )
+    assert result.stderr.splitlines()[1].startswith("belle-decrypt: error: stopped at config.json")
+    assert listing(release.out) == []
