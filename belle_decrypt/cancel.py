@@ -10,6 +10,7 @@ next run makes a fresh token, so the library runs again in the same process afte
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 
 class Cancelled(Exception):
@@ -48,4 +49,32 @@ def check(token: CancelToken | None) -> None:
         token.check()
 
 
-__all__ = ["CancelToken", "Cancelled", "check"]
+_REMOVED = "belle_removed_unfinished"
+
+
+def note_removed(exc: BaseException, final: Path) -> None:
+    """Record on ``exc``, on its way up, that the unfinished file meant to become ``final``
+    was removed (so that an interrupt's message says so only when it is true)."""
+    setattr(exc, _REMOVED, (*removed_unfinished(exc), final))
+
+
+def removed_unfinished(exc: BaseException) -> tuple[Path, ...]:
+    """The files whose unfinished temporary file was removed while ``exc`` went up."""
+    return tuple(getattr(exc, _REMOVED, ()))
+
+
+def carry_removed(source: BaseException, target: BaseException) -> None:
+    """Add what ``source`` (a worker's error) removed to ``target`` (the error raised)."""
+    if source is not target:
+        for final in removed_unfinished(source):
+            note_removed(target, final)
+
+
+__all__ = [
+    "CancelToken",
+    "Cancelled",
+    "carry_removed",
+    "check",
+    "note_removed",
+    "removed_unfinished",
+]

@@ -24,12 +24,14 @@ from belle_decrypt.console import (
     echo_batched,
     encrypt_run,
     error,
+    failure,
+    keep_going_without_stdout_reader,
     progress_enabled,
     user_errors,
     verify_lines,
     warn,
 )
-from belle_decrypt.errors import BelleError, ExitCode, InputError, ManifestError
+from belle_decrypt.errors import BelleError, ExitCode, InputError
 from belle_decrypt.states import CheckStatus
 
 # Arguments are checked by the library, which says what is wrong in one line.
@@ -203,16 +205,17 @@ def verify(
             for ignored in manifest.ignored:
                 warn(ignored.message)
             files = files_to_check(folder, manifest)
-        except ManifestError as exc:
-            if as_json:
-                doc = {"folder": str(folder), "ok": False, "error": str(exc), "files": []}
+            total = planned_bytes(files)
+            with bar(total, "verifying", progress_enabled(quiet)) as verifying:
+                report = verify_folder(
+                    folder, manifest, files=files, workers=jobs, on_progress=verifying.update
+                )
+        except BaseException as exc:
+            reported = failure(exc)
+            if as_json and reported is not None:  # one JSON document, whatever happened
+                doc = {"folder": str(folder), "ok": False, "error": reported[0], "files": []}
                 click.echo(json.dumps(doc, indent=2))
             raise
-        total = planned_bytes(files)
-        with bar(total, "verifying", progress_enabled(quiet)) as verifying:
-            report = verify_folder(
-                folder, manifest, files=files, workers=jobs, on_progress=verifying.update
-            )
     echo_batched(report.json_chunks() if as_json else verify_lines(report, quiet))
     if not report.ok:
         bad = len(report.files) - report.count(CheckStatus.OK)
@@ -341,4 +344,5 @@ def _run_demo_step(args: list[str]) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    keep_going_without_stdout_reader()
     cli(prog_name=PROG)

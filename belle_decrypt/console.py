@@ -8,6 +8,7 @@ and signals into one line and an exit code, never a traceback. The library knows
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from belle_decrypt import platform_io
+from belle_decrypt.cancel import removed_unfinished
 from belle_decrypt.errors import BelleError, ExitCode, ProblemsReported
 from belle_decrypt.states import Verified
 
@@ -92,9 +94,36 @@ def human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _where(exc: BaseException) -> str:
-    """``"<file>: "`` when an interrupt was tagged with the file being written, else ``""``."""
-    return f"{exc.args[0]}: " if exc.args and isinstance(exc.args[0], str) else ""
+def failure(exc: BaseException, writing: bool = False) -> tuple[str, ExitCode] | None:
+    """The one line (empty when each problem was said already) and the exit code for ``exc``;
+    None for what is not a failure to report (click's own exits)."""
+    if isinstance(exc, ProblemsReported):
+        return "", exc.exit_code
+    if isinstance(exc, BelleError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):  # a last resort: an I/O error the library did not word
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        after = "; nothing was left under a final name" if writing else ""
+        return f"{where}{exc.strerror or exc}{after}", ExitCode.FAILED
+    if isinstance(exc, KeyboardInterrupt):
+        return _interrupted("interrupted", exc, writing), ExitCode.SIGINT
+    if isinstance(exc, Terminated):
+        return _interrupted(exc.word, exc, writing), exc.exit_code
+    return None
+
+
+def _interrupted(word: str, exc: BaseException, writing: bool) -> str:
+    """What an interrupt did: the unfinished files removed, named only when there were any."""
+    if not writing:
+        return word
+    again = "run the same command again to finish"
+    removed = removed_unfinished(exc)
+    if len(removed) == 1:
+        return f"{removed[0]}: {word}; the unfinished file was removed; {again}"
+    if removed:
+        names = ", ".join(str(path) for path in removed)
+        return f"{word}; the unfinished files {names} were removed; {again}"
+    return f"{word}; {again}"
 
 
 @contextmanager
@@ -103,29 +132,19 @@ def user_errors(writing: bool = False) -> Iterator[None]:
 
     SIGXFSZ is ignored (where it exists) so that a file-size limit (``ulimit -f``) makes
     write() fail with EFBIG, which is reported like any write error, instead of killing the
-    process. ``writing`` commands say, when interrupted, that the unfinished file was removed.
+    process. ``writing`` commands say, when interrupted, which unfinished files were removed.
     """
     restore = platform_io.install_signal_handlers(_on_signal)
-    after = (
-        "; the unfinished file was removed; run the same command again to finish" if writing else ""
-    )
     try:
         yield
-    except ProblemsReported as exc:  # each was said already
-        sys.exit(exc.exit_code)
-    except BelleError as exc:
-        error(str(exc))
-        sys.exit(exc.exit_code)
-    except OSError as exc:  # a last resort: an I/O error the library did not word
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        error(f"{where}{exc.strerror or exc}; nothing was left under a final name")
-        sys.exit(ExitCode.FAILED)
-    except KeyboardInterrupt as exc:
-        error(f"{_where(exc)}interrupted{after}")
-        sys.exit(ExitCode.SIGINT)
-    except Terminated as exc:
-        error(f"{_where(exc)}{exc.word}{after}")
-        sys.exit(exc.exit_code)
+    except BaseException as exc:
+        reported = failure(exc, writing)
+        if reported is None:
+            raise
+        line, code = reported
+        if line:
+            error(line)
+        sys.exit(code)
     finally:
         restore()
 
@@ -185,22 +204,52 @@ class Bars:
 
 
 def say(line: str, quiet: bool) -> None:
-    """A summary line on stdout that does not garble progress bars.
-
-    If the reader of stdout has gone (`| head -1`), the rest of the lines go nowhere and the
-    work goes on.
-    """
+    """A summary line on stdout that does not garble progress bars."""
     if quiet:
         return
     from tqdm import tqdm
 
+    tqdm.write(one_line(line), file=sys.stdout)
+    sys.stdout.flush()
+
+
+class _StdoutFile(io.FileIO):
+    """Standard output's descriptor, where a reader that has gone (EPIPE) makes the rest of
+    the output go nowhere instead of failing the command."""
+
+    def write(self, data: Any, /) -> int:
+        size = memoryview(data).nbytes
+        try:
+            return super().write(data) or 0
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.fileno())
+            os.close(devnull)
+            return size
+
+
+def keep_going_without_stdout_reader() -> None:
+    """Make stdout swallow output once its reader has gone (`| head -0`, `| head -1`).
+
+    The command then does all its work and exits with its real status (0 when all is OK),
+    whatever it prints and whenever: click's own --help included, and the last flush at exit.
+    Called once, by the entry point; stdout keeps its encoding and buffering.
+    """
+    old = sys.stdout
+    if old is None:
+        return
     try:
-        tqdm.write(one_line(line), file=sys.stdout)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        fd = old.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (captured): nothing to guard
+    old.flush()
+    raw = _StdoutFile(fd, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding=old.encoding,
+        errors=old.errors,
+        line_buffering=bool(old.line_buffering),
+    )
 
 
 class ConsoleNotices:
@@ -233,10 +282,7 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
         @contextmanager
         def file_progress(name: str, size: int) -> Iterator[Callable[[int], None]]:
             with bars.file(size, name, shown=settings.jobs == 1) as advance:
-                try:
-                    yield advance
-                except (KeyboardInterrupt, Terminated) as exc:  # name the file in the message
-                    raise type(exc)(str(settings.out_dir / name)) from None
+                yield advance
 
         def report(outcome: Outcome[Result]) -> None:
             if outcome.error is not None:

@@ -2,8 +2,8 @@
 
 A reader thread reads a buffer of input and XORs it with the keystream into an output buffer
 (on torch uint8 tensors, or with Python ints for small inputs, where importing torch would
-cost more than the work); the keystream is mapped straight from the key file wherever it is
-one run of its bytes, and copied with pread where it wraps or tiles a short last piece. Each
+cost more than the work); the keystream is read with pread into the output buffer, and the
+XOR is done in place there (the input stays intact for hashes of the input). Each
 hash and the writer run in a thread of their own (hashlib, torch and file I/O release the GIL)
 and see the buffers in order. A buffer goes back to the pool when every consumer is done with
 it, so memory is ``slots * 2 * buffer_size`` whatever the file size. The calling thread
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from queue import Empty, Queue
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
@@ -75,10 +74,7 @@ def _load_torch() -> None:
     """Get torch ready for the XOR, once: if we import it, keep its intra-op pool to one thread.
 
     An XOR at 14+ GB/s on one thread is never the bound, and on a 2-core machine extra
-    intra-op threads take CPU from the hash threads. torch warns once per process that it
-    cannot mark a tensor over a read-only buffer (the keystream mapped from the key file) as
-    read-only; the engine never writes to it, so that warning is spent here, silently,
-    whoever imported torch first.
+    intra-op threads take CPU from the hash threads.
     """
     global _torch_ready
     with _torch_lock:
@@ -88,9 +84,6 @@ def _load_torch() -> None:
         torch = import_torch()
         if imported_here:
             torch.set_num_threads(1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            torch.frombuffer(memoryview(b"\0"), dtype=torch.uint8)
         _torch_ready = True
 
 
@@ -131,9 +124,9 @@ class _Slot:
         self.pending = 0
         self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def xor(self, n: int, use_torch: bool, key: memoryview | None = None) -> None:
-        """out[:n] = src[:n] ^ key, where ``key`` is None when out[:n] holds the keystream;
-        the input stays intact for hashes of the input."""
+    def xor(self, n: int, use_torch: bool) -> None:
+        """out[:n] = src[:n] ^ out[:n], where out[:n] holds the keystream; the input stays
+        intact for hashes of the input."""
         if use_torch:
             import torch
 
@@ -144,14 +137,9 @@ class _Slot:
                 )
             src_t, out_t = self._tensors
             out = out_t[:n]
-            if key is None:
-                torch.bitwise_xor(out, src_t[:n], out=out)
-            else:
-                key_t = torch.frombuffer(key, dtype=torch.uint8)
-                torch.bitwise_xor(src_t[:n], key_t, out=out)
-                del key_t  # release the mapping before it is closed
+            torch.bitwise_xor(out, src_t[:n], out=out)
         else:
-            stream = self.out_view[:n] if key is None else key
+            stream = self.out_view[:n]
             value = int.from_bytes(self.src_view[:n], "little") ^ int.from_bytes(stream, "little")
             self.out_view[:n] = value.to_bytes(n, "little")
 
@@ -298,13 +286,11 @@ class _Stream:
                 return
             n = min(self.size, self.length - done)
             self.read(slot.src_view[:n], done)
-            with self.key.mapped(done, n) as key_view:
-                if key_view is None:
-                    self.key.fill(slot.out_view[:n], done)
-                while not self.ready.wait(_POLL):  # torch is being imported
-                    if self.shared.stop.is_set():
-                        return
-                slot.xor(n, self.use_torch, key_view)
+            self.key.fill(slot.out_view[:n], done)
+            while not self.ready.wait(_POLL):  # torch is being imported
+                if self.shared.stop.is_set():
+                    return
+            slot.xor(n, self.use_torch)
             slot.length = n
             slot.pending = len(self.consumers)
             for _, queue in self.consumers:

@@ -7,8 +7,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from belle_decrypt.cancel import CancelToken, check
+from belle_decrypt.platform_io import open_regular
 
 CHUNK_SIZE = 4 * 1024 * 1024
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device or socket under a file's name: not read, as it may never end (a FIFO
+    with no writer) or never stop (``/dev/zero``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(None, "not a regular file", str(path))
 
 
 def hash_file(
@@ -23,14 +32,17 @@ def hash_file(
     """Hex digests of ``path`` (of its first ``limit`` bytes if given), one read for them all.
 
     hashlib releases the GIL on large updates, so threads hashing different files run in
-    parallel. Raises OSError as the file system does, and Cancelled within a chunk of
-    ``cancel`` being cancelled.
+    parallel. Raises OSError as the file system does (:class:`NotRegularFile` for a FIFO or a
+    device, which is never read), and Cancelled within a chunk of ``cancel`` being cancelled.
     """
     digests = {name: hashlib.new(name) for name in algorithms}
     buf = bytearray(chunk)
     view = memoryview(buf)
     remaining = limit
-    with open(path, "rb", buffering=0) as handle:
+    fd = open_regular(path)
+    if fd is None:
+        raise NotRegularFile(path)
+    with open(fd, "rb", buffering=0) as handle:
         while remaining is None or remaining > 0:
             check(cancel)
             want = chunk if remaining is None else min(chunk, remaining)

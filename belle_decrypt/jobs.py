@@ -5,7 +5,8 @@ The first exception a call raises stops the handing out of new items, cancels th
 (:class:`belle_decrypt.cancel.CancelToken`: the calls in flight hold it and stop at their next
 buffer), and is raised once every worker has stopped. An exception in the calling thread
 (Ctrl-C, SIGTERM, a failing ``on_result``) does the same. The calling thread only ever waits
-with timeouts, so signals reach it promptly.
+with timeouts, so signals reach it promptly. The exception raised carries the unfinished files
+that the stopped calls removed (:func:`belle_decrypt.cancel.removed_unfinished`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from belle_decrypt.cancel import CancelToken
+from belle_decrypt.cancel import CancelToken, carry_removed
 from belle_decrypt.platform_io import available_cores
 
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class _State(Generic[R]):
         self.next_index = 0
         self.results: dict[int, R] = {}
         self.error: BaseException | None = None
+        self.errors: list[BaseException] = []
         self.stop = False
 
 
@@ -83,6 +85,7 @@ def run(
                 result = func(items[index])
             except BaseException as exc:
                 with state.cond:
+                    state.errors.append(exc)
                     if state.error is None:
                         state.error = exc
                     state.stop = True
@@ -111,15 +114,34 @@ def run(
             ordered.append(result)
             if on_result is not None:
                 on_result(items[len(ordered) - 1], result)
-    except BaseException:
+    except BaseException as exc:
         token.cancel()
+        try:
+            _stop(state, threads)
+        except BaseException as again:  # a second Ctrl-C while the workers stop
+            _carry(state, again)
+            raise
+        _carry(state, exc)
         raise
-    finally:
-        with state.cond:
-            state.stop = True
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(_POLL)
+    _stop(state, threads)
     if state.error is not None:
+        _carry(state, state.error)
         raise state.error
     return ordered
+
+
+def _carry(state: _State[R], raised: BaseException) -> None:
+    """Let ``raised`` tell which unfinished files the stopped calls removed."""
+    with state.cond:
+        errors = list(state.errors)
+    for error in errors:
+        carry_removed(error, raised)
+
+
+def _stop(state: _State[R], threads: Sequence[threading.Thread]) -> None:
+    """Hand out no more items and wait for the workers (with timeouts: signals get through)."""
+    with state.cond:
+        state.stop = True
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(_POLL)

@@ -2,18 +2,17 @@
 
 :class:`Key` is the keystream of docs/FORMAT.md section 1: the key file cut into 10 MiB pieces,
 repeated piece by piece. Payload piece ``i`` is XORed with key piece ``i mod n``; a short last
-key piece is tiled end to end to cover a whole payload piece. Where the keystream is one run of
-the key's bytes it is mapped straight from the file (:meth:`Key.mapped`); elsewhere it is read
-with ``pread`` into the caller's buffer (:meth:`Key.fill`). Either way memory stays flat
-whatever the key's size; only a short last piece is kept (read once).
+key piece is tiled end to end to cover a whole payload piece. The keystream is read with
+``pread`` into the caller's buffer (:meth:`Key.fill`), so memory stays flat whatever the key's
+size; only a short last piece is kept (read once). The key is never mapped: a key file
+truncated under a mapping kills the process with SIGBUS (Python cannot recover from a fault on
+a mapped page), while a read that comes up short is one clear error ("the key file shrank").
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -22,8 +21,6 @@ from belle_decrypt import platform_io
 from belle_decrypt.errors import InputError, OutputError
 
 PIECE_SIZE = 10 * 1024 * 1024
-MAP_MIN = 1024 * 1024
-"""Stretches of keystream at least this long are read through a mapping instead of a copy."""
 
 
 KEY_HINT = "pass LLaMA-7B consolidated.00.pth"
@@ -32,15 +29,11 @@ KEY_HINT = "pass LLaMA-7B consolidated.00.pth"
 class Keystream(Protocol):
     """The bytes a payload is XORed with, by payload offset. The engine asks for them in
     order, buffer by buffer, from one thread per stream; one keystream may serve several
-    streams at once (``--jobs``), so implementations read with pread, not seek + read."""
+    streams at once (``--jobs``), so implementations read with pread, not seek + read, and never
+    hand out a mapping of a file that may shrink (a fault there cannot be recovered from)."""
 
     def fill(self, out: memoryview, offset: int) -> None:
         """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""
-
-    def mapped(self, offset: int, length: int) -> AbstractContextManager[memoryview | None]:
-        """A read-only view of the keystream for payload ``offset .. offset+length`` without a
-        copy, or None where :meth:`fill` must be used (always None is correct, only slower).
-        Every export of the view is released before the block ends."""
 
 
 def check_key_file(path: Path) -> int:
@@ -147,31 +140,6 @@ class Key:
             step = min(len(out) - filled, filled - head)
             out[filled : filled + step] = out[head : head + step]
             filled += step
-
-    def _contiguous_start(self, offset: int, length: int) -> int | None:
-        """Where in the key file the keystream of payload ``offset .. offset+length`` lies,
-        when it is one run of the file's bytes (no wrap to the start, no short last piece)."""
-        index, within = divmod(offset, self.piece_size)
-        start = (index % self.piece_count) * self.piece_size + within
-        whole = self.size - self.size % self.piece_size
-        return start if start + length <= whole else None
-
-    @contextmanager
-    def mapped(self, offset: int, length: int) -> Iterator[memoryview | None]:
-        """A read-only view of the keystream for payload ``offset .. offset+length`` mapped
-        straight from the key file (no copy), or None where :meth:`fill` must be used.
-
-        Release every export of the view (tensors made from it) before the block ends.
-        """
-        start = self._contiguous_start(offset, length)
-        if start is None or length < MAP_MIN:
-            yield None
-            return
-        if os.fstat(self._fd).st_size < start + length:  # shrunk: let fill() say so
-            yield None
-            return
-        with platform_io.mapped(self._fd, start, length) as view:
-            yield view
 
     def fill(self, out: memoryview, offset: int) -> None:
         """Write the keystream for payload bytes ``offset .. offset+len(out)`` into ``out``."""

@@ -26,14 +26,14 @@ Adding a layout
    folder or which key file to use, are arguments of its constructor) and a frozen dataclass
    for its files with the properties of :class:`Source`. ``open`` raises
    :class:`~belle_decrypt.errors.InputError` with one line saying what is wrong and what to do.
-2. Give it a keystream: any object with ``fill(out, offset)`` and ``mapped(offset, length)``
-   (:class:`~belle_decrypt.keystream.Keystream`). ``fill`` writes the keystream for payload
+2. Give it a keystream: any object with ``fill(out, offset)``
+   (:class:`~belle_decrypt.keystream.Keystream`), which writes the keystream for payload
    bytes ``offset .. offset+len(out)`` into ``out`` (a 16 MiB seed repeated: copy from the seed
    at ``offset % seed``; a same-named base file: pread at ``offset`` and zero the rest past
-   its end); ``mapped`` may always yield None. ``keystream(source, key)`` returns a context
-   manager, so a per-file keystream can open and close its own file. A layout whose key is a
-   folder (the per-file layout) also has ``own_keystream(source)`` (:class:`FolderKeyed`): a
-   run of it opens no key file. A source whose payload needs decoding (gzip) also has
+   its end; never a mapping of a file that may shrink). ``keystream(source, key)`` returns a
+   context manager, so a per-file keystream can open and close its own file. A layout whose key
+   is a folder (the per-file layout) also has ``own_keystream(source)`` (:class:`FolderKeyed`):
+   a run of it opens no key file. A source whose payload needs decoding (gzip) also has
    ``open_payload`` (:class:`OwnPayload`).
 3. Say which key it needs (``expected_key``, a :class:`~belle_decrypt.keyid.KnownKey`: the
    run fingerprints the key against it) and what a different key means (``key_warning``:

@@ -1,8 +1,9 @@
 """Safe output: write to a hidden temporary file beside the target, verify, then rename.
 
 A file under its final name is always complete and verified. Temporary files are named
-``.belle-tmp.<pid>.<token>.<name>`` so that a later run can recognise ours and remove the ones
-whose process has ended.
+``.belle-tmp.<pid>.<token>.<name>`` and locked by their run for their whole life
+(:class:`belle_decrypt.platform_io.LockOwnership`), so that a later run, in this container or
+another on the same kernel, removes only the ones nobody holds.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from belle_decrypt.cancel import note_removed
 from belle_decrypt.errors import OutputError
-from belle_decrypt.platform_io import OWNERSHIP, fsync_dir
+from belle_decrypt.platform_io import OWNERSHIP, Hold, fsync_dir
 
 TEMP_PREFIX = ".belle-tmp."
 _TEMP_RE = re.compile(rf"^\.belle-tmp\.(?P<owner>{OWNERSHIP.pattern})\.[0-9a-f]{{8}}\.")
 _NAME_KEEP = 120
+_CLAIMS = 5
+"""Temporary names tried when another run removes each before it is locked (a race of
+microseconds; five in a row means something keeps removing them)."""
 
 
 def temp_name(final_name: str, owner: str | None = None) -> str:
@@ -42,7 +47,8 @@ def unreadable_existing(target: Path, exc: OSError) -> OutputError:
 class AtomicFile:
     """A context manager yielding a temporary file that becomes ``final`` only on ``commit``.
 
-    Leaving the block without ``commit`` (an error, a signal) removes the temporary file.
+    Leaving the block without ``commit`` (an error, a signal) removes the temporary file and
+    notes it on the exception (:func:`belle_decrypt.cancel.note_removed`).
     """
 
     def __init__(self, final: Path, *, fsync: bool = True) -> None:
@@ -50,24 +56,36 @@ class AtomicFile:
         self.fsync = fsync
         self.temp = final.parent / temp_name(final.name)
         self._handle: BinaryIO | None = None
+        self._owner = Hold()
         self._committed = False
 
     def __enter__(self) -> BinaryIO:
-        try:
-            fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError as exc:
-            raise OutputError(
-                f"cannot create a file in the output folder: {exc.strerror or exc}; "
-                "check the folder's permissions and free space",
-                self.final,
-            ) from exc
-        self._handle = os.fdopen(fd, "wb", buffering=0)
-        try:
-            OWNERSHIP.claim(fd, self.temp)
-        except BaseException:
-            self.__exit__(None, None, None)  # not entered: remove the temporary file here
-            raise
-        return self._handle
+        for _ in range(_CLAIMS):
+            try:
+                fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot create a file in the output folder: {exc.strerror or exc}; "
+                    "check the folder's permissions and free space",
+                    self.final,
+                ) from exc
+            try:
+                owner = OWNERSHIP.claim(fd, self.temp)
+            except OSError:
+                os.close(fd)
+                os.unlink(self.temp)
+                raise
+            if owner is not None:
+                self._owner = owner
+                self._handle = os.fdopen(fd, "wb", buffering=0)
+                return self._handle
+            os.close(fd)  # removed by another run before it was locked: make another
+            self.temp = self.final.parent / temp_name(self.final.name)
+        raise OutputError(
+            "another program keeps removing this run's temporary files; stop it and run the "
+            "same command again",
+            self.final,
+        )
 
     def commit(self, final: Path | None = None, *, replace: bool = True) -> None:
         """Flush, fsync, rename into place and fsync the folder.
@@ -116,9 +134,16 @@ class AtomicFile:
     ) -> None:
         if self._handle is not None and not self._handle.closed:
             self._handle.close()
-        if not self._committed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.temp)
+        try:
+            if not self._committed and self._handle is not None:
+                try:
+                    os.unlink(self.temp)
+                except FileNotFoundError:
+                    return
+                if exc is not None:
+                    note_removed(exc, self.final)
+        finally:
+            self._owner.release()
 
 
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
@@ -144,7 +169,7 @@ def _rename_no_replace(temp: Path, final: Path) -> None:
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Remove our temporary files in ``folder`` whose owner has ended."""
+    """Remove our temporary files in ``folder`` that no live run holds."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
@@ -155,9 +180,8 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         try:
             if match is None or not entry.is_file(follow_symlinks=False):
                 continue
-            if not OWNERSHIP.is_stale(match.group("owner"), Path(entry.path)):
+            if not OWNERSHIP.remove_if_stale(match.group("owner"), Path(entry.path)):
                 continue
-            os.unlink(entry.path)
         except OSError:
             continue  # best effort: gone already, or not ours to remove (permissions)
         removed.append(Path(entry.path))

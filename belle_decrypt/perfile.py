@@ -194,11 +194,6 @@ class BaseStream:
                 hasher.update(view)
             self._hashed += len(view)
 
-    @contextmanager
-    def mapped(self, offset: int, length: int) -> Iterator[memoryview | None]:
-        """Always None: the base is copied (and hashed) by :meth:`fill`."""
-        yield None
-
     def fill(self, out: memoryview, offset: int) -> None:
         """The base's bytes at ``offset`` (zero past its end); at the payload's end, the rest
         of a longer base is hashed and the digests checked."""

@@ -18,8 +18,8 @@ from typing import Any
 
 from belle_decrypt import jobs
 from belle_decrypt.cancel import CancelToken
-from belle_decrypt.errors import ManifestError
-from belle_decrypt.hashing import hash_file
+from belle_decrypt.errors import InputError, ManifestError
+from belle_decrypt.hashing import NotRegularFile, hash_file
 from belle_decrypt.manifest import Manifest, ManifestEntry, no_cyclic_gc
 from belle_decrypt.states import CheckStatus
 
@@ -145,10 +145,11 @@ def files_to_check(folder: Path, manifest: Manifest) -> tuple[ListedFile, ...]:
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "no such folder"
         raise ManifestError(f"{what}; pass the folder holding the listed files", folder)
+    unlisted: OSError | None = None
     try:
         top: frozenset[str] | None = frozenset(os.listdir(folder))
-    except OSError:
-        top = None  # look each path up instead
+    except OSError as exc:
+        top, unlisted = None, exc  # look each path up instead
     with no_cyclic_gc():  # a manifest may list millions of files
         listed = [
             ListedFile(name, locate(folder, manifest, name, top), manifest.entries_for(name))
@@ -156,6 +157,11 @@ def files_to_check(folder: Path, manifest: Manifest) -> tuple[ListedFile, ...]:
         ]
     present = {item.group for item in listed if item.path is not None}
     chosen = tuple(item for item in listed if item.group in present)
+    if not chosen and unlisted is not None:
+        raise InputError(
+            f"cannot read the folder: {unlisted.strerror or unlisted}; check its permissions",
+            folder,
+        )
     if not chosen:
         sources = ", ".join(sorted({entry.source for entry in manifest.entries}))
         raise ManifestError(
@@ -194,6 +200,8 @@ def _check_one(
     algorithms = tuple(dict.fromkeys(entry.algorithm for entry in item.entries))
     try:
         digests = hash_file(item.path, algorithms, on_progress=on_progress, cancel=cancel)
+    except NotRegularFile:  # a FIFO or /dev/zero would never end
+        return [_judge(item, entry, None, FAILED, "not a regular file") for entry in item.entries]
     except OSError as exc:
         detail = f"cannot read: {exc.strerror or exc}"
         return [_judge(item, entry, None, FAILED, detail) for entry in item.entries]

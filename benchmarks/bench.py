@@ -5,7 +5,7 @@ warms the page cache, then runs each command ``--runs`` times and prints medians
 
     python benchmarks/bench.py                 # 2 GiB, 5 runs
     python benchmarks/bench.py --size 512M --runs 3 --dir /var/tmp
-    python benchmarks/bench.py --latency --size 1G   # only: how fast Ctrl-C stops a run
+    python benchmarks/bench.py --latency --size 1G   # only: how fast Ctrl-C/SIGTERM stop a run
     python benchmarks/bench.py --layouts             # only: TechGPT and OpenBuddy files
     python benchmarks/bench.py --perfile             # only: the per-file layout's lines
 
@@ -175,6 +175,18 @@ def engine_rate(
         return payload / (time.perf_counter() - started)
 
 
+def keystream_rate(key_path: Path, size: int) -> float:
+    """Bytes/s of reading the keystream with pread into one engine buffer (the copy that a
+    mapped key avoided; the key is read, never mapped, so that a truncated key is an error
+    and not a SIGBUS)."""
+    buf = memoryview(bytearray(engine.BUFFER_SIZE))
+    with Key(key_path) as key:
+        started = time.perf_counter()
+        for offset in range(0, size, len(buf)):
+            key.fill(buf[: min(len(buf), size - offset)], offset)
+        return size / (time.perf_counter() - started)
+
+
 def hash_rate(name: str, size: int = 512 * MiB) -> float:
     """Single-core hashlib speed on an in-memory buffer."""
     data = bytes(64 * MiB)
@@ -241,6 +253,8 @@ def child(argv: Sequence[str]) -> None:
         print(engine_rate(Path(enc), Path(key_path), int(size), "torch", md5 == "md5"))
     elif what == "plain":
         print(engine_rate(Path(rest[0]), Path(rest[1]), 64 * MiB, "python"))
+    elif what == "keystream":
+        print(keystream_rate(Path(rest[0]), int(rest[1])))
     elif what == "hash":
         print(hash_rate(rest[0]))
     elif what == "make-layout":
@@ -350,6 +364,16 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
             f"{steady / 1e9:.2f} GB/s = {steady / sha_speed * 100:.0f}% of SHA-256 "
             f"({sha_speed / 1e9:.2f} GB/s); with md5 {steady_md5 / 1e9:.2f} GB/s = "
             f"{steady_md5 / md5_speed * 100:.0f}% of md5 ({md5_speed / 1e9:.2f} GB/s)",
+        )
+    )
+    keystream = statistics.median(
+        float(in_child("keystream", key_path, size)[0]) for _ in range(runs)
+    )
+    rows.append(
+        (
+            "keystream reads (pread, one thread)",
+            f"{keystream / 1e9:.2f} GB/s: {size / keystream:.2f} s of CPU for {human(size)}, "
+            f"{sha_speed / keystream * 100:.0f}% of the SHA-256's",
         )
     )
     help_run = median_run(runs, [*EXE, "--help"])
@@ -545,22 +569,24 @@ def written(folder: Path) -> int:
         return 0
 
 
-def sigint_latency(argv: Sequence[str], started: Callable[[int], bool]) -> float:
-    """Start ``argv``, send SIGINT once ``started(pid)``, return the seconds from the signal
-    to its exit (which must be 130)."""
+def signal_latency(
+    argv: Sequence[str], started: Callable[[int], bool], signum: int, code: int
+) -> float:
+    """Start ``argv``, send ``signum`` once ``started(pid)``, return the seconds from the
+    signal to its exit (which must be ``code``)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while not started(proc.pid):
         if proc.poll() is not None:
             raise SystemExit(f"{' '.join(argv)} ended before the point to interrupt it")
         time.sleep(0.001)
     sent = time.perf_counter()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     proc.wait()
     seconds = time.perf_counter() - sent
     assert proc.stderr is not None
     proc.stderr.close()
-    if proc.returncode != 130:
-        raise SystemExit(f"{' '.join(argv)}: exit {proc.returncode} after SIGINT, not 130")
+    if proc.returncode != code:
+        raise SystemExit(f"{' '.join(argv)}: exit {proc.returncode} after {signum}, not {code}")
     return seconds
 
 
@@ -572,13 +598,14 @@ def sparse(path: Path, size: int, head: bytes = b"") -> Path:
 
 
 def latency(root: Path, size: int, runs: int) -> None:
-    """SIGINT to exit for each long read: verify -j 2 of two files, the re-hash of an existing
-    output on a re-run, and a decrypt mid-file. Sparse files for the hashes (no disk space);
-    a real `.enc` of ``size`` bytes for the decrypt."""
+    """Signal to exit, for SIGINT and SIGTERM, for each long read: verify (one job, two
+    jobs), the re-hash of existing outputs on a re-run (one job, two jobs), the md5 of the
+    downloads in a failure's diagnosis, and a decrypt mid-file. Sparse files for the hashes
+    (no disk space); a real `.enc` of ``size`` bytes for the decrypt."""
     after = min(256 * MiB, size // 4)
 
-    def hashing(pid: int) -> bool:
-        return bytes_read(pid) >= after
+    def hashed(threshold: int) -> Callable[[int], bool]:
+        return lambda pid: bytes_read(pid) >= threshold
 
     model = root / "model"
     model.mkdir()
@@ -589,34 +616,80 @@ def latency(root: Path, size: int, runs: int) -> None:
     key_path = root / "consolidated.00.pth"
     in_child("key", key_path, 10 * MiB + 12345)
     digest = hashlib.sha256(b"something else").digest()
-    resume_enc = sparse(root / f"model.bin.{digest.hex()}.enc", size + 32, digest)
+    resume_enc = root / "resume-enc"
+    resume_enc.mkdir()
     resume_out = root / "resume-out"
     resume_out.mkdir()
-    sparse(resume_out / "model.bin", size)
+    for name in ("a.bin", "b.bin"):
+        sparse(resume_enc / f"{name}.{digest.hex()}.enc", size + 32, digest)
+        sparse(resume_out / name, size)
+    # The diagnosis: two small payloads that fail their checksum, whose downloads then grow to
+    # ``size`` (the decrypt reads the planned payload, the md5 reads it all).
+    diagnosis_enc = root / "diagnosis-enc"
+    diagnosis_enc.mkdir()
+    broken = [diagnosis_enc / f"{name}.{digest.hex()}.enc" for name in ("a.bin", "b.bin")]
+    diagnosis_card = root / "diagnosis-md5.txt"
+    diagnosis_card.write_text("".join(f"{'0' * 32}  {enc.name}\n" for enc in broken))
+    diagnosis_out = root / "diagnosis-out"
+    small = 16 * MiB
+
+    def reset_diagnosis() -> None:
+        shutil.rmtree(diagnosis_out, ignore_errors=True)
+        for enc in broken:
+            sparse(enc, small + 32, digest)
+
+    def diagnosing(pid: int) -> bool:
+        if diagnosis_out.exists() and broken[0].stat().st_size < size:
+            for enc in broken:
+                os.truncate(enc, size)
+        return bytes_read(pid) >= 2 * small + after
+
     enc_dir = root / "enc"
     enc_dir.mkdir()
     enc = Path(in_child("make", enc_dir, "pytorch_model.bin", key_path, size)[0])
     out = root / "out"
-    verify = [*EXE, "verify", str(model), "--manifest", str(card), "-j", "2"]
-    cases: dict[str, tuple[list[str], Callable[[int], bool]]] = {
-        "verify -j 2, two files": (verify, hashing),
-        "re-run: re-hash of an output": (
-            [*EXE, str(resume_enc), str(key_path), str(resume_out)],
-            hashing,
+    verify = [*EXE, "verify", str(model), "--manifest", str(card)]
+    resume = [*EXE, str(resume_enc), str(key_path), str(resume_out)]
+    cases: dict[str, tuple[list[str], Callable[[int], bool], Callable[[], None]]] = {
+        "verify -j 1": ([*verify, "-j", "1"], hashed(after), lambda: None),
+        "verify -j 2": ([*verify, "-j", "2"], hashed(after), lambda: None),
+        "re-run --jobs 1: re-hash": ([*resume, "--jobs", "1"], hashed(after), lambda: None),
+        "re-run --jobs 2: re-hashes": ([*resume, "--jobs", "2"], hashed(2 * after), lambda: None),
+        "diagnosis md5, --jobs 2": (
+            [
+                *EXE,
+                str(diagnosis_enc),
+                str(key_path),
+                str(diagnosis_out),
+                "--jobs",
+                "2",
+                "--manifest",
+                str(diagnosis_card),
+            ],
+            diagnosing,
+            reset_diagnosis,
         ),
         "decrypt mid-file": (
             [*EXE, str(enc), str(key_path), str(out), "--no-fsync"],
             lambda pid: written(out) >= after,
+            lambda: shutil.rmtree(out, ignore_errors=True),
         ),
     }
-    print(f"\nCtrl-C latency (SIGINT to exit 130), {human(size)} files, median of {runs}\n")
-    for label, (argv, started) in cases.items():
-        seconds = [sigint_latency([*argv, "-q"], started) for _ in range(runs)]
-        shutil.rmtree(out, ignore_errors=True)
-        print(
-            f"{label:<32} {statistics.median(seconds) * 1000:7.1f} ms "
-            f"(max {max(seconds) * 1000:.1f} ms)"
-        )
+    signals = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)}
+    print(f"\nsignal to exit, {human(size)} files, median of {runs} (max)\n")
+    print(f"{'':<28} {'SIGINT':>20} {'SIGTERM':>20}")
+    for label, (argv, started, reset) in cases.items():
+        cells = []
+        for signum, code in signals.values():
+            seconds = []
+            for _ in range(runs):
+                reset()
+                seconds.append(signal_latency([*argv, "-q"], started, signum, code))
+            reset()
+            cells.append(
+                f"{statistics.median(seconds) * 1000:7.1f} ms ({max(seconds) * 1000:6.1f})"
+            )
+        print(f"{label:<28} {cells[0]:>20} {cells[1]:>20}")
 
 
 # -- the headerless layouts (TechGPT, OpenBuddy) ----------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from belle_decrypt.batch import Settings, decrypt_all
-from belle_decrypt.cancel import Cancelled, CancelToken
+from belle_decrypt.cancel import Cancelled, CancelToken, removed_unfinished
 from belle_decrypt.container import EncFile
 from belle_decrypt.diagnose import Diagnoser
 from belle_decrypt.hashing import hash_file, md5_file
@@ -155,3 +155,40 @@ def test_library_runs_again_after_an_interrupt_and_a_second_one_during_shutdown(
     assert (tally.decrypted, tally.failed) == (2, 0)
     assert {name: (out / name).read_bytes() for name in plain} == plain
     assert listing(out) == ["a", "b"]
+
+
+def test_an_interrupt_names_the_unfinished_files_the_stopped_workers_removed(
+    tmp_path: Path, make_key: Callable[..., Path], make_enc: Callable[..., Path]
+) -> None:
+    key_path = make_key(5000)
+    plain = {name: random_bytes(4 * 1024 * 1024, seed=i) for i, name in enumerate("ab")}
+    files = [EncFile.open(make_enc(name, data, key_path)) for name, data in plain.items()]
+    out = tmp_path / "out"
+    out.mkdir()
+    token = CancelToken()
+    started = threading.Barrier(2)
+
+    @contextmanager
+    def interrupting(name: str, size: int) -> Iterator[Callable[[int], None]]:
+        first = [True]
+
+        def advance(n: int) -> None:
+            # Once per file: when both files are being written, one Ctrl-C.
+            if first and first.pop() and started.wait(5) == 0:
+                _thread.interrupt_main()
+            assert token.wait(5), "the run did not cancel its token"
+
+        yield advance
+
+    with Key(key_path) as key, pytest.raises(KeyboardInterrupt) as raised:
+        decrypt_all(
+            files,
+            key,
+            Settings(out_dir=out, jobs=2),
+            Diagnoser(key_path),
+            file_progress=interrupting,
+            cancel=token,
+        )
+    wait_for_threads()
+    assert listing(out) == []
+    assert sorted(removed_unfinished(raised.value)) == [out / "a", out / "b"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from belle_decrypt import __version__
+from belle_decrypt.cancel import note_removed
 from belle_decrypt.console import user_errors
 from tests.conftest import listing, random_bytes, unknown_key_warning
 from tests.runner import run
@@ -222,20 +223,29 @@ def test_missing_arguments_are_usage_errors() -> None:
     assert "Missing argument 'KEY_FILE'" in result.stderr
 
 
+AGAIN = "run the same command again to finish"
+
+
 @pytest.mark.parametrize(
-    ("writing", "expected"),
+    ("writing", "removed", "expected"),
     [
+        (True, ["o/a.bin"], f"o/a.bin: interrupted; the unfinished file was removed; {AGAIN}"),
         (
             True,
-            "interrupted; the unfinished file was removed; run the same command again to finish",
+            ["o/a.bin", "o/b.bin"],
+            f"interrupted; the unfinished files o/a.bin, o/b.bin were removed; {AGAIN}",
         ),
-        (False, "interrupted"),
+        (True, [], f"interrupted; {AGAIN}"),
+        (False, [], "interrupted"),
     ],
 )
 def test_an_interrupt_says_what_happened_to_output(
-    writing: bool, expected: str, capsys: pytest.CaptureFixture[str]
+    writing: bool, removed: list[str], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as stopped, user_errors(writing=writing):
-        raise KeyboardInterrupt()
+        interrupt = KeyboardInterrupt()
+        for final in removed:
+            note_removed(interrupt, Path(final))
+        raise interrupt
     assert stopped.value.code == 130
     assert capsys.readouterr().err == f"belle-decrypt: error: {expected}\n"

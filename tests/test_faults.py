@@ -4,12 +4,15 @@ one-line message and the exact contents of OUT_DIR afterwards."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +21,9 @@ import pytest
 from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.faults import (
+    CLI,
     ENV,
+    PREFIX,
     MiB,
     as_plain_user,
     is_zeros_of,
@@ -27,8 +32,10 @@ from tests.faults import (
     not_warnings,
     one_error,
     run_cli,
+    sparse_file,
     start_cli,
     stop_mid_file,
+    temps,
 )
 
 BIG = 64 * MiB
@@ -179,6 +186,101 @@ def test_input_that_shrinks_while_read_fails_cleanly(
     assert proc.returncode == 1, stderr
     assert one_error(stderr).startswith(f"{enc}: "), stderr
     assert listing(out) == []
+
+
+def _key_mapped(pid: int, key: Path) -> bool:
+    """Whether process ``pid`` has the key file mapped into memory right now."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return any(line.rstrip().endswith(str(key)) for line in maps)
+    except OSError:
+        return False
+
+
+def _written(folder: Path) -> int:
+    """Bytes in our temporary files in ``folder`` now."""
+    total = 0
+    for name in temps(folder):
+        with contextlib.suppress(FileNotFoundError):
+            total += (folder / name).stat().st_size
+    return total
+
+
+@pytest.mark.parametrize(
+    ("files", "grown"), [(1, 1 * MiB), (1, 12 * MiB), (1, 24 * MiB), (2, 1 * MiB)]
+)
+def test_a_key_truncated_during_a_run_is_reported_every_time(
+    tmp_path: Path, files: int, grown: int
+) -> None:
+    """The key replaced under a run (a new copy being written): the "shrank" line for each
+    file in flight, exit 1, no temporary file, wherever the run was; never a SIGBUS. The run is
+    stopped as soon as the key is seen mapped into its memory (a fault there cannot be
+    recovered from), else once its output holds ``grown`` bytes. With two files at once, the
+    second one past the plain path's budget imports torch mid-run (seconds), which is when a
+    mapped keystream would sit unread the longest."""
+    key = tmp_path / "consolidated.00.pth"
+    key.write_bytes(random_bytes(12 * MiB, seed=44))  # a whole piece and a short one
+    digest = hashlib.sha256(b"never reached").digest()
+    enc_dir = tmp_path / "enc"
+    enc_dir.mkdir()
+    for name in ("pytorch_model.bin", "other.bin")[:files]:  # each below the torch path's size
+        sparse_file(enc_dir / f"{name}.{digest.hex()}.enc", 32 + 40 * MiB, head=digest)
+    out = tmp_path / "out"
+    proc = start_cli(enc_dir, key, out, "-q", "--jobs", str(files))
+    deadline = time.monotonic() + 30
+    while not (_key_mapped(proc.pid, key) or _written(out) >= grown):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never got under way"
+    os.kill(proc.pid, signal.SIGSTOP)
+    os.truncate(key, 4096)  # the first bytes of a new copy
+    os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1, stderr
+    shrank = f"{PREFIX}{key}: the key file shrank while it was being read"
+    assert not_warnings(stderr) == [shrank] * files
+    assert listing(out) == []
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0,
+    reason="needs unshare(1) and root to make a PID namespace",
+)
+def test_a_run_in_another_pid_namespace_keeps_a_live_runs_temporary_file(
+    tmp_path: Path, make_enc: Callable[..., Path]
+) -> None:
+    """Two containers on one shared volume: run A is stopped mid-file; run B, in a PID
+    namespace of its own (where A's pid does not exist), decrypts another file into the same
+    folder. A's temporary file stays (its lock says it is live), and A finishes. A temporary
+    file that nobody holds is removed, even when its pid is alive here."""
+    key = tmp_path / "consolidated.00.pth"
+    key.write_bytes(KEY)
+    enc_a = make_zero_enc(tmp_path / "a", "pytorch_model.bin", KEY, 48 * MiB)
+    small = random_bytes(5000, seed=45)
+    enc_b = make_enc("config.json", small, key, folder="b")
+    shared = tmp_path / "shared"
+    proc = start_cli(enc_a, key, shared, "-q")
+    temp = stop_mid_file(proc, shared, grown=4 * MiB)
+    unheld = shared / f".belle-tmp.{os.getpid()}.0123abcd.tokenizer.model"
+    unheld.write_bytes(b"left by a run that ended")  # its pid (this test) is alive here
+    try:
+        other = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", *CLI, enc_b.parent, key, shared],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=ENV,
+            check=False,
+        )
+        assert other.returncode == 0, other.stderr
+        assert temp.exists(), "run B removed the live temporary file of run A"
+        assert not unheld.exists()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert listing(shared) == ["config.json", "pytorch_model.bin"]
+    assert (shared / "config.json").read_bytes() == small
+    assert is_zeros_of(shared / "pytorch_model.bin", 48 * MiB)
 
 
 def test_two_concurrent_runs_never_leave_a_wrong_file(

@@ -3,7 +3,8 @@ still decrypts byte-exact. Linux is where the real calls run; these simulate the
 
 from __future__ import annotations
 
-import mmap
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt import engine, keystream, platform_io
+from belle_decrypt import engine, platform_io
 from belle_decrypt.container import EncFile
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.errors import InputError
 from belle_decrypt.keystream import Key
-from belle_decrypt.output import remove_stale_temps, temp_name
+from belle_decrypt.output import AtomicFile, remove_stale_temps, temp_name
 from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.runner import run
@@ -26,7 +27,6 @@ from tests.runner import run
 PIECE = 4096
 # Each capability with the calls that must not be made without it.
 CAPABILITIES: dict[str, list[tuple[object, str]]] = {
-    "HAS_MMAP": [(mmap, "mmap")],
     "HAS_PREADV": [(os, "preadv")],
     "HAS_PREAD": [(os, "preadv"), (os, "pread")],
     "HAS_NONBLOCK": [],
@@ -34,6 +34,7 @@ CAPABILITIES: dict[str, list[tuple[object, str]]] = {
     "CAN_FSYNC_DIR": [],  # folders must not be opened: see without()
     "HAS_SIGHUP": [],
     "HAS_SIGXFSZ": [],
+    "HAS_FLOCK": [(fcntl, "flock")],
     "CAN_PROBE_PIDS": [(os, "kill")],
     "HAS_AFFINITY": [(os, "sched_getaffinity")],
 }
@@ -73,8 +74,7 @@ def test_decrypt_is_byte_exact_without(
     make_key: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    """The library path with small pieces, so the key is mapped, read, wrapped and tiled."""
-    monkeypatch.setattr(keystream, "MAP_MIN", 1)
+    """The library path with small pieces, so the key is read, wrapped and tiled."""
     monkeypatch.setattr(engine, "WRITE_BEHIND", 4096)
     key_path = make_key(3 * PIECE + 100)
     plain = random_bytes(20 * PIECE + 7, seed=4)
@@ -102,7 +102,7 @@ def test_the_command_line_decrypts_without(
     tmp_path: Path,
 ) -> None:
     """The whole command (signal handlers, stale temporary files, folder fsync) at the real
-    piece size, with a key over one piece so that the keystream is mapped where it can be."""
+    piece size, with a key over one piece (read whole, wrapped, and a short last piece)."""
     key = make_key(reference.REAL_PIECE + 5)
     plain = random_bytes(reference.REAL_PIECE + 3 * 1024 * 1024, seed=8)
     enc = make_enc("pytorch_model.bin", plain, key)
@@ -137,21 +137,50 @@ def test_fifo_refused_without_o_nonblock(
     assert platform_io.open_regular(fifo) is None
 
 
-def test_stale_temps_kept_when_processes_cannot_be_probed(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def ended_pid() -> str:
+    """The pid of a process that has ended."""
     ended = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         check=True,
         capture_output=True,
         text=True,
     )
-    stale = tmp_path / temp_name("model.bin", owner=ended.stdout.strip())
+    return ended.stdout.strip()
+
+
+def test_stale_temps_kept_when_processes_cannot_be_probed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    stale = tmp_path / temp_name("model.bin", owner=ended_pid())
     stale.write_bytes(b"partial")
+    monkeypatch.setattr(platform_io, "HAS_FLOCK", False)  # then the pid tells
     monkeypatch.setattr(platform_io, "CAN_PROBE_PIDS", False)
     assert remove_stale_temps(tmp_path) == []
     monkeypatch.setattr(platform_io, "CAN_PROBE_PIDS", True)
     assert remove_stale_temps(tmp_path) == [stale]
+
+
+@pytest.mark.parametrize("errno_", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_file_system_without_locks_falls_back_to_the_pid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, errno_: int
+) -> None:
+    """NFS mounted without a lock manager, some FUSE file systems: flock fails; a run still
+    writes (its pid marks its file) and removes only files whose pid has ended."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    live = tmp_path / temp_name("model.bin", owner="1")  # init: alive
+    stale = tmp_path / temp_name("model.bin", owner=ended_pid())
+    for path in (live, stale):
+        path.write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path) == [stale]
+    atomic = AtomicFile(tmp_path / "config.json")
+    with atomic as written:
+        written.write(b"{}")
+        atomic.commit()
+    assert listing(tmp_path) == [live.name, "config.json"]
 
 
 def test_cores_without_affinity(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -276,31 +277,54 @@ def _zombie() -> subprocess.Popen[bytes]:
 
 
 def test_stale_temporary_files_go_but_a_live_runs_stay(release: Release) -> None:
+    """A temporary file is live while a process holds its lock, whatever pid its name holds
+    (the writer may be in another container); one that nobody holds is stale, even when its
+    pid is alive here. This process's own are never touched."""
     release.out.mkdir()
     ended = subprocess.Popen(["true"])
     ended.wait()
     zombie = _zombie()
-    live = subprocess.Popen(["sleep", "60"])  # a run going on beside this one
+    elsewhere = f".belle-tmp.{ended.pid}.deadbeef.pytorch_model.bin"  # pid not seen here
+    (release.out / elsewhere).write_bytes(b"partial")
+    holder = subprocess.Popen(  # a run going on beside this one, in another namespace
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys\n"
+            "f = open(sys.argv[1], 'rb')\n"
+            "fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+            str(release.out / elsewhere),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    alive = subprocess.Popen(["sleep", "60"])
     try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         dead_temp = f".belle-tmp.{ended.pid}.0123abcd.pytorch_model.bin"
         zombie_temp = f".belle-tmp.{zombie.pid}.89abcdef.pytorch_model.bin"
-        live_temp = f".belle-tmp.{live.pid}.deadbeef.pytorch_model.bin"
+        unheld_temp = f".belle-tmp.{alive.pid}.01234567.pytorch_model.bin"
+        own_temp = f".belle-tmp.{os.getpid()}.76543210.pytorch_model.bin"
         not_ours = [
             ".belle-tmp.notes",
             f".belle-tmp.{ended.pid}.xyz.pytorch_model.bin",
             "pytorch_model.bin.part",
         ]
-        for name in [dead_temp, zombie_temp, live_temp, *not_ours]:
+        for name in [dead_temp, zombie_temp, unheld_temp, own_temp, *not_ours]:
             (release.out / name).write_bytes(b"partial")
         result = run(release.enc_dir, release.key, release.out)
     finally:
-        live.kill()
-        live.wait()
+        holder.communicate("")
+        alive.kill()
+        alive.wait()
         zombie.wait()
     assert result.exit_code == 0, result.output
-    expected = [live_temp, *not_ours, "config.json", "pytorch_model.bin"]
+    expected = [elsewhere, own_temp, *not_ours, "config.json", "pytorch_model.bin"]
     assert listing(release.out) == sorted(expected)
-    assert (release.out / live_temp).read_bytes() == b"partial"
+    assert (release.out / elsewhere).read_bytes() == b"partial"
 
 
 def test_stale_temp_with_an_impossible_pid_is_removed(release: Release) -> None:

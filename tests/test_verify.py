@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.states import CheckStatus
 from belle_decrypt.verify import FileCheck, VerifyReport, verify_folder
+from tests.faults import as_plain_user, modes_enforced, one_error, run_cli
 from tests.release import Release, make_release, md5
 from tests.runner import run
 
@@ -170,6 +172,51 @@ def test_manifest_option_is_required(release: Release) -> None:
     result = run("verify", release.enc_dir)
     assert result.exit_code == 2
     assert "Missing option '--manifest'" in result.stderr
+
+
+def test_a_fifo_or_a_device_under_a_listed_name_is_reported_never_read(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo.bin")  # reading it would wait for a writer forever
+    (folder / "zero.bin").symlink_to("/dev/zero")  # reading it would never end
+    (folder / "ok.bin").write_bytes(b"ok")
+    card = tmp_path / "md5.txt"
+    card.write_text(f"{'0' * 32}  fifo.bin\n{'1' * 32}  zero.bin\n{md5(b'ok')}  ok.bin\n")
+    proc = run_cli("verify", folder, "--manifest", card, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "fifo.bin: FAILED (not a regular file)",
+        "zero.bin: FAILED (not a regular file)",
+        "ok.bin: OK",
+        "1 OK, 2 FAILED, 0 MISSING (decrypted files)",
+    ]
+    assert one_error(proc.stderr) == (
+        f"{folder}: 2 of 3 listed files FAILED or MISSING; download (or decrypt) those files again"
+    )
+
+
+def test_verify_json_on_an_unreadable_folder_says_so_in_its_own_words(tmp_path: Path) -> None:
+    if not modes_enforced():
+        pytest.skip("file modes are not enforced for this user here")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"a")
+    card = tmp_path / "md5.txt"
+    card.write_text(f"{md5(b'a')}  a.bin\n")
+    folder.chmod(0)
+    try:
+        proc = run_cli("verify", folder, "--manifest", card, "--json", preexec_fn=as_plain_user())
+    finally:
+        folder.chmod(0o755)
+    message = f"{folder}: cannot read the folder: Permission denied; check its permissions"
+    assert proc.returncode == 2, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "folder": str(folder),
+        "ok": False,
+        "error": message,
+        "files": [],
+    }
+    assert one_error(proc.stderr) == message
 
 
 @pytest.mark.parametrize("count", [0, 1, 3])
