@@ -268,7 +268,7 @@ def encrypt(
     quiet: bool,
     force: bool,
     no_fsync: bool,
-    **opts: str,
+    format_name: str,
 ) -> None:
     """Encrypt SOURCE (a model file, or every non-hidden file in a folder) for publishing.
 
@@ -287,7 +287,7 @@ def encrypt(
     from belle_decrypt.perfile_publish import prepare_any_publish
 
     with user_errors(writing=True):
-        notices, format_name = ConsoleNotices(quiet), opts["format_name"]
+        notices = ConsoleNotices(quiet)
         with prepare_any_publish(source, key_file, out_dir, notices, format_name) as publish:
             tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
         if not tally.ok:

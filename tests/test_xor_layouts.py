@@ -31,6 +31,10 @@ LFS_POINTER = (
     "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
     "size 12345\n"
 )
+LFS_MESSAGE = (
+    "is a Git LFS pointer, not the data; run `git lfs pull` in the cloned repository (or "
+    "download the file itself)"
+)
 ENCRYPT = {
     "techgpt": (reference_layouts.techgpt_name, reference_layouts.techgpt_encrypt),
     "openbuddy": (reference_layouts.openbuddy_name, reference_layouts.openbuddy_encrypt),
@@ -383,10 +387,7 @@ def test_an_lfs_pointer_is_refused(tmp_path: Path, big_key: Key, layout: str) ->
     enc.write_text(LFS_POINTER)
     result = run(enc, big_key[0], tmp_path / "out", "--no-verify")
     assert result.exit_code == 2
-    assert result.stderr == (
-        f"{ERR}{enc}: is a Git LFS pointer, not the data; run `git lfs pull` in the cloned "
-        "repository (or download the file itself)\n"
-    )
+    assert result.stderr == f"{ERR}{enc}: {LFS_MESSAGE}\n"
 
 
 def test_an_lfs_pointer_among_openbuddy_plain_files_is_refused(
@@ -399,9 +400,9 @@ def test_an_lfs_pointer_among_openbuddy_plain_files_is_refused(
     out = tmp_path / "out"
     result = run(tmp_path / "enc", big_key[0], out, "--manifest", card)
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[0] == (
-        f"{ERR}{tmp_path / 'enc' / 'tokenizer.model'}: is a Git LFS pointer, not the data; run "
-        "`git lfs pull` in the cloned repository (or download the file itself)"
+    assert (
+        result.stderr.splitlines()[0]
+        == f"{ERR}{tmp_path / 'enc' / 'tokenizer.model'}: {LFS_MESSAGE}"
     )
     assert not out.exists()
 
