@@ -476,7 +476,7 @@ def codec_rate(payload: Path, base: Path, out: Path, length: int) -> float:
     """Bytes/s of the publisher's codec's approach, written from docs/FORMAT.md section 6 (not
     its code): 4096-byte blocks of payload and base read, the base block zero-padded, numpy
     XOR, each block written; on the first ``length`` bytes."""
-    import numpy as np  # type: ignore[import-not-found, unused-ignore]  # bench-only
+    import numpy as np
 
     started = time.perf_counter()
     done = 0
