@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -80,9 +81,7 @@ FORMAT_HELP = (
     "NAME.enc openbuddy; perfile (payloads over a base) when KEY_FILE is a folder]."
 )
 BASE_HELP = "perfile: the card's list of the base files, checked as they are read."
-NO_VERIFY_HELP = (
-    "Decrypt files that carry no checksum (techgpt, openbuddy, perfile) without --manifest."
-)
+NO_VERIFY_HELP = "Decrypt files with no checksum (techgpt, openbuddy, perfile) unchecked."
 
 
 @cli.command()
@@ -118,44 +117,24 @@ NO_VERIFY_HELP = (
 @click.option("--format", "format_name", type=FORMATS, help=FORMAT_HELP)
 @click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
 @click.option("--no-verify", is_flag=True, help=NO_VERIFY_HELP)
-def decrypt(
-    source: Path,
-    key_file: Path,
-    out_dir: Path,
-    manifests: tuple[Path, ...],
-    keep_going: bool,
-    jobs: int | None,
-    quiet: bool,
-    force: bool,
-    no_fsync: bool,
-    format_name: str | None,
-    base_manifests: tuple[Path, ...],
-    no_verify: bool,
-) -> None:
+def decrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     """Decrypt SOURCE (one .enc file, or a folder of them) into OUT_DIR.
 
-    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth; for OpenAssistant and
-    Pygmalion/Metharme releases it is the folder of LLaMA converted to the Hugging Face
-    layout (the per-file layout, docs/FORMAT.md section 6). Each output is checked
-    against the SHA-256 in its header (and, with --manifest, against the model card's md5)
-    before it appears under its final name. TechGPT, OpenBuddy and per-file payloads carry no
-    checksum: --manifest is then required (or --no-verify). A failure says whether the download is
-    broken or the key is wrong.
+    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth (OpenAssistant, Pygmalion: the
+    folder of LLaMA converted to the Hugging Face layout). Each output is checked against the
+    SHA-256 in its header (and, with --manifest, the model card's md5) before it gets its final
+    name. TechGPT, OpenBuddy and per-file payloads carry no checksum: --manifest is required
+    (or --no-verify). A failure says whether the download is broken or the key is wrong.
 
     \b
     Example:
       belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
           --manifest model-card-md5.txt
     """
-    from belle_decrypt.batch import Settings
     from belle_decrypt.perfile_run import prepare_decrypt
 
-    settings = Settings(out_dir, force, not no_fsync, keep_going, jobs=jobs, verify=not no_verify)
-    notices = ConsoleNotices(quiet)
     with user_errors(writing=True):
-        with prepare_decrypt(
-            source, key_file, settings, manifests, base_manifests, notices, format_name
-        ) as run:
+        with prepare_decrypt(source, key_file, out_dir, ConsoleNotices(quiet), **options) as run:
             tally = decrypt_run(run, quiet)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)
@@ -164,12 +143,7 @@ def decrypt(
 @cli.command()
 @click.argument("folder", type=PATH)
 @click.option(
-    "--manifest",
-    "manifests",
-    multiple=True,
-    required=True,
-    type=PATH,
-    help=MANIFEST_HELP,
+    "--manifest", "manifests", multiple=True, required=True, type=PATH, help=MANIFEST_HELP
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option(
@@ -232,24 +206,22 @@ def verify(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
 @click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
 @click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
-def check_key(
-    key_file: Path, full: bool, quiet: bool, format_name: str, base_manifests: tuple[Path, ...]
-) -> None:
+def check_key(key_file: Path, quiet: bool, **options: Any) -> None:
     """Say whether KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth, and if not, what.
 
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
     the whole file, compared with every known LLaMA file. A checkpoint is described (layers,
     hidden size, vocabulary) so a LLaMA-13B file or a Hugging Face shard is named as such.
     Exit 0 when it is the LLaMA-7B file (with --format openbuddy: when its first 16 MiB are
-    that file's, whatever its size), 1 when not. A folder (a per-file release's base) is
-    checked for the look of a Hugging Face LLaMA, and against --base-manifest.
+    that file's, whatever its size), 1 when not. A folder: is it a converted LLaMA (and the
+    base --base-manifest lists)?
 
     \b
     Example:
       belle-decrypt check-key llama/7B/consolidated.00.pth --full
     """
     with user_errors():
-        ok = check_key_run(key_file, full, quiet, format_name, base_manifests)
+        ok = check_key_run(key_file, quiet, **options)
     sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
@@ -275,9 +247,8 @@ def encrypt(
     Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use
     (--format techgpt: NAME.e3b0c442…b855.enc, openbuddy: NAME.enc), and OUT_DIR/md5sums.txt
     lists the md5 of the .enc files ("after you clone") and of the plain files ("after you
-    decrypt"), ready for the model card and for --manifest / verify. With --format perfile,
-    KEY_FILE is the base folder; each payload keeps its name, and md5sums.txt lists the
-    payloads, md5sums-decoded.txt the model files.
+    decrypt"), ready for the model card and for --manifest / verify. --format perfile: KEY_FILE
+    is a base folder, payloads keep their names, md5sums-decoded.txt lists the model files.
 
     \b
     Example:
@@ -346,3 +317,32 @@ def main() -> None:
     """Console-script entry point."""
     keep_going_without_stdout_reader()
     cli(prog_name=PROG)
+
+
+@cli.command()
+@click.argument("diff_dir", type=PATH)
+@click.argument("base_dir", type=PATH)
+@click.argument("out_dir", type=PATH)
+@click.option("--recipe", type=click.Choice(["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"]))
+@click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin shards.")
+@click.option("--max-shard-size", default="2GB", show_default=True, help="E.g. 500MB, 10GiB.")
+@click.option("--manifest", "manifests", multiple=True, type=PATH, help=MANIFEST_HELP)
+@click.option("--expect-sum", type=float, help="The sum to check (alpaca, tulu).")
+@click.option("--force", is_flag=True, help="Replace model files already in OUT_DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
+@click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
+def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
+    """Recover a model from an additive diff (tuned - base) in DIFF_DIR and LLaMA-1 in BASE_DIR.
+
+    Vicuna v0/v1.1, StableVicuna, Ziya, Alpaca, Tulu v1 (--recipe may be left out when
+    DIFF_DIR's name says the release), Hugging Face folders, checked first, bit-exact,
+    resumable, in the memory of a few tensors.
+
+    \b
+    Example:
+      belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca
+    """
+    from belle_decrypt.console import recover_run
+
+    with user_errors(writing=True):
+        recover_run(diff_dir, base_dir, out_dir, quiet, **options)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from belle_decrypt.keyid import KeyReport
     from belle_decrypt.outcome import Outcome, Tally
     from belle_decrypt.perfile_publish import PerFilePublish
+    from belle_decrypt.recover.run import Outcome as Recovered
     from belle_decrypt.verify import VerifyReport
 
 PROG = "belle-decrypt"
@@ -401,7 +402,12 @@ def echo_batched(pieces: Iterable[str]) -> None:
 
 
 def check_key_run(
-    key_file: Path, full: bool, quiet: bool, format_name: str, base_manifests: Sequence[Path]
+    key_file: Path,
+    quiet: bool,
+    *,
+    full: bool = False,
+    format_name: str = "belle",
+    base_manifests: Sequence[Path] = (),
 ) -> bool:
     """`check-key`: the key file's verdict against ``format_name``'s key (with a bar when
     hashing it whole), or a base folder's (:func:`base_run`), printed; True when it is what
@@ -464,3 +470,43 @@ def key_lines(report: KeyReport, quiet: bool) -> list[str]:
         lines.append(("checkpoint", checkpoint))
     lines.append(("verdict", f"{report.path} {report.verdict}"))
     return [one_line(f"{label + ':':<21}{value}") for label, value in lines]
+
+
+def recover_run(
+    diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **arguments: Any
+) -> Recovered:
+    """Check, then recover with a bar per shard and an overall one, then the summary;
+    ``arguments`` are the command line's options (see ``recover.run.Options.parse``)."""
+    from belle_decrypt.recover.run import Options, Recovery
+
+    options = Options.parse(**arguments)
+    for ignored in options.manifest.ignored if options.manifest is not None else ():
+        warn(ignored.message)
+    with Recovery.prepare(diff_dir, base_dir, out_dir, options) as job:
+        how = f"recognised from {job.recognised}" if job.recognised else "given"
+        say(f"recipe     {job.recipe.name} ({how})", quiet)
+        with Bars(job.total_size, True, progress_enabled(quiet)) as bars:
+            outcome = job.run(
+                lambda name, size: bars.file(size, name),
+                on_shard=lambda shard: say(
+                    f"{shard.status:<10} {shard.name}  {human_size(shard.size)}", quiet
+                ),
+            )
+    if outcome.copied:
+        say(f"copied     {', '.join(outcome.copied)}", quiet)
+    if outcome.manifest_checked:
+        say(f"md5        {outcome.manifest_checked} diff files match the manifest", quiet)
+    check = outcome.sum_check
+    if check is not None:
+        value = check.without_inv_freq if check.matched == "without" else check.with_inv_freq
+        say(
+            f"sum        {value:.4f} matches {check.expected} ({check.matched} the rotary "
+            "inv_freq buffers)",
+            quiet,
+        )
+    say(
+        f"recovered  {out_dir}: {len(outcome.shards)} shards, "
+        f"{human_size(outcome.written)} written in {outcome.seconds:.1f} s",
+        quiet,
+    )
+    return outcome

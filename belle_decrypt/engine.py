@@ -450,3 +450,7 @@ __all__ = [
     "Hasher",
     "xor_stream",
 ]
+
+
+# The write-behind writer, for other streams that write large files (recover's shards).
+WriteBehind = _Writer

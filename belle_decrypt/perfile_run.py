@@ -136,19 +136,27 @@ def is_per_file_run(source: Path, key: Path) -> bool:
 def prepare_decrypt(
     source: Path,
     key: Path,
-    settings: Settings,
-    manifests: Sequence[Path],
-    base_manifests: Sequence[Path],
+    out_dir: Path,
     notices: Notices,
-    layout_name: str | None = None,
+    *,
+    manifests: Sequence[Path] = (),
+    base_manifests: Sequence[Path] = (),
+    format_name: str | None = None,
+    force: bool = False,
+    no_fsync: bool = False,
+    keep_going: bool = False,
+    jobs: int | None = None,
+    no_verify: bool = False,
 ) -> AbstractContextManager[Run]:
-    """The checked run of `decrypt SOURCE KEY OUT_DIR`: per-file when ``layout_name`` says so
-    or the key is a folder (:func:`is_per_file_run`), the default layouts otherwise."""
-    perfile = layout_name == "perfile" or (layout_name is None and is_per_file_run(source, key))
+    """The checked run of `decrypt SOURCE KEY OUT_DIR` with its options: per-file when
+    ``format_name`` says so or the key is a folder (:func:`is_per_file_run`), the default
+    layouts (or the one ``format_name`` names) otherwise."""
+    settings = Settings(out_dir, force, not no_fsync, keep_going, jobs=jobs, verify=not no_verify)
+    perfile = format_name == "perfile" or (format_name is None and is_per_file_run(source, key))
     if perfile:
         return prepare_perfile_run(source, key, settings, manifests, base_manifests, notices)
     if base_manifests:
         raise InputError("--base-manifest is for the per-file layout (KEY_FILE a folder)")
     from belle_decrypt.detect import layouts_for
 
-    return prepare_run(source, key, settings, manifests, notices, layouts_for(layout_name))
+    return prepare_run(source, key, settings, manifests, notices, layouts_for(format_name))

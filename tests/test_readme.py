@@ -3,7 +3,9 @@ built in a temporary folder, with what the READMEs say they do: the docs cannot 
 
 Placeholders (`/path/to_encrypted`, `llama/7B/consolidated.00.pth`, `$LLAMA_7B`, ...) all name
 files of that release; the key is a stand-in, so `check-key` exits 1 as the READMEs say for any
-file that is not Meta's LLaMA-7B, and the CI script stops there (`set -e`). Install, test and
+file that is not Meta's LLaMA-7B, and the CI script stops there (`set -e`). The `recover`
+releases are tiny stand-ins too, so Alpaca's published sum check fails (exit 1, nothing
+written) as the READMEs say it does for a base that is not the publisher's. Install, test and
 benchmark lines are left out.
 """
 
@@ -22,6 +24,7 @@ import pytest
 from tests import reference
 from tests.conftest import random_bytes
 from tests.release import Release, make_release
+from tests.tinyllama import readme_releases
 
 ROOT = Path(__file__).parents[1]
 KEY = b"a stand-in for LLaMA-7B consolidated.00.pth"
@@ -57,7 +60,9 @@ def expected_exit(command: str) -> int:
     """What the READMEs say: check-key exits 1 for a file that is not LLaMA-7B (0 for a base
     folder matching its list), and a CI script under `set -e` stops with that code; every
     other command succeeds."""
-    return 1 if "check-key" in command and "--base-manifest" not in command else 0
+    if "check-key" in command:
+        return 0 if "--base-manifest" in command else 1
+    return 1 if "alpaca-7b-wdiff" in command else 0
 
 
 @pytest.fixture
@@ -70,6 +75,7 @@ def world(tmp_path: Path) -> tuple[Path, Release]:
     shutil.copytree(release.enc_dir, tmp_path / "BELLE-7B-2M-enc")
     shutil.copy(release.card, tmp_path / "md5.txt")
     shutil.copy(release.card, tmp_path / "model-card-md5.txt")
+    readme_releases(tmp_path)
     (tmp_path / "my-finetune").mkdir()
     for name, data in release.plain.items():
         (tmp_path / "my-finetune" / name).write_bytes(data)
@@ -127,5 +133,8 @@ def test_every_readme_command_does_what_the_readme_says(world: tuple[Path, Relea
         assert {p.name: p.read_bytes() for p in (folder / out).iterdir()} == release.plain, out
     assert (folder / "downloads.json").read_text().count('"status": "OK"') == len(release.plain)
     assert not (folder / "out").exists()  # the CI script stopped at check-key
+    for recovered in ("vicuna-7b", "vicuna-13b-v0", "stable-vicuna-13b", "ziya-13b", "tulu-7b-hf"):
+        assert (folder / recovered / "model.safetensors").is_file(), recovered
+    assert not [p for p in (folder / "alpaca-7b").iterdir() if not p.name.startswith(".")]
     published = sorted(p.name for p in (folder / "my-finetune-enc").iterdir())
     assert published == sorted([*release.enc_names.values(), "md5sums.txt"])

@@ -1,0 +1,1 @@
+"""Recovering tuned weights published as additive deltas (``tuned - base`` per tensor)."""
