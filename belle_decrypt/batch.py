@@ -214,7 +214,8 @@ def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
     """Files to decrypt at once: as asked, or from the cores, the hashes per file and sizes."""
     if settings.jobs is not None:
         return settings.jobs
-    hashes = 2 if settings.manifest is not None else 1
+    carried = any(enc.sha256 is not None for enc in files)  # headerless files: the md5 alone
+    hashes = 2 if settings.manifest is not None and carried else 1
     return jobs.default_jobs([enc.payload_size for enc in files], hashes_per_file=hashes)
 
 

@@ -76,12 +76,10 @@ MANIFEST_HELP = (
     "- reads standard input); repeatable."
 )
 FORMATS = click.Choice(("belle", "techgpt", "openbuddy", "perfile"))
-FORMAT_HELP = (
-    "The layout [default: by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, "
-    "NAME.enc openbuddy; perfile (payloads over a base) when KEY_FILE is a folder]."
-)
-BASE_HELP = "perfile: the card's list of the base files, checked as they are read."
 NO_VERIFY_HELP = "Decrypt files with no checksum (techgpt, openbuddy, perfile) unchecked."
+DETECTED = "by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, NAME.enc openbuddy"
+FORMAT_HELP = f"The layout [default: {DETECTED}; perfile when KEY_FILE is a folder]."
+BASE_HELP = "perfile: the card's list of the base files, checked as they are read."
 
 
 @cli.command()

@@ -100,9 +100,11 @@ class Diagnoser:
     def damaged_key(self) -> str | None:
         """When every file of a run failed its checksum although the key passed the instant
         check: the key may be damaged past its first 16 MiB; what to run before downloading
-        everything again. None when the key failed that check or was hashed whole."""
+        everything again. None when the key failed that check or was hashed whole, or when
+        only its first 16 MiB are used (the 16 MiB seed: nothing past them can be at fault)."""
         key = self.key_report()
-        if not key.is_expected or key.md5 is not None:
+        seed_only = self._expected is not None and self._expected.head_only
+        if not key.is_expected or key.md5 is not None or seed_only:
             return None
         return (
             f"every file failed its checksum, yet {key.path} passed the instant key check "

@@ -10,8 +10,7 @@ decrypts in place and the model is loaded from that folder, so the folder's plai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +32,7 @@ CLUTTER_NAMES = ("md5sums.txt",)
 
 
 class SeedStream:
-    """A seed repeated end to end; stretches within one repetition are handed out uncopied."""
+    """A seed repeated end to end (copied into each buffer: 16 MiB are kept in memory)."""
 
     def __init__(self, seed: memoryview) -> None:
         if not len(seed):
@@ -49,12 +48,6 @@ class SeedStream:
             step = min(len(out) - pos, period - phase)
             out[pos : pos + step] = self.seed[phase : phase + step]
             pos += step
-
-    @contextmanager
-    def mapped(self, offset: int, length: int) -> Iterator[memoryview | None]:
-        """The seed itself where the stretch does not wrap (always, for 8 MiB buffers)."""
-        phase = offset % len(self.seed)
-        yield self.seed[phase : phase + length] if phase + length <= len(self.seed) else None
 
 
 def read_seed(key: Key) -> SeedStream:
@@ -121,10 +114,6 @@ class ZeroStream:
     def fill(self, out: memoryview, offset: int) -> None:
         """Zero ``out``."""
         out[:] = bytes(len(out))
-
-    def mapped(self, offset: int, length: int) -> AbstractContextManager[memoryview | None]:
-        """Never mapped."""
-        return nullcontext(None)
 
 
 def is_clutter(filename: str) -> bool:

@@ -513,10 +513,12 @@ def test_format_openbuddy_takes_the_whole_name(tmp_path: Path, big_key: Key) -> 
     assert (tmp_path / "out" / name).read_bytes() == plain
 
 
-def test_help_lists_the_formats() -> None:
-    result = run("decrypt", "--help")
+@pytest.mark.parametrize("command", ["decrypt", "encrypt", "check-key"])
+def test_help_lists_the_formats(command: str) -> None:
+    result = run(command, "--help")
+    assert result.exit_code == 0
     assert "--format [belle|techgpt|openbuddy|perfile]" in result.stdout
-    assert "--no-verify" in result.stdout
+    assert ("--no-verify" in result.stdout) == (command == "decrypt")
 
 
 # --- the rest of the run, unchanged for these layouts ----------------------------------------
@@ -597,7 +599,7 @@ def test_a_fifo_under_these_names_does_not_hang(tmp_path: Path, big_key: Key, la
 # --- the seed keystream at small sizes, through the engine ---------------------------------
 
 
-def test_the_seed_stream_fills_and_maps_like_the_reference_at_every_offset() -> None:
+def test_the_seed_stream_fills_like_the_reference_at_every_offset() -> None:
     seed = random_bytes(13, seed=31)
     stream = SeedStream(memoryview(bytearray(seed)))
     expected = reference_layouts.seed_keystream(seed, 120, seed_size=13)
@@ -606,11 +608,6 @@ def test_the_seed_stream_fills_and_maps_like_the_reference_at_every_offset() -> 
             out = bytearray(length)
             stream.fill(memoryview(out), offset)
             assert bytes(out) == expected[offset : offset + length], (offset, length)
-            with stream.mapped(offset, length) as view:
-                fits = offset % 13 + length <= 13
-                assert (view is not None) == fits
-                if view is not None:
-                    assert bytes(view) == expected[offset : offset + length]
 
 
 @pytest.mark.parametrize("buffer_size", [1, 7, 13, 26, 64, 4096])
@@ -656,3 +653,18 @@ def test_encrypt_openbuddy_refuses_a_key_shorter_than_the_seed(
         "consolidated.00.pth\n"
     )
     assert not out.exists()
+
+
+def test_a_right_seed_is_not_blamed_when_every_file_fails(
+    tmp_path: Path, big_key: Key, seed_is_known: None
+) -> None:
+    plain = {"a.bin": b"one", "b.bin": b"two"}
+    enc = publish(tmp_path / "enc", "openbuddy", big_key[1], plain)
+    card = tmp_path / "card.txt"
+    card.write_text("".join(f"{'0' * 32}  ./{name}\n" for name in plain))
+    result = run(tmp_path / "enc", big_key[0], tmp_path / "out", "--manifest", card)
+    assert result.exit_code == 1
+    assert [line.split(": decrypted md5 ")[0] for line in result.stderr.splitlines()] == [
+        f"{ERR}{enc['a.bin']}",
+        f"{ERR}{enc['b.bin']}",
+    ]
