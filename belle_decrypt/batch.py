@@ -216,6 +216,8 @@ def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
         return settings.jobs
     carried = any(enc.sha256 is not None for enc in files)  # headerless files: the md5 alone
     hashes = 2 if settings.manifest is not None and carried else 1
+    # A source may hash its inputs too (the per-file layout's base, against its list).
+    hashes += max((int(getattr(enc, "input_hashes", 0)) for enc in files), default=0)
     return jobs.default_jobs([enc.payload_size for enc in files], hashes_per_file=hashes)
 
 

@@ -123,6 +123,12 @@ class PayloadFile:
         return 0
 
     @property
+    def input_hashes(self) -> int:
+        """Hashes of inputs the decode computes besides the output's: the base's, when the
+        base list names it (for the default ``--jobs``)."""
+        return 1 if self.layout.base_expected(self) else 0
+
+    @property
     def inputs(self) -> tuple[Path, ...]:
         """Other files this one reads: its base (never to be replaced by an output)."""
         return (self.base,) if self.base is not None else ()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from belle_decrypt import jobs
+from belle_decrypt.batch import Settings, resolve_jobs
 from belle_decrypt.decrypt import decrypt_file
 from belle_decrypt.errors import OutputError
 from belle_decrypt.manifest import Manifest
@@ -555,3 +557,22 @@ def test_swapped_lists_are_named_as_such(tmp_path: Path) -> None:
     )
     assert result.stderr.splitlines()[1].startswith("belle-decrypt: error: stopped at config.json")
     assert listing(release.out) == []
+
+
+def test_the_default_jobs_count_the_base_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = two_file_release(tmp_path)
+    asked: list[int] = []
+
+    def recording(sizes: list[int], hashes_per_file: int = 1) -> int:
+        asked.append(hashes_per_file)
+        return 1
+
+    monkeypatch.setattr(jobs, "default_jobs", recording)
+    settings = Settings(release.out, manifest=Manifest.read(release.manifest))
+    for base_list in (Manifest.read(release.base_manifest), None):
+        layout = PerFileLayout(release.base, base_list)
+        files = [layout.open(release.payload / name) for name in release.plains]
+        assert resolve_jobs(files, settings) == 1
+    assert asked == [2, 1]  # the decoded md5, and the base's when its list names it
