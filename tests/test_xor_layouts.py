@@ -247,11 +247,13 @@ def test_a_wrong_key_is_named_and_nothing_is_written(
     assert listing(out) == []
 
 
+@pytest.mark.parametrize("layout", ["techgpt", "openbuddy"])
 def test_a_truncated_download_is_caught_by_the_manifest(
-    tmp_path: Path, big_key: Key, techgpt_release: tuple[Path, Path, dict[str, bytes]]
+    tmp_path: Path, big_key: Key, layout: str
 ) -> None:
-    enc_dir, card, plain = techgpt_release
-    enc = enc_dir / reference_layouts.techgpt_name("model.bin")
+    plain = {"model.bin": random_bytes(5000, seed=5)}
+    card = write_card(tmp_path / "card.txt", plain)
+    enc = publish(tmp_path / "enc", layout, big_key[1], plain)["model.bin"]
     whole = enc.read_bytes()
     enc_card = tmp_path / "enc-card.txt"
     enc_card.write_text(f"{md5(whole)}  ./{enc.name}\n")
@@ -259,7 +261,7 @@ def test_a_truncated_download_is_caught_by_the_manifest(
     out = tmp_path / "out"
     result = run(enc, big_key[0], out, "--manifest", card, "--manifest", enc_card)
     assert result.exit_code == 1
-    got = md5(reference_layouts.techgpt_encrypt(whole[:-100], big_key[1]))
+    got = md5(ENCRYPT[layout][1](whole[:-100], big_key[1]))
     assert result.stderr.splitlines()[1:] == [
         f"{ERR}{enc}: decrypted md5 {got} does not match {md5(plain['model.bin'])}: broken "
         f"download: its md5 {md5(whole[:-100])} differs from {md5(whole)} ({enc_card}:1); "
