@@ -1,5 +1,5 @@
 """`check-key` on a folder: does it look like LLaMA converted to the Hugging Face layout (the
-base of a per-file release, docs/FORMAT.md section 6), and does it match the card's base list?
+base of a per-file release, docs/FORMAT.md section 7), and does it match the card's base list?
 
 The look is read from `config.json` (a LLaMA architecture, its size from the hidden size and
 layer count) and the shard names (`pytorch_model-0000N-of-0000M.bin` or `.safetensors`, all M

@@ -76,6 +76,9 @@ MANIFEST_HELP = (
     "- reads standard input); repeatable."
 )
 FORMATS = click.Choice(("belle", "techgpt", "openbuddy", "perfile"))
+JOBS = click.IntRange(min=1)
+KEEP_GOING_HELP = "Go on even when the first two files fail their checksum with an unknown key."
+JOBS_HELP = "Files to decrypt at once in folder form (default: from the cores and the files)."
 NO_VERIFY_HELP = "Decrypt files with no checksum (techgpt, openbuddy, perfile) unchecked."
 DETECTED = "by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, NAME.enc openbuddy"
 FORMAT_HELP = f"The layout [default: {DETECTED}; perfile when KEY_FILE is a folder]."
@@ -93,18 +96,8 @@ BASE_HELP = "perfile: the card's list of the base files, checked as they are rea
     type=PATH,
     help=MANIFEST_HELP + " Each output's md5 must match its entry.",
 )
-@click.option(
-    "--keep-going",
-    is_flag=True,
-    help="Go on even when the first two files fail their checksum with an unknown key.",
-)
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Files to decrypt at once in folder form (default: from the cores and the files).",
-)
+@click.option("--keep-going", is_flag=True, help=KEEP_GOING_HELP)
+@click.option("-j", "--jobs", type=JOBS, help=JOBS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--force", is_flag=True, help="Replace an existing output file that differs.")
 @click.option(
@@ -120,9 +113,9 @@ def decrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options:
 
     KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth (OpenAssistant, Pygmalion: the
     folder of LLaMA converted to the Hugging Face layout). Each output is checked against the
-    SHA-256 in its header (and, with --manifest, the model card's md5) before it gets its final
-    name. TechGPT, OpenBuddy and per-file payloads carry no checksum: --manifest is required
-    (or --no-verify). A failure says whether the download is broken or the key is wrong.
+    SHA-256 in its header (TechGPT, OpenBuddy, per-file: none) and, with --manifest (required
+    for those, or --no-verify), the model card's md5 before it appears under its final name. A
+    failure says whether the download is broken or the key is wrong.
 
     \b
     Example:
@@ -144,13 +137,7 @@ def decrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options:
     "--manifest", "manifests", multiple=True, required=True, type=PATH, help=MANIFEST_HELP
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Files hashed at once [default: up to 4].",
-)
+@click.option("-j", "--jobs", type=JOBS, help="Files hashed at once [default: up to 4].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only files not OK.")
 def verify(
     folder: Path, manifests: tuple[Path, ...], as_json: bool, jobs: int | None, quiet: bool
@@ -210,9 +197,8 @@ def check_key(key_file: Path, quiet: bool, **options: Any) -> None:
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
     the whole file, compared with every known LLaMA file. A checkpoint is described (layers,
     hidden size, vocabulary) so a LLaMA-13B file or a Hugging Face shard is named as such.
-    Exit 0 when it is the LLaMA-7B file (with --format openbuddy: when its first 16 MiB are
-    that file's, whatever its size), 1 when not. A folder: is it a converted LLaMA (and the
-    base --base-manifest lists)?
+    Exit 0 when it is the LLaMA-7B file (--format openbuddy: starts like it), 1 when not. A
+    folder: is it a converted LLaMA (and the base --base-manifest lists)?
 
     \b
     Example:
@@ -231,15 +217,7 @@ def check_key(key_file: Path, quiet: bool, **options: Any) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing .enc file that differs.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
 @click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
-def encrypt(
-    source: Path,
-    key_file: Path,
-    out_dir: Path,
-    quiet: bool,
-    force: bool,
-    no_fsync: bool,
-    format_name: str,
-) -> None:
+def encrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     """Encrypt SOURCE (a model file, or every non-hidden file in a folder) for publishing.
 
     Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use
@@ -257,8 +235,12 @@ def encrypt(
 
     with user_errors(writing=True):
         notices = ConsoleNotices(quiet)
-        with prepare_any_publish(source, key_file, out_dir, notices, format_name) as publish:
-            tally = encrypt_run(publish, quiet, force=force, fsync=not no_fsync)
+        with prepare_any_publish(
+            source, key_file, out_dir, notices, options["format_name"]
+        ) as publish:
+            tally = encrypt_run(
+                publish, quiet, force=options["force"], fsync=not options["no_fsync"]
+            )
         if not tally.ok:
             sys.exit(ExitCode.FAILED)
 

@@ -1,6 +1,6 @@
 """Which XOR layout a file is in, from its name (and, for one name, its size), with no flag.
 
-The rules (docs/FORMAT.md section 5), for a name ending in `.enc`:
+The rules (docs/FORMAT.md section 6), for a name ending in `.enc`:
 
 - `NAME.<64 lower-case hex>.enc` is the BELLE container, except that the placeholder hex of
   TechGPT (the SHA-256 of nothing) means headerless unless the file is exactly the 32-byte

@@ -1,4 +1,4 @@
-"""Headerless files (docs/FORMAT.md sections 3 and 4): no header, nothing to check them by.
+"""Headerless files (docs/FORMAT.md sections 4 and 5): no header, nothing to check them by.
 
 TechGPT's `NAME.<placeholder hex>.enc` and OpenBuddy's `NAME.enc` carry no digest: byte 0 of the
 file is byte 0 of the payload and the decrypted size is the file size. The run checks each
@@ -45,7 +45,7 @@ def open_headerless(path: Path, layout: Layout, output_name: str) -> Headerless:
 
 
 class TechGPT(KeyedOnLlama7B):
-    """Headerless BELLE (docs/FORMAT.md section 3): `NAME.<64 hex>.enc` whose whole content is
+    """Headerless BELLE (docs/FORMAT.md section 4): `NAME.<64 hex>.enc` whose whole content is
     the payload, keyed with 10 MiB pieces of LLaMA-7B like the container."""
 
     name = "techgpt"

@@ -241,7 +241,7 @@ def llama_7b() -> KnownKey:
 
 
 def llama_7b_seed() -> KnownKey:
-    """What the 16 MiB seed layout (docs/FORMAT.md section 4) needs: LLaMA-7B's first 16 MiB."""
+    """What the 16 MiB seed layout (docs/FORMAT.md section 5) needs: LLaMA-7B's first 16 MiB."""
     return replace(LLAMA_7B, head_only=True)
 
 

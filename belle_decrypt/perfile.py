@@ -1,4 +1,4 @@
-"""The per-file layout (docs/FORMAT.md section 6): OpenAssistant's and Pygmalion/Metharme's
+"""The per-file layout (docs/FORMAT.md section 7): OpenAssistant's and Pygmalion/Metharme's
 `xor_codec.py` releases, a :class:`~belle_decrypt.layout.Layout` whose key is a folder.
 
 Each payload file is the XOR of a model file with the same-named file of a LLaMA converted to

@@ -1,4 +1,4 @@
-"""The publisher's side of the per-file layout (docs/FORMAT.md section 6): each model file XORed
+"""The publisher's side of the per-file layout (docs/FORMAT.md section 7): each model file XORed
 with the same-named base file into a payload of the same name, and two md5 lists.
 
 Payloads are written uncompressed (gzip output depends on the compressor, so it could not be

@@ -1,4 +1,4 @@
-"""A per-file run (docs/FORMAT.md section 6): the checks before anything is written (the base
+"""A per-file run (docs/FORMAT.md section 7): the checks before anything is written (the base
 folder, the two lists kept apart, then everything a run checks), what a decoded file's failure
 means, and which layout a `decrypt` without ``--format`` is.
 """

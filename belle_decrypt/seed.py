@@ -1,4 +1,4 @@
-"""OpenBuddy's 16 MiB seed (docs/FORMAT.md section 4) and the plain files copied beside it.
+"""OpenBuddy's 16 MiB seed (docs/FORMAT.md section 5) and the plain files copied beside it.
 
 `NAME.enc` has no header; its keystream is the key file's first 16 MiB (the seed) repeated end
 to end. Only the seed matters, so the key is checked by the md5 of its first 16 MiB (refused

@@ -421,7 +421,7 @@ def print_table(title: str, size: int, runs: int, rows: list[tuple[str, str]]) -
         print(f"{label:<{width}}  {value}")
 
 
-# -- the per-file layout (docs/FORMAT.md section 6) -------------------------------------------
+# -- the per-file layout (docs/FORMAT.md section 7) -------------------------------------------
 
 SHARD = "pytorch_model-00001-of-00002.bin"
 CODEC_BLOCK = 4096
@@ -473,7 +473,7 @@ def perfile_steady_rate(root: Path, size: int) -> float:
 
 
 def codec_rate(payload: Path, base: Path, out: Path, length: int) -> float:
-    """Bytes/s of the publisher's codec's approach, written from docs/FORMAT.md section 6 (not
+    """Bytes/s of the publisher's codec's approach, written from docs/FORMAT.md section 7 (not
     its code): 4096-byte blocks of payload and base read, the base block zero-padded, numpy
     XOR, each block written; on the first ``length`` bytes."""
     import numpy as np
@@ -726,7 +726,7 @@ def layout_md5_rate(enc: Path, layout: str, key_path: Path, payload: int) -> flo
 
 
 def techgpt_script_rate(enc: Path, key_path: Path, slice_size: int = 2 * MiB) -> float:
-    """Bytes/s of TechGPT's script as docs/FORMAT.md section 3 describes it, on a slice: a
+    """Bytes/s of TechGPT's script as docs/FORMAT.md section 4 describes it, on a slice: a
     per-byte Python XOR with the key, and the SHA-256 of the result."""
     with open(enc, "rb") as handle:
         data = handle.read(slice_size)
@@ -741,7 +741,7 @@ def techgpt_script_rate(enc: Path, key_path: Path, slice_size: int = 2 * MiB) ->
 def openbuddy_script_rate(
     enc: Path, key_path: Path, out: Path, slice_size: int = 256 * MiB
 ) -> float:
-    """Bytes/s of OpenBuddy's script as docs/FORMAT.md section 4 describes it, on a slice: the
+    """Bytes/s of OpenBuddy's script as docs/FORMAT.md section 5 describes it, on a slice: the
     seed's md5 checked, then numpy XOR of 16 MiB blocks with the seed, written out."""
     import numpy as np
 

@@ -45,7 +45,7 @@ def enc_filename(name: str, plain: bytes) -> str:
 
 
 def perfile_keystream(base: bytes, length: int) -> bytes:
-    """docs/FORMAT.md section 6: the base cut to ``length``, or followed by zero bytes."""
+    """docs/FORMAT.md section 7: the base cut to ``length``, or followed by zero bytes."""
     if len(base) >= length:
         return base[:length]
     return base + bytes(length - len(base))

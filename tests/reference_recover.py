@@ -1,6 +1,6 @@
 """An independent oracle for `recover`, on whole in-memory state dicts.
 
-Written from docs/FORMAT.md section 7.
+Written from docs/FORMAT.md section 3.
 
 It does what the publishers' tools do in the simplest way: resize the whole base (a zero row
 for vicuna-v0, mean rows for alpaca and tulu) with torch.cat, then add the whole diff in the

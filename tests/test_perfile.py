@@ -1,4 +1,4 @@
-"""The per-file layout (docs/FORMAT.md section 6) against tests/reference.py's statement of it:
+"""The per-file layout (docs/FORMAT.md section 7) against tests/reference.py's statement of it:
 byte for byte through the command line and the library, the round trip through encrypt, and
 the hostile cases (a wrong base with and without the base list, a missing base, a whole card,
 a truncated payload)."""

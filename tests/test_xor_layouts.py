@@ -633,7 +633,7 @@ def test_the_engine_with_a_seed_stream_matches_the_reference(
 
 
 def test_the_worked_examples_of_the_spec_are_right() -> None:
-    """docs/FORMAT.md sections 3.4 and 4.5, recomputed by the references."""
+    """docs/FORMAT.md sections 4.4 and 5.5, recomputed by the references."""
     spec = (Path(__file__).parents[1] / "docs/FORMAT.md").read_text()
     techgpt = reference_layouts.techgpt_encrypt(b"hello world", bytes(range(0x10, 0x16)), piece=4)
     seed = reference_layouts.openbuddy_encrypt(b"hello world", bytes([0x10, 0x11, 0x12]), 3)

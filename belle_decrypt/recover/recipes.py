@@ -1,6 +1,6 @@
 """Each publisher's recipe for turning ``base + diff`` into the tuned weights.
 
-docs/FORMAT.md section 7 states every recipe.
+docs/FORMAT.md section 3 states every recipe.
 
 A recipe fixes the dtype the arithmetic runs in, how the vocabulary rows of ``embed_tokens``
 and ``lm_head`` may differ between base and diff and what the base's new rows hold, which
@@ -32,7 +32,7 @@ EQUAL, ZERO_ROWS, MEAN_ROWS = "equal", "zero rows", "mean rows"
 
 @dataclass(frozen=True)
 class Recipe:
-    """One publisher's arithmetic; see docs/FORMAT.md section 7."""
+    """One publisher's arithmetic; see docs/FORMAT.md section 3."""
 
     name: str
     purpose: str
