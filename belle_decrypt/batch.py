@@ -30,7 +30,7 @@ from belle_decrypt.diagnose import Diagnoser, Diagnosis
 from belle_decrypt.errors import BelleError, DigestMismatch, InputError, ProblemsReported
 from belle_decrypt.keyid import identify
 from belle_decrypt.keystream import Key
-from belle_decrypt.layout import Layout, Source, plan
+from belle_decrypt.layout import Layout, Source, input_paths, plan, skip_reason
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import FileProgress, Notices, Outcome, Progress, Tally
 from belle_decrypt.output import remove_stale_temps
@@ -63,7 +63,7 @@ class Run:
     """A checked run, ready to start: its files (smallest first), the open key, how to run."""
 
     files: tuple[Source, ...]
-    key: Key
+    key: Key | None
     settings: Settings
     diagnoser: Diagnoser
     folder: bool
@@ -73,11 +73,12 @@ class Run:
 @contextmanager
 def prepare_run(
     source: Path,
-    key_file: Path,
+    key_file: Path | None,
     settings: Settings,
     manifests: Sequence[Path],
     notices: Notices,
     layouts: Sequence[Layout] | None = None,
+    diagnoser: Diagnoser | None = None,
 ) -> Iterator[Run]:
     """Check everything before a run writes anything, and open the key for it.
 
@@ -88,36 +89,49 @@ def prepare_run(
     ``settings.verify`` is off), the key against the layout's (a warning, or a refusal where
     nothing would catch a wrong key), the output folder (made; stale temporary files removed),
     the skipped files, the free space. Raises a :class:`BelleError`.
+    ``key_file`` is None for layouts whose key is a folder given to them (the per-file
+    layout); they bring their own ``diagnoser``.
     """
     checked = settle(source, plan(source, layouts))
     problems = list(checked.problems)
     for problem in problems:
         notices.problem(problem)
-    manifest = Manifest.read_all(manifests) if manifests else None
+    manifest = Manifest.read_all(manifests) if manifests else settings.manifest
     for ignored in manifest.ignored if manifest is not None else ():
         notices.warning(ignored.message)
     unverifiable = _unverifiable(checked.files, manifest)
     for unchecked in unverifiable if settings.verify else ():
         problems.append(unchecked)
         notices.problem(unchecked)
-    with Key(key_file) as key:
+    with Key(key_file) if key_file is not None else nullcontext(None) as key:
         if problems:
             raise ProblemsReported(len(problems))
-        layout = run_layout(checked.files) or BELLE
-        fingerprint = identify(key_file, inspect=False, expected=layout.expected_key)
-        warning = layout.key_warning(fingerprint, unverified=bool(unverifiable))
-        if warning is not None:
-            notices.warning(warning)
+        if key_file is not None:
+            layout = run_layout(checked.files) or BELLE
+            fingerprint = identify(key_file, inspect=False, expected=layout.expected_key)
+            warning = layout.key_warning(fingerprint, unverified=bool(unverifiable))
+            if warning is not None:
+                notices.warning(warning)
+            if diagnoser is None:
+                diagnoser = Diagnoser(key_file, manifest, expected=layout.expected_key)
         out_dir = settings.out_dir
         prepare_output_dir(out_dir)
         remove_stale_temps(out_dir)
-        for path in checked.skipped:
-            notices.skipped(path, "not a .enc file")
+        _report_skipped(checked.skipped, skip_reason(layouts or ()), notices)
         check_free_space(out_dir, bytes_to_write(checked.files, out_dir))
         settings = replace(settings, manifest=manifest)
         settings = replace(settings, jobs=resolve_jobs(checked.files, settings))
-        diagnoser = Diagnoser(key_file, manifest, expected=layout.expected_key)
+        assert diagnoser is not None, "a run without a key file brings its diagnoser"
         yield Run(checked.files, key, settings, diagnoser, source.is_dir())
+
+
+def _report_skipped(skipped: Sequence[Path], reason: str, notices: Notices) -> None:
+    """Each skipped file on its line; a layout's hub files (several, one reason) once."""
+    if reason == "not a .enc file" or len(skipped) < 2:
+        for path in skipped:
+            notices.skipped(path, reason)
+    else:
+        notices.skipped(Path(", ".join(path.name for path in skipped)), reason)
 
 
 def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[InputError]:
@@ -155,7 +169,7 @@ def manifest_check(manifest: Manifest | None, enc: Source) -> tuple[dict[str, st
 
 def decrypt_one(
     enc: Source,
-    key: Key,
+    key: Key | None,
     settings: Settings,
     diagnoser: Diagnoser,
     progress: Progress | None,
@@ -192,7 +206,8 @@ def decrypt_one(
 
 
 class _Stop(Exception):
-    """Raised from the result handler to stop a run after the first two files."""
+    """Raised from the result handler to stop a run (after the first two files, or at a
+    failure that dooms every other file)."""
 
 
 def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
@@ -201,12 +216,14 @@ def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
         return settings.jobs
     carried = any(enc.sha256 is not None for enc in files)  # headerless files: the md5 alone
     hashes = 2 if settings.manifest is not None and carried else 1
+    # A source may hash its inputs too (the per-file layout's base, against its list).
+    hashes += max((int(getattr(enc, "input_hashes", 0)) for enc in files), default=0)
     return jobs.default_jobs([enc.payload_size for enc in files], hashes_per_file=hashes)
 
 
 def decrypt_all(
     files: Sequence[Source],
-    key: Key,
+    key: Key | None,
     settings: Settings,
     diagnoser: Diagnoser,
     *,
@@ -223,7 +240,8 @@ def decrypt_all(
     tally = Tally()
     diagnoses: list[Diagnosis | None] = []
     token = cancel if cancel is not None else CancelToken()
-    inputs = frozenset(enc.path for enc in files)
+    inputs = frozenset(path for enc in files for path in input_paths(enc))
+    doomed: list[BelleError] = []
 
     def work(enc: Source) -> Outcome[Result]:
         context = (
@@ -239,6 +257,11 @@ def decrypt_all(
         tally.add(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
+        error = outcome.error
+        stops = error is not None and bool(getattr(error, "stops_run", False))
+        if error is not None and stops and len(diagnoses) < len(files) and not settings.keep_going:
+            doomed.append(error)
+            raise _Stop()
         first_two_done = len(diagnoses) == 2 < len(files)
         if first_two_done and not settings.keep_going and diagnoser.stop_early(diagnoses):
             raise _Stop()
@@ -248,7 +271,11 @@ def decrypt_all(
     except _Stop:
         tally.not_tried = len(files) - len(diagnoses)
         tally.stopped = (
-            f"stopped: the first two files both failed their checksum and the key "
+            f"stopped at {doomed[0].path.name if doomed[0].path else 'a file'}: every other "
+            f"file needs the same base; {tally.not_tried} more not tried; fix the base, or "
+            "pass --keep-going to try every file anyway"
+            if doomed
+            else f"stopped: the first two files both failed their checksum and the key "
             f"{diagnoser.key_path} is not the original LLaMA-7B consolidated.00.pth; "
             f"{tally.not_tried} more not tried; pass the right key, or --keep-going to try "
             "every file anyway"

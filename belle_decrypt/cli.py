@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,13 @@ from belle_decrypt.console import (
     PROG,
     ConsoleNotices,
     bar,
+    check_key_run,
     decrypt_run,
     echo_batched,
     encrypt_run,
     error,
     failure,
     keep_going_without_stdout_reader,
-    key_lines,
     progress_enabled,
     user_errors,
     verify_lines,
@@ -76,12 +75,14 @@ MANIFEST_HELP = (
     "An md5 or SHA-256 list (md5sum / sha256sum output or the model card's text pasted as is; "
     "- reads standard input); repeatable."
 )
-FORMATS = click.Choice(("belle", "techgpt", "openbuddy"))
+FORMATS = click.Choice(("belle", "techgpt", "openbuddy", "perfile"))
 JOBS = click.IntRange(min=1)
 KEEP_GOING_HELP = "Go on even when the first two files fail their checksum with an unknown key."
 JOBS_HELP = "Files to decrypt at once in folder form (default: from the cores and the files)."
-NO_VERIFY_HELP = "Decrypt files with no checksum (techgpt, openbuddy) without --manifest."
+NO_VERIFY_HELP = "Decrypt files with no checksum (techgpt, openbuddy, perfile) unchecked."
 DETECTED = "by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, NAME.enc openbuddy"
+FORMAT_HELP = f"The layout [default: {DETECTED}; perfile when KEY_FILE is a folder]."
+BASE_HELP = "perfile: the card's list of the base files, checked as they are read."
 
 
 @cli.command()
@@ -104,26 +105,16 @@ DETECTED = "by name: NAME.<sha256>.enc belle, NAME.e3b0c442…b855.enc techgpt, 
     is_flag=True,
     help="Skip fsync of outputs and folder: faster, but a power cut may lose finished files.",
 )
-@click.option("--format", "format_name", type=FORMATS, help=f"The layout [default: {DETECTED}].")
+@click.option("--format", "format_name", type=FORMATS, help=FORMAT_HELP)
+@click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
 @click.option("--no-verify", is_flag=True, help=NO_VERIFY_HELP)
-def decrypt(
-    source: Path,
-    key_file: Path,
-    out_dir: Path,
-    manifests: tuple[Path, ...],
-    keep_going: bool,
-    jobs: int | None,
-    quiet: bool,
-    force: bool,
-    no_fsync: bool,
-    format_name: str | None,
-    no_verify: bool,
-) -> None:
+def decrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     """Decrypt SOURCE (one .enc file, or a folder of them) into OUT_DIR.
 
-    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth. Each output is checked against
-    the SHA-256 in its header (TechGPT, OpenBuddy: none) and, with --manifest (required for
-    those, or --no-verify), the model card's md5 before it appears under its final name. A
+    KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth (OpenAssistant, Pygmalion: the
+    folder of LLaMA converted to the Hugging Face layout). Each output is checked against the
+    SHA-256 in its header (TechGPT, OpenBuddy, per-file: none) and, with --manifest (required
+    for those, or --no-verify), the model card's md5 before it appears under its final name. A
     failure says whether the download is broken or the key is wrong.
 
     \b
@@ -131,13 +122,10 @@ def decrypt(
       belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
           --manifest model-card-md5.txt
     """
-    from belle_decrypt.batch import Settings, prepare_run
-    from belle_decrypt.detect import layouts_for
+    from belle_decrypt.perfile_run import prepare_decrypt
 
-    settings = Settings(out_dir, force, not no_fsync, keep_going, jobs=jobs, verify=not no_verify)
-    notices, layouts = ConsoleNotices(quiet), layouts_for(format_name)
     with user_errors(writing=True):
-        with prepare_run(source, key_file, settings, manifests, notices, layouts) as run:
+        with prepare_decrypt(source, key_file, out_dir, ConsoleNotices(quiet), **options) as run:
             tally = decrypt_run(run, quiet)
         if not tally.ok:
             sys.exit(ExitCode.FAILED)
@@ -146,12 +134,7 @@ def decrypt(
 @cli.command()
 @click.argument("folder", type=PATH)
 @click.option(
-    "--manifest",
-    "manifests",
-    multiple=True,
-    required=True,
-    type=PATH,
-    help=MANIFEST_HELP,
+    "--manifest", "manifests", multiple=True, required=True, type=PATH, help=MANIFEST_HELP
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("-j", "--jobs", type=JOBS, help="Files hashed at once [default: up to 4].")
@@ -207,31 +190,23 @@ def verify(
 @click.option("--full", is_flag=True, help="Hash the whole file and compare with every LLaMA file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
 @click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
-def check_key(key_file: Path, full: bool, quiet: bool, format_name: str) -> None:
+@click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
+def check_key(key_file: Path, quiet: bool, **options: Any) -> None:
     """Say whether KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth, and if not, what.
 
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
     the whole file, compared with every known LLaMA file. A checkpoint is described (layers,
     hidden size, vocabulary) so a LLaMA-13B file or a Hugging Face shard is named as such.
-    Exit 0 when it is the LLaMA-7B file (--format openbuddy: starts like it), 1 when not.
+    Exit 0 when it is the LLaMA-7B file (--format openbuddy: starts like it), 1 when not. A
+    folder: is it a converted LLaMA (and the base --base-manifest lists)?
 
     \b
     Example:
       belle-decrypt check-key llama/7B/consolidated.00.pth --full
     """
-    from belle_decrypt import keyid
-    from belle_decrypt.detect import LAYOUTS
-
-    want = LAYOUTS[format_name].expected_key
     with user_errors():
-        size = 0
-        with suppress(OSError):  # identify() says what is wrong with the path
-            size = key_file.stat().st_size
-        with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
-            report = keyid.identify(key_file, full=full, expected=want, on_progress=hashing.update)
-    for line in key_lines(report, quiet):
-        click.echo(line)
-    sys.exit(ExitCode.OK if report.is_expected else ExitCode.FAILED)
+        ok = check_key_run(key_file, quiet, **options)
+    sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
 @cli.command()
@@ -248,17 +223,21 @@ def encrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options:
     Each file becomes NAME.<sha256>.enc in OUT_DIR, in the format BELLE and others use
     (--format techgpt: NAME.e3b0c442…b855.enc, openbuddy: NAME.enc), and OUT_DIR/md5sums.txt
     lists the md5 of the .enc files ("after you clone") and of the plain files ("after you
-    decrypt"), ready for the model card and for --manifest / verify.
+    decrypt"), ready for the model card and for --manifest / verify. --format perfile: KEY_FILE
+    is a base folder, payloads keep their names, md5sums-decoded.txt lists the model files.
 
     \b
     Example:
       belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
+      belle-decrypt encrypt --format perfile my-finetune/ llama-7b-hf/ my-finetune-xor/
     """
-    from belle_decrypt.encrypt import PUBLISHING, prepare_publish
+    from belle_decrypt.perfile_publish import prepare_any_publish
 
     with user_errors(writing=True):
-        notices, publishing = ConsoleNotices(quiet), PUBLISHING[options["format_name"]]
-        with prepare_publish(source, key_file, out_dir, notices, publishing) as publish:
+        notices = ConsoleNotices(quiet)
+        with prepare_any_publish(
+            source, key_file, out_dir, notices, options["format_name"]
+        ) as publish:
             tally = encrypt_run(
                 publish, quiet, force=options["force"], fsync=not options["no_fsync"]
             )

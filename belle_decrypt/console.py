@@ -12,8 +12,8 @@ import io
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -26,11 +26,13 @@ from belle_decrypt.errors import BelleError, ExitCode, ProblemsReported
 from belle_decrypt.states import Verified
 
 if TYPE_CHECKING:
+    from belle_decrypt.basecheck import BaseReport
     from belle_decrypt.batch import Run
     from belle_decrypt.decrypt import Result
     from belle_decrypt.encrypt import Encrypted, Publish, PublishTally
     from belle_decrypt.keyid import KeyReport
     from belle_decrypt.outcome import Outcome, Tally
+    from belle_decrypt.perfile_publish import PerFilePublish
     from belle_decrypt.recover.run import Outcome as Recovered
     from belle_decrypt.verify import VerifyReport
 
@@ -328,9 +330,12 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
     return tally
 
 
-def encrypt_run(publish: Publish, quiet: bool, *, force: bool, fsync: bool) -> PublishTally:
+def encrypt_run(
+    publish: Publish | PerFilePublish, quiet: bool, *, force: bool, fsync: bool
+) -> PublishTally:
     """Encrypt with progress bars and one line per file, then say which manifest was written."""
     from belle_decrypt.encrypt import encrypt_all
+    from belle_decrypt.perfile_publish import DECODED_LIST, PerFilePublish, encode_all
 
     total = sum(publish.sizes.values())
     with Bars(total, publish.folder, progress_enabled(quiet)) as bars:
@@ -343,14 +348,22 @@ def encrypt_run(publish: Publish, quiet: bool, *, force: bool, fsync: bool) -> P
             assert result is not None
             say(f"{result.status.value:<10} {result.target.name}  {human_size(result.size)}", quiet)
 
-        tally = encrypt_all(
-            publish,
-            force=force,
-            fsync=fsync,
-            file_progress=lambda name, size: bars.file(size, name),
-            on_outcome=report,
-        )
-    if tally.manifest is not None:
+        def file_progress(name: str, size: int) -> AbstractContextManager[Callable[[int], None]]:
+            return bars.file(size, name)
+
+        if isinstance(publish, PerFilePublish):
+            tally = encode_all(
+                publish, force=force, fsync=fsync, file_progress=file_progress, on_outcome=report
+            )
+        else:
+            tally = encrypt_all(
+                publish, force=force, fsync=fsync, file_progress=file_progress, on_outcome=report
+            )
+    if tally.manifest is not None and isinstance(publish, PerFilePublish):
+        decoded = tally.manifest.parent / DECODED_LIST
+        say(f"wrote      {tally.manifest} (md5 of {tally.listed} payload files)", quiet)
+        say(f"wrote      {decoded} (md5 of {tally.listed} decoded files)", quiet)
+    elif tally.manifest is not None:
         say(f"wrote      {tally.manifest} (md5 of {tally.listed} .enc and plain files)", quiet)
     return tally
 
@@ -386,6 +399,58 @@ def echo_batched(pieces: Iterable[str]) -> None:
             batch.clear()
     if batch:
         click.echo("".join(batch), nl=False)
+
+
+def check_key_run(
+    key_file: Path,
+    quiet: bool,
+    *,
+    full: bool = False,
+    format_name: str = "belle",
+    base_manifests: Sequence[Path] = (),
+) -> bool:
+    """`check-key`: the key file's verdict against ``format_name``'s key (with a bar when
+    hashing it whole), or a base folder's (:func:`base_run`), printed; True when it is what
+    is needed."""
+    from belle_decrypt import keyid
+    from belle_decrypt.detect import LAYOUTS
+
+    # isdir never raises: identify() says what is wrong with an unreadable path
+    if format_name == "perfile" or os.path.isdir(key_file) or base_manifests:
+        return base_run(key_file, base_manifests, quiet)
+    expected = LAYOUTS[format_name].expected_key
+    size = 0
+    with suppress(OSError):  # identify() says what is wrong with the path
+        size = key_file.stat().st_size
+    with bar(size if full else 0, "md5", progress_enabled(quiet) and full) as hashing:
+        report = keyid.identify(key_file, full=full, expected=expected, on_progress=hashing.update)
+    for line in key_lines(report, quiet):
+        click.echo(line)
+    return report.is_expected
+
+
+def base_run(folder: Path, manifests: Sequence[Path], quiet: bool) -> bool:
+    """`check-key` on a base folder: its look, its files against the card's base list (with a
+    bar), printed; True when it is a converted LLaMA matching the list."""
+    from belle_decrypt.basecheck import check_base
+    from belle_decrypt.perfile_run import read_split_manifest
+
+    manifest = read_split_manifest(manifests)
+    with bar(0, "md5", progress_enabled(quiet) and manifest is not None) as hashing:
+        report = check_base(folder, manifest, on_progress=hashing.update)
+    for line in base_lines(report, quiet):
+        click.echo(line)
+    return report.ok
+
+
+def base_lines(report: BaseReport, quiet: bool) -> list[str]:
+    """`check-key`'s output for a base folder: what it holds, the base list's lines as
+    `verify` prints them, then the verdict."""
+    lines = [] if quiet else [("folder", str(report.folder)), *report.findings]
+    text = [one_line(f"{label + ':':<21}{value}") for label, value in lines]
+    if report.listed is not None:
+        text += [line.rstrip("\n") for line in verify_lines(report.listed, quiet)]
+    return [*text, one_line(f"{'verdict:':<21}{report.folder} {report.verdict}")]
 
 
 def key_lines(report: KeyReport, quiet: bool) -> list[str]:

@@ -9,6 +9,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -18,8 +19,8 @@ from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
 from belle_decrypt.hashing import hash_file
-from belle_decrypt.keystream import Key
-from belle_decrypt.layout import Source
+from belle_decrypt.keystream import KEY_HINT, Key, Keystream
+from belle_decrypt.layout import FolderKeyed, OwnPayload, Source
 from belle_decrypt.output import AtomicFile, unreadable_existing
 from belle_decrypt.states import FileState
 
@@ -127,9 +128,11 @@ def _check_listed(
         )
 
 
-def _refuse_own_files(enc: Source, target: Path, key: Key, inputs: Collection[Path]) -> None:
+def _refuse_own_files(enc: Source, target: Path, key: Key | None, inputs: Collection[Path]) -> None:
     """Refuse to replace the key, this file's input or any other input of the same run."""
-    owned = [(key.path, "the key file"), (enc.path, "the encrypted file")]
+    owned = [(enc.path, "the encrypted file")]
+    if key is not None:
+        owned.append((key.path, "the key file"))
     owned += [(path, "an input of this run") for path in inputs if path != enc.path]
     for own, what in owned:
         if _same_file(target, own):
@@ -142,7 +145,7 @@ def _existing_matches(
     enc: Source,
     target: Path,
     force: bool,
-    key: Key,
+    key: Key | None,
     expected: Mapping[str, str] | None = None,
     cancel: CancelToken | None = None,
     inputs: Collection[Path] = (),
@@ -196,6 +199,24 @@ def _refuse_unless(force: bool, target: Path) -> None:
     )
 
 
+def _keystream(enc: Source, key: Key | None) -> AbstractContextManager[Keystream]:
+    """The keystream of ``enc``: from the key file, or from its layout's own folder."""
+    if isinstance(enc.layout, FolderKeyed):
+        return enc.layout.own_keystream(enc)
+    if key is None:
+        raise InputError(f"needs a key file; {KEY_HINT}", enc.path)
+    return enc.layout.keystream(enc, key)
+
+
+def _open_payload(enc: Source) -> BinaryIO:
+    """``enc``'s file opened at its payload (a gzip payload decompressed)."""
+    if isinstance(enc, OwnPayload):
+        return enc.open_payload()
+    src = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (the caller closes it)
+    src.seek(enc.payload_offset)
+    return src
+
+
 class _Compare:
     """A stand-in hasher that compares the plaintext with an existing file, in order."""
 
@@ -208,17 +229,16 @@ class _Compare:
             self.same = self.existing.read(len(data)) == data
 
 
-def _same_as_fresh(enc: Source, key: Key, target: Path, cancel: CancelToken | None) -> bool:
+def _same_as_fresh(enc: Source, key: Key | None, target: Path, cancel: CancelToken | None) -> bool:
     """Whether ``target`` holds what decrypting ``enc`` gives now: for a file with no checksum
     anywhere (``--no-verify``), a fresh decryption is the only thing to compare it with."""
     with (
         open(target, "rb") as existing,
-        open(enc.path, "rb", buffering=0) as src,
+        _open_payload(enc) as src,
         open(os.devnull, "wb") as sink,
-        enc.layout.keystream(enc, key) as keystream,
+        _keystream(enc, key) as keystream,
     ):
         compare = _Compare(existing)
-        src.seek(enc.payload_offset)
         xor_stream(
             src,
             sink,
@@ -233,7 +253,7 @@ def _same_as_fresh(enc: Source, key: Key, target: Path, cancel: CancelToken | No
 
 def decrypt_file(
     enc: Source,
-    key: Key,
+    key: Key | None,
     out_dir: Path,
     *,
     force: bool = False,
@@ -273,7 +293,7 @@ def decrypt_file(
     hashers = tuple(hasher for hasher in (digest, *extra.values()) if hasher is not None)
     atomic = AtomicFile(target, fsync=fsync)
     try:
-        src_handle = open(enc.path, "rb", buffering=0)  # noqa: SIM115 (closed by the with)
+        src_handle = _open_payload(enc)
     except OSError as exc:
         raise OutputError(
             f"cannot read: {exc.strerror or exc}; nothing written (check the file's permissions)",
@@ -282,10 +302,9 @@ def decrypt_file(
     try:
         with (
             src_handle as src,
-            enc.layout.keystream(enc, key) as keystream,
+            _keystream(enc, key) as keystream,
             atomic as out,
         ):
-            src.seek(enc.payload_offset)
             xor_stream(
                 src,
                 out,

@@ -181,7 +181,7 @@ def encrypt_file(
                 os.pwrite(out.fileno(), sha256.digest(), 0)
             target = out_dir / publishing.name(source.name, sha256.hexdigest())
             enc_md5 = md5_file(atomic.temp, cancel=cancel)
-            status = _status_against_existing(target, enc_md5, force)
+            status = status_against_existing(target, enc_md5, force)
             if status is FileState.ENCRYPTED:
                 check(cancel)  # a cancelled run puts nothing new under a final name
                 atomic.commit(target)
@@ -203,7 +203,7 @@ def encrypt_file(
     )
 
 
-def _status_against_existing(target: Path, enc_md5: str, force: bool) -> FileState:
+def status_against_existing(target: Path, enc_md5: str, force: bool) -> FileState:
     """ENCRYPTED when the new file should be renamed into place, UNCHANGED to keep the old."""
     if not target.exists():
         return FileState.ENCRYPTED

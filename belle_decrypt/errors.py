@@ -66,6 +66,15 @@ class ManifestError(BelleError):
     exit_code = ExitCode.USAGE
 
 
+class ManifestClash(ManifestError):
+    """Manifests that list one name twice with different sums of the same algorithm (exit 2);
+    ``name`` is the first such name."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 class DigestMismatch(ChecksumError):
     """Decrypted bytes whose digest is not the one the file (or, for a layout that carries
     none, the manifest) says; ``hint`` says the likely cause."""

@@ -31,7 +31,10 @@ Adding a layout
    bytes ``offset .. offset+len(out)`` into ``out`` (a 16 MiB seed repeated: copy from the seed
    at ``offset % seed``; a same-named base file: pread at ``offset`` and zero the rest past
    its end; never a mapping of a file that may shrink). ``keystream(source, key)`` returns a
-   context manager, so a per-file keystream can open and close its own file.
+   context manager, so a per-file keystream can open and close its own file. A layout whose key
+   is a folder (the per-file layout) also has ``own_keystream(source)`` (:class:`FolderKeyed`):
+   a run of it opens no key file. A source whose payload needs decoding (gzip) also has
+   ``open_payload`` (:class:`OwnPayload`).
 3. Say which key it needs (``expected_key``, a :class:`~belle_decrypt.keyid.KnownKey`: the
    run fingerprints the key against it) and what a different key means (``key_warning``:
    usually :func:`~belle_decrypt.keyid.unexpected_key_warning`; refuse where no checksum
@@ -49,7 +52,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from belle_decrypt.errors import InputError
 from belle_decrypt.keyid import KeyReport, KnownKey
@@ -112,6 +115,38 @@ class Layout(Protocol):
         """A warning when ``report`` (the key's fingerprint against :attr:`expected_key`) says
         it is not that key, or None; raise InputError to refuse it. ``unverified``: some file
         of the run has no checksum to catch a wrong key (``--no-verify``)."""
+
+
+@runtime_checkable
+class FolderKeyed(Protocol):
+    """A layout whose key is a folder given to its constructor (the per-file layout): a run of
+    it opens no key file and asks it for each file's keystream here."""
+
+    def own_keystream(self, source: Source) -> AbstractContextManager[Keystream]:
+        """The keystream for ``source``'s payload."""
+
+
+@runtime_checkable
+class OwnPayload(Protocol):
+    """A source whose payload is not simply its file's bytes from ``payload_offset`` (a gzip
+    stream, say): it opens a binary stream of the payload itself, positioned at its start."""
+
+    def open_payload(self) -> BinaryIO:
+        """The payload's bytes, from the first."""
+
+
+def input_paths(source: Source) -> tuple[Path, ...]:
+    """The files a source reads: its own, and any a layout names in an ``inputs`` attribute
+    (the per-file layout's base file); no output may replace one of them."""
+    extra: tuple[Path, ...] = tuple(getattr(source, "inputs", ()))
+    return (source.path, *extra)
+
+
+def skip_reason(layouts: Sequence[Layout]) -> str:
+    """Why files no layout recognises are skipped, in words for the user (a layout may say
+    with a ``skip_reason`` attribute)."""
+    reasons = [str(getattr(layout, "skip_reason", "")) for layout in layouts]
+    return next((reason for reason in reasons if reason), "not a .enc file")
 
 
 def default_layouts() -> tuple[Layout, ...]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from belle_decrypt.container import SUFFIX
-from belle_decrypt.errors import ManifestError
+from belle_decrypt.errors import ManifestClash, ManifestError
 
 # The digest algorithms a manifest may use, by the length of their hex digest.
 ALGORITHM_BY_LENGTH = {32: "md5", 64: "sha256"}
@@ -202,7 +202,10 @@ class _Collector:
                 + ", ".join(f"{entry.where} ({entry.digest})" for entry in listed)
                 for (name, algorithm), listed in self.clashes.items()
             ]
-            raise ManifestError("; ".join(conflicts) + "; keep the entry that matches your release")
+            raise ManifestClash(
+                "; ".join(conflicts) + "; keep the entry that matches your release",
+                next(iter(self.clashes))[0],
+            )
         return Manifest(self.by_name, self.ignored)
 
 

@@ -7,6 +7,7 @@ warms the page cache, then runs each command ``--runs`` times and prints medians
     python benchmarks/bench.py --size 512M --runs 3 --dir /var/tmp
     python benchmarks/bench.py --latency --size 1G   # only: how fast Ctrl-C/SIGTERM stop a run
     python benchmarks/bench.py --layouts             # only: TechGPT and OpenBuddy files
+    python benchmarks/bench.py --perfile             # only: the per-file layout's lines
 
 Wall, user and sys times and the peak RSS are those of the child process (os.wait4).
 """
@@ -217,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--layouts", action="store_true", help="only the TechGPT and OpenBuddy layouts"
     )
+    parser.add_argument("--perfile", action="store_true", help="only the per-file layout's lines")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # heavy work runs in a child, so the parent's RSS stays out of the figures
@@ -229,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             latency(root, size, args.runs)
         elif args.layouts:
             bench_layouts(root, size, small, args.runs)
+        elif args.perfile:
+            perfile_bench(root, size, args.runs)
         else:
             bench(root, size, small, args.runs)
     finally:
@@ -264,6 +268,12 @@ def child(argv: Sequence[str]) -> None:
         print(techgpt_script_rate(Path(rest[0]), Path(rest[1])))
     elif what == "openbuddy-script":
         print(openbuddy_script_rate(Path(rest[0]), Path(rest[1]), Path(rest[2])))
+    elif what == "perfile":
+        make_perfile(Path(rest[0]), int(rest[1]))
+    elif what == "perfile-steady":
+        print(perfile_steady_rate(Path(rest[0]), int(rest[1])))
+    elif what == "codec":
+        print(codec_rate(Path(rest[0]), Path(rest[1]), Path(rest[2]), int(rest[3])))
 
 
 def in_child(*argv: object) -> list[str]:
@@ -409,6 +419,137 @@ def print_table(title: str, size: int, runs: int, rows: list[tuple[str, str]]) -
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+
+
+# -- the per-file layout (docs/FORMAT.md section 7) -------------------------------------------
+
+SHARD = "pytorch_model-00001-of-00002.bin"
+CODEC_BLOCK = 4096
+CODEC_SLICE = 256 * MiB
+
+
+def make_perfile(root: Path, size: int) -> None:
+    """base/SHARD and payload/SHARD (the model XOR the base, by the package), decoded.md5 and
+    base.md5 (the card's two lists)."""
+    from belle_decrypt.perfile_publish import encode_file
+
+    for name in ("base", "payload", "model"):
+        (root / name).mkdir()
+    write_random(root / "base" / SHARD, size, b"base")
+    write_random(root / "model" / SHARD, size, b"model")
+    result = encode_file(
+        root / "model" / SHARD, root / "base" / SHARD, root / "payload", fsync=False
+    )
+    shutil.rmtree(root / "model")
+    (root / "decoded.md5").write_text(f"{result.plain_md5}  ./{SHARD}\n")
+    base_md5 = hashlib.md5()
+    with open(root / "base" / SHARD, "rb", buffering=0) as handle:
+        while block := handle.read(CHUNK):
+            base_md5.update(block)
+    (root / "base.md5").write_text(f"{base_md5.hexdigest()}  ./{SHARD}\n")
+
+
+def perfile_steady_rate(root: Path, size: int) -> float:
+    """Bytes/s of the engine in-process over the per-file release with both md5s (the decoded
+    file's and the base's, checked at the end), output to /dev/null, torch loaded first."""
+    from belle_decrypt.perfile import BaseStream
+
+    engine._load_torch()
+    base_md5 = (root / "base.md5").read_text().split()[0]
+    decoded = hashlib.md5()
+    with (
+        open(root / "payload" / SHARD, "rb", buffering=0) as src,
+        open(os.devnull, "wb", buffering=0) as dst,
+    ):
+        stream = BaseStream(root / "base" / SHARD, size, {"md5": base_md5})
+        try:
+            started = time.perf_counter()
+            engine.xor_stream(src, dst, stream, size, hashers=(decoded,), backend="torch")
+            elapsed = time.perf_counter() - started
+        finally:
+            stream.close()
+    assert decoded.hexdigest() == (root / "decoded.md5").read_text().split()[0]
+    return size / elapsed
+
+
+def codec_rate(payload: Path, base: Path, out: Path, length: int) -> float:
+    """Bytes/s of the publisher's codec's approach, written from docs/FORMAT.md section 7 (not
+    its code): 4096-byte blocks of payload and base read, the base block zero-padded, numpy
+    XOR, each block written; on the first ``length`` bytes."""
+    import numpy as np
+
+    started = time.perf_counter()
+    done = 0
+    with open(payload, "rb") as src, open(base, "rb") as key, open(out, "wb") as dst:
+        while done < length:
+            block = src.read(min(CODEC_BLOCK, length - done))
+            if not block:
+                break
+            other = key.read(len(block))
+            other += bytes(len(block) - len(other))
+            xored = np.bitwise_xor(np.frombuffer(block, np.uint8), np.frombuffer(other, np.uint8))
+            dst.write(xored.tobytes())
+            done += len(block)
+    return done / (time.perf_counter() - started)
+
+
+def perfile_bench(root: Path, size: int, runs: int) -> None:
+    """md5sum of the payload (the md5 bound), the decode with both lists (two md5 on two
+    cores, and the base read), with the decoded list only, and the codec's numpy loop."""
+    print(f"making a {human(size)} base and payload in {root} ...", file=sys.stderr)
+    in_child("perfile", root, size)
+    payload, base, out = root / "payload" / SHARD, root / "base" / SHARD, root / "out"
+
+    def clear_out() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+
+    for path in (payload, base):  # warm the page cache
+        run_child(["md5sum", str(path)])
+    decode = [*EXE, str(root / "payload"), str(root / "base"), str(out), "--no-fsync", "-q"]
+    decode += ["--manifest", str(root / "decoded.md5")]
+    md5sum = median_run(runs, ["md5sum", str(payload)])
+    both = median_run(runs, [*decode, "--base-manifest", str(root / "base.md5")], clear_out)
+    decoded_only = median_run(runs, decode, clear_out)
+    clear_out()
+
+    def line(label: str, r: Run) -> tuple[str, str]:
+        return (
+            label,
+            f"{r.wall:6.2f} s wall  {r.user:5.2f} user  {r.sys:5.2f} sys  "
+            f"{size / r.wall / 1e9:5.2f} GB/s  peak RSS {r.rss_mb:5.0f} MB",
+        )
+
+    rows = [
+        line("md5sum payload (the md5 bound)", md5sum),
+        line("perfile --manifest --base-manifest", both),
+        ("  ratio", f"{both.wall / md5sum.wall:.2f}x md5sum (two md5 on two cores + base read)"),
+        line("perfile --manifest", decoded_only),
+        ("  ratio", f"{decoded_only.wall / md5sum.wall:.2f}x md5sum"),
+    ]
+    steady = float(in_child("perfile-steady", root, size)[0])
+    md5_speed = float(in_child("hash", "md5")[0])
+    rows.append(
+        (
+            "in-process steady state",
+            f"{steady / 1e9:.2f} GB/s with both md5s = {steady / md5_speed:.0%} of one core's md5 "
+            f"({md5_speed / 1e9:.2f} GB/s)",
+        )
+    )
+    length = min(CODEC_SLICE, size)
+    try:
+        codec = float(in_child("codec", payload, base, root / "codec.out", length)[0])
+    except subprocess.CalledProcessError as exc:
+        rows.append(("codec's 4096-byte numpy loop", f"n/a: {exc.stderr.strip().splitlines()[-1]}"))
+    else:
+        rows.append(
+            (
+                "codec's 4096-byte numpy loop",
+                f"{codec / 1e6:.0f} MB/s on {human(length)}, scaled: {size / codec:.1f} s, "
+                "no check; belle-decrypt with both lists: "
+                f"{size / both.wall / codec:.1f}x its speed",
+            )
+        )
+    print_table("belle-decrypt per-file benchmark", size, runs, rows)
 
 
 # -- Ctrl-C latency ---------------------------------------------------------------------------

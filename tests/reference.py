@@ -42,3 +42,20 @@ def encrypt(plain: bytes, key: bytes, piece: int = REAL_PIECE) -> tuple[str, byt
 def enc_filename(name: str, plain: bytes) -> str:
     """The published name of ``plain`` saved as ``name``."""
     return f"{name}.{hashlib.sha256(plain).hexdigest()}.enc"
+
+
+def perfile_keystream(base: bytes, length: int) -> bytes:
+    """docs/FORMAT.md section 7: the base cut to ``length``, or followed by zero bytes."""
+    if len(base) >= length:
+        return base[:length]
+    return base + bytes(length - len(base))
+
+
+def perfile_decode(payload: bytes, base: bytes) -> bytes:
+    """The decoded file of a (decompressed) payload over its same-named base."""
+    return xor(payload, perfile_keystream(base, len(payload)))
+
+
+def perfile_encode(plain: bytes, base: bytes) -> bytes:
+    """The payload of a model file over its same-named base (the same XOR)."""
+    return xor(plain, perfile_keystream(base, len(plain)))

@@ -11,6 +11,7 @@ benchmark lines are left out.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import reference
+from tests.conftest import random_bytes
 from tests.release import Release, make_release
 from tests.tinyllama import readme_releases
 
@@ -54,9 +57,12 @@ def commands(readme: Path) -> list[str]:
 
 
 def expected_exit(command: str) -> int:
-    """What the READMEs say: check-key exits 1 for a file that is not LLaMA-7B, and a CI
-    script under `set -e` stops with that code; every other command succeeds."""
-    return 1 if "check-key" in command or "alpaca-7b-wdiff" in command else 0
+    """What the READMEs say: check-key exits 1 for a file that is not LLaMA-7B (0 for a base
+    folder matching its list), and a CI script under `set -e` stops with that code; every
+    other command succeeds."""
+    if "check-key" in command:
+        return 0 if "--base-manifest" in command else 1
+    return 1 if "alpaca-7b-wdiff" in command else 0
 
 
 @pytest.fixture
@@ -73,7 +79,23 @@ def world(tmp_path: Path) -> tuple[Path, Release]:
     (tmp_path / "my-finetune").mkdir()
     for name, data in release.plain.items():
         (tmp_path / "my-finetune" / name).write_bytes(data)
+    per_file_release(tmp_path, release.plain)
     return tmp_path, release
+
+
+def per_file_release(folder: Path, plain: dict[str, bytes]) -> None:
+    """OpenAssistant's layout: a base folder, the payload folder and the card's two lists."""
+    base, payload = folder / "llama-30b-hf", folder / "oasst-sft-7-llama-30b-xor"
+    base.mkdir()
+    payload.mkdir()
+    bases = {name: random_bytes(len(data) + 7, seed=len(name)) for name, data in plain.items()}
+    for name, data in plain.items():
+        (base / name).write_bytes(bases[name])
+        (payload / name).write_bytes(reference.perfile_encode(data, bases[name]))
+    (payload / "README.md").write_text("# card\n")
+    for listed, files in (("oasst-base-md5.txt", bases), ("oasst-md5.txt", plain)):
+        lines = [f"{hashlib.md5(data).hexdigest()}  ./{name}\n" for name, data in files.items()]
+        (folder / listed).write_text("".join(lines))
 
 
 def run_in(folder: Path, command: str) -> subprocess.CompletedProcess[str]:
@@ -107,7 +129,7 @@ def test_every_readme_command_does_what_the_readme_says(world: tuple[Path, Relea
         proc = run_in(folder, command)
         assert proc.returncode == expected_exit(command), (command, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr, (command, proc.stderr)
-    for out in ("finetuned", "BELLE-7B-2M"):
+    for out in ("finetuned", "BELLE-7B-2M", "oasst-sft-7-llama-30b"):
         assert {p.name: p.read_bytes() for p in (folder / out).iterdir()} == release.plain, out
     assert (folder / "downloads.json").read_text().count('"status": "OK"') == len(release.plain)
     assert not (folder / "out").exists()  # the CI script stopped at check-key

@@ -519,7 +519,7 @@ def test_format_openbuddy_takes_the_whole_name(tmp_path: Path, big_key: Key) -> 
 def test_help_lists_the_formats(command: str) -> None:
     result = run(command, "--help")
     assert result.exit_code == 0
-    assert "--format [belle|techgpt|openbuddy]" in result.stdout
+    assert "--format [belle|techgpt|openbuddy|perfile]" in result.stdout
     assert ("--no-verify" in result.stdout) == (command == "decrypt")
 
 

@@ -1,0 +1,162 @@
+"""A per-file run (docs/FORMAT.md section 7): the checks before anything is written (the base
+folder, the two lists kept apart, then everything a run checks), what a decoded file's failure
+means, and which layout a `decrypt` without ``--format`` is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from belle_decrypt.batch import Run, Settings, prepare_run
+from belle_decrypt.cancel import CancelToken
+from belle_decrypt.diagnose import Diagnoser, Diagnosis
+from belle_decrypt.errors import InputError, ManifestClash, ManifestError
+from belle_decrypt.layout import Source
+from belle_decrypt.manifest import Manifest
+from belle_decrypt.outcome import Notices
+from belle_decrypt.perfile import PINNED, PayloadFile, PerFileLayout
+
+
+def read_split_manifest(paths: Sequence[Path]) -> Manifest | None:
+    """Read the manifests of one option; a card holding the base and decoded blocks under the
+    same names (the same name with two different sums) is refused with a line saying to split
+    it, never mixed."""
+    if not paths:
+        return None
+    try:
+        return Manifest.read_all(paths)
+    except ManifestClash as exc:
+        raise ManifestError(
+            f"lists {exc.name!r} twice with different sums, as a card pasted whole does (its "
+            "base block and its decoded block use the same names); split it: the base block "
+            "into a file for --base-manifest, the decoded block for --manifest",
+            ", ".join(str(path) for path in paths),
+        ) from None
+
+
+class PerFileDiagnoser(Diagnoser):
+    """Explains a decoded file's md5 failure in the per-file layout: the base or the payload."""
+
+    def __init__(self, layout: PerFileLayout, manifest: Manifest | None) -> None:
+        super().__init__(layout.base_dir, manifest)
+        self.layout = layout
+
+    def explain(self, enc: Source, cancel: CancelToken | None = None) -> Diagnosis:
+        """A base that matched the card's base list leaves the payload download; otherwise
+        the base conversion is the likely cause."""
+        if isinstance(enc, PayloadFile) and self.layout.base_expected(enc):
+            return Diagnosis(
+                False,
+                f"the base {enc.base} matches the base manifest, so the payload is damaged; "
+                f"download {enc.path.name} again",
+            )
+        if isinstance(enc, PayloadFile) and enc.base is None:
+            return Diagnosis(False, f"it is copied as it is; download {enc.path.name} again")
+        return Diagnosis(
+            True,
+            "the base is probably not the publisher's conversion, or the payload download is "
+            f"damaged; pass the card's base list with --base-manifest to tell which; {PINNED}",
+        )
+
+    def stop_early(self, outcomes: Sequence[Diagnosis | None]) -> bool:
+        """Never: the base manifest, when given, stops the run at the first wrong base file."""
+        return False
+
+    def damaged_key(self) -> str | None:
+        """No key file here."""
+        return None
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name the same existing folder."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@contextmanager
+def prepare_perfile_run(
+    source: Path,
+    base_dir: Path,
+    settings: Settings,
+    manifests: Sequence[Path],
+    base_manifests: Sequence[Path],
+    notices: Notices,
+) -> Iterator[Run]:
+    """Check a per-file run before anything is written: the base folder, both lists (each
+    refused when it holds a whole card's two blocks), then everything
+    :func:`~belle_decrypt.batch.prepare_run` checks."""
+    if not base_dir.is_dir():
+        raise InputError(
+            "the base is not a folder; pass the folder of LLaMA converted to the Hugging Face "
+            "layout",
+            base_dir,
+        )
+    for other, what in ((base_dir, "base"), (source, "payload")):
+        if same_folder(settings.out_dir, other):
+            raise InputError(
+                f"is the {what} folder; choose another output folder", settings.out_dir
+            )
+    manifest = read_split_manifest(manifests)
+    layout = PerFileLayout(base_dir, read_split_manifest(base_manifests), manifest)
+    settings = replace(settings, manifest=manifest)
+    diagnoser = PerFileDiagnoser(layout, manifest)
+    with prepare_run(source, None, settings, (), notices, (layout,), diagnoser) as run:
+        if layout.base_manifest is not None:
+            for found in run.files:
+                if (
+                    isinstance(found, PayloadFile)
+                    and found.base
+                    and not layout.base_expected(found)
+                ):
+                    notices.warning(
+                        f"{found.base}: not in the base manifest; this base file is not checked"
+                    )
+        yield run
+
+
+def is_per_file_run(source: Path, key: Path) -> bool:
+    """Whether a run with no ``--format`` is per-file: its key is a folder and its source is
+    not a BELLE release (`.enc` files), for which a folder key is a mistake to explain."""
+    if not os.path.isdir(key):  # never raises: an unreadable key is said by the run
+        return False
+    if os.path.isdir(source):
+        try:
+            return not any(path.name.endswith(".enc") for path in source.iterdir())
+        except OSError:
+            return True  # the run says what is wrong with the folder
+    return not source.name.endswith(".enc")
+
+
+def prepare_decrypt(
+    source: Path,
+    key: Path,
+    out_dir: Path,
+    notices: Notices,
+    *,
+    manifests: Sequence[Path] = (),
+    base_manifests: Sequence[Path] = (),
+    format_name: str | None = None,
+    force: bool = False,
+    no_fsync: bool = False,
+    keep_going: bool = False,
+    jobs: int | None = None,
+    no_verify: bool = False,
+) -> AbstractContextManager[Run]:
+    """The checked run of `decrypt SOURCE KEY OUT_DIR` with its options: per-file when
+    ``format_name`` says so or the key is a folder (:func:`is_per_file_run`), the default
+    layouts (or the one ``format_name`` names) otherwise."""
+    settings = Settings(out_dir, force, not no_fsync, keep_going, jobs=jobs, verify=not no_verify)
+    perfile = format_name == "perfile" or (format_name is None and is_per_file_run(source, key))
+    if perfile:
+        return prepare_perfile_run(source, key, settings, manifests, base_manifests, notices)
+    if base_manifests:
+        raise InputError("--base-manifest is for the per-file layout (KEY_FILE a folder)")
+    from belle_decrypt.detect import layouts_for
+
+    return prepare_run(source, key, settings, manifests, notices, layouts_for(format_name))
