@@ -148,6 +148,18 @@ def test_release_names(name: str, recipe: str | None, tmp_path: Path) -> None:
     found = (recipe, name) if recipe is not None else None
     assert recognise(tmp_path / name) == found
     assert recognise(tmp_path / f"models--org--{name}" / "snapshots" / "abc") == found
+    assert recognise(tmp_path / f"models--org--{name}") == found
+
+
+def test_a_parent_folders_name_is_not_the_release(tmp_path: Path) -> None:
+    """A vicuna diff kept under a folder named like Ziya must not silently get ziya's recipe."""
+    assert recognise(tmp_path / "Ziya-LLaMA-13B-v1" / "mydiff") is None
+    assert recognise(tmp_path / "vicuna-7b-delta-v1.1" / "snapshots" / "abc") is None
+    inner = tmp_path / "alpaca-7b-wdiff" / "copy"
+    inner.mkdir(parents=True)
+    linked = tmp_path / "tulu-7b"
+    linked.symlink_to(inner)
+    assert recognise(linked) == ("tulu", "tulu-7b")
 
 
 def test_diff_with_inv_freq_against_a_base_without(tmp_path: Path) -> None:

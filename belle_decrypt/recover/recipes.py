@@ -139,11 +139,23 @@ def recipe_list() -> str:
     return "; ".join(f"{r.name} ({r.purpose})" for r in RECIPES.values())
 
 
+def _release_names(path: Path) -> list[str]:
+    """The names a folder can be recognised by: its own, and for a hub-cache snapshot
+    (`models--org--name/snapshots/<hash>`) the release's. A parent folder's name never counts:
+    a diff kept under `ziya-llama-13b-x/mydiff/` is not Ziya's."""
+    names = [path.name]
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        names.append(parts[-3].rsplit("--", 1)[-1])
+    elif path.name.startswith("models--"):
+        names.append(path.name.rsplit("--", 1)[-1])
+    return names
+
+
 def recognise(folder: Path) -> tuple[str, str] | None:
     """The recipe named by the release's folder or hub-cache name, and that name, if any."""
     for path in (folder, folder.resolve()):
-        for part in reversed(path.parts):
-            name = part.rsplit("--", 1)[-1] if part.startswith("models--") else part
+        for name in _release_names(path):
             for pattern, recipe in _RECOGNISED:
                 if pattern.fullmatch(name):
                     return recipe, name
