@@ -311,6 +311,35 @@ class PublishTally(Tally):
     listed: int = 0
 
 
+def publish_each(
+    files: tuple[Path, ...],
+    sizes: dict[Path, int],
+    one: Callable[[Path, Callable[[int], None] | None], Encrypted],
+    tally: Tally,
+    file_progress: FileProgress | None = None,
+    on_outcome: Callable[[Outcome[Encrypted]], None] | None = None,
+) -> list[Encrypted]:
+    """Run ``one`` (path, progress callback) on every file in turn: a failure is an outcome
+    and the others go on. Returns the files written, for the manifest."""
+    results: list[Encrypted] = []
+    for path in files:
+        context = (
+            file_progress(path.name, sizes[path]) if file_progress is not None else nullcontext()
+        )
+        with context as progress:
+            try:
+                result = one(path, progress)
+            except BelleError as exc:
+                outcome: Outcome[Encrypted] = Outcome(path, None, exc)
+            else:
+                results.append(result)
+                outcome = Outcome(path, result, None)
+        tally.add(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return results
+
+
 def encrypt_all(
     publish: Publish,
     *,
@@ -323,30 +352,20 @@ def encrypt_all(
     """Encrypt every file of ``publish`` in turn (a failure is an outcome, the others go on),
     then write or update md5sums.txt with the files encrypted."""
     tally = PublishTally()
-    results: list[Encrypted] = []
-    for path in publish.files:
-        size = publish.sizes[path]
-        context = file_progress(path.name, size) if file_progress is not None else nullcontext()
-        with context as progress:
-            try:
-                result = encrypt_file(
-                    path,
-                    publish.key,
-                    publish.out_dir,
-                    force=force,
-                    fsync=fsync,
-                    on_progress=progress,
-                    cancel=cancel,
-                    publishing=publish.publishing,
-                )
-            except BelleError as exc:
-                outcome: Outcome[Encrypted] = Outcome(path, None, exc)
-            else:
-                results.append(result)
-                outcome = Outcome(path, result, None)
-        tally.add(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+
+    def one(path: Path, progress: Callable[[int], None] | None) -> Encrypted:
+        return encrypt_file(
+            path,
+            publish.key,
+            publish.out_dir,
+            force=force,
+            fsync=fsync,
+            on_progress=progress,
+            cancel=cancel,
+            publishing=publish.publishing,
+        )
+
+    results = publish_each(publish.files, publish.sizes, one, tally, file_progress, on_outcome)
     if results or publish.previous is not None:
         tally.manifest = write_manifest(publish.out_dir, results, publish.previous, fsync=fsync)
         tally.listed = len(results)

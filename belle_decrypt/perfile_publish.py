@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from belle_decrypt.encrypt import (
     Publish,
     PublishTally,
     prepare_publish,
+    publish_each,
     status_against_existing,
 )
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
@@ -188,29 +189,19 @@ def encode_all(
 ) -> PublishTally:
     """Encode every file (a failure is an outcome, the others go on), then write both lists."""
     tally = PublishTally()
-    results: list[Encrypted] = []
-    for path in publish.files:
-        size = publish.sizes[path]
-        context = file_progress(path.name, size) if file_progress is not None else nullcontext()
-        with context as progress:
-            try:
-                result = encode_file(
-                    path,
-                    publish.bases[path],
-                    publish.out_dir,
-                    force=force,
-                    fsync=fsync,
-                    on_progress=progress,
-                    cancel=cancel,
-                )
-            except BelleError as exc:
-                outcome: Outcome[Encrypted] = Outcome(path, None, exc)
-            else:
-                results.append(result)
-                outcome = Outcome(path, result, None)
-        tally.add(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+
+    def one(path: Path, progress: Callable[[int], None] | None) -> Encrypted:
+        return encode_file(
+            path,
+            publish.bases[path],
+            publish.out_dir,
+            force=force,
+            fsync=fsync,
+            on_progress=progress,
+            cancel=cancel,
+        )
+
+    results = publish_each(publish.files, publish.sizes, one, tally, file_progress, on_outcome)
     if results:
         _write_list(
             publish.out_dir / PAYLOAD_LIST, [(r.target.name, r.enc_md5) for r in results], fsync
