@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt import engine
-from belle_decrypt.encrypt import PUBLISHING, encrypt_file
-from belle_decrypt.keystream import Key
-from belle_decrypt.seed import SEED_SIZE
+from belle_decrypt.layouts.seed import SEED_SIZE
+from belle_decrypt.publish.encrypt import PUBLISHING, encrypt_file
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.keystream import Key
 
 MiB = 1024 * 1024
 CHUNK = 64 * MiB
@@ -431,7 +431,7 @@ CODEC_SLICE = 256 * MiB
 def make_perfile(root: Path, size: int) -> None:
     """base/SHARD and payload/SHARD (the model XOR the base, by the package), decoded.md5 and
     base.md5 (the card's two lists)."""
-    from belle_decrypt.perfile_publish import encode_file
+    from belle_decrypt.publish.perfile_publish import encode_file
 
     for name in ("base", "payload", "model"):
         (root / name).mkdir()
@@ -452,7 +452,7 @@ def make_perfile(root: Path, size: int) -> None:
 def perfile_steady_rate(root: Path, size: int) -> float:
     """Bytes/s of the engine in-process over the per-file release with both md5s (the decoded
     file's and the base's, checked at the end), output to /dev/null, torch loaded first."""
-    from belle_decrypt.perfile import BaseStream
+    from belle_decrypt.layouts.perfile import BaseStream
 
     engine._load_torch()
     base_md5 = (root / "base.md5").read_text().split()[0]
@@ -709,8 +709,8 @@ def make_layout_enc(folder: Path, layout: str, key_path: Path, size: int) -> tup
 def layout_md5_rate(enc: Path, layout: str, key_path: Path, payload: int) -> float:
     """Bytes/s of the engine in-process with ``layout``'s keystream and one md5 (what a run
     with a manifest computes for a file that carries no checksum), output to /dev/null."""
-    from belle_decrypt.detect import LAYOUTS
-    from belle_decrypt.headerless import Headerless
+    from belle_decrypt.layouts.headerless import Headerless
+    from belle_decrypt.xor.detect import LAYOUTS
 
     engine._load_torch()
     source = Headerless(enc, LAYOUTS[layout], "pytorch_model.bin", payload)

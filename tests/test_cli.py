@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from belle_decrypt import __version__
-from belle_decrypt.cancel import note_removed
-from belle_decrypt.console import user_errors
+from belle_decrypt.cli.console import user_errors
+from belle_decrypt.ground.cancel import note_removed
 from tests.conftest import listing, random_bytes, unknown_key_warning
 from tests.runner import run
 

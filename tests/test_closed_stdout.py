@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt.keyid import HEAD_SIZE
+from belle_decrypt.checks.keyid import HEAD_SIZE
 from tests.conftest import random_bytes, unknown_key_warning
 from tests.faults import ENV, not_warnings
 
@@ -75,9 +75,9 @@ def test_check_key_exits_0_for_the_expected_key(tmp_path: Path) -> None:
     )
     child = (
         "import sys\n"
-        "from belle_decrypt import keyid\n"
+        "from belle_decrypt.checks import keyid\n"
         f"keyid.LLAMA_7B = keyid.{known}\n"
-        "from belle_decrypt.cli import main\n"
+        "from belle_decrypt.cli.commands import main\n"
         f"sys.argv = ['belle-decrypt', 'check-key', {str(key)!r}]\n"
         "main()\n"
     )

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from belle_decrypt import engine
-from belle_decrypt.cancel import Cancelled, CancelToken
-from belle_decrypt.errors import OutputError
-from belle_decrypt.keystream import Key
+from belle_decrypt.ground.cancel import Cancelled, CancelToken
+from belle_decrypt.ground.errors import OutputError
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.keystream import Key
 from tests import reference
 from tests.conftest import library_threads, random_bytes
 
@@ -234,7 +234,7 @@ def test_auto_backend_budget(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_prepare_loads_torch_only_for_streams_past_the_plain_budget() -> None:
     """prepare() is what keeps a file's reported time free of the torch import."""
     code = (
-        "import sys; from belle_decrypt import engine; "
+        "import sys; from belle_decrypt.streams import engine; "
         "engine.prepare(100); print('torch' in sys.modules); "
         "engine.prepare(engine.PLAIN_LIMIT + 1); print('torch' in sys.modules)"
     )

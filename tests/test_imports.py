@@ -13,7 +13,7 @@ from tests.conftest import random_bytes
 # never imported torch.
 NO_TORCH = (
     "import sys\n"
-    "from belle_decrypt.cli import cli\n"
+    "from belle_decrypt.cli.commands import cli\n"
     "allowed = {int(code) for code in sys.argv[1].split(',')}\n"
     "try:\n"
     "    cli(sys.argv[2:], prog_name='belle-decrypt')\n"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt import jobs
-from belle_decrypt.batch import Settings, resolve_jobs
-from belle_decrypt.decrypt import decrypt_file
-from belle_decrypt.errors import OutputError
-from belle_decrypt.manifest import Manifest
-from belle_decrypt.perfile import PINNED, BaseMismatch, BaseStream, PerFileLayout
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.ground.errors import OutputError
+from belle_decrypt.layouts.perfile import PINNED, BaseMismatch, BaseStream, PerFileLayout
+from belle_decrypt.streams import jobs
+from belle_decrypt.xor.batch import Settings, resolve_jobs
+from belle_decrypt.xor.decrypt import decrypt_file
 from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.faults import as_plain_user, modes_enforced, one_error, run_cli

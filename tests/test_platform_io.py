@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt import engine, platform_io
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import decrypt_file
-from belle_decrypt.errors import InputError
-from belle_decrypt.keystream import Key
-from belle_decrypt.output import AtomicFile, remove_stale_temps, temp_name
+from belle_decrypt.ground import platform_io
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.layouts.container import EncFile
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.streams.output import AtomicFile, remove_stale_temps, temp_name
+from belle_decrypt.xor.decrypt import decrypt_file
 from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.runner import run

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from belle_decrypt import engine, keyid
-from belle_decrypt.engine import Backend
-from belle_decrypt.seed import SeedStream
+from belle_decrypt.checks import keyid
+from belle_decrypt.layouts.seed import SeedStream
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.engine import Backend
 from tests import reference, reference_layouts
 from tests.conftest import Key, listing, random_bytes, unknown_key_warning
 from tests.reference_layouts import PLACEHOLDER, SEED_SIZE

@@ -1,1 +1,4 @@
-"""Recovering tuned weights published as additive deltas (``tuned - base`` per tensor)."""
+"""Recovering tuned weights published as additive deltas (``tuned - base`` per tensor).
+
+May import: ``ground``, ``streams``, ``checks``, ``layouts`` (the XOR names it refuses).
+"""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import queue
 from typing import TYPE_CHECKING
 
+from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.recover.hfdir import data_size
-from belle_decrypt.torchload import import_torch
 
 if TYPE_CHECKING:
     import torch

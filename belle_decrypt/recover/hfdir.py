@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from belle_decrypt.container import LFS_POINTER_PREFIX, SUFFIX, is_lfs_pointer
-from belle_decrypt.errors import InputError
-from belle_decrypt.torchload import import_torch
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.ground.torchload import import_torch
+from belle_decrypt.layouts.container import LFS_POINTER_PREFIX, SUFFIX, is_lfs_pointer
 
 if TYPE_CHECKING:
     import torch

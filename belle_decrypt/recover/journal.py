@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from belle_decrypt.output import AtomicFile
+from belle_decrypt.streams.output import AtomicFile
 
 JOURNAL_NAME = ".belle-recover.json"
 PENDING_PREFIX = ".belle-pending."

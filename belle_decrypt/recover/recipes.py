@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from belle_decrypt.errors import InputError
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.recover.buffers import Scratch
-from belle_decrypt.torchload import import_torch
 
 if TYPE_CHECKING:
     import torch

@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from belle_decrypt.cancel import CancelToken, check
-from belle_decrypt.decrypt import check_free_space, prepare_output_dir
-from belle_decrypt.errors import ChecksumError, InputError, ManifestError, OutputError
-from belle_decrypt.hashing import hash_file
-from belle_decrypt.manifest import Manifest, ManifestEntry
-from belle_decrypt.output import AtomicFile, remove_stale_temps
-from belle_decrypt.platform_io import fsync_dir
+from belle_decrypt.checks.manifest import Manifest, ManifestEntry
+from belle_decrypt.ground.cancel import CancelToken, check
+from belle_decrypt.ground.errors import ChecksumError, InputError, ManifestError, OutputError
+from belle_decrypt.ground.platform_io import fsync_dir
+from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.recover import checks
 from belle_decrypt.recover.buffers import BufferPool, Scratch
 from belle_decrypt.recover.checks import Item
@@ -54,7 +52,13 @@ from belle_decrypt.recover.writer import (
     plan_shards,
     write_shard,
 )
-from belle_decrypt.torchload import import_torch
+from belle_decrypt.streams.hashing import hash_file
+from belle_decrypt.streams.output import (
+    AtomicFile,
+    check_free_space,
+    prepare_output_dir,
+    remove_stale_temps,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from belle_decrypt.engine import WriteBehind
-from belle_decrypt.errors import InputError
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.recover.buffers import BufferPool, shaped
 from belle_decrypt.recover.checks import Item
-from belle_decrypt.torchload import import_torch
+from belle_decrypt.streams.engine import WriteBehind
 
 if TYPE_CHECKING:
     import torch

@@ -1,5 +1,5 @@
 """The per-file layout (docs/FORMAT.md section 7): OpenAssistant's and Pygmalion/Metharme's
-`xor_codec.py` releases, a :class:`~belle_decrypt.layout.Layout` whose key is a folder.
+`xor_codec.py` releases, a :class:`~belle_decrypt.layouts.protocol.Layout` whose key is a folder.
 
 Each payload file is the XOR of a model file with the same-named file of a LLaMA converted to
 the Hugging Face layout (the *base*), cut or zero-padded to the payload's length; a payload may
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from belle_decrypt import platform_io
-from belle_decrypt.errors import InputError, OutputError
-from belle_decrypt.keyid import KeyReport, KnownKey, llama_7b
-from belle_decrypt.keystream import Key, Keystream
-from belle_decrypt.layout import Source
-from belle_decrypt.manifest import Manifest
+from belle_decrypt.checks.keyid import KeyReport, KnownKey, llama_7b
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.ground import platform_io
+from belle_decrypt.ground.errors import InputError, OutputError
+from belle_decrypt.layouts.protocol import Source
+from belle_decrypt.streams.keystream import Key, Keystream
 
 PLAIN_NAMES = frozenset({"added_tokens.json"})
 """Payload files that are plain: copied as they are."""
@@ -253,7 +253,7 @@ def _check_readable(base: Path) -> None:
 
 
 class PerFileLayout:
-    """The per-file layout as a :class:`~belle_decrypt.layout.Layout`: every file in the
+    """The per-file layout as a :class:`~belle_decrypt.layouts.protocol.Layout`: every file in the
     payload folder but the hub's clutter is a payload keyed on ``base_dir``'s same-named file."""
 
     name = "perfile"

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from belle_decrypt.container import SUFFIX, KeyedOnLlama7B, parse_name, read_head
+from belle_decrypt.layouts.container import SUFFIX, KeyedOnLlama7B, parse_name, read_head
 
 if TYPE_CHECKING:
-    from belle_decrypt.layout import Layout, Source
+    from belle_decrypt.layouts.protocol import Layout, Source
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 """The hex every TechGPT file name carries: the SHA-256 of nothing, a placeholder."""

@@ -17,21 +17,26 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext, supp
 from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt import engine
-from belle_decrypt.cancel import CancelToken, check
-from belle_decrypt.container import HEADER_SIZE, EncName
-from belle_decrypt.decrypt import check_free_space, prepare_output_dir
-from belle_decrypt.detect import decrypted_name
-from belle_decrypt.engine import BUFFER_SIZE, xor_stream
-from belle_decrypt.errors import BelleError, InputError, ManifestError, OutputError
-from belle_decrypt.hashing import md5_file
-from belle_decrypt.headerless import TECHGPT
-from belle_decrypt.keystream import Key, Keystream
-from belle_decrypt.manifest import Manifest
-from belle_decrypt.outcome import FileProgress, Notices, Outcome, Tally
-from belle_decrypt.output import AtomicFile, remove_stale_temps, unreadable_existing
-from belle_decrypt.seed import OPENBUDDY, read_seed
-from belle_decrypt.states import FileState
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.ground.cancel import CancelToken, check
+from belle_decrypt.ground.errors import BelleError, InputError, ManifestError, OutputError
+from belle_decrypt.ground.outcome import FileProgress, Notices, Outcome, Tally
+from belle_decrypt.ground.states import FileState
+from belle_decrypt.layouts.container import HEADER_SIZE, EncName
+from belle_decrypt.layouts.headerless import TECHGPT
+from belle_decrypt.layouts.seed import OPENBUDDY, read_seed
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.engine import BUFFER_SIZE, xor_stream
+from belle_decrypt.streams.hashing import md5_file
+from belle_decrypt.streams.keystream import Key, Keystream
+from belle_decrypt.streams.output import (
+    AtomicFile,
+    check_free_space,
+    prepare_output_dir,
+    remove_stale_temps,
+    unreadable_existing,
+)
+from belle_decrypt.xor.detect import decrypted_name
 
 MANIFEST_NAME = "md5sums.txt"
 NAME_MAX = 255

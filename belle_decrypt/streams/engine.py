@@ -9,7 +9,7 @@ and see the buffers in order. A buffer goes back to the pool when every consumer
 it, so memory is ``slots * 2 * buffer_size`` whatever the file size. The calling thread
 supervises: it imports torch while the stages start, waits with timeouts (so Ctrl-C and
 SIGTERM reach it promptly), reports progress, and on any error, interruption or cancelled
-token (:mod:`belle_decrypt.cancel`) stops every stage, waits for them, and raises the first
+token (:mod:`belle_decrypt.ground.cancel`) stops every stage, waits for them, and raises the first
 error.
 """
 
@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from queue import Empty, Queue
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
-from belle_decrypt import platform_io
-from belle_decrypt.cancel import Cancelled, CancelToken
-from belle_decrypt.errors import OutputError
-from belle_decrypt.keystream import Keystream
-from belle_decrypt.torchload import import_torch
+from belle_decrypt.ground import platform_io
+from belle_decrypt.ground.cancel import Cancelled, CancelToken
+from belle_decrypt.ground.errors import OutputError
+from belle_decrypt.ground.torchload import import_torch
+from belle_decrypt.streams.keystream import Keystream
 
 if TYPE_CHECKING:
     import torch
@@ -409,8 +409,8 @@ def xor_stream(
     encrypting. ``src`` must be positioned at the first payload byte. ``backend`` "auto" uses
     Python ints while the process has XORed less than ``PLAIN_LIMIT`` bytes that way and has
     not imported torch, and torch otherwise. ``cancel``, once cancelled, stops every stage
-    within a buffer and raises :class:`~belle_decrypt.cancel.Cancelled`. Errors from any stage
-    are raised here, after every stage has stopped.
+    within a buffer and raises :class:`~belle_decrypt.ground.cancel.Cancelled`. Errors from any
+    stage are raised here, after every stage has stopped.
     """
     if length == 0:
         return

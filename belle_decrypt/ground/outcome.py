@@ -8,18 +8,23 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from belle_decrypt.errors import BelleError
-from belle_decrypt.states import FileState, Verified
-
-if TYPE_CHECKING:
-    from belle_decrypt.diagnose import Diagnosis
+from belle_decrypt.ground.errors import BelleError
+from belle_decrypt.ground.states import FileState, Verified
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just done."""
 FileProgress = Callable[[str, int], AbstractContextManager[Progress | None]]
 """Opens the progress of one file, given its (output) name and size in bytes."""
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The likely cause of one failure, as a hint to append to its message."""
+
+    wrong_key: bool
+    hint: str
 
 
 class FileResult(Protocol):

@@ -16,24 +16,26 @@ from typing import Any
 import click
 
 from belle_decrypt import __version__
-from belle_decrypt.console import (
+from belle_decrypt.cli.console import (
     PROG,
     ConsoleNotices,
     bar,
-    check_key_run,
-    decrypt_run,
-    echo_batched,
-    encrypt_run,
     error,
     failure,
     keep_going_without_stdout_reader,
     progress_enabled,
     user_errors,
-    verify_lines,
     warn,
 )
-from belle_decrypt.errors import BelleError, ExitCode, InputError
-from belle_decrypt.states import CheckStatus
+from belle_decrypt.cli.reports import (
+    check_key_run,
+    decrypt_run,
+    echo_batched,
+    encrypt_run,
+    verify_lines,
+)
+from belle_decrypt.ground.errors import BelleError, ExitCode, InputError
+from belle_decrypt.ground.states import CheckStatus
 
 # Arguments are checked by the library, which says what is wrong in one line.
 PATH = click.Path(path_type=Path, readable=False)
@@ -122,7 +124,7 @@ def decrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options:
       belle-decrypt decrypt BELLE-7B-2M-enc/ llama/7B/consolidated.00.pth BELLE-7B-2M/ \\
           --manifest model-card-md5.txt
     """
-    from belle_decrypt.perfile_run import prepare_decrypt
+    from belle_decrypt.xor.perfile_run import prepare_decrypt
 
     with user_errors(writing=True):
         with prepare_decrypt(source, key_file, out_dir, ConsoleNotices(quiet), **options) as run:
@@ -155,8 +157,8 @@ def verify(
       belle-decrypt verify BELLE-7B-2M-enc/ --manifest model-card-md5.txt
       belle-decrypt verify BELLE-7B-2M/ --manifest model-card-md5.txt --json | jq .ok
     """
-    from belle_decrypt.manifest import Manifest
-    from belle_decrypt.verify import files_to_check, planned_bytes, verify_folder
+    from belle_decrypt.checks.manifest import Manifest
+    from belle_decrypt.checks.verify import files_to_check, planned_bytes, verify_folder
 
     with user_errors():
         try:
@@ -231,7 +233,7 @@ def encrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options:
       belle-decrypt encrypt my-finetune/ llama/7B/consolidated.00.pth my-finetune-enc/
       belle-decrypt encrypt --format perfile my-finetune/ llama-7b-hf/ my-finetune-xor/
     """
-    from belle_decrypt.perfile_publish import prepare_any_publish
+    from belle_decrypt.publish.perfile_publish import prepare_any_publish
 
     with user_errors(writing=True):
         notices = ConsoleNotices(quiet)
@@ -264,7 +266,7 @@ def demo(keep: Path | None) -> None:
     """
     import tempfile
 
-    from belle_decrypt.demo import run_steps
+    from belle_decrypt.publish.demo import run_steps
 
     def steps(folder: Path) -> None:
         run_steps(folder, click.echo, _run_demo_step)
@@ -322,7 +324,7 @@ def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **option
     Example:
       belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca
     """
-    from belle_decrypt.console import recover_run
+    from belle_decrypt.cli.reports import recover_run
 
     with user_errors(writing=True):
         recover_run(diff_dir, base_dir, out_dir, quiet, **options)

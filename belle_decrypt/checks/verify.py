@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from belle_decrypt import jobs
-from belle_decrypt.cancel import CancelToken
-from belle_decrypt.errors import InputError, ManifestError
-from belle_decrypt.hashing import NotRegularFile, hash_file
-from belle_decrypt.manifest import Manifest, ManifestEntry, no_cyclic_gc
-from belle_decrypt.states import CheckStatus
+from belle_decrypt.checks.manifest import Manifest, ManifestEntry, no_cyclic_gc
+from belle_decrypt.ground.cancel import CancelToken
+from belle_decrypt.ground.errors import InputError, ManifestError
+from belle_decrypt.ground.states import CheckStatus
+from belle_decrypt.streams import jobs
+from belle_decrypt.streams.hashing import NotRegularFile, hash_file
 
 OK = CheckStatus.OK
 FAILED = CheckStatus.FAILED

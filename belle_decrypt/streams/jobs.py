@@ -2,11 +2,11 @@
 
 Results are handed back in the items' order, in the calling thread, as soon as each is ready.
 The first exception a call raises stops the handing out of new items, cancels the run's token
-(:class:`belle_decrypt.cancel.CancelToken`: the calls in flight hold it and stop at their next
-buffer), and is raised once every worker has stopped. An exception in the calling thread
+(:class:`belle_decrypt.ground.cancel.CancelToken`: the calls in flight hold it and stop at their
+next buffer), and is raised once every worker has stopped. An exception in the calling thread
 (Ctrl-C, SIGTERM, a failing ``on_result``) does the same. The calling thread only ever waits
 with timeouts, so signals reach it promptly. The exception raised carries the unfinished files
-that the stopped calls removed (:func:`belle_decrypt.cancel.removed_unfinished`).
+that the stopped calls removed (:func:`belle_decrypt.ground.cancel.removed_unfinished`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from belle_decrypt.cancel import CancelToken, carry_removed
-from belle_decrypt.platform_io import available_cores
+from belle_decrypt.ground.cancel import CancelToken, carry_removed
+from belle_decrypt.ground.platform_io import available_cores
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -15,27 +15,25 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from belle_decrypt import jobs
-from belle_decrypt.cancel import CancelToken
-from belle_decrypt.container import BELLE
-from belle_decrypt.decrypt import (
+from belle_decrypt.checks.keyid import identify
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.ground.cancel import CancelToken
+from belle_decrypt.ground.errors import BelleError, DigestMismatch, InputError, ProblemsReported
+from belle_decrypt.ground.outcome import FileProgress, Notices, Outcome, Progress, Tally
+from belle_decrypt.ground.states import FileState, Verified
+from belle_decrypt.layouts.container import BELLE
+from belle_decrypt.layouts.protocol import Layout, Source, input_paths, plan, skip_reason
+from belle_decrypt.layouts.seed import is_copy
+from belle_decrypt.streams import jobs
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.streams.output import check_free_space, prepare_output_dir, remove_stale_temps
+from belle_decrypt.xor.decrypt import (
     Result,
     bytes_to_write,
-    check_free_space,
     decrypt_file,
-    prepare_output_dir,
 )
-from belle_decrypt.detect import run_layout, settle
-from belle_decrypt.diagnose import Diagnoser, Diagnosis
-from belle_decrypt.errors import BelleError, DigestMismatch, InputError, ProblemsReported
-from belle_decrypt.keyid import identify
-from belle_decrypt.keystream import Key
-from belle_decrypt.layout import Layout, Source, input_paths, plan, skip_reason
-from belle_decrypt.manifest import Manifest
-from belle_decrypt.outcome import FileProgress, Notices, Outcome, Progress, Tally
-from belle_decrypt.output import remove_stale_temps
-from belle_decrypt.seed import is_copy
-from belle_decrypt.states import FileState, Verified
+from belle_decrypt.xor.detect import default_layouts, run_layout, settle
+from belle_decrypt.xor.diagnose import Diagnoser, Diagnosis
 
 COPIED = {
     FileState.DECRYPTED: FileState.COPIED,
@@ -92,7 +90,7 @@ def prepare_run(
     ``key_file`` is None for layouts whose key is a folder given to them (the per-file
     layout); they bring their own ``diagnoser``.
     """
-    checked = settle(source, plan(source, layouts))
+    checked = settle(source, plan(source, layouts if layouts is not None else default_layouts()))
     problems = list(checked.problems)
     for problem in problems:
         notices.problem(problem)

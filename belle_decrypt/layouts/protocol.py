@@ -3,7 +3,7 @@
 A *layout* is one way publishers lay out an encrypted release (docs/FORMAT.md has each one).
 The decrypt path (plan, batch, decrypt, engine) knows layouts only through :class:`Layout` and
 the :class:`Source` records it opens; the engine only pulls bytes from a
-:class:`~belle_decrypt.keystream.Keystream`. A layout answers four questions:
+:class:`~belle_decrypt.streams.keystream.Keystream`. A layout answers four questions:
 
 - which file names are its own, and what each decrypts to (:meth:`Layout.recognises`,
   :attr:`Source.output_name`);
@@ -15,9 +15,10 @@ the :class:`Source` records it opens; the engine only pulls bytes from a
 - which key it needs (:attr:`Layout.expected_key`) and what to do when the key given is not
   that one (:meth:`Layout.key_warning`: warn, or refuse where nothing would catch it).
 
-The BELLE container (:class:`belle_decrypt.container.BelleContainer`) is the first one; the
-headerless BELLE files of TechGPT and OpenBuddy's 16 MiB seed follow
-(:mod:`belle_decrypt.headerless`, :mod:`belle_decrypt.seed`), and :mod:`belle_decrypt.detect`
+The BELLE container (:class:`belle_decrypt.layouts.container.BelleContainer`) is the first
+one; the headerless BELLE files of TechGPT and OpenBuddy's 16 MiB seed follow
+(:mod:`belle_decrypt.layouts.headerless`, :mod:`belle_decrypt.layouts.seed`), and
+:mod:`belle_decrypt.xor.detect` (a layer above the layouts; this module imports none of them)
 tells them apart by name and size when no ``--format`` is given.
 
 Adding a layout
@@ -25,9 +26,10 @@ Adding a layout
 1. Write a class with the attributes and methods of :class:`Layout` (options, such as a base
    folder or which key file to use, are arguments of its constructor) and a frozen dataclass
    for its files with the properties of :class:`Source`. ``open`` raises
-   :class:`~belle_decrypt.errors.InputError` with one line saying what is wrong and what to do.
+   :class:`~belle_decrypt.ground.errors.InputError` with one line saying what is wrong and what
+   to do.
 2. Give it a keystream: any object with ``fill(out, offset)``
-   (:class:`~belle_decrypt.keystream.Keystream`), which writes the keystream for payload
+   (:class:`~belle_decrypt.streams.keystream.Keystream`), which writes the keystream for payload
    bytes ``offset .. offset+len(out)`` into ``out`` (a 16 MiB seed repeated: copy from the seed
    at ``offset % seed``; a same-named base file: pread at ``offset`` and zero the rest past
    its end; never a mapping of a file that may shrink). ``keystream(source, key)`` returns a
@@ -35,14 +37,14 @@ Adding a layout
    is a folder (the per-file layout) also has ``own_keystream(source)`` (:class:`FolderKeyed`):
    a run of it opens no key file. A source whose payload needs decoding (gzip) also has
    ``open_payload`` (:class:`OwnPayload`).
-3. Say which key it needs (``expected_key``, a :class:`~belle_decrypt.keyid.KnownKey`: the
+3. Say which key it needs (``expected_key``, a :class:`~belle_decrypt.checks.keyid.KnownKey`: the
    run fingerprints the key against it) and what a different key means (``key_warning``:
-   usually :func:`~belle_decrypt.keyid.unexpected_key_warning`; refuse where no checksum
+   usually :func:`~belle_decrypt.checks.keyid.unexpected_key_warning`; refuse where no checksum
    would catch it).
 4. Put an instance in the list passed to :func:`plan` (and to ``batch.prepare_run``), before the
    layouts whose names it must win over; the command line builds that list from its options
-   (:func:`belle_decrypt.detect.layouts_for`; detection in :mod:`belle_decrypt.detect` when a
-   name is enough to tell). A run takes one layout per folder (``detect.settle``).
+   (:func:`belle_decrypt.xor.detect.layouts_for`; detection in :mod:`belle_decrypt.xor.detect`
+   when a name is enough to tell). A run takes one layout per folder (``detect.settle``).
 5. Describe it in docs/FORMAT.md and test it against an independent reference in tests/.
 """
 
@@ -54,10 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from belle_decrypt.errors import InputError
-from belle_decrypt.keyid import KeyReport, KnownKey
-from belle_decrypt.keystream import Key, Keystream
-from belle_decrypt.output import TEMP_PREFIX
+from belle_decrypt.checks.keyid import KeyReport, KnownKey
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.streams.keystream import Key, Keystream
+from belle_decrypt.streams.output import TEMP_PREFIX
 
 
 class Source(Protocol):
@@ -149,14 +151,6 @@ def skip_reason(layouts: Sequence[Layout]) -> str:
     return next((reason for reason in reasons if reason), "not a .enc file")
 
 
-def default_layouts() -> tuple[Layout, ...]:
-    """The layouts a run knows without options: every XOR layout, told apart by name and
-    size (:data:`belle_decrypt.detect.DETECT`)."""
-    from belle_decrypt.detect import DETECT
-
-    return (DETECT,)
-
-
 @dataclass(frozen=True)
 class Plan:
     """What a source path holds: checked files (smallest first), skipped files, problems."""
@@ -177,11 +171,11 @@ def _layout_for(filename: str, layouts: Sequence[Layout]) -> Layout | None:
     return next((layout for layout in layouts if layout.recognises(filename)), None)
 
 
-def plan(source: Path, layouts: Sequence[Layout] | None = None) -> Plan:
+def plan(source: Path, layouts: Sequence[Layout]) -> Plan:
     """Check one file, or every file directly in a folder that a layout recognises, before
     anything is written. A single file is opened by the first layout that recognises its name
     (or the first layout, which then says what is wrong with the name)."""
-    layouts = tuple(layouts) if layouts is not None else default_layouts()
+    layouts = tuple(layouts)
     if not source.exists():
         raise InputError(
             "no such file or folder; pass a downloaded .enc file or its folder", source

@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from belle_decrypt.errors import InputError
-from belle_decrypt.hashing import md5_file
-from belle_decrypt.keystream import check_key_file
-from belle_decrypt.torchload import import_torch
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.ground.torchload import import_torch
+from belle_decrypt.streams.hashing import md5_file
+from belle_decrypt.streams.keystream import check_key_file
 
 HEAD_SIZE = 16 * 1024 * 1024
 

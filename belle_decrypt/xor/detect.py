@@ -20,12 +20,12 @@ import stat
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from belle_decrypt.container import BELLE, HEADER_SIZE, SUFFIX, KeyedOnLlama7B
-from belle_decrypt.errors import InputError
-from belle_decrypt.headerless import EMPTY_SHA256, TECHGPT, is_hex_run
-from belle_decrypt.keystream import Key, Keystream
-from belle_decrypt.layout import Layout, Plan, Source
-from belle_decrypt.seed import OPENBUDDY, PLAIN_COPY, is_copy
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.layouts.container import BELLE, HEADER_SIZE, SUFFIX, KeyedOnLlama7B
+from belle_decrypt.layouts.headerless import EMPTY_SHA256, TECHGPT, is_hex_run
+from belle_decrypt.layouts.protocol import Layout, Plan, Source
+from belle_decrypt.layouts.seed import OPENBUDDY, PLAIN_COPY, is_copy
+from belle_decrypt.streams.keystream import Key, Keystream
 
 LAYOUTS: dict[str, Layout] = {"belle": BELLE, "techgpt": TECHGPT, "openbuddy": OPENBUDDY}
 """The layouts ``--format`` can name."""
@@ -143,3 +143,9 @@ def decrypted_name(enc_filename: str) -> str:
     hex_part = _hex_part(enc_filename)
     name = enc_filename.removesuffix(SUFFIX)
     return name[: -len(hex_part) - 1] if hex_part is not None else name
+
+
+def default_layouts() -> tuple[Layout, ...]:
+    """The layouts a run knows without options: every XOR layout, told apart by name and
+    size (:data:`DETECT`)."""
+    return (DETECT,)

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from belle_decrypt.container import SUFFIX
-from belle_decrypt.errors import ManifestClash, ManifestError
+from belle_decrypt.ground.errors import ManifestClash, ManifestError
+
+SUFFIX = ".enc"
+"""The suffix of a downloaded encrypted file, in every XOR layout."""
 
 # The digest algorithms a manifest may use, by the length of their hex digest.
 ALGORITHM_BY_LENGTH = {32: "md5", 64: "sha256"}

@@ -14,15 +14,15 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from belle_decrypt.container import SUFFIX
-from belle_decrypt.errors import InputError
-from belle_decrypt.hashing import hash_file
-from belle_decrypt.headerless import Headerless, open_headerless
-from belle_decrypt.keyid import KeyReport, KnownKey, llama_7b_seed, unexpected_key_warning
-from belle_decrypt.keystream import KEY_HINT, Key, Keystream
+from belle_decrypt.checks.keyid import KeyReport, KnownKey, llama_7b_seed, unexpected_key_warning
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.layouts.container import SUFFIX
+from belle_decrypt.layouts.headerless import Headerless, open_headerless
+from belle_decrypt.streams.hashing import hash_file
+from belle_decrypt.streams.keystream import KEY_HINT, Key, Keystream
 
 if TYPE_CHECKING:
-    from belle_decrypt.layout import Source
+    from belle_decrypt.layouts.protocol import Source
 
 SEED_SIZE = 16 * 1024 * 1024
 CLUTTER_PREFIXES = ("readme", "license", "licence")

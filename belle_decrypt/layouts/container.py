@@ -1,6 +1,7 @@
-"""The BELLE container (docs/FORMAT.md section 1), the first :class:`~belle_decrypt.layout.Layout`:
+"""The BELLE container (docs/FORMAT.md section 1), the first
+:class:`~belle_decrypt.layouts.protocol.Layout`:
 `NAME.<sha256 hex>.enc`, a 32-byte SHA-256 of the decrypted file, then the XORed payload,
-keyed with 10 MiB pieces of the key file (:class:`~belle_decrypt.keystream.Key`).
+keyed with 10 MiB pieces of the key file (:class:`~belle_decrypt.streams.keystream.Key`).
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from belle_decrypt import platform_io
-from belle_decrypt.errors import InputError
-from belle_decrypt.keyid import KeyReport, KnownKey, llama_7b, unexpected_key_warning
-from belle_decrypt.keystream import Key, Keystream
-from belle_decrypt.output import TEMP_PREFIX
+from belle_decrypt.checks.keyid import KeyReport, KnownKey, llama_7b, unexpected_key_warning
+from belle_decrypt.checks.manifest import SUFFIX as SUFFIX
+from belle_decrypt.ground import platform_io
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.streams.keystream import Key, Keystream
+from belle_decrypt.streams.output import TEMP_PREFIX
 
 if TYPE_CHECKING:
-    from belle_decrypt.layout import Source
+    from belle_decrypt.layouts.protocol import Source
 
 HEADER_SIZE = 32
-SUFFIX = ".enc"
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 LFS_POINTER_MAX_SIZE = 1024
 
@@ -195,7 +196,7 @@ class KeyedOnLlama7B:
 
 
 class BelleContainer(KeyedOnLlama7B):
-    """The BELLE container as a :class:`~belle_decrypt.layout.Layout`."""
+    """The BELLE container as a :class:`~belle_decrypt.layouts.protocol.Layout`."""
 
     name = "belle"
     pattern = "NAME.<sha256>.enc"

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from belle_decrypt import platform_io
-from belle_decrypt.errors import InputError, OutputError
+from belle_decrypt.ground import platform_io
+from belle_decrypt.ground.errors import InputError, OutputError
 
 PIECE_SIZE = 10 * 1024 * 1024
 

@@ -17,10 +17,12 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt import engine
-from belle_decrypt.cancel import CancelToken, check
-from belle_decrypt.decrypt import check_free_space, prepare_output_dir
-from belle_decrypt.encrypt import (
+from belle_decrypt.ground.cancel import CancelToken, check
+from belle_decrypt.ground.errors import BelleError, InputError, OutputError
+from belle_decrypt.ground.outcome import FileProgress, Notices, Outcome
+from belle_decrypt.ground.states import FileState
+from belle_decrypt.layouts.perfile import PLAIN_NAMES, BaseStream, is_clutter
+from belle_decrypt.publish.encrypt import (
     PUBLISHING,
     Encrypted,
     Publish,
@@ -29,14 +31,16 @@ from belle_decrypt.encrypt import (
     publish_each,
     status_against_existing,
 )
-from belle_decrypt.engine import BUFFER_SIZE, xor_stream
-from belle_decrypt.errors import BelleError, InputError, OutputError
-from belle_decrypt.hashing import md5_file
-from belle_decrypt.outcome import FileProgress, Notices, Outcome
-from belle_decrypt.output import AtomicFile, remove_stale_temps
-from belle_decrypt.perfile import PLAIN_NAMES, BaseStream, is_clutter
-from belle_decrypt.perfile_run import same_folder
-from belle_decrypt.states import FileState
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.engine import BUFFER_SIZE, xor_stream
+from belle_decrypt.streams.hashing import md5_file
+from belle_decrypt.streams.output import (
+    AtomicFile,
+    check_free_space,
+    prepare_output_dir,
+    remove_stale_temps,
+)
+from belle_decrypt.xor.perfile_run import same_folder
 
 PAYLOAD_LIST = "md5sums.txt"
 DECODED_LIST = "md5sums-decoded.txt"

@@ -11,14 +11,14 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from belle_decrypt.batch import Run, Settings, prepare_run
-from belle_decrypt.cancel import CancelToken
-from belle_decrypt.diagnose import Diagnoser, Diagnosis
-from belle_decrypt.errors import InputError, ManifestClash, ManifestError
-from belle_decrypt.layout import Source
-from belle_decrypt.manifest import Manifest
-from belle_decrypt.outcome import Notices
-from belle_decrypt.perfile import PINNED, PayloadFile, PerFileLayout
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.ground.cancel import CancelToken
+from belle_decrypt.ground.errors import InputError, ManifestClash, ManifestError
+from belle_decrypt.ground.outcome import Notices
+from belle_decrypt.layouts.perfile import PINNED, PayloadFile, PerFileLayout
+from belle_decrypt.layouts.protocol import Source
+from belle_decrypt.xor.batch import Run, Settings, prepare_run
+from belle_decrypt.xor.diagnose import Diagnoser, Diagnosis
 
 
 def read_split_manifest(paths: Sequence[Path]) -> Manifest | None:
@@ -90,7 +90,7 @@ def prepare_perfile_run(
 ) -> Iterator[Run]:
     """Check a per-file run before anything is written: the base folder, both lists (each
     refused when it holds a whole card's two blocks), then everything
-    :func:`~belle_decrypt.batch.prepare_run` checks."""
+    :func:`~belle_decrypt.xor.batch.prepare_run` checks."""
     if not base_dir.is_dir():
         raise InputError(
             "the base is not a folder; pass the folder of LLaMA converted to the Hugging Face "
@@ -157,6 +157,6 @@ def prepare_decrypt(
         return prepare_perfile_run(source, key, settings, manifests, base_manifests, notices)
     if base_manifests:
         raise InputError("--base-manifest is for the per-file layout (KEY_FILE a folder)")
-    from belle_decrypt.detect import layouts_for
+    from belle_decrypt.xor.detect import layouts_for
 
     return prepare_run(source, key, settings, manifests, notices, layouts_for(format_name))

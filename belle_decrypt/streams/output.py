@@ -2,7 +2,7 @@
 
 A file under its final name is always complete and verified. Temporary files are named
 ``.belle-tmp.<pid>.<token>.<name>`` and locked by their run for their whole life
-(:class:`belle_decrypt.platform_io.LockOwnership`), so that a later run, in this container or
+(:class:`belle_decrypt.ground.platform_io.LockOwnership`), so that a later run, in this container or
 another on the same kernel, removes only the ones nobody holds.
 """
 
@@ -13,13 +13,14 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from belle_decrypt.cancel import note_removed
-from belle_decrypt.errors import OutputError
-from belle_decrypt.platform_io import OWNERSHIP, Hold, fsync_dir
+from belle_decrypt.ground.cancel import note_removed
+from belle_decrypt.ground.errors import InputError, OutputError
+from belle_decrypt.ground.platform_io import OWNERSHIP, Hold, fsync_dir
 
 TEMP_PREFIX = ".belle-tmp."
 _TEMP_RE = re.compile(rf"^\.belle-tmp\.(?P<owner>{OWNERSHIP.pattern})\.[0-9a-f]{{8}}\.")
@@ -48,7 +49,7 @@ class AtomicFile:
     """A context manager yielding a temporary file that becomes ``final`` only on ``commit``.
 
     Leaving the block without ``commit`` (an error, a signal) removes the temporary file and
-    notes it on the exception (:func:`belle_decrypt.cancel.note_removed`).
+    notes it on the exception (:func:`belle_decrypt.ground.cancel.note_removed`).
     """
 
     def __init__(self, final: Path, *, fsync: bool = True) -> None:
@@ -186,3 +187,44 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             continue  # best effort: gone already, or not ours to remove (permissions)
         removed.append(Path(entry.path))
     return removed
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Create the output folder with its parents; refuse a path that is not a folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("the output folder is a file; pass a folder", out_dir)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise InputError(
+            f"the output folder is a symbolic link to {os.readlink(out_dir)}, which does not "
+            "exist; create that folder or pass another one",
+            out_dir,
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error_type = InputError if exc.errno in (errno.ENOTDIR, errno.EEXIST) else OutputError
+        raise error_type(
+            f"cannot create the output folder: {exc.strerror or exc}; pass a folder you can "
+            "write to",
+            out_dir,
+        ) from exc
+
+
+def check_free_space(out_dir: Path, needed: int) -> None:
+    """Refuse to start when ``needed`` bytes will not fit in ``out_dir``."""
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError as exc:
+        raise OutputError(
+            f"cannot read the free space: {exc.strerror or exc}; check the output folder", out_dir
+        ) from exc
+    if needed > free:
+        raise OutputError(
+            f"needs {needed:,} bytes ({_gib(needed)}) but only {free:,} ({_gib(free)}) are "
+            "free; free some space or choose another output folder",
+            out_dir,
+        )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 1024**3:.1f} GiB"

@@ -1,272 +1,38 @@
-"""What the command line shows: one-line messages, progress bars, summary lines, exit codes.
-
-Every command's output goes through here: errors and warnings as one escaped line on stderr,
-summary lines on stdout that do not garble the bars, the overall + per-file bars on stderr
-(only for a person watching a terminal), and :func:`user_errors`, which turns library errors
-and signals into one line and an exit code, never a traceback. The library knows none of it.
-"""
+"""Each command's run as the user sees it: bars, one line per file, the summary and verdict
+lines, from the library's results (messages, bars and exit codes are :mod:`console`'s)."""
 
 from __future__ import annotations
 
-import io
 import os
-import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from belle_decrypt import platform_io
-from belle_decrypt.cancel import removed_unfinished
-from belle_decrypt.errors import BelleError, ExitCode, ProblemsReported
-from belle_decrypt.states import Verified
+from belle_decrypt.cli.console import (
+    Bars,
+    bar,
+    error,
+    human_size,
+    one_line,
+    progress_enabled,
+    say,
+    warn,
+)
+from belle_decrypt.ground.states import Verified
 
 if TYPE_CHECKING:
-    from belle_decrypt.basecheck import BaseReport
-    from belle_decrypt.batch import Run
-    from belle_decrypt.decrypt import Result
-    from belle_decrypt.encrypt import Encrypted, Publish, PublishTally
-    from belle_decrypt.keyid import KeyReport
-    from belle_decrypt.outcome import Outcome, Tally
-    from belle_decrypt.perfile_publish import PerFilePublish
+    from belle_decrypt.checks.keyid import KeyReport
+    from belle_decrypt.checks.verify import VerifyReport
+    from belle_decrypt.ground.outcome import Outcome, Tally
+    from belle_decrypt.publish.encrypt import Encrypted, Publish, PublishTally
+    from belle_decrypt.publish.perfile_publish import PerFilePublish
     from belle_decrypt.recover.run import Outcome as Recovered
-    from belle_decrypt.verify import VerifyReport
-
-PROG = "belle-decrypt"
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that `with` blocks clean up."""
-
-    exit_code = ExitCode.SIGTERM
-    word = "terminated"
-
-
-class HungUp(Terminated):
-    """Raised on SIGHUP (a closed terminal or ssh session), handled like SIGTERM."""
-
-    exit_code = ExitCode.SIGHUP
-    word = "hung up"
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
-    raise HungUp() if platform_io.is_hangup(signum) else Terminated()
-
-
-# Control characters (a line break in a file name) shown escaped, so a message stays one line;
-# the bytes of a name that is not UTF-8 (surrogate escapes, as Python reads a GBK name) shown as
-# `\xNN`, since they cannot be written to a UTF-8 terminal.
-_ESCAPES = (
-    {i: f"\\x{i:02x}" for i in (*range(32), 127)}
-    | {10: "\\n", 9: "\\t", 13: "\\r"}
-    | {i: f"\\u{i:04x}" for i in range(0xD800, 0xE000)}
-    | {0xDC00 + i: f"\\x{i:02x}" for i in range(0x80, 0x100)}
-)
-
-
-def one_line(text: str) -> str:
-    """``text`` with control characters and undecodable bytes escaped; other characters
-    (Chinese names) kept."""
-    return text.translate(_ESCAPES)
-
-
-def error(message: str) -> None:
-    """One line on stderr (dropped if stderr is gone, as after a hang-up)."""
-    with suppress(OSError):
-        click.echo(f"{PROG}: error: {one_line(message)}", err=True)
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr."""
-    with suppress(OSError):
-        click.echo(f"{PROG}: warning: {one_line(message)}", err=True)
-
-
-def human_size(size: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def failure(exc: BaseException, writing: bool = False) -> tuple[str, ExitCode] | None:
-    """The one line (empty when each problem was said already) and the exit code for ``exc``;
-    None for what is not a failure to report (click's own exits)."""
-    if isinstance(exc, ProblemsReported):
-        return "", exc.exit_code
-    if isinstance(exc, BelleError):
-        return str(exc), exc.exit_code
-    if isinstance(exc, OSError):  # a last resort: an I/O error the library did not word
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        after = "; nothing was left under a final name" if writing else ""
-        return f"{where}{exc.strerror or exc}{after}", ExitCode.FAILED
-    if isinstance(exc, KeyboardInterrupt):
-        return _interrupted("interrupted", exc, writing), ExitCode.SIGINT
-    if isinstance(exc, Terminated):
-        return _interrupted(exc.word, exc, writing), exc.exit_code
-    return None
-
-
-def _interrupted(word: str, exc: BaseException, writing: bool) -> str:
-    """What an interrupt did: the unfinished files removed, named only when there were any."""
-    if not writing:
-        return word
-    again = "run the same command again to finish"
-    removed = removed_unfinished(exc)
-    if len(removed) == 1:
-        return f"{removed[0]}: {word}; the unfinished file was removed; {again}"
-    if removed:
-        names = ", ".join(str(path) for path in removed)
-        return f"{word}; the unfinished files {names} were removed; {again}"
-    return f"{word}; {again}"
-
-
-@contextmanager
-def user_errors(writing: bool = False) -> Iterator[None]:
-    """Map library errors and signals to one line and an exit code; never a traceback.
-
-    SIGXFSZ is ignored (where it exists) so that a file-size limit (``ulimit -f``) makes
-    write() fail with EFBIG, which is reported like any write error, instead of killing the
-    process. ``writing`` commands say, when interrupted, which unfinished files were removed.
-    """
-    restore = platform_io.install_signal_handlers(_on_signal)
-    try:
-        yield
-    except BaseException as exc:
-        reported = failure(exc, writing)
-        if reported is None:
-            raise
-        line, code = reported
-        if line:
-            error(line)
-        sys.exit(code)
-    finally:
-        restore()
-
-
-def progress_enabled(quiet: bool) -> bool:
-    """Bars only for a person watching a terminal."""
-    return not quiet and sys.stderr.isatty()
-
-
-def bar(total: int, desc: str, enabled: bool, position: int = 0, leave: bool = False) -> Any:
-    """A byte-counting tqdm bar on stderr (a no-op one when not ``enabled``)."""
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        disable=not enabled,
-        position=position,
-        leave=leave,
-        dynamic_ncols=True,
-    )
-
-
-class Bars:
-    """An overall bar (folder form only) and a bar per file, advanced together.
-
-    ``advance`` may be called from several threads (``--jobs``).
-    """
-
-    def __init__(self, total: int, folder: bool, enabled: bool) -> None:
-        self.folder, self.enabled = folder, enabled
-        self.overall = bar(total, "all files", enabled and folder, 0, True)
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> Bars:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.overall.close()
-
-    @contextmanager
-    def file(self, size: int, name: str, shown: bool = True) -> Iterator[Callable[[int], None]]:
-        """A bar for one file (``shown`` False: only the overall bar moves)."""
-        folder = self.folder
-        with bar(size, name, self.enabled and shown, int(folder), not folder) as file_bar:
-
-            def advance(n: int) -> None:
-                with self.lock:
-                    file_bar.update(n)
-                    self.overall.update(n)
-
-            yield advance
-
-
-def say(line: str, quiet: bool) -> None:
-    """A summary line on stdout that does not garble progress bars."""
-    if quiet:
-        return
-    from tqdm import tqdm
-
-    tqdm.write(one_line(line), file=sys.stdout)
-    sys.stdout.flush()
-
-
-class _StdoutFile(io.FileIO):
-    """Standard output's descriptor, where a reader that has gone (EPIPE) makes the rest of
-    the output go nowhere instead of failing the command."""
-
-    def write(self, data: Any, /) -> int:
-        size = memoryview(data).nbytes
-        try:
-            return super().write(data) or 0
-        except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.fileno())
-            os.close(devnull)
-            return size
-
-
-def keep_going_without_stdout_reader() -> None:
-    """Make stdout swallow output once its reader has gone (`| head -0`, `| head -1`).
-
-    The command then does all its work and exits with its real status (0 when all is OK),
-    whatever it prints and whenever: click's own --help included, and the last flush at exit.
-    Called once, by the entry point; stdout keeps its encoding and buffering.
-    """
-    old = sys.stdout
-    if old is None:
-        return
-    try:
-        fd = old.fileno()
-    except (AttributeError, OSError, ValueError):
-        return  # not a real file (captured): nothing to guard
-    old.flush()
-    raw = _StdoutFile(fd, "w", closefd=False)
-    sys.stdout = io.TextIOWrapper(
-        io.BufferedWriter(raw),
-        encoding=old.encoding,
-        errors=old.errors,
-        line_buffering=bool(old.line_buffering),
-    )
-
-
-class ConsoleNotices:
-    """The checks before a run, reported as lines (:class:`belle_decrypt.outcome.Notices`)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def problem(self, exc: BelleError) -> None:
-        error(str(exc))
-
-    def warning(self, text: str) -> None:
-        warn(text)
-
-    def skipped(self, path: Path, why: str) -> None:
-        say(f"skipped            {path.name} ({why})", self.quiet)
+    from belle_decrypt.xor.basecheck import BaseReport
+    from belle_decrypt.xor.batch import Run
+    from belle_decrypt.xor.decrypt import Result
 
 
 def decrypt_run(run: Run, quiet: bool) -> Tally:
@@ -274,7 +40,7 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
 
     With several jobs at once only the overall bar is drawn.
     """
-    from belle_decrypt.batch import decrypt_all
+    from belle_decrypt.xor.batch import decrypt_all
 
     settings = run.settings
     total = sum(enc.payload_size for enc in run.files)
@@ -334,8 +100,8 @@ def encrypt_run(
     publish: Publish | PerFilePublish, quiet: bool, *, force: bool, fsync: bool
 ) -> PublishTally:
     """Encrypt with progress bars and one line per file, then say which manifest was written."""
-    from belle_decrypt.encrypt import encrypt_all
-    from belle_decrypt.perfile_publish import DECODED_LIST, PerFilePublish, encode_all
+    from belle_decrypt.publish.encrypt import encrypt_all
+    from belle_decrypt.publish.perfile_publish import DECODED_LIST, PerFilePublish, encode_all
 
     total = sum(publish.sizes.values())
     with Bars(total, publish.folder, progress_enabled(quiet)) as bars:
@@ -371,7 +137,7 @@ def encrypt_run(
 def verify_lines(report: VerifyReport, quiet: bool) -> Iterator[str]:
     """`verify`'s text output, each line with its line break: one per listed file's entry
     (only those not OK with ``quiet``), then the count."""
-    from belle_decrypt.states import CheckStatus
+    from belle_decrypt.ground.states import CheckStatus
 
     for check in report.files:
         if check.status is CheckStatus.OK and quiet:
@@ -412,8 +178,8 @@ def check_key_run(
     """`check-key`: the key file's verdict against ``format_name``'s key (with a bar when
     hashing it whole), or a base folder's (:func:`base_run`), printed; True when it is what
     is needed."""
-    from belle_decrypt import keyid
-    from belle_decrypt.detect import LAYOUTS
+    from belle_decrypt.checks import keyid
+    from belle_decrypt.xor.detect import LAYOUTS
 
     # isdir never raises: identify() says what is wrong with an unreadable path
     if format_name == "perfile" or os.path.isdir(key_file) or base_manifests:
@@ -432,8 +198,8 @@ def check_key_run(
 def base_run(folder: Path, manifests: Sequence[Path], quiet: bool) -> bool:
     """`check-key` on a base folder: its look, its files against the card's base list (with a
     bar), printed; True when it is a converted LLaMA matching the list."""
-    from belle_decrypt.basecheck import check_base
-    from belle_decrypt.perfile_run import read_split_manifest
+    from belle_decrypt.xor.basecheck import check_base
+    from belle_decrypt.xor.perfile_run import read_split_manifest
 
     manifest = read_split_manifest(manifests)
     with bar(0, "md5", progress_enabled(quiet) and manifest is not None) as hashing:
@@ -455,7 +221,7 @@ def base_lines(report: BaseReport, quiet: bool) -> list[str]:
 
 def key_lines(report: KeyReport, quiet: bool) -> list[str]:
     """`check-key`'s output: what was measured against LLaMA-7B's values, then the verdict."""
-    from belle_decrypt.keyid import LLAMA_7B as expected
+    from belle_decrypt.checks.keyid import LLAMA_7B as expected
 
     lines: list[tuple[str, str]] = []
     if not quiet:

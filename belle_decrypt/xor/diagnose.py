@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt.cancel import CancelToken
-from belle_decrypt.hashing import hash_file
-from belle_decrypt.keyid import KeyReport, KnownKey, identify
-from belle_decrypt.layout import Source
-from belle_decrypt.manifest import Manifest
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """The likely cause of one failure, as a hint to append to its message."""
-
-    wrong_key: bool
-    hint: str
+from belle_decrypt.checks.keyid import KeyReport, KnownKey, identify
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.ground.cancel import CancelToken
+from belle_decrypt.ground.outcome import Diagnosis as Diagnosis
+from belle_decrypt.layouts.protocol import Source
+from belle_decrypt.streams.hashing import hash_file
 
 
 class Diagnoser:

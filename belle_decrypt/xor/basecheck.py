@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt.errors import InputError
-from belle_decrypt.manifest import Manifest
-from belle_decrypt.perfile import PINNED
-from belle_decrypt.verify import VerifyReport, verify_folder
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.checks.verify import VerifyReport, verify_folder
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.layouts.perfile import PINNED
 
 _SHARD_RE = re.compile(r"(?:pytorch_model|model)-(\d{5})-of-(\d{5})\.(bin|safetensors)")
 _SIZES = {(4096, 32): "7B", (5120, 40): "13B", (6656, 60): "30B", (8192, 80): "65B"}

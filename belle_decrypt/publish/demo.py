@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt.errors import ChecksumError
-from belle_decrypt.keystream import PIECE_SIZE
-from belle_decrypt.torchload import import_torch
+from belle_decrypt.ground.errors import ChecksumError
+from belle_decrypt.ground.torchload import import_torch
+from belle_decrypt.streams.keystream import PIECE_SIZE
 
 KEY_SIZE = PIECE_SIZE + 4321
 CHECKPOINT = "pytorch_model.bin"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -14,15 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from belle_decrypt import engine
-from belle_decrypt.cancel import CancelToken, check
-from belle_decrypt.engine import BUFFER_SIZE, xor_stream
-from belle_decrypt.errors import BelleError, ChecksumError, DigestMismatch, InputError, OutputError
-from belle_decrypt.hashing import hash_file
-from belle_decrypt.keystream import KEY_HINT, Key, Keystream
-from belle_decrypt.layout import FolderKeyed, OwnPayload, Source
-from belle_decrypt.output import AtomicFile, unreadable_existing
-from belle_decrypt.states import FileState
+from belle_decrypt.ground.cancel import CancelToken, check
+from belle_decrypt.ground.errors import (
+    BelleError,
+    ChecksumError,
+    DigestMismatch,
+    InputError,
+    OutputError,
+)
+from belle_decrypt.ground.states import FileState
+from belle_decrypt.layouts.protocol import FolderKeyed, OwnPayload, Source
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.engine import BUFFER_SIZE, xor_stream
+from belle_decrypt.streams.hashing import hash_file
+from belle_decrypt.streams.keystream import KEY_HINT, Key, Keystream
+from belle_decrypt.streams.output import AtomicFile, unreadable_existing
 
 WRONG_KEY_HINT = (
     "the key is probably not the original LLaMA-7B consolidated.00.pth (or the download is damaged)"
@@ -44,27 +48,6 @@ class Result:
     """The decrypted file's md5, when a manifest asked for it."""
 
 
-def prepare_output_dir(out_dir: Path) -> None:
-    """Create the output folder with its parents; refuse a path that is not a folder."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("the output folder is a file; pass a folder", out_dir)
-    if out_dir.is_symlink() and not out_dir.exists():
-        raise InputError(
-            f"the output folder is a symbolic link to {os.readlink(out_dir)}, which does not "
-            "exist; create that folder or pass another one",
-            out_dir,
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        error_type = InputError if exc.errno in (errno.ENOTDIR, errno.EEXIST) else OutputError
-        raise error_type(
-            f"cannot create the output folder: {exc.strerror or exc}; pass a folder you can "
-            "write to",
-            out_dir,
-        ) from exc
-
-
 def bytes_to_write(files: Sequence[Source], out_dir: Path) -> int:
     """Decrypted bytes still to write: files whose output exists at the right size are done."""
     needed = 0
@@ -76,26 +59,6 @@ def bytes_to_write(files: Sequence[Source], out_dir: Path) -> int:
         if not done:
             needed += enc.payload_size
     return needed
-
-
-def check_free_space(out_dir: Path, needed: int) -> None:
-    """Refuse to start when ``needed`` bytes will not fit in ``out_dir``."""
-    try:
-        free = shutil.disk_usage(out_dir).free
-    except OSError as exc:
-        raise OutputError(
-            f"cannot read the free space: {exc.strerror or exc}; check the output folder", out_dir
-        ) from exc
-    if needed > free:
-        raise OutputError(
-            f"needs {needed:,} bytes ({_gib(needed)}) but only {free:,} ({_gib(free)}) are "
-            "free; free some space or choose another output folder",
-            out_dir,
-        )
-
-
-def _gib(size: int) -> str:
-    return f"{size / 1024**3:.1f} GiB"
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -6,8 +6,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from belle_decrypt.cancel import CancelToken, check
-from belle_decrypt.platform_io import open_regular
+from belle_decrypt.ground.cancel import CancelToken, check
+from belle_decrypt.ground.platform_io import open_regular
 
 CHUNK_SIZE = 4 * 1024 * 1024
 
