@@ -5,7 +5,9 @@ paths. Each runs the real command line in a subprocess where a hang or a signal 
 from __future__ import annotations
 
 import resource
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,52 @@ def test_a_file_size_limit_mid_shard_is_one_line_and_exit_1(
     )
     assert [name for name in listing(out) if not name.startswith(".belle-")] == []
     assert faults.temps(out) == []
+
+
+@contextmanager
+def bound(folder: Path, where: Path) -> Iterator[Path]:
+    """``folder`` seen again at ``where`` through a bind mount (skipped where mounting is not
+    allowed); unmounted on leaving."""
+    where.mkdir()
+    made = subprocess.run(["mount", "--bind", str(folder), str(where)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {made.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+        where.rmdir()
+
+
+@pytest.mark.parametrize("which", ["diff", "base"])
+def test_force_into_an_input_folder_seen_under_another_path_is_refused(
+    which: str, tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    folder = diff_dir if which == "diff" else base_dir
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with bound(folder, tmp_path / "again") as again:
+        args = small_shards(diff_dir, base_dir, again)
+        proc = faults.run_cli("recover", *args, "--force")
+        assert proc.returncode == 2, proc.stderr
+        assert faults.one_error(proc.stderr) == (
+            f"{again}: is also an input folder; pass a new output folder"
+        )
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_encrypt_into_its_source_folder_seen_under_another_path_is_refused(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "pytorch_model.bin").write_bytes(b"weights" * 100)
+    key = tmp_path / "key.pth"
+    key.write_bytes(bytes(range(256)) * 40)
+    with bound(source, tmp_path / "again") as again:
+        proc = faults.run_cli("encrypt", source, key, again)
+        assert proc.returncode == 2, proc.stderr
+        assert faults.one_error(proc.stderr) == (
+            f"{again}: the output folder is the source folder; choose another one"
+        )
+    assert listing(source) == ["pytorch_model.bin"]
