@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import faults
+from belle_decrypt.recover.writer import parse_size
+from tests import faults, runner
 from tests.conftest import listing
 from tests.test_recover import release, small_shards
 
@@ -96,3 +97,33 @@ def test_encrypt_into_its_source_folder_seen_under_another_path_is_refused(
             f"{again}: the output folder is the source folder; choose another one"
         )
     assert listing(source) == ["pytorch_model.bin"]
+
+
+@pytest.mark.parametrize(
+    "text", ["10GiB", "10Gib", "10gib", "10GB", "10Gb", "10gb", "500MiB", "500mib", "3KB", "3Kb"]
+)
+def test_shard_sizes_are_read_as_transformers_reads_them(text: str) -> None:
+    from transformers.utils.hub import convert_file_size_to_int
+
+    assert parse_size(text) == convert_file_size_to_int(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["9" * 400, "9" * 5000 + "GB", "1" + "0" * 30 + "GiB", "9223372036854775808"]
+)
+def test_a_huge_shard_size_is_a_usage_error(text: str, tmp_path: Path) -> None:
+    result = runner.run(
+        "recover",
+        tmp_path / "d",
+        tmp_path / "b",
+        tmp_path / "o",
+        "--recipe",
+        "vicuna",
+        "--max-shard-size",
+        text,
+    )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: --max-shard-size {text!r} is more than a file can hold; write "
+        "it like 2GB, 500MB or 10GiB\n"
+    )

@@ -17,6 +17,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, BinaryIO
 
 from belle_decrypt.engine import WriteBehind
@@ -47,26 +48,40 @@ _DTYPE_NAMES = {
     "bool": "BOOL",
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?[Bb])?\s*$", re.IGNORECASE)
+# The largest file size a 64-bit file offset can give.
+MAX_FILE_SIZE = 2**63 - 1
 _UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "KI": 2**10, "MI": 2**20, "GI": 2**30}
 
 
 def parse_size(text: str) -> int:
-    """Bytes in a transformers-style size: ``2GB``, ``500MB``, ``10GiB``, ``5Gb`` (bits), 1000."""
+    """Bytes in a size as transformers reads it: ``2GB``, ``500MB``, ``10GiB`` (also
+    ``10Gib``: the binary units ignore case), ``5Gb`` (a lower-case b after a decimal unit
+    means bits), or a plain number of bytes. Exact for any number of digits."""
     match = _SIZE_RE.match(text)
     if match is None:
         raise InputError(
             f"--max-shard-size {text!r} is not a size; write it like 2GB, 500MB or 10GiB"
         )
-    number, unit = float(match.group(1)), match.group(2)
-    if unit is None:
-        size = int(number)
-    else:
-        size = int(number * _UNITS[unit[:-1].upper()])
-        if unit.endswith("b"):  # transformers: a lower-case b means bits
-            size //= 8
+    whole = match.group(1).split(".")[0].lstrip("0")
+    if len(whole) > len(str(MAX_FILE_SIZE)) + 1:  # too large even in bits; never parsed
+        raise _too_large(text)
+    number, unit = Fraction(match.group(1)), match.group(2)
+    if unit is not None:
+        number *= _UNITS[unit[:-1].upper()]
+        if unit.endswith("b") and unit[-2:-1].lower() != "i":
+            number /= 8
+    size = int(number)
     if size <= 0:
         raise InputError(f"--max-shard-size {text!r} must be more than 0 bytes")
+    if size > MAX_FILE_SIZE:
+        raise _too_large(text)
     return size
+
+
+def _too_large(text: str) -> InputError:
+    return InputError(
+        f"--max-shard-size {text!r} is more than a file can hold; write it like 2GB, 500MB or 10GiB"
+    )
 
 
 @dataclass(frozen=True)
