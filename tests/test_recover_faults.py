@@ -4,6 +4,7 @@ paths. Each runs the real command line in a subprocess where a hang or a signal 
 
 from __future__ import annotations
 
+import json
 import resource
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import pytest
 from belle_decrypt.recover.writer import parse_size
 from tests import faults, runner
 from tests.conftest import listing
-from tests.test_recover import release, small_shards
+from tests.test_recover import assert_recovered, release, small_shards
 
 
 def limited(size: int) -> Callable[[], None]:
@@ -127,3 +128,37 @@ def test_a_huge_shard_size_is_a_usage_error(text: str, tmp_path: Path) -> None:
         f"belle-decrypt: error: --max-shard-size {text!r} is more than a file can hold; write "
         "it like 2GB, 500MB or 10GiB\n"
     )
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda entry: {"sha256": entry["sha256"]},
+        lambda entry: [entry["sha256"], entry["sums"]],
+        lambda entry: {"sha256": 5, "sums": entry["sums"]},
+        lambda entry: {"sha256": entry["sha256"], "sums": ["x"]},
+        lambda entry: {"sha256": entry["sha256"], "sums": {"a": 1}},
+    ],
+)
+def test_a_damaged_journal_entry_starts_afresh(
+    damage: Callable[[dict[str, object]], object], tmp_path: Path
+) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    assert runner.run("recover", *args).exit_code == 0
+    journal = out / ".belle-recover.json"
+    doc = json.loads(journal.read_text())
+    first = "model-00001-of-00004.safetensors"
+    doc["shards"][first] = damage(doc["shards"][first])
+    journal.write_text(json.dumps(doc))
+    result = runner.run("recover", *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {out / first}: already exists and is not from this recovery; "
+        "pass --force to replace it, or choose another output folder\n"
+    )
+    result = runner.run("recover", *args, "--force")
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["written"] * 4
+    assert_recovered(out, expected)
