@@ -88,7 +88,8 @@ def sources(src: Path, out_dir: Path) -> list[Path]:
                 "no such file or folder; pass the model file or folder to publish", src
             )
         if src.is_dir():
-            if out_dir.exists() and out_dir.resolve() == src.resolve():
+            # The folders themselves, not their paths: a bind mount shows one under two paths.
+            if out_dir.exists() and os.path.samefile(out_dir, src):
                 raise InputError(
                     "the output folder is the source folder; choose another one", out_dir
                 )

@@ -9,6 +9,7 @@ scratch space holds the inputs converted to the recipe's dtype, used only while 
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from belle_decrypt.ground.torchload import import_torch
@@ -33,8 +34,12 @@ class BufferPool:
         self.unmade = count
         self.free: queue.Queue[torch.Tensor] = queue.Queue()
 
-    def take(self) -> torch.Tensor:
-        """A free byte buffer; waits (in short steps, so Ctrl-C is seen) for one to come back."""
+    def take(self, waiting_on: Callable[[], None] | None = None) -> torch.Tensor:
+        """A free byte buffer; waits (in short steps, so Ctrl-C is seen) for one to come back.
+
+        ``waiting_on`` is called at each step and raises when the worker that returns the
+        buffers has died, so that its failure wakes the waiter instead of leaving it waiting.
+        """
         if self.free.empty() and self.unmade > 0:
             self.unmade -= 1
             buffer: torch.Tensor = import_torch().empty(self.size, dtype=import_torch().uint8)
@@ -43,7 +48,8 @@ class BufferPool:
             try:
                 return self.free.get(timeout=0.1)
             except queue.Empty:
-                continue
+                if waiting_on is not None:
+                    waiting_on()
 
     def give_back(self, buffer: torch.Tensor) -> None:
         """Return a buffer whose contents are no longer needed."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ class Journal:
 
     @classmethod
     def load(cls, out_dir: Path, key: dict[str, Any]) -> Journal:
-        """The journal for ``key``; an absent, unreadable or different one starts afresh."""
+        """The journal for ``key``; an absent, unreadable or different one, or one with a
+        damaged entry, starts afresh."""
         path = out_dir / JOURNAL_NAME
         journal = cls(path, key)
         try:
@@ -59,8 +61,9 @@ class Journal:
         if json.dumps(doc.get("key"), sort_keys=True) != json.dumps(key, sort_keys=True):
             return journal
         shards = doc.get("shards")
-        if isinstance(shards, dict):
-            journal.shards = shards
+        if not isinstance(shards, dict) or not all(map(_valid_entry, shards.values())):
+            return journal
+        journal.shards = shards
         journal.complete = doc.get("complete") is True
         return journal
 
@@ -87,6 +90,19 @@ class Journal:
         """Delete the journal (a run that failed its final check keeps nothing)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def _valid_entry(entry: object) -> bool:
+    """Whether a finished shard's entry is ``{"sha256": 64 hex digits, "sums": [numbers]}``."""
+    if not isinstance(entry, dict):
+        return False
+    digest, sums = entry.get("sha256"), entry.get("sums")
+    return (
+        isinstance(digest, str)
+        and re.fullmatch(r"[0-9a-f]{64}", digest) is not None
+        and isinstance(sums, list)
+        and all(isinstance(s, int | float) and not isinstance(s, bool) for s in sums)
+    )
 
 
 def write_small_file(path: Path, data: bytes, *, fsync: bool) -> None:

@@ -199,8 +199,10 @@ class Recovery:
     def prepare(cls, diff_dir: Path, base_dir: Path, out_dir: Path, options: Options) -> Recovery:
         """Open and check the inputs and the output folder; raise before writing anything."""
         for folder in (diff_dir, base_dir):
-            if out_dir.exists() and folder.exists() and out_dir.resolve() == folder.resolve():
-                raise InputError("is also an input folder; pass a new output folder", out_dir)
+            # The folders themselves, not their paths: a bind mount shows one under two paths.
+            with contextlib.suppress(OSError):
+                if os.path.samefile(out_dir, folder):
+                    raise InputError("is also an input folder; pass a new output folder", out_dir)
         diff = WeightFolder.open(diff_dir, "DIFF_DIR")
         try:
             recipe, recognised = choose(options.recipe, diff_dir)

@@ -17,6 +17,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, BinaryIO
 
 from belle_decrypt.ground.errors import InputError
@@ -47,26 +48,40 @@ _DTYPE_NAMES = {
     "bool": "BOOL",
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?[Bb])?\s*$", re.IGNORECASE)
+# The largest file size a 64-bit file offset can give.
+MAX_FILE_SIZE = 2**63 - 1
 _UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "KI": 2**10, "MI": 2**20, "GI": 2**30}
 
 
 def parse_size(text: str) -> int:
-    """Bytes in a transformers-style size: ``2GB``, ``500MB``, ``10GiB``, ``5Gb`` (bits), 1000."""
+    """Bytes in a size as transformers reads it: ``2GB``, ``500MB``, ``10GiB`` (also
+    ``10Gib``: the binary units ignore case), ``5Gb`` (a lower-case b after a decimal unit
+    means bits), or a plain number of bytes. Exact for any number of digits."""
     match = _SIZE_RE.match(text)
     if match is None:
         raise InputError(
             f"--max-shard-size {text!r} is not a size; write it like 2GB, 500MB or 10GiB"
         )
-    number, unit = float(match.group(1)), match.group(2)
-    if unit is None:
-        size = int(number)
-    else:
-        size = int(number * _UNITS[unit[:-1].upper()])
-        if unit.endswith("b"):  # transformers: a lower-case b means bits
-            size //= 8
+    whole = match.group(1).split(".")[0].lstrip("0")
+    if len(whole) > len(str(MAX_FILE_SIZE)) + 1:  # too large even in bits; never parsed
+        raise _too_large(text)
+    number, unit = Fraction(match.group(1)), match.group(2)
+    if unit is not None:
+        number *= _UNITS[unit[:-1].upper()]
+        if unit.endswith("b") and unit[-2:-1].lower() != "i":
+            number /= 8
+    size = int(number)
     if size <= 0:
         raise InputError(f"--max-shard-size {text!r} must be more than 0 bytes")
+    if size > MAX_FILE_SIZE:
+        raise _too_large(text)
     return size
+
+
+def _too_large(text: str) -> InputError:
+    return InputError(
+        f"--max-shard-size {text!r} is more than a file can hold; write it like 2GB, 500MB or 10GiB"
+    )
 
 
 @dataclass(frozen=True)
@@ -164,12 +179,18 @@ class HashingWriter:
     def __init__(self, handle: BinaryIO, label: str) -> None:
         self.sink = WriteBehind(handle, label)
         self.sha256 = hashlib.sha256()
+        self.failure: Exception | None = None
 
     def write(self, data: bytes | memoryview) -> int:
-        """Write all of ``data`` and hash it."""
+        """Write all of ``data`` and hash it; a failure is kept, for a caller (torch.save)
+        that wraps it in an error of its own."""
         view = memoryview(data)
         self.sha256.update(view)
-        self.sink.write(view)
+        try:
+            self.sink.write(view)
+        except Exception as exc:
+            self.failure = exc
+            raise
         return len(view)
 
     def flush(self) -> None:
@@ -201,7 +222,12 @@ def write_shard(
             fresh = tm.empty(item.shape, dtype=getattr(tm, item.dtype))
             state[item.name] = _computed(item, produce(item, fresh), on_tensor)
             on_bytes(item.nbytes)
-        tm.save(state, out)
+        try:
+            tm.save(state, out)
+        except RuntimeError:
+            if out.failure is not None:  # torch's C++ writer wraps the write error
+                raise out.failure from None
+            raise
         return
     header = safetensors_header(shard.items)
     out.write(len(header).to_bytes(8, "little"))
@@ -209,7 +235,7 @@ def write_shard(
     writer = BackgroundWriter(out, pool)
     try:
         for item in shard.items:
-            flat = pool.take()
+            flat = pool.take(writer.check)
             tensor = _computed(item, produce(item, shaped(flat, item.shape, item.dtype)), on_tensor)
             if tensor.data_ptr() != flat.data_ptr():  # an input written as it is
                 pool.give_back(flat)
@@ -227,8 +253,9 @@ class BackgroundWriter:
     """Writes (and hashes) one tensor in a thread while the main thread computes the next.
 
     torch's arithmetic, hashlib and write() all release the GIL, so the two overlap on two
-    cores. Each written tensor's buffer goes back to the pool. An error in the thread (a full
-    disk) is raised in the main thread at the next ``put`` or ``close``.
+    cores. Each written tensor's buffer goes back to the pool, also when writing it failed.
+    An error in the thread (a full disk) is raised in the main thread at the next ``put``,
+    ``close``, or wait for a buffer (``check``).
     """
 
     def __init__(self, out: HashingWriter, pool: BufferPool) -> None:
@@ -256,21 +283,23 @@ class BackgroundWriter:
             except BaseException as exc:
                 self.error = exc
                 return
-            del tensor, job
-            if buffer is not None:
-                self.pool.give_back(buffer)
+            finally:
+                del tensor, job
+                if buffer is not None:
+                    self.pool.give_back(buffer)
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Raise the thread's error, or say that it stopped, if it did."""
         if self.error is not None:
             raise self.error
+        if not self.thread.is_alive():
+            raise OSError("the writing thread stopped")
 
     def put(self, job: tuple[torch.Tensor, torch.Tensor | None] | None) -> None:
         """Queue a tensor to write and its pool buffer (None: the end) once the thread has
         room; waits in short steps so that Ctrl-C is seen."""
         while True:
-            self._check()
-            if not self.thread.is_alive():
-                raise OSError("the writing thread stopped")
+            self.check()
             try:
                 self.queue.put(job, timeout=0.1)
                 return
@@ -282,7 +311,8 @@ class BackgroundWriter:
         self.put(None)
         while self.thread.is_alive():
             self.thread.join(0.1)
-        self._check()
+        if self.error is not None:
+            raise self.error
 
     def abort(self) -> None:
         """Stop the thread (after an error or an interrupt here) and wait for it."""

@@ -1,0 +1,164 @@
+"""`recover` under hostile conditions: a file-size limit mid-shard in each sink, inputs that
+shrink while mapped, journals and pending files left by other runs, folders seen under two
+paths. Each runs the real command line in a subprocess where a hang or a signal could happen."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from belle_decrypt.recover.writer import parse_size
+from tests import faults, runner
+from tests.conftest import listing
+from tests.test_recover import assert_recovered, release, small_shards
+
+
+def limited(size: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that limits the size of any file the child writes to ``size`` bytes."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+@pytest.mark.parametrize("sink", ["safetensors", "bin"])
+@pytest.mark.parametrize("limit", [20_000, 30_000, 45_000])
+def test_a_file_size_limit_mid_shard_is_one_line_and_exit_1(
+    sink: str, limit: int, tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out) + (["--bin"] if sink == "bin" else [])
+    proc = faults.run_cli("recover", *args, preexec_fn=limited(limit), timeout=60)
+    first = (
+        "pytorch_model-00001-of-00004.bin"
+        if sink == "bin"
+        else ("model-00001-of-00004.safetensors")
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert faults.one_error(proc.stderr) == (
+        f"{out / first}: cannot write: File too large; nothing written (check the free space "
+        "and permissions of the output folder)"
+    )
+    assert [name for name in listing(out) if not name.startswith(".belle-")] == []
+    assert faults.temps(out) == []
+
+
+@contextmanager
+def bound(folder: Path, where: Path) -> Iterator[Path]:
+    """``folder`` seen again at ``where`` through a bind mount (skipped where mounting is not
+    allowed); unmounted on leaving."""
+    where.mkdir()
+    made = subprocess.run(["mount", "--bind", str(folder), str(where)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {made.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+        where.rmdir()
+
+
+@pytest.mark.parametrize("which", ["diff", "base"])
+def test_force_into_an_input_folder_seen_under_another_path_is_refused(
+    which: str, tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    folder = diff_dir if which == "diff" else base_dir
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with bound(folder, tmp_path / "again") as again:
+        args = small_shards(diff_dir, base_dir, again)
+        proc = faults.run_cli("recover", *args, "--force")
+        assert proc.returncode == 2, proc.stderr
+        assert faults.one_error(proc.stderr) == (
+            f"{again}: is also an input folder; pass a new output folder"
+        )
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_encrypt_into_its_source_folder_seen_under_another_path_is_refused(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "pytorch_model.bin").write_bytes(b"weights" * 100)
+    key = tmp_path / "key.pth"
+    key.write_bytes(bytes(range(256)) * 40)
+    with bound(source, tmp_path / "again") as again:
+        proc = faults.run_cli("encrypt", source, key, again)
+        assert proc.returncode == 2, proc.stderr
+        assert faults.one_error(proc.stderr) == (
+            f"{again}: the output folder is the source folder; choose another one"
+        )
+    assert listing(source) == ["pytorch_model.bin"]
+
+
+@pytest.mark.parametrize(
+    "text", ["10GiB", "10Gib", "10gib", "10GB", "10Gb", "10gb", "500MiB", "500mib", "3KB", "3Kb"]
+)
+def test_shard_sizes_are_read_as_transformers_reads_them(text: str) -> None:
+    from transformers.utils.hub import convert_file_size_to_int
+
+    assert parse_size(text) == convert_file_size_to_int(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["9" * 400, "9" * 5000 + "GB", "1" + "0" * 30 + "GiB", "9223372036854775808"]
+)
+def test_a_huge_shard_size_is_a_usage_error(text: str, tmp_path: Path) -> None:
+    result = runner.run(
+        "recover",
+        tmp_path / "d",
+        tmp_path / "b",
+        tmp_path / "o",
+        "--recipe",
+        "vicuna",
+        "--max-shard-size",
+        text,
+    )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: --max-shard-size {text!r} is more than a file can hold; write "
+        "it like 2GB, 500MB or 10GiB\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda entry: {"sha256": entry["sha256"]},
+        lambda entry: [entry["sha256"], entry["sums"]],
+        lambda entry: {"sha256": 5, "sums": entry["sums"]},
+        lambda entry: {"sha256": entry["sha256"], "sums": ["x"]},
+        lambda entry: {"sha256": entry["sha256"], "sums": {"a": 1}},
+    ],
+)
+def test_a_damaged_journal_entry_starts_afresh(
+    damage: Callable[[dict[str, object]], object], tmp_path: Path
+) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    assert runner.run("recover", *args).exit_code == 0
+    journal = out / ".belle-recover.json"
+    doc = json.loads(journal.read_text())
+    first = "model-00001-of-00004.safetensors"
+    doc["shards"][first] = damage(doc["shards"][first])
+    journal.write_text(json.dumps(doc))
+    result = runner.run("recover", *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {out / first}: already exists and is not from this recovery; "
+        "pass --force to replace it, or choose another output folder\n"
+    )
+    result = runner.run("recover", *args, "--force")
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["written"] * 4
+    assert_recovered(out, expected)
