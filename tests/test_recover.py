@@ -18,8 +18,9 @@ import torch
 from click.testing import Result
 
 from belle_decrypt.ground.errors import InputError
-from belle_decrypt.recover.recipes import recognise, state_dict_key
-from belle_decrypt.recover.writer import parse_size
+from belle_decrypt.recipes.catalogue import recognise
+from belle_decrypt.tensors.llama import state_dict_key
+from belle_decrypt.tensors.sinks.shards import parse_size
 from tests import reference_recover as ref
 from tests import runner
 from tests import tinyllama as tiny
@@ -621,7 +622,7 @@ def test_manifest_listing_nothing_of_the_diff_is_a_usage_error(tmp_path: Path) -
 
 KILLER = """
 import os, signal, sys
-from belle_decrypt.recover import journal
+from belle_decrypt.tensors import journal
 from belle_decrypt.cli import commands as cli
 recorded = journal.Journal.record
 def record(self, *args, **kwargs):
@@ -772,7 +773,7 @@ def test_a_missing_folder_is_named_before_the_recipe_is_asked_for(tmp_path: Path
 
 MID_SHARD = """
 import os, signal
-from belle_decrypt.recover import run
+from belle_decrypt.tensors import run
 from belle_decrypt.cli import commands as cli
 produce = run.Recovery._produce
 calls = []

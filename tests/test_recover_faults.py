@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt.recover.writer import parse_size
+from belle_decrypt.tensors.sinks.shards import parse_size
 from tests import faults, runner
 from tests.conftest import listing
 from tests.test_recover import assert_recovered, release, small_shards

@@ -36,6 +36,7 @@ from belle_decrypt.cli.reports import (
 )
 from belle_decrypt.ground.errors import BelleError, ExitCode, InputError
 from belle_decrypt.ground.states import CheckStatus
+from belle_decrypt.recipes.catalogue import RECIPES
 
 # Arguments are checked by the library, which says what is wrong in one line.
 PATH = click.Path(path_type=Path, readable=False)
@@ -305,7 +306,7 @@ def main() -> None:
 @click.argument("diff_dir", type=PATH)
 @click.argument("base_dir", type=PATH)
 @click.argument("out_dir", type=PATH)
-@click.option("--recipe", type=click.Choice(["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"]))
+@click.option("--recipe", type=click.Choice(list(RECIPES)))
 @click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin shards.")
 @click.option("--max-shard-size", default="2GB", show_default=True, help="E.g. 500MB, 10GiB.")
 @click.option("--manifest", "manifests", multiple=True, type=PATH, help=MANIFEST_HELP)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from belle_decrypt.ground.outcome import Outcome, Tally
     from belle_decrypt.publish.encrypt import Encrypted, Publish, PublishTally
     from belle_decrypt.publish.perfile_publish import PerFilePublish
-    from belle_decrypt.recover.run import Outcome as Recovered
+    from belle_decrypt.tensors.options import Outcome as Recovered
     from belle_decrypt.xor.basecheck import BaseReport
     from belle_decrypt.xor.batch import Run
     from belle_decrypt.xor.decrypt import Result
@@ -242,13 +242,15 @@ def recover_run(
     diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **arguments: Any
 ) -> Recovered:
     """Check, then recover with a bar per shard and an overall one, then the summary;
-    ``arguments`` are the command line's options (see ``recover.run.Options.parse``)."""
-    from belle_decrypt.recover.run import Options, Recovery
+    ``arguments`` are the command line's options (see ``tensors.options.Options.parse``)."""
+    from belle_decrypt.recipes.catalogue import choose
+    from belle_decrypt.tensors.options import Options
+    from belle_decrypt.tensors.run import Recovery
 
     options = Options.parse(**arguments)
     for ignored in options.manifest.ignored if options.manifest is not None else ():
         warn(ignored.message)
-    with Recovery.prepare(diff_dir, base_dir, out_dir, options) as job:
+    with Recovery.prepare(diff_dir, base_dir, out_dir, options, choose) as job:
         how = f"recognised from {job.recognised}" if job.recognised else "given"
         say(f"recipe     {job.recipe.name} ({how})", quiet)
         with Bars(job.total_size, True, progress_enabled(quiet)) as bars:

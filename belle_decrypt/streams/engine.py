@@ -175,8 +175,9 @@ def _write_all(dst: BinaryIO, view: memoryview, label: str) -> None:
         done += got if got is not None else len(view) - done
 
 
-class _Writer:
-    """Writes the output in order, with the write-behind of ``WRITE_BEHIND``."""
+class WriteBehind:
+    """Writes the output in order, with the write-behind of ``WRITE_BEHIND`` (also for other
+    streams that write large files: recover's shards)."""
 
     def __init__(self, dst: BinaryIO, label: str) -> None:
         self.dst, self.label = dst, label
@@ -428,7 +429,7 @@ def xor_stream(
         key=key,
         ready=ready,
         use_torch=use_torch,
-        write=_Writer(dst, dst_label).write,
+        write=WriteBehind(dst, dst_label).write,
         hashers=[(hasher, hash_output) for hasher in hashers],
         buffer_size=buffer_size,
         slots=slots,
@@ -442,15 +443,4 @@ def xor_stream(
     _supervise(shared, stream, on_progress, before)
 
 
-__all__ = [
-    "BUFFER_SIZE",
-    "PLAIN_LIMIT",
-    "SLOTS",
-    "Cancelled",
-    "Hasher",
-    "xor_stream",
-]
-
-
-# The write-behind writer, for other streams that write large files (recover's shards).
-WriteBehind = _Writer
+__all__ = ["BUFFER_SIZE", "PLAIN_LIMIT", "SLOTS", "Cancelled", "Hasher", "xor_stream"]

@@ -18,13 +18,14 @@ import pickle
 import stat
 import struct
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.layouts.container import LFS_POINTER_PREFIX, SUFFIX, is_lfs_pointer
+from belle_decrypt.tensors.buffers import data_size
+from belle_decrypt.tensors.protocol import TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -51,30 +52,6 @@ SAFETENSORS_DTYPES = {
     "U8": "uint8",
     "BOOL": "bool",
 }
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor's name, dtype (torch's name, e.g. ``float16``), shape and file."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    file: Path
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of its data."""
-        return data_size(self.shape, self.dtype)
-
-
-def data_size(shape: tuple[int, ...], dtype: str) -> int:
-    """Bytes of a tensor of ``shape`` and ``dtype`` (named as torch names it)."""
-    count = 1
-    for dim in shape:
-        count *= dim
-    sizes = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2}
-    return count * sizes.get(dtype, 2 if dtype == "int16" else 1)
 
 
 class WeightFolder:
@@ -411,3 +388,18 @@ def _first_line(exc: BaseException) -> str:
     """The first line of an exception's text, for a one-line message."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+class HfFolder:
+    """The Hugging Face folder as a :class:`~belle_decrypt.tensors.protocol.SourceKind`: it
+    takes any folder (the last kind tried), and says what is wrong with one it cannot read."""
+
+    name = "hf"
+
+    def recognises(self, path: Path) -> bool:
+        """Every folder: its own checks say what is wrong with one that is not."""
+        return True
+
+    def open(self, path: Path, role: str) -> WeightFolder:
+        """The folder's weight files, opened and checked (see :class:`WeightFolder`)."""
+        return WeightFolder.open(path, role)

@@ -13,10 +13,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from belle_decrypt.ground.torchload import import_torch
-from belle_decrypt.recover.hfdir import data_size
 
 if TYPE_CHECKING:
     import torch
+
+
+def data_size(shape: tuple[int, ...], dtype: str) -> int:
+    """Bytes of a tensor of ``shape`` and ``dtype`` (named as torch names it)."""
+    count = 1
+    for dim in shape:
+        count *= dim
+    sizes = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2}
+    return count * sizes.get(dtype, 2 if dtype == "int16" else 1)
 
 
 def shaped(flat: torch.Tensor, shape: tuple[int, ...], dtype: str) -> torch.Tensor:

@@ -9,13 +9,15 @@ bytes still hash to the recorded SHA-256 and computes only the others.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from belle_decrypt.streams.engine import WriteBehind
 from belle_decrypt.streams.output import AtomicFile
 
 JOURNAL_NAME = ".belle-recover.json"
@@ -111,3 +113,31 @@ def write_small_file(path: Path, data: bytes, *, fsync: bool) -> None:
     with atomic as handle:
         handle.write(data)
         atomic.commit()
+
+
+class HashingWriter:
+    """A file object that hashes what goes through it (SHA-256) on the way to ``handle``.
+
+    Writes go through the engine's write-behind, which drops written pages from the page
+    cache as it goes, so that a many-GB output does not push the inputs out of it.
+    """
+
+    def __init__(self, handle: BinaryIO, label: str) -> None:
+        self.sink = WriteBehind(handle, label)
+        self.sha256 = hashlib.sha256()
+        self.failure: Exception | None = None
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write all of ``data`` and hash it; a failure is kept, for a caller (torch.save)
+        that wraps it in an error of its own."""
+        view = memoryview(data)
+        self.sha256.update(view)
+        try:
+            self.sink.write(view)
+        except Exception as exc:
+            self.failure = exc
+            raise
+        return len(view)
+
+    def flush(self) -> None:
+        """Nothing is buffered here."""

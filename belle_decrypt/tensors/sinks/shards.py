@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import queue
 import re
@@ -18,19 +17,21 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
-from belle_decrypt.recover.buffers import BufferPool, shaped
-from belle_decrypt.recover.checks import Item
-from belle_decrypt.streams.engine import WriteBehind
+from belle_decrypt.tensors.buffers import BufferPool, shaped
+from belle_decrypt.tensors.journal import HashingWriter
+from belle_decrypt.tensors.protocol import Item, Produce, Shard
 
 if TYPE_CHECKING:
     import torch
 
 SAFETENSORS, BIN = "safetensors", "bin"
 DEFAULT_MAX_SHARD = "2GB"
+# Files a loader may take for the model's weights.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.index.json")
 # Bytes written between two progress reports and cancellation checks.
 WRITE_CHUNK = 32 * 1024 * 1024
 # Room for a --bin shard's zip records and pickle beside its tensor data.
@@ -84,25 +85,12 @@ def _too_large(text: str) -> InputError:
     )
 
 
-@dataclass(frozen=True)
-class Shard:
-    """One output file: its name and its tensors, in order."""
-
-    name: str
-    items: tuple[Item, ...]
-    fmt: str
-
-    @property
-    def data_size(self) -> int:
-        """Bytes of tensor data."""
-        return sum(item.nbytes for item in self.items)
-
-    @property
-    def size(self) -> int:
-        """The file's size (for --bin an upper estimate)."""
-        if self.fmt == BIN:
-            return self.data_size + BIN_OVERHEAD
-        return 8 + len(safetensors_header(self.items)) + self.data_size
+def file_size(items: tuple[Item, ...], fmt: str) -> int:
+    """A shard's file size (for --bin an upper estimate)."""
+    data = sum(item.nbytes for item in items)
+    if fmt == BIN:
+        return data + BIN_OVERHEAD
+    return 8 + len(safetensors_header(items)) + data
 
 
 def plan_shards(items: list[Item], max_size: int, fmt: str) -> list[Shard]:
@@ -122,7 +110,7 @@ def plan_shards(items: list[Item], max_size: int, fmt: str) -> list[Shard]:
         Shard(
             f"{stem}.{ext}" if count == 1 else f"{stem}-{n:05d}-of-{count:05d}.{ext}",
             tuple(group),
-            fmt,
+            file_size(tuple(group), fmt),
         )
         for n, group in enumerate(groups, start=1)
     ]
@@ -141,6 +129,40 @@ def index_document(shards: list[Shard]) -> bytes:
         "weight_map": dict(sorted(weight_map.items())),
     }
     return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class ShardSink:
+    """Safetensors shards (or ``--bin`` torch pickles) as transformers saves them, with the
+    index JSON when there are several (a :class:`~belle_decrypt.tensors.protocol.Sink`)."""
+
+    fmt: str
+    max_size: int
+    weight_files: tuple[str, ...] = WEIGHT_FILES
+
+    def plan(self, items: list[Item]) -> list[Shard]:
+        """Shards of at most ``max_size`` bytes of tensor data (see :func:`plan_shards`)."""
+        return plan_shards(items, self.max_size, self.fmt)
+
+    def index(self, shards: list[Shard]) -> tuple[str, bytes] | None:
+        """The index transformers reads, for more than one shard."""
+        return (index_name(self.fmt), index_document(shards)) if len(shards) > 1 else None
+
+    def overhead(self, shards: list[Shard]) -> int:
+        """Bytes written besides the shards, for the free-space check (the index)."""
+        return len(index_document(shards))
+
+    def write(
+        self,
+        shard: Shard,
+        out: HashingWriter,
+        produce: Produce,
+        on_bytes: Callable[[int], None],
+        on_tensor: Callable[[Item, torch.Tensor], None],
+        pool: BufferPool,
+    ) -> None:
+        """Write one shard as a stream (see :func:`write_shard`)."""
+        write_shard(shard, self.fmt, out, produce, on_bytes, on_tensor, pool)
 
 
 def safetensors_header(items: tuple[Item, ...]) -> bytes:
@@ -169,40 +191,9 @@ def tensor_chunks(tensor: torch.Tensor) -> Iterator[memoryview]:
         yield view[start : start + WRITE_CHUNK]
 
 
-class HashingWriter:
-    """A file object that hashes what goes through it (SHA-256) on the way to ``handle``.
-
-    Writes go through the engine's write-behind, which drops written pages from the page
-    cache as it goes, so that a many-GB output does not push the inputs out of it.
-    """
-
-    def __init__(self, handle: BinaryIO, label: str) -> None:
-        self.sink = WriteBehind(handle, label)
-        self.sha256 = hashlib.sha256()
-        self.failure: Exception | None = None
-
-    def write(self, data: bytes | memoryview) -> int:
-        """Write all of ``data`` and hash it; a failure is kept, for a caller (torch.save)
-        that wraps it in an error of its own."""
-        view = memoryview(data)
-        self.sha256.update(view)
-        try:
-            self.sink.write(view)
-        except Exception as exc:
-            self.failure = exc
-            raise
-        return len(view)
-
-    def flush(self) -> None:
-        """Nothing is buffered here."""
-
-
-# Computes an item's recovered tensor into the given buffer (or returns an input as it is).
-Produce = Callable[[Item, "torch.Tensor"], "torch.Tensor"]
-
-
 def write_shard(
     shard: Shard,
+    fmt: str,
     out: HashingWriter,
     produce: Produce,
     on_bytes: Callable[[int], None],
@@ -216,7 +207,7 @@ def write_shard(
     buffers and written by a thread; a --bin shard needs its own tensors for torch.save.
     """
     tm = import_torch()
-    if shard.fmt == BIN:
+    if fmt == BIN:
         state = {}
         for item in shard.items:
             fresh = tm.empty(item.shape, dtype=getattr(tm, item.dtype))
