@@ -49,3 +49,21 @@ def test_no_torch_for_verify_or_check_key_on_a_plain_file(
     card.write_text(f"{'0' * 32}  ./{enc.name}\n")
     _without_torch(["verify", str(enc.parent), "--manifest", str(card)], allowed="0,1")
     _without_torch(["check-key", str(key_path)], allowed="0,1")
+
+
+def test_help_imports_no_tensor_library() -> None:
+    """`python -m belle_decrypt --help` (the recipes' names included) loads no torch,
+    safetensors or numpy."""
+    child = (
+        "import runpy, sys\n"
+        "sys.argv = ['belle-decrypt', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('belle_decrypt', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "loaded = {m.split('.')[0] for m in sys.modules} & {'torch', 'safetensors', 'numpy'}\n"
+        "assert not loaded, loaded\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "recover" in proc.stdout
