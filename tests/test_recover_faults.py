@@ -153,7 +153,7 @@ def test_a_damaged_journal_entry_starts_afresh(
     doc["shards"][first] = damage(doc["shards"][first])
     journal.write_text(json.dumps(doc))
     result = runner.run("recover", *args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     assert result.stderr == (
         f"belle-decrypt: error: {out / first}: already exists and is not from this recovery; "
         "pass --force to replace it, or choose another output folder\n"

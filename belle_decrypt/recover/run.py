@@ -493,8 +493,9 @@ class Recovery:
         return tuple(copied)
 
 
-def _in_the_way(target: Path) -> InputError:
-    return InputError(
+def _in_the_way(target: Path) -> OutputError:
+    """A different file in the way: exit 1 in every command, as the READMEs' table says."""
+    return OutputError(
         "already exists and is not from this recovery; pass --force to replace it, or choose "
         "another output folder",
         target,
