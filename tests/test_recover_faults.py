@@ -12,9 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from belle_decrypt.recover.writer import parse_size
 from tests import faults, runner
+from tests import reference_recover as ref
+from tests import tinyllama as tiny
 from tests.conftest import listing
 from tests.test_recover import assert_recovered, release, small_shards
 
@@ -161,4 +164,40 @@ def test_a_damaged_journal_entry_starts_afresh(
     result = runner.run("recover", *args, "--force")
     assert result.exit_code == 0, result.output
     assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["written"] * 4
+    assert_recovered(out, expected)
+
+
+def inv_freq_release(root: Path, recipe: str) -> tuple[Path, Path, tiny.StateDict]:
+    """Base and diff both holding float16 inv_freq buffers (as transformers <= 4.30 saved a
+    float16 model), and the recovered buffers as the publishers' scripts write them: float32,
+    the float32 sum of the two (ziya: the delta's own, widened)."""
+    base = tiny.model(1, inv=True)
+    base = {name: t.half() if name.endswith("inv_freq") else t for name, t in base.items()}
+    vocab = 120 if recipe == "ziya" else 100
+    tuned = tiny.tuned(base, 2, vocab=vocab)
+    diff = ref.make_diff(recipe, tuned, base)
+    for name in diff:
+        if name.endswith("inv_freq"):  # a delta that is not exactly 0, so the sum shows
+            diff[name] = torch.full_like(diff[name], 1e-3).half()
+    diff_dir = tiny.write_folder(root / "diff", diff, "safetensors", tiny.config(vocab))
+    base_dir = tiny.write_folder(root / "base", base, "bin", tiny.config(100))
+    return diff_dir, base_dir, ref.recover(recipe, diff, base)
+
+
+@pytest.mark.parametrize("recipe", ["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"])
+@pytest.mark.parametrize("as_bin", [False, True])
+def test_inv_freq_buffers_are_written_as_float32(recipe: str, as_bin: bool, tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = inv_freq_release(tmp_path, recipe)
+    out = tmp_path / "out"
+    flags = ["--bin"] if as_bin else []
+    if recipe == "alpaca":
+        flags += ["--expect-sum", str(ref.alpaca_sum(expected))]
+    result = runner.run("recover", diff_dir, base_dir, out, "--recipe", recipe, *flags)
+    assert result.exit_code == 0, result.output
+    got = tiny.load_folder(out)
+    buffers = [name for name in expected if name.endswith("inv_freq")]
+    assert len(buffers) == tiny.LAYERS
+    for name in buffers:
+        assert got[name].dtype == torch.float32, name
+        assert expected[name].dtype == torch.float32, name
     assert_recovered(out, expected)

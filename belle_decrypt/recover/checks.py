@@ -108,7 +108,9 @@ def pair(recipe: Recipe, diff: WeightFolder, base: WeightFolder) -> list[Item]:
             )
         if other is not None and not recipe.takes_diff(name):
             _check_shapes(recipe, name, info, other, diff)
-        items.append(Item(name, other, info, recipe.dtype, info.shape))
+        # The publishers' scripts all write the rotary buffers as float32, whatever the recipe.
+        dtype = "float32" if INV_FREQ in name else recipe.dtype
+        items.append(Item(name, other, info, dtype, info.shape))
     for name in sorted(base.tensors, key=state_dict_key):
         info = base.tensors[name]
         if INV_FREQ not in name and name not in diff.tensors:

@@ -56,7 +56,8 @@ class Recipe:
         scratch: Scratch,
     ) -> torch.Tensor:
         """The recovered tensor ``name``, computed into ``out`` (the diff's shape, the recipe's
-        dtype); the diff itself when it is taken as it is. ``base`` is None when not needed.
+        dtype; float32 for the rotary inv_freq buffers, which the arithmetic then runs in);
+        the diff itself when it is taken as it is. ``base`` is None when not needed.
 
         The publishers' tools add the base to the delta (``delta + base``) in the recipe's
         dtype; the base's new vocabulary rows (zeros, or the mean of its rows in float32) are
@@ -64,14 +65,15 @@ class Recipe:
         ``copy_`` are the same kernels as ``+`` and ``.to``: the bits are the same.
         """
         tm = import_torch()
-        dtype = getattr(tm, self.dtype)
+        dtype = out.dtype
+        dtype_name = str(dtype).removeprefix("torch.")
         if base is None or self.takes_diff(name):
             if diff.dtype == dtype:
                 return diff
             out.copy_(diff)
             return out
-        delta = diff if diff.dtype == dtype else scratch.converted("delta", diff, self.dtype)
-        raw = base if base.dtype == dtype else scratch.converted("base", base, self.dtype)
+        delta = diff if diff.dtype == dtype else scratch.converted("delta", diff, dtype_name)
+        raw = base if base.dtype == dtype else scratch.converted("base", base, dtype_name)
         if raw.shape == delta.shape:
             tm.add(delta, raw, out=out)
             return out
