@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -201,3 +202,50 @@ def test_inv_freq_buffers_are_written_as_float32(recipe: str, as_bin: bool, tmp_
         assert got[name].dtype == torch.float32, name
         assert expected[name].dtype == torch.float32, name
     assert_recovered(out, expected)
+
+
+SHRINK = """
+import os, sys
+from belle_decrypt.recover import run
+from belle_decrypt import cli
+victim = sys.argv.pop(1)
+produce = run.Recovery._produce
+calls = []
+def shrinking(self, item, out):
+    calls.append(item.name)
+    if len(calls) == 3:
+        os.truncate(victim, os.path.getsize(victim) // 3)
+    return produce(self, item, out)
+run.Recovery._produce = shrinking
+cli.main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("which", "name", "role"),
+    [("diff", "model.safetensors", "DIFF_DIR"), ("base", "pytorch_model.bin", "BASE_DIR")],
+)
+@pytest.mark.parametrize("as_bin", [False, True])
+def test_an_input_truncated_during_the_run_is_one_line(
+    which: str, name: str, role: str, as_bin: bool, tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    victim = (diff_dir if which == "diff" else base_dir) / name
+    size = victim.stat().st_size
+    args = small_shards(diff_dir, base_dir, out) + (["--bin"] if as_bin else [])
+    proc = subprocess.run(
+        [sys.executable, "-c", SHRINK, str(victim), "recover", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=faults.ENV,
+    )
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert faults.one_error(proc.stderr) == (
+        f"{victim}: ({role}) shrank from {size:,} to {size // 3:,} bytes while being read "
+        "(another program truncated it); nothing was left under a final name; download it "
+        "again, then run the same command again"
+    )
+    assert [n for n in listing(out) if not n.startswith(".belle-")] == []
+    assert faults.temps(out) == []
