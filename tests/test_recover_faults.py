@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from tests import faults, runner
 from tests import reference_recover as ref
 from tests import tinyllama as tiny
 from tests.conftest import listing
-from tests.test_recover import assert_recovered, release, small_shards
+from tests.test_recover import KILLER, assert_recovered, release, small_shards
 
 
 def limited(size: int) -> Callable[[], None]:
@@ -249,3 +250,32 @@ def test_an_input_truncated_during_the_run_is_one_line(
     )
     assert [n for n in listing(out) if not n.startswith(".belle-")] == []
     assert faults.temps(out) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["--recipe", "vicuna", "--max-shard-size", "90KB"],
+        ["--recipe", "vicuna", "--max-shard-size", "60KB", "--bin"],
+        ["--recipe", "vicuna-v0", "--max-shard-size", "60KB"],
+        ["--recipe", "vicuna", "--max-shard-size", "60KB", "--force"],
+        ["--recipe", "vicuna"],
+    ],
+)
+def test_a_rerun_with_another_plan_removes_the_dead_runs_pending_shards(
+    change: list[str], tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "recover", *args], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert [n for n in listing(out) if n.startswith(".belle-pending.")] == [
+        ".belle-pending.model-00001-of-00004.safetensors",
+        ".belle-pending.model-00002-of-00004.safetensors",
+    ]
+    result = runner.run("recover", *args[:3], *change)
+    assert result.exit_code == 0, result.output
+    assert [n for n in listing(out) if n.startswith(".belle-pending.")] == []

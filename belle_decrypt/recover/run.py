@@ -37,6 +37,7 @@ from belle_decrypt.recover.checks import Item
 from belle_decrypt.recover.hfdir import WeightFolder
 from belle_decrypt.recover.journal import (
     JOURNAL_NAME,
+    PENDING_PREFIX,
     Journal,
     fingerprint,
     pending_name,
@@ -260,6 +261,7 @@ class Recovery:
         if not self.options.force:
             self.journal = Journal.load(self.out_dir, key)
             self._check_nothing_in_the_way()
+        self._remove_pending_not_kept()
         to_write = sum(s.size for s in self.shards if s.name not in self.journal.shards)
         to_write += sum(p.stat().st_size for p in self.copies) + len(index_document(self.shards))
         check_free_space(self.out_dir, to_write)
@@ -294,6 +296,18 @@ class Recovery:
             raise _in_the_way(index)
         for stale in self._stale_weights():
             raise _in_the_way(stale)
+
+    def _remove_pending_not_kept(self) -> None:
+        """Remove pending shards of this tool that this run's plan and journal do not keep
+        (left by a run killed under another plan, recipe or input): otherwise they would stay
+        hidden for good, and count against the free space."""
+        assert self.journal is not None
+        kept = {pending_name(s.name) for s in self.shards if s.name in self.journal.shards}
+        for entry in os.scandir(self.out_dir):
+            if entry.name.startswith(PENDING_PREFIX) and entry.name not in kept:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
 
     def _stale_weights(self) -> list[Path]:
         """Weight files and indexes in OUT_DIR that this run's layout does not have.
