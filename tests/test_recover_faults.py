@@ -5,6 +5,7 @@ paths. Each runs the real command line in a subprocess where a hang or a signal 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -279,3 +281,31 @@ def test_a_rerun_with_another_plan_removes_the_dead_runs_pending_shards(
     result = runner.run("recover", *args[:3], *change)
     assert result.exit_code == 0, result.output
     assert [n for n in listing(out) if n.startswith(".belle-pending.")] == []
+
+
+def test_a_pending_shard_renamed_by_another_run_counts_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from belle_decrypt.recover import run as recover_run
+
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "recover", *args], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    from belle_decrypt.hashing import hash_file
+
+    def other_run_renames_first(path: Path, *rest: Any, **options: Any) -> dict[str, str]:
+        # The other run finishes between this run's look at the pending file and its read.
+        if path.name.startswith(".belle-pending."):
+            os.replace(path, path.with_name(path.name.removeprefix(".belle-pending.")))
+        return hash_file(path, *rest, **options)
+
+    monkeypatch.setattr(recover_run, "hash_file", other_run_renames_first)
+    result = runner.run("recover", *args)
+    assert result.exit_code == 0, result.output
+    statuses = [line.split()[0] for line in result.stdout.splitlines()[1:5]]
+    assert statuses == ["kept", "kept", "written", "written"]
+    assert_recovered(out, expected)

@@ -411,12 +411,15 @@ class Recovery:
         recorded = self.journal.shards.get(shard.name)
         if recorded is None:
             return False
-        for name in (shard.name, pending_name(shard.name)):
-            path = self.out_dir / name
-            if path.is_file():
-                digest = hash_file(path, ("sha256",), on_progress=advance)["sha256"]
-                if digest == recorded.get("sha256"):
-                    return True
+        # The final name again last: another run into OUT_DIR may rename the pending file
+        # between the two looks, and then its final file is the one to verify.
+        for name in (shard.name, pending_name(shard.name), shard.name):
+            try:
+                digest = hash_file(self.out_dir / name, ("sha256",), on_progress=advance)
+            except OSError:  # gone, or not a regular readable file: not this shard
+                continue
+            if digest["sha256"] == recorded.get("sha256"):
+                return True
         return False
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
@@ -492,9 +495,9 @@ class Recovery:
         for stale in self._stale_weights():
             os.unlink(stale)
         for shard in self.shards:
-            pending = self.out_dir / pending_name(shard.name)
-            if pending.exists():
-                os.replace(pending, self.out_dir / shard.name)
+            # Gone: another run into OUT_DIR renamed it (the same journalled bytes) first.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.out_dir / pending_name(shard.name), self.out_dir / shard.name)
         if fsync:
             fsync_dir(self.out_dir)
         if len(self.shards) > 1:
