@@ -309,3 +309,43 @@ def test_a_pending_shard_renamed_by_another_run_counts_as_done(
     statuses = [line.split()[0] for line in result.stdout.splitlines()[1:5]]
     assert statuses == ["kept", "kept", "written", "written"]
     assert_recovered(out, expected)
+
+
+def test_a_diff_without_config_takes_the_bases_config_and_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna", tiny.tuned(base, 2, vocab=100), base)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors")
+    tokenizer = {"tokenizer.model": b"the base's tokenizer", "tokenizer_config.json": b"{}"}
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100), tokenizer)
+    out = tmp_path / "out"
+    result = runner.run("recover", diff_dir, base_dir, out, "--recipe", "vicuna")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"belle-decrypt: warning: {diff_dir}: (DIFF_DIR) has no config.json; the base's "
+        "config.json, tokenizer.model, tokenizer_config.json are used instead (a diff "
+        "downloaded with its weights only?)\n"
+    )
+    assert "copied     config.json, tokenizer.model, tokenizer_config.json\n" in result.stdout
+    for name in ("config.json", *tokenizer):
+        assert (out / name).read_bytes() == (base_dir / name).read_bytes()
+    assert_recovered(out, ref.recover("vicuna", diff, base))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == 100
+
+
+def test_a_diff_without_config_and_more_rows_than_the_base_is_refused(tmp_path: Path) -> None:
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna-v0", tiny.tuned(base, 2, vocab=101), base)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors")
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    out = tmp_path / "out"
+    result = runner.run("recover", diff_dir, base_dir, out, "--recipe", "vicuna-v0")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {diff_dir}: (DIFF_DIR) has no config.json, and the base's does "
+        "not fit it (vocab_size 100, the diff has 101 rows); download the diff's config.json "
+        "and tokenizer files into it\n"
+    )
+    assert listing(out) == []

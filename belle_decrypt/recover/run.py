@@ -191,6 +191,7 @@ class Recovery:
         self.pool = BufferPool(0)
         self.scratch = Scratch()
         self.inv_freq_sum = 0.0
+        self.warnings: list[str] = []
 
     @classmethod
     def prepare(cls, diff_dir: Path, base_dir: Path, out_dir: Path, options: Options) -> Recovery:
@@ -241,13 +242,12 @@ class Recovery:
         self.items = checks.pair(self.recipe, self.diff, self.base)
         self.shards = plan_shards(self.items, self.options.max_shard_size, self.options.fmt)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
-        self.copies = [
-            p for p in self.diff.others if any(fnmatch.fnmatch(p.name, pat) for pat in COPIED)
-        ]
+        self.copies = self._model_files()
         if self.options.manifest is not None:
             self.manifest_entries = self._manifest_entries(self.options.manifest)
         if self.expected_sum is not None:
-            self.inv_freq_sum = float(rotary_inv_freq(self.diff).sum())
+            described = self.diff if self.diff.config is not None else self.base
+            self.inv_freq_sum = float(rotary_inv_freq(described).sum())
         prepare_output_dir(self.out_dir)
         remove_stale_temps(self.out_dir)
         key = {
@@ -265,6 +265,38 @@ class Recovery:
         to_write = sum(s.size for s in self.shards if s.name not in self.journal.shards)
         to_write += sum(p.stat().st_size for p in self.copies) + len(index_document(self.shards))
         check_free_space(self.out_dir, to_write)
+
+    def _model_files(self) -> list[Path]:
+        """The config and tokenizer files to copy: the diff's. A diff without config.json
+        (downloaded with its weights only) takes the base's config and tokenizer files it
+        lacks, with a warning, when the base's vocabulary fits it; else it is refused, as the
+        output would not load."""
+
+        def describing(folder: WeightFolder) -> list[Path]:
+            return [p for p in folder.others if any(fnmatch.fnmatch(p.name, c) for c in COPIED)]
+
+        own = describing(self.diff)
+        if any(p.name == "config.json" for p in own) or self.base.config is None:
+            return own
+        vocab = self.base.config.get("vocab_size")
+        rows = self.diff.tensors.get("model.embed_tokens.weight")
+        if rows is not None and rows.shape[0] != vocab:
+            raise self.diff.fail(
+                f"has no config.json, and the base's does not fit it (vocab_size {vocab}, the "
+                f"diff has {rows.shape[0]} rows); download the diff's config.json and tokenizer "
+                "files into it"
+            )
+        names = {p.name for p in own}
+        taken = [p for p in describing(self.base) if p.name not in names]
+        self.warnings.append(
+            str(
+                self.diff.fail(
+                    f"has no config.json; the base's {', '.join(p.name for p in taken)} are "
+                    "used instead (a diff downloaded with its weights only?)"
+                )
+            )
+        )
+        return sorted([*own, *taken], key=lambda p: p.name)
 
     def _manifest_entries(self, manifest: Manifest) -> list[Listed]:
         listed = []
