@@ -508,7 +508,7 @@ def test_other_files_in_the_way_need_force(tmp_path: Path) -> None:
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"an older model")
     result = run(diff_dir, base_dir, out, "--recipe", "vicuna")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert result.stderr == (
         f"belle-decrypt: error: {out / 'model.safetensors'}: already exists and is not from "
         "this recovery; pass --force to replace it, or choose another output folder\n"
@@ -523,7 +523,7 @@ def test_force_removes_weights_of_another_layout(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run(diff_dir, base_dir, out, "--recipe", "vicuna", "--bin").exit_code == 0
     result = run(diff_dir, base_dir, out, "--recipe", "vicuna", "--max-shard-size", "60KB")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert result.stderr == (
         f"belle-decrypt: error: {out / 'pytorch_model.bin'}: already exists and is not from "
         "this recovery; pass --force to replace it, or choose another output folder\n"
@@ -669,7 +669,7 @@ def test_changed_input_is_not_resumed(tmp_path: Path) -> None:
     shutil.copy(base_dir / "pytorch_model.bin", tmp_path / "copy.bin")
     os.replace(tmp_path / "copy.bin", base_dir / "pytorch_model.bin")
     result = run(*args)
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert result.stderr == (
         f"belle-decrypt: error: {out / 'model-00001-of-00004.safetensors'}: already exists and "
         "is not from this recovery; pass --force to replace it, or choose another output folder\n"

@@ -5,18 +5,25 @@ paths. Each runs the real command line in a subprocess where a hang or a signal 
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from belle_decrypt.tensors.sinks.shards import parse_size
 from tests import faults, runner
+from tests import reference_recover as ref
+from tests import tinyllama as tiny
 from tests.conftest import listing
-from tests.test_recover import assert_recovered, release, small_shards
+from tests.test_recover import KILLER, assert_recovered, release, small_shards
 
 
 def limited(size: int) -> Callable[[], None]:
@@ -153,7 +160,7 @@ def test_a_damaged_journal_entry_starts_afresh(
     doc["shards"][first] = damage(doc["shards"][first])
     journal.write_text(json.dumps(doc))
     result = runner.run("recover", *args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     assert result.stderr == (
         f"belle-decrypt: error: {out / first}: already exists and is not from this recovery; "
         "pass --force to replace it, or choose another output folder\n"
@@ -162,3 +169,183 @@ def test_a_damaged_journal_entry_starts_afresh(
     assert result.exit_code == 0, result.output
     assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["written"] * 4
     assert_recovered(out, expected)
+
+
+def inv_freq_release(root: Path, recipe: str) -> tuple[Path, Path, tiny.StateDict]:
+    """Base and diff both holding float16 inv_freq buffers (as transformers <= 4.30 saved a
+    float16 model), and the recovered buffers as the publishers' scripts write them: float32,
+    the float32 sum of the two (ziya: the delta's own, widened)."""
+    base = tiny.model(1, inv=True)
+    base = {name: t.half() if name.endswith("inv_freq") else t for name, t in base.items()}
+    vocab = 120 if recipe == "ziya" else 100
+    tuned = tiny.tuned(base, 2, vocab=vocab)
+    diff = ref.make_diff(recipe, tuned, base)
+    for name in diff:
+        if name.endswith("inv_freq"):  # a delta that is not exactly 0, so the sum shows
+            diff[name] = torch.full_like(diff[name], 1e-3).half()
+    diff_dir = tiny.write_folder(root / "diff", diff, "safetensors", tiny.config(vocab))
+    base_dir = tiny.write_folder(root / "base", base, "bin", tiny.config(100))
+    return diff_dir, base_dir, ref.recover(recipe, diff, base)
+
+
+@pytest.mark.parametrize("recipe", ["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"])
+@pytest.mark.parametrize("as_bin", [False, True])
+def test_inv_freq_buffers_are_written_as_float32(recipe: str, as_bin: bool, tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = inv_freq_release(tmp_path, recipe)
+    out = tmp_path / "out"
+    flags = ["--bin"] if as_bin else []
+    if recipe == "alpaca":
+        flags += ["--expect-sum", str(ref.alpaca_sum(expected))]
+    result = runner.run("recover", diff_dir, base_dir, out, "--recipe", recipe, *flags)
+    assert result.exit_code == 0, result.output
+    got = tiny.load_folder(out)
+    buffers = [name for name in expected if name.endswith("inv_freq")]
+    assert len(buffers) == tiny.LAYERS
+    for name in buffers:
+        assert got[name].dtype == torch.float32, name
+        assert expected[name].dtype == torch.float32, name
+    assert_recovered(out, expected)
+
+
+SHRINK = """
+import os, sys
+from belle_decrypt.tensors import run
+from belle_decrypt.cli import commands as cli
+victim = sys.argv.pop(1)
+produce = run.Recovery._produce
+calls = []
+def shrinking(self, item, out):
+    calls.append(item.name)
+    if len(calls) == 3:
+        os.truncate(victim, os.path.getsize(victim) // 3)
+    return produce(self, item, out)
+run.Recovery._produce = shrinking
+cli.main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("which", "name", "role"),
+    [("diff", "model.safetensors", "DIFF_DIR"), ("base", "pytorch_model.bin", "BASE_DIR")],
+)
+@pytest.mark.parametrize("as_bin", [False, True])
+def test_an_input_truncated_during_the_run_is_one_line(
+    which: str, name: str, role: str, as_bin: bool, tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    victim = (diff_dir if which == "diff" else base_dir) / name
+    size = victim.stat().st_size
+    args = small_shards(diff_dir, base_dir, out) + (["--bin"] if as_bin else [])
+    proc = subprocess.run(
+        [sys.executable, "-c", SHRINK, str(victim), "recover", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=faults.ENV,
+    )
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert faults.one_error(proc.stderr) == (
+        f"{victim}: ({role}) shrank from {size:,} to {size // 3:,} bytes while being read "
+        "(another program truncated it); nothing was left under a final name; download it "
+        "again, then run the same command again"
+    )
+    assert [n for n in listing(out) if not n.startswith(".belle-")] == []
+    assert faults.temps(out) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["--recipe", "vicuna", "--max-shard-size", "90KB"],
+        ["--recipe", "vicuna", "--max-shard-size", "60KB", "--bin"],
+        ["--recipe", "vicuna-v0", "--max-shard-size", "60KB"],
+        ["--recipe", "vicuna", "--max-shard-size", "60KB", "--force"],
+        ["--recipe", "vicuna"],
+    ],
+)
+def test_a_rerun_with_another_plan_removes_the_dead_runs_pending_shards(
+    change: list[str], tmp_path: Path
+) -> None:
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "recover", *args], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert [n for n in listing(out) if n.startswith(".belle-pending.")] == [
+        ".belle-pending.model-00001-of-00004.safetensors",
+        ".belle-pending.model-00002-of-00004.safetensors",
+    ]
+    result = runner.run("recover", *args[:3], *change)
+    assert result.exit_code == 0, result.output
+    assert [n for n in listing(out) if n.startswith(".belle-pending.")] == []
+
+
+def test_a_pending_shard_renamed_by_another_run_counts_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from belle_decrypt.tensors import run as recover_run
+
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "recover", *args], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    from belle_decrypt.streams.hashing import hash_file
+
+    def other_run_renames_first(path: Path, *rest: Any, **options: Any) -> dict[str, str]:
+        # The other run finishes between this run's look at the pending file and its read.
+        if path.name.startswith(".belle-pending."):
+            os.replace(path, path.with_name(path.name.removeprefix(".belle-pending.")))
+        return hash_file(path, *rest, **options)
+
+    monkeypatch.setattr(recover_run, "hash_file", other_run_renames_first)
+    result = runner.run("recover", *args)
+    assert result.exit_code == 0, result.output
+    statuses = [line.split()[0] for line in result.stdout.splitlines()[1:5]]
+    assert statuses == ["kept", "kept", "written", "written"]
+    assert_recovered(out, expected)
+
+
+def test_a_diff_without_config_takes_the_bases_config_and_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna", tiny.tuned(base, 2, vocab=100), base)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors")
+    tokenizer = {"tokenizer.model": b"the base's tokenizer", "tokenizer_config.json": b"{}"}
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100), tokenizer)
+    out = tmp_path / "out"
+    result = runner.run("recover", diff_dir, base_dir, out, "--recipe", "vicuna")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"belle-decrypt: warning: {diff_dir}: (DIFF_DIR) has no config.json; the base's "
+        "config.json, tokenizer.model, tokenizer_config.json are used instead (a diff "
+        "downloaded with its weights only?)\n"
+    )
+    assert "copied     config.json, tokenizer.model, tokenizer_config.json\n" in result.stdout
+    for name in ("config.json", *tokenizer):
+        assert (out / name).read_bytes() == (base_dir / name).read_bytes()
+    assert_recovered(out, ref.recover("vicuna", diff, base))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == 100
+
+
+def test_a_diff_without_config_and_more_rows_than_the_base_is_refused(tmp_path: Path) -> None:
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna-v0", tiny.tuned(base, 2, vocab=101), base)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors")
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    out = tmp_path / "out"
+    result = runner.run("recover", diff_dir, base_dir, out, "--recipe", "vicuna-v0")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {diff_dir}: (DIFF_DIR) has no config.json, and the base's does "
+        "not fit it (vocab_size 100, the diff has 101 rows); download the diff's config.json "
+        "and tokenizer files into it\n"
+    )
+    assert listing(out) == []

@@ -251,6 +251,8 @@ def recover_run(
     for ignored in options.manifest.ignored if options.manifest is not None else ():
         warn(ignored.message)
     with Recovery.prepare(diff_dir, base_dir, out_dir, options, choose) as job:
+        for warning in job.warnings:
+            warn(warning)
         how = f"recognised from {job.recognised}" if job.recognised else "given"
         say(f"recipe     {job.recipe.name} ({how})", quiet)
         with Bars(job.total_size, True, progress_enabled(quiet)) as bars:

@@ -60,7 +60,8 @@ class AdditiveRecipe:
         self, item: Item, tensors: Mapping[str, torch.Tensor], out: torch.Tensor, scratch: Scratch
     ) -> torch.Tensor:
         """The recovered tensor ``item``, computed into ``out`` (the diff's shape, the recipe's
-        dtype); the diff itself when it is taken as it is. The base is absent when not needed.
+        dtype; float32 for the rotary inv_freq buffers, which the arithmetic then runs in);
+        the diff itself when it is taken as it is. The base is absent when not needed.
 
         The publishers' tools add the base to the delta (``delta + base``) in the recipe's
         dtype; the base's new vocabulary rows (zeros, or the mean of its rows in float32) are
@@ -69,14 +70,15 @@ class AdditiveRecipe:
         """
         name, base, diff = item.name, tensors.get(BASE), tensors[DIFF]
         tm = import_torch()
-        dtype = getattr(tm, self.dtype)
+        dtype = out.dtype
+        dtype_name = str(dtype).removeprefix("torch.")
         if base is None or self.takes_diff(name):
             if diff.dtype == dtype:
                 return diff
             out.copy_(diff)
             return out
-        delta = diff if diff.dtype == dtype else scratch.converted("delta", diff, self.dtype)
-        raw = base if base.dtype == dtype else scratch.converted("base", base, self.dtype)
+        delta = diff if diff.dtype == dtype else scratch.converted("delta", diff, dtype_name)
+        raw = base if base.dtype == dtype else scratch.converted("base", base, dtype_name)
         if raw.shape == delta.shape:
             tm.add(delta, raw, out=out)
             return out
@@ -171,8 +173,10 @@ def pair(recipe: AdditiveRecipe, diff: TensorSource, base: TensorSource) -> list
             )
         if other is not None and not recipe.takes_diff(name):
             _check_shapes(recipe, name, info, other, diff)
+        # The publishers' scripts all write the rotary buffers as float32, whatever the recipe.
+        dtype = "float32" if INV_FREQ in name else recipe.dtype
         reads = ((BASE, other), (DIFF, info)) if other is not None else ((DIFF, info),)
-        items.append(Item(name, recipe.dtype, info.shape, reads))
+        items.append(Item(name, dtype, info.shape, reads))
     for name in sorted(base.tensors, key=state_dict_key):
         info = base.tensors[name]
         if INV_FREQ not in name and name not in diff.tensors:

@@ -38,6 +38,7 @@ from belle_decrypt.streams.output import (
 from belle_decrypt.tensors.buffers import BufferPool, Scratch
 from belle_decrypt.tensors.journal import (
     JOURNAL_NAME,
+    PENDING_PREFIX,
     HashingWriter,
     Journal,
     fingerprint,
@@ -104,6 +105,7 @@ class Recovery:
         self.pool = BufferPool(0)
         self.scratch = Scratch()
         self.inv_freq_sum = 0.0
+        self.warnings: list[str] = []
 
     @classmethod
     def prepare(
@@ -163,13 +165,12 @@ class Recovery:
         self.items = self.recipe.plan(self.sources)
         self.shards = self.sink.plan(self.items)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
-        self.copies = [
-            p for p in self.diff.others if any(fnmatch.fnmatch(p.name, pat) for pat in COPIED)
-        ]
+        self.copies = self._model_files()
         if self.options.manifest is not None:
             self.manifest_entries = listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
-            self.inv_freq_sum = float(rotary_inv_freq(self.diff).sum())
+            described = self.diff if self.diff.config is not None else self.sources[BASE]
+            self.inv_freq_sum = float(rotary_inv_freq(described).sum())
         prepare_output_dir(self.out_dir)
         remove_stale_temps(self.out_dir)
         key = {
@@ -182,9 +183,43 @@ class Recovery:
         if not self.options.force:
             self.journal = Journal.load(self.out_dir, key)
             self._check_nothing_in_the_way()
+        self._remove_pending_not_kept()
         to_write = sum(s.size for s in self.shards if s.name not in self.journal.shards)
         to_write += sum(p.stat().st_size for p in self.copies) + self.sink.overhead(self.shards)
         check_free_space(self.out_dir, to_write)
+
+    def _model_files(self) -> list[Path]:
+        """The config and tokenizer files to copy: the diff's. A diff without config.json
+        (downloaded with its weights only) takes the base's config and tokenizer files it
+        lacks, with a warning, when the base's vocabulary fits it; else it is refused, as the
+        output would not load."""
+
+        def describing(folder: TensorSource) -> list[Path]:
+            return [p for p in folder.others if any(fnmatch.fnmatch(p.name, c) for c in COPIED)]
+
+        base = self.sources[BASE]
+        own = describing(self.diff)
+        if any(p.name == "config.json" for p in own) or base.config is None:
+            return own
+        vocab = base.config.get("vocab_size")
+        rows = self.diff.tensors.get("model.embed_tokens.weight")
+        if rows is not None and rows.shape[0] != vocab:
+            raise self.diff.fail(
+                f"has no config.json, and the base's does not fit it (vocab_size {vocab}, the "
+                f"diff has {rows.shape[0]} rows); download the diff's config.json and tokenizer "
+                "files into it"
+            )
+        names = {p.name for p in own}
+        taken = [p for p in describing(base) if p.name not in names]
+        self.warnings.append(
+            str(
+                self.diff.fail(
+                    f"has no config.json; the base's {', '.join(p.name for p in taken)} are "
+                    "used instead (a diff downloaded with its weights only?)"
+                )
+            )
+        )
+        return sorted([*own, *taken], key=lambda p: p.name)
 
     def _check_nothing_in_the_way(self) -> None:
         """Refuse (without --force) final names already holding something this run did not make."""
@@ -204,6 +239,18 @@ class Recovery:
                 raise _in_the_way(target)
         for stale in self._stale_weights():
             raise _in_the_way(stale)
+
+    def _remove_pending_not_kept(self) -> None:
+        """Remove pending shards of this tool that this run's plan and journal do not keep
+        (left by a run killed under another plan, recipe or input): otherwise they would stay
+        hidden for good, and count against the free space."""
+        assert self.journal is not None
+        kept = {pending_name(s.name) for s in self.shards if s.name in self.journal.shards}
+        for entry in os.scandir(self.out_dir):
+            if entry.name.startswith(PENDING_PREFIX) and entry.name not in kept:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
 
     def _stale_weights(self) -> list[Path]:
         """Weight files and indexes in OUT_DIR that this run's layout does not have.
@@ -308,12 +355,15 @@ class Recovery:
         recorded = self.journal.shards.get(shard.name)
         if recorded is None:
             return False
-        for name in (shard.name, pending_name(shard.name)):
-            path = self.out_dir / name
-            if path.is_file():
-                digest = hash_file(path, ("sha256",), on_progress=advance)["sha256"]
-                if digest == recorded.get("sha256"):
-                    return True
+        # The final name again last: another run into OUT_DIR may rename the pending file
+        # between the two looks, and then its final file is the one to verify.
+        for name in (shard.name, pending_name(shard.name), shard.name):
+            try:
+                digest = hash_file(self.out_dir / name, ("sha256",), on_progress=advance)
+            except OSError:  # gone, or not a regular readable file: not this shard
+                continue
+            if digest["sha256"] == recorded.get("sha256"):
+                return True
         return False
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
@@ -367,9 +417,9 @@ class Recovery:
         for stale in self._stale_weights():
             os.unlink(stale)
         for shard in self.shards:
-            pending = self.out_dir / pending_name(shard.name)
-            if pending.exists():
-                os.replace(pending, self.out_dir / shard.name)
+            # Gone: another run into OUT_DIR renamed it (the same journalled bytes) first.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.out_dir / pending_name(shard.name), self.out_dir / shard.name)
         if fsync:
             fsync_dir(self.out_dir)
         index = self.sink.index(self.shards)
@@ -382,8 +432,9 @@ class Recovery:
         return tuple(copied)
 
 
-def _in_the_way(target: Path) -> InputError:
-    return InputError(
+def _in_the_way(target: Path) -> OutputError:
+    """A different file in the way: exit 1 in every command, as the READMEs' table says."""
+    return OutputError(
         "already exists and is not from this recovery; pass --force to replace it, or choose "
         "another output folder",
         target,

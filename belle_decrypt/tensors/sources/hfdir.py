@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from belle_decrypt.ground.errors import InputError
+from belle_decrypt.ground.errors import InputError, OutputError
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.layouts.container import LFS_POINTER_PREFIX, SUFFIX, is_lfs_pointer
 from belle_decrypt.tensors.buffers import data_size
@@ -68,6 +68,8 @@ class WeightFolder:
         self.tensors: dict[str, TensorInfo] = {}
         self.config: dict[str, Any] | None = None
         self._handles: dict[Path, Any] = {}
+        # Each weight file held open with its size when opened: see ``load``.
+        self._held: dict[Path, tuple[int, int]] = {}
 
     @classmethod
     def open(cls, path: Path, role: str) -> WeightFolder:
@@ -89,6 +91,9 @@ class WeightFolder:
     def close(self) -> None:
         """Drop the open files and mappings."""
         self._handles.clear()
+        for fd, _ in self._held.values():
+            os.close(fd)
+        self._held.clear()
 
     def fail(self, message: str, path: Path | None = None) -> InputError:
         """An InputError naming this folder's role and the file concerned."""
@@ -245,6 +250,11 @@ class WeightFolder:
                 "is a Git LFS pointer, not the data; run `git lfs pull` in the cloned folder",
                 file,
             )
+        try:
+            fd = os.open(file, os.O_RDONLY)
+        except OSError as exc:
+            raise self.fail(f"cannot read: {exc.strerror or exc}", file) from exc
+        self._held[file] = (fd, os.fstat(fd).st_size)
         if file.name.endswith(".safetensors"):
             infos = self._read_safetensors(file)
         else:
@@ -334,8 +344,14 @@ class WeightFolder:
         return doc if isinstance(doc, dict) else None
 
     def load(self, name: str) -> torch.Tensor:
-        """The tensor ``name``: a read-only view of the mapped file, nothing copied."""
+        """The tensor ``name``: a read-only view of the mapped file, nothing copied.
+
+        Reading a mapped page past the end of a file that shrank kills the process (SIGBUS),
+        so the open file's size is checked first, each time: a file truncated while the run
+        reads it stops the run with one line (exit 1) instead.
+        """
         info = self.tensors[name]
+        self._check_size(info.file)
         handle = self._handles[info.file]
         try:
             if isinstance(handle, dict):
@@ -347,6 +363,18 @@ class WeightFolder:
                 f"cannot read {name} ({_first_line(exc)}); download the file again", info.file
             ) from exc
         return tensor
+
+    def _check_size(self, file: Path) -> None:
+        """Raise OutputError if ``file`` (the very file opened, not its path) got shorter."""
+        fd, size = self._held[file]
+        now = os.fstat(fd).st_size
+        if now < size:
+            raise OutputError(
+                f"({self.role}) shrank from {size:,} to {now:,} bytes while being read "
+                "(another program truncated it); nothing was left under a final name; "
+                "download it again, then run the same command again",
+                file,
+            )
 
 
 class _MappedSafetensors:
