@@ -35,8 +35,30 @@ from belle_decrypt.console import (
 from belle_decrypt.errors import BelleError, ExitCode, InputError
 from belle_decrypt.states import CheckStatus
 
-# Arguments are checked by the library, which says what is wrong in one line.
-PATH = click.Path(path_type=Path, readable=False)
+
+class EmptyPath(click.UsageError):
+    """An empty path argument (`""`, an unset `$OUT`), which would mean the current folder:
+    a usage error said in one line (exit 2)."""
+
+    def show(self, file: Any = None) -> None:
+        error(self.message)
+
+
+class GivenPath(click.Path):
+    """A path that is not empty; everything else about it is checked by the library, which
+    says what is wrong in one line."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            if isinstance(param, click.Option):
+                what = param.opts[0]
+            else:
+                what = param.human_readable_name if param is not None else "a path"
+            raise EmptyPath(f"{what}: the path is empty (an unset variable?); give a path", ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = GivenPath(path_type=Path, readable=False)
 
 
 class DefaultToDecrypt(click.Group):
@@ -248,7 +270,7 @@ def encrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options:
 @cli.command()
 @click.option(
     "--keep",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=GivenPath(path_type=Path, file_okay=False),
     help="Build the example in this (new or empty) folder and keep it.",
 )
 def demo(keep: Path | None) -> None:
