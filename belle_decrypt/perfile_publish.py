@@ -4,7 +4,8 @@ with the same-named base file into a payload of the same name, and two md5 lists
 Payloads are written uncompressed (gzip output depends on the compressor, so it could not be
 reproduced byte for byte). `md5sums.txt` lists the payload files ("after you clone") and
 `md5sums-decoded.txt` the model files ("after you decode"): the names are the same, so the two
-lists cannot share one file. Each list is written fresh for the files of the run.
+lists cannot share one file. Lists already in the output folder are updated, not replaced, so
+publishing one file at a time builds both lists.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from belle_decrypt.encrypt import (
     Publish,
     PublishTally,
     prepare_publish,
+    previous_manifest,
     publish_each,
     status_against_existing,
 )
 from belle_decrypt.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.errors import BelleError, InputError, OutputError
 from belle_decrypt.hashing import md5_file
+from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import FileProgress, Notices, Outcome
 from belle_decrypt.output import AtomicFile, remove_stale_temps
 from belle_decrypt.perfile import PLAIN_NAMES, BaseStream, is_clutter
@@ -44,13 +47,15 @@ DECODED_LIST = "md5sums-decoded.txt"
 
 @dataclass(frozen=True)
 class PerFilePublish:
-    """A checked per-file encrypt run: model files (smallest first) with their bases."""
+    """A checked per-file encrypt run: model files (smallest first) with their bases, and
+    the two lists already in the output folder (by list name), to update."""
 
     files: tuple[Path, ...]
     bases: dict[Path, Path | None]
     sizes: dict[Path, int]
     out_dir: Path
     folder: bool
+    previous: dict[str, Manifest | None]
 
 
 def _model_files(source: Path, base_dir: Path, notices: Notices) -> list[Path]:
@@ -83,7 +88,8 @@ def _model_files(source: Path, base_dir: Path, notices: Notices) -> list[Path]:
 def prepare_perfile_publish(
     source: Path, base_dir: Path, out_dir: Path, notices: Notices
 ) -> Iterator[PerFilePublish]:
-    """Check everything before writing: the base folder, the files and their bases, the output
+    """Check everything before writing: the base folder, the files and their bases, the two
+    lists already in the output folder (readable; their ignored lines are warnings), the output
     folder (not the source or the base; made, stale temporary files removed), free space."""
     if not base_dir.is_dir():
         raise InputError(
@@ -103,10 +109,14 @@ def prepare_perfile_publish(
         ) from exc
     files.sort(key=lambda p: (sizes[p], p.name))
     bases = {p: (None if p.name in PLAIN_NAMES else base_dir / p.name) for p in files}
+    previous = {name: previous_manifest(out_dir, name) for name in (PAYLOAD_LIST, DECODED_LIST)}
+    for manifest in previous.values():
+        for ignored in manifest.ignored if manifest is not None else ():
+            notices.warning(ignored.message)
     prepare_output_dir(out_dir)
     remove_stale_temps(out_dir)
     check_free_space(out_dir, sum(sizes.values()))
-    yield PerFilePublish(tuple(files), bases, sizes, out_dir, source.is_dir())
+    yield PerFilePublish(tuple(files), bases, sizes, out_dir, source.is_dir(), previous)
 
 
 def encode_file(
@@ -170,10 +180,20 @@ def encode_file(
     )
 
 
-def _write_list(path: Path, pairs: list[tuple[str, str]], fsync: bool) -> None:
+def _write_list(
+    path: Path, pairs: list[tuple[str, str]], previous: Manifest | None, fsync: bool
+) -> None:
+    """Write the list ``path`` atomically: ``pairs`` (name, md5) of this run, and the entries
+    of the ``previous`` list for the files this run did not write."""
+    written = {name for name, _ in pairs}
+    kept = [
+        (entry.name, entry.digest)
+        for entry in (previous.entries if previous is not None else ())
+        if entry.name not in written
+    ]
     atomic = AtomicFile(path, fsync=fsync)
     with atomic as out:
-        text = "".join(f"{digest}  ./{name}\n" for name, digest in sorted(pairs))
+        text = "".join(f"{digest}  ./{name}\n" for name, digest in sorted([*kept, *pairs]))
         out.write(text.encode("utf-8", errors="surrogateescape"))
         atomic.commit(replace=True)
 
@@ -203,12 +223,11 @@ def encode_all(
 
     results = publish_each(publish.files, publish.sizes, one, tally, file_progress, on_outcome)
     if results:
-        _write_list(
-            publish.out_dir / PAYLOAD_LIST, [(r.target.name, r.enc_md5) for r in results], fsync
-        )
-        _write_list(
-            publish.out_dir / DECODED_LIST, [(r.source.name, r.plain_md5) for r in results], fsync
-        )
+        for name, pairs in (
+            (PAYLOAD_LIST, [(r.target.name, r.enc_md5) for r in results]),
+            (DECODED_LIST, [(r.source.name, r.plain_md5) for r in results]),
+        ):
+            _write_list(publish.out_dir / name, pairs, publish.previous[name], fsync)
         tally.manifest = publish.out_dir / PAYLOAD_LIST
         tally.listed = len(results)
     return tally
