@@ -19,6 +19,7 @@ from belle_decrypt import __version__
 from belle_decrypt.console import (
     PROG,
     ConsoleNotices,
+    GivenPath,
     bar,
     check_key_run,
     decrypt_run,
@@ -35,29 +36,7 @@ from belle_decrypt.console import (
 from belle_decrypt.errors import BelleError, ExitCode, InputError
 from belle_decrypt.states import CheckStatus
 
-
-class EmptyPath(click.UsageError):
-    """An empty path argument (`""`, an unset `$OUT`), which would mean the current folder:
-    a usage error said in one line (exit 2)."""
-
-    def show(self, file: Any = None) -> None:
-        error(self.message)
-
-
-class GivenPath(click.Path):
-    """A path that is not empty; everything else about it is checked by the library, which
-    says what is wrong in one line."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not value:
-            if isinstance(param, click.Option):
-                what = param.opts[0]
-            else:
-                what = param.human_readable_name if param is not None else "a path"
-            raise EmptyPath(f"{what}: the path is empty (an unset variable?); give a path", ctx)
-        return super().convert(value, param, ctx)
-
-
+# Arguments are checked by the library, which says what is wrong in one line.
 PATH = GivenPath(path_type=Path, readable=False)
 
 

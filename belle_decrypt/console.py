@@ -150,6 +150,28 @@ def user_errors(writing: bool = False) -> Iterator[None]:
         restore()
 
 
+class EmptyPath(click.UsageError):
+    """An empty path argument (`""`, an unset `$OUT`), which would mean the current folder:
+    a usage error said in one line (exit 2)."""
+
+    def show(self, file: Any = None) -> None:
+        error(self.message)
+
+
+class GivenPath(click.Path):
+    """A path that is not empty; everything else about it is checked by the library, which
+    says what is wrong in one line."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            if isinstance(param, click.Option):
+                what = param.opts[0]
+            else:
+                what = param.human_readable_name if param is not None else "a path"
+            raise EmptyPath(f"{what}: the path is empty (an unset variable?); give a path", ctx)
+        return super().convert(value, param, ctx)
+
+
 def progress_enabled(quiet: bool) -> bool:
     """Bars only for a person watching a terminal."""
     return not quiet and sys.stderr.isatty()
