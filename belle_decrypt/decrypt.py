@@ -22,6 +22,7 @@ from belle_decrypt.hashing import hash_file
 from belle_decrypt.keystream import KEY_HINT, Key, Keystream
 from belle_decrypt.layout import FolderKeyed, OwnPayload, Source
 from belle_decrypt.output import AtomicFile, unreadable_existing
+from belle_decrypt.seed import is_copy
 from belle_decrypt.states import FileState
 
 WRONG_KEY_HINT = (
@@ -120,10 +121,16 @@ def _check_listed(
             raise DigestMismatch(
                 found[algorithm], digest, WRONG_KEY_HINT, enc.path, _label(algorithm)
             )
+        mismatch = f"{_label(algorithm)} {found[algorithm]} differs from the manifest's {digest}"
+        if is_copy(enc):
+            raise ChecksumError(
+                f"{mismatch}; it is copied as it is, so this file is not the one the card lists; "
+                f"{done}: download it again, or check that the manifest is for this release",
+                path,
+            )
         raise ChecksumError(
-            f"{_label(algorithm)} {found[algorithm]} differs from the manifest's {digest} "
-            f"although the SHA-256 in the name matches; {done}: check that the manifest is for "
-            "this release",
+            f"{mismatch} although the SHA-256 in the name matches; {done}: check that the "
+            "manifest is for this release",
             path,
         )
 
