@@ -160,6 +160,8 @@ def encode_file(
                     if status is FileState.ENCRYPTED:
                         check(cancel)
                         atomic.commit()
+                        if base is None:  # a plain file (added_tokens.json) is copied
+                            status = FileState.COPIED
             finally:
                 stream.close()
     except BelleError:

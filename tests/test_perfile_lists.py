@@ -67,3 +67,17 @@ def test_an_unreadable_list_in_the_output_folder_is_refused_before_writing(
     assert result.stderr.startswith(f"belle-decrypt: error: {published / 'md5sums-decoded.txt'}: ")
     assert result.stderr.endswith("; this run would update it: fix it or move it away\n")
     assert sorted(p.name for p in published.iterdir()) == ["md5sums-decoded.txt"]
+
+
+def test_publishing_says_a_plain_file_is_copied_not_encrypted(tmp_path: Path) -> None:
+    plains = {"added_tokens.json": b'{"<x>": 32000}', "config.json": b'{"b": 1}'}
+    model = write_files(tmp_path / "model", plains)
+    base = write_files(tmp_path / "base", {"config.json": b'{"a": 0}'})
+    published = tmp_path / "published"
+    result = run("encrypt", "--format", "perfile", model, base, published)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[:2] == [
+        "encrypted  config.json  8 B",
+        "copied     added_tokens.json  14 B",
+    ]
+    assert (published / "added_tokens.json").read_bytes() == plains["added_tokens.json"]
