@@ -9,6 +9,7 @@ present, with their index); the match is the card's list checked like `verify`.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from belle_decrypt.manifest import Manifest
 from belle_decrypt.perfile import PINNED
 from belle_decrypt.verify import VerifyReport, verify_folder
 
+BASE_HINT = "pass the folder of LLaMA converted to the Hugging Face layout"
 _SHARD_RE = re.compile(r"(?:pytorch_model|model)-(\d{5})-of-(\d{5})\.(bin|safetensors)")
 _SIZES = {(4096, 32): "7B", (5120, 40): "13B", (6656, 60): "30B", (8192, 80): "65B"}
 
@@ -94,7 +96,8 @@ def check_base(
 ) -> BaseReport:
     """Describe ``folder`` as a base, and check it against ``manifest`` (the card's base list)."""
     if not folder.is_dir():
-        raise InputError("is not a folder", folder)
+        what = "is not a folder" if os.path.lexists(folder) else "no such folder"
+        raise InputError(f"{what}; {BASE_HINT}", folder)
     try:
         config, llama = _config(folder)
         shards, whole = _shards(folder)

@@ -187,12 +187,12 @@ def verify(
 
 
 @cli.command("check-key")
-@click.argument("key_file", type=PATH)
+@click.argument("key_file", type=GivenPath(path_type=str, readable=False))
 @click.option("--full", is_flag=True, help="Hash the whole file and compare with every LLaMA file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
 @click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
 @click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
-def check_key(key_file: Path, quiet: bool, **options: Any) -> None:
+def check_key(key_file: str, quiet: bool, **options: Any) -> None:
     """Say whether KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth, and if not, what.
 
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
@@ -206,7 +206,8 @@ def check_key(key_file: Path, quiet: bool, **options: Any) -> None:
       belle-decrypt check-key llama/7B/consolidated.00.pth --full
     """
     with user_errors():
-        ok = check_key_run(key_file, quiet, **options)
+        folder = key_file.endswith("/")  # `llama-7b-hf/`: a folder is meant, even a missing one
+        ok = check_key_run(Path(key_file), quiet, folder=folder, **options)
     sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 

@@ -466,15 +466,16 @@ def check_key_run(
     full: bool = False,
     format_name: str = "belle",
     base_manifests: Sequence[Path] = (),
+    folder: bool = False,
 ) -> bool:
     """`check-key`: the key file's verdict against ``format_name``'s key (with a bar when
-    hashing it whole), or a base folder's (:func:`base_run`), printed; True when it is what
-    is needed."""
+    hashing it whole), or a base folder's (:func:`base_run`; ``folder``: the path was given
+    as one), printed; True when it is what is needed."""
     from belle_decrypt import keyid
     from belle_decrypt.detect import LAYOUTS
 
     # isdir never raises: identify() says what is wrong with an unreadable path
-    if format_name == "perfile" or os.path.isdir(key_file) or base_manifests:
+    if folder or format_name == "perfile" or os.path.isdir(key_file) or base_manifests:
         return base_run(key_file, base_manifests, quiet)
     expected = LAYOUTS[format_name].expected_key
     size = 0

@@ -279,3 +279,16 @@ def test_an_empty_path_is_a_usage_error_in_every_command(
         f"belle-decrypt: error: {what}: the path is empty (an unset variable?); give a path\n"
     )
     assert listing(tmp_path) == []
+
+
+def test_check_key_on_a_missing_folder_says_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "llama-7b-hf"
+    hint = "pass the folder of LLaMA converted to the Hugging Face layout"
+    for args in ([f"{missing}/"], [missing, "--format", "perfile"]):
+        result = run("check-key", *args)
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr == f"belle-decrypt: error: {missing}: no such folder; {hint}\n"
+    (tmp_path / "file").write_bytes(b"x")
+    result = run("check-key", tmp_path / "file", "--format", "perfile")
+    assert result.exit_code == 2
+    assert result.stderr == f"belle-decrypt: error: {tmp_path / 'file'}: is not a folder; {hint}\n"
