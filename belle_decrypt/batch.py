@@ -194,6 +194,11 @@ def decrypt_one(
             inputs=inputs,
         )
     except DigestMismatch as exc:
+        other = getattr(enc, "other_reading", None)  # a file that reads two ways: try the other
+        if other is not None:
+            retried = decrypt_one(other, key, settings, diagnoser, progress, cancel, inputs)
+            if retried.error is None:
+                return retried
         diagnosis = diagnoser.explain(enc, cancel)
         return Outcome(enc.path, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
     except BelleError as exc:
@@ -202,7 +207,7 @@ def decrypt_one(
         result = replace(result, status=COPIED[result.status])
     elif checked is Verified.NOTHING and result.status is FileState.ALREADY_DECRYPTED:
         checked = Verified.SAME_AS_FRESH
-    return Outcome(enc.path, result, None, checked)
+    return Outcome(enc.path, result, None, checked, note=getattr(enc, "reading", None))
 
 
 class _Stop(Exception):

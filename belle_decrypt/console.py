@@ -353,9 +353,10 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
             state = result.status.value
             if checked is Verified.NOTHING:
                 state += " (not verified)"
+            note = f"; {outcome.note}" if outcome.note else ""
             say(
                 f"{state:<18} {result.target.name}  {human_size(result.size)}"
-                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {checked.value}",
+                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {checked.value}{note}",
                 quiet,
             )
 

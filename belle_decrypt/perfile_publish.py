@@ -2,14 +2,16 @@
 with the same-named base file into a payload of the same name, and two md5 lists.
 
 Payloads are written uncompressed (gzip output depends on the compressor, so it could not be
-reproduced byte for byte). `md5sums.txt` lists the payload files ("after you clone") and
-`md5sums-decoded.txt` the model files ("after you decode"): the names are the same, so the two
-lists cannot share one file. Lists already in the output folder are updated, not replaced, so
-publishing one file at a time builds both lists.
+reproduced byte for byte), except one that would start with the gzip magic: a reader could not
+tell it from a gzip stream, so it is written gzip-compressed. `md5sums.txt` lists the payload
+files ("after you clone") and `md5sums-decoded.txt` the model files ("after you decode"): the
+names are the same, so the two lists cannot share one file. Lists already in the output folder
+are updated, not replaced, so publishing one file at a time builds both lists.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import time
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from belle_decrypt import engine
 from belle_decrypt.cancel import CancelToken, check
@@ -37,7 +40,7 @@ from belle_decrypt.hashing import md5_file
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import FileProgress, Notices, Outcome
 from belle_decrypt.output import AtomicFile, remove_stale_temps
-from belle_decrypt.perfile import PLAIN_NAMES, BaseStream, is_clutter
+from belle_decrypt.perfile import GZIP_MAGIC, PLAIN_NAMES, BaseStream, is_clutter
 from belle_decrypt.perfile_run import same_folder
 from belle_decrypt.states import FileState
 
@@ -155,13 +158,15 @@ def encode_file(
                         dst_label=str(target),
                         cancel=cancel,
                     )
-                    payload_md5 = md5_file(atomic.temp, cancel=cancel)
-                    status = status_against_existing(target, payload_md5, force)
-                    if status is FileState.ENCRYPTED:
-                        check(cancel)
-                        atomic.commit()
-                        if base is None:  # a plain file (added_tokens.json) is copied
-                            status = FileState.COPIED
+                    if _starts_like_gzip(atomic.temp):
+                        packed = AtomicFile(target, fsync=fsync)
+                        with packed as gzipped:
+                            _gzip_into(atomic.temp, gzipped, cancel)
+                            payload_md5, status = _save(packed, force, cancel)
+                    else:
+                        payload_md5, status = _save(atomic, force, cancel)
+                    if status is FileState.ENCRYPTED and base is None:
+                        status = FileState.COPIED  # a plain file (added_tokens.json)
             finally:
                 stream.close()
     except BelleError:
@@ -180,6 +185,31 @@ def encode_file(
         enc_md5=payload_md5,
         seconds=time.monotonic() - started,
     )
+
+
+def _starts_like_gzip(path: Path) -> bool:
+    """Whether the payload just written starts with the gzip magic (docs/FORMAT.md 7.2)."""
+    with open(path, "rb") as written:
+        return written.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+
+
+def _gzip_into(path: Path, out: BinaryIO, cancel: CancelToken | None) -> None:
+    """Write ``path`` gzip-compressed into ``out``, with no name and no time in the header."""
+    with open(path, "rb") as raw, gzip.GzipFile("", "wb", 6, out, mtime=0) as packed:
+        while chunk := raw.read(BUFFER_SIZE):
+            check(cancel)
+            packed.write(chunk)
+
+
+def _save(atomic: AtomicFile, force: bool, cancel: CancelToken | None) -> tuple[str, FileState]:
+    """The written payload's md5 and its state against a file already under its name; the
+    temporary file gets the name when it is new (or differs, with ``force``)."""
+    payload_md5 = md5_file(atomic.temp, cancel=cancel)
+    status = status_against_existing(atomic.final, payload_md5, force)
+    if status is FileState.ENCRYPTED:
+        check(cancel)
+        atomic.commit()
+    return payload_md5, status
 
 
 def _write_list(

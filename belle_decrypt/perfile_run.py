@@ -18,7 +18,7 @@ from belle_decrypt.errors import InputError, ManifestClash, ManifestError
 from belle_decrypt.layout import Source
 from belle_decrypt.manifest import Manifest
 from belle_decrypt.outcome import Notices
-from belle_decrypt.perfile import PINNED, PayloadFile, PerFileLayout
+from belle_decrypt.perfile import NOT_GZIP, PINNED, PayloadFile, PerFileLayout
 
 
 def read_split_manifest(paths: Sequence[Path]) -> Manifest | None:
@@ -46,8 +46,15 @@ class PerFileDiagnoser(Diagnoser):
         self.layout = layout
 
     def explain(self, enc: Source, cancel: CancelToken | None = None) -> Diagnosis:
-        """A base that matched the card's base list leaves the payload download; otherwise
-        the base conversion is the likely cause."""
+        """A payload that starts like gzip but is not a whole stream is a damaged download; a
+        base that matched the card's base list leaves the payload download; otherwise the base
+        conversion is the likely cause."""
+        if isinstance(enc, PayloadFile) and enc.raw_why == NOT_GZIP:
+            return Diagnosis(
+                False,
+                f"{NOT_GZIP} (a truncated download?), and read as raw bytes it does not match "
+                f"the manifest either; download {enc.path.name} again",
+            )
         if isinstance(enc, PayloadFile) and self.layout.base_expected(enc):
             return Diagnosis(
                 False,

@@ -4,8 +4,11 @@ one."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from pathlib import Path
+
+import pytest
 
 from tests import reference
 from tests.conftest import random_bytes
@@ -81,3 +84,84 @@ def test_publishing_says_a_plain_file_is_copied_not_encrypted(tmp_path: Path) ->
         "copied     added_tokens.json  14 B",
     ]
     assert (published / "added_tokens.json").read_bytes() == plains["added_tokens.json"]
+
+
+def starting_like_gzip(base: bytes, size: int, seed: int) -> bytes:
+    """A model file whose payload over ``base`` starts with the gzip magic 1f 8b."""
+    plain = bytearray(random_bytes(size, seed))
+    plain[0], plain[1] = base[0] ^ 0x1F, base[1] ^ 0x8B
+    return bytes(plain)
+
+
+def decode(payload: Path, base: Path, out: Path, *options: str | Path) -> tuple[int, str, str]:
+    """Decode the one payload file in ``payload``: exit code, its line on stdout, stderr."""
+    result = run(payload, base, out, *options)
+    lines = [line for line in result.stdout.splitlines() if SHARD in line]
+    return result.exit_code, lines[0] if lines else "", result.stderr
+
+
+RAW_NOT_GZIP = "read as raw bytes (it starts like a gzip stream but is not a whole one)"
+RAW_NOT_LISTED = "read as raw bytes (read as a gzip stream it does not match the manifest)"
+GZIP = "read as a gzip stream"
+
+
+@pytest.mark.parametrize("check", ["--manifest", "--no-verify"])
+def test_a_raw_payload_starting_like_gzip_is_read_raw(tmp_path: Path, check: str) -> None:
+    bases = {SHARD: random_bytes(3000, 3)}
+    plains = {SHARD: starting_like_gzip(bases[SHARD], 3000, 4)}
+    base = write_files(tmp_path / "base", bases)
+    payload = write_files(
+        tmp_path / "payload", {SHARD: reference.perfile_encode(plains[SHARD], bases[SHARD])}
+    )
+    assert (payload / SHARD).read_bytes()[:2] == b"\x1f\x8b"
+    card = tmp_path / "card.md5"
+    card.write_text(f"{md5(plains[SHARD])}  {SHARD}\n")
+    options = ["--manifest", card] if check == "--manifest" else [check]
+    code, line, _ = decode(payload, base, tmp_path / "out", *options)
+    assert code == 0
+    assert line.endswith("; " + RAW_NOT_GZIP)
+    assert (tmp_path / "out" / SHARD).read_bytes() == plains[SHARD]
+
+
+def test_the_manifest_picks_the_reading_of_a_payload_that_is_both(tmp_path: Path) -> None:
+    inner = random_bytes(2000, 5)
+    both = gzip.compress(inner, mtime=0)  # a whole gzip stream, and also some raw payload
+    bases = {SHARD: random_bytes(len(both), 6)}
+    base = write_files(tmp_path / "base", bases)
+    payload = write_files(tmp_path / "payload", {SHARD: both})
+    as_raw = reference.perfile_decode(both, bases[SHARD])
+    as_gzip = reference.perfile_decode(inner, bases[SHARD])
+    card = tmp_path / "card.md5"
+    for listed, note in ((as_raw, RAW_NOT_LISTED), (as_gzip, GZIP)):
+        card.write_text(f"{md5(listed)}  {SHARD}\n")
+        out = tmp_path / f"out-{len(note)}"
+        code, line, stderr = decode(payload, base, out, "--manifest", card)
+        assert (code, stderr) == (0, "")
+        assert line.endswith("; " + note)
+        assert (out / SHARD).read_bytes() == listed
+    code, line, _ = decode(payload, base, tmp_path / "unverified", "--no-verify")
+    assert code == 0
+    assert line.endswith("; " + GZIP)
+    assert (tmp_path / "unverified" / SHARD).read_bytes() == as_gzip
+
+
+def test_publishing_never_writes_a_raw_payload_that_starts_like_gzip(tmp_path: Path) -> None:
+    bases = {SHARD: random_bytes(3000, 7), "config.json": b'{"a": 0}'}
+    plains = {SHARD: starting_like_gzip(bases[SHARD], 3500, 8), "config.json": b'{"b": 1}'}
+    model = write_files(tmp_path / "model", plains)
+    base = write_files(tmp_path / "base", bases)
+    published = tmp_path / "published"
+    result = run("encrypt", "--format", "perfile", model, base, published, "-q")
+    assert (result.exit_code, result.stderr) == (0, "")
+    written = (published / SHARD).read_bytes()
+    assert gzip.decompress(written) == reference.perfile_encode(plains[SHARD], bases[SHARD])
+    raw = reference.perfile_encode(plains["config.json"], bases["config.json"])
+    assert (published / "config.json").read_bytes() == raw
+    assert (published / "md5sums.txt").read_text() == (
+        f"{md5(raw)}  ./config.json\n{md5(written)}  ./{SHARD}\n"
+    )
+    out = tmp_path / "out"
+    code, line, _ = decode(published, base, out, "--manifest", published / "md5sums-decoded.txt")
+    assert code == 0
+    assert line.endswith("; " + GZIP)
+    assert (out / SHARD).read_bytes() == plains[SHARD]
