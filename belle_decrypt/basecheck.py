@@ -17,7 +17,7 @@ from pathlib import Path
 
 from belle_decrypt.errors import InputError
 from belle_decrypt.manifest import Manifest
-from belle_decrypt.perfile import PINNED
+from belle_decrypt.perfile import PINNED, PLAIN_NAMES
 from belle_decrypt.verify import VerifyReport, verify_folder
 
 BASE_HINT = "pass the folder of LLaMA converted to the Hugging Face layout"
@@ -118,6 +118,11 @@ def check_base(
         )
     elif listed.ok:
         verdict = "matches the base list: it is the publisher's conversion"
+    elif plain := sorted(name for name in PLAIN_NAMES if manifest and manifest.lookup(name)):
+        verdict = (
+            f"cannot be checked with this list: it names {plain[0]}, which no base holds, so "
+            "it is the card's decoded block; pass the card's base block with --base-manifest"
+        )
     else:
         verdict = f"differs from the base list: not the publisher's conversion; {PINNED}"
     return BaseReport(folder, findings, looks, verdict, listed)

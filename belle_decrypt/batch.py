@@ -139,7 +139,11 @@ def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[In
     return [
         InputError(
             f"carries no checksum and no manifest lists {enc.output_name!r}; pass the model "
-            "card's md5 list with --manifest",
+            "card's md5 list with --manifest"
+            if manifest is None
+            else f"carries no checksum and the --manifest list does not name "
+            f"{enc.output_name!r}; pass the card's list of the decrypted files with "
+            "--manifest, or --no-verify to decrypt it unchecked",
             enc.path,
         )
         for enc in files

@@ -165,3 +165,86 @@ def test_publishing_never_writes_a_raw_payload_that_starts_like_gzip(tmp_path: P
     assert code == 0
     assert line.endswith("; " + GZIP)
     assert (out / SHARD).read_bytes() == plains[SHARD]
+
+
+class Lists:
+    """A published per-file release with added_tokens.json, and the card's two blocks."""
+
+    def __init__(self, root: Path) -> None:
+        self.plains = {
+            "added_tokens.json": b'{"<x>": 32000}',
+            "config.json": b'{"b": 1}',
+            SHARD: random_bytes(3000, 9),
+        }
+        self.bases = {"config.json": b'{"a": 0}', SHARD: random_bytes(2500, 10)}
+        self.base = write_files(root / "base", self.bases)
+        self.payload = root / "payload"
+        result = run("encrypt", "--format", "perfile", write_files(root / "model", self.plains),
+                     self.base, self.payload, "-q")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        self.decoded_block = self.payload / "md5sums-decoded.txt"
+        self.payload_list = self.payload / "md5sums.txt"
+        self.base_block = root / "base.md5"
+        self.base_block.write_text(
+            "".join(f"{md5(data)}  {name}\n" for name, data in self.bases.items())
+        )
+        self.out = root / "out"
+
+
+SWAPPED = (
+    "the list given with --base-manifest names added_tokens.json, which no base holds: it is "
+    "the card's decoded block; pass the card's base block with --base-manifest and its decoded "
+    "block with --manifest"
+)
+
+
+def test_swapped_blocks_naming_added_tokens_are_named_as_swapped(tmp_path: Path) -> None:
+    lists = Lists(tmp_path)
+    result = run(lists.payload, lists.base, lists.out, "--manifest", lists.base_block,
+                 "--base-manifest", lists.decoded_block)  # fmt: skip
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == f"belle-decrypt: error: {lists.decoded_block}: {SWAPPED}\n"
+    assert not lists.out.exists()
+
+
+def test_a_manifest_that_does_not_list_a_file_is_not_called_missing(tmp_path: Path) -> None:
+    lists = Lists(tmp_path)
+    result = run(lists.payload, lists.base, lists.out, "--manifest", lists.base_block)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"belle-decrypt: error: {lists.payload / 'added_tokens.json'}: carries no checksum and "
+        "the --manifest list does not name 'added_tokens.json'; pass the card's list of the "
+        "decrypted files with --manifest, or --no-verify to decrypt it unchecked\n"
+    )
+    assert not lists.out.exists()
+
+
+def test_the_payload_list_given_as_manifest_is_named_as_such(tmp_path: Path) -> None:
+    lists = Lists(tmp_path)
+    no_list: list[str | Path] = []
+    for base_list in (no_list, ["--base-manifest", lists.base_block]):
+        result = run(lists.payload, lists.base, lists.out, "--manifest", lists.payload_list,
+                     "-q", *base_list)  # fmt: skip
+        assert result.exit_code == 1
+        errors = result.stderr.splitlines()
+        assert len(errors) == 2
+        for line, name in zip(errors, ["config.json", SHARD], strict=True):
+            assert line.startswith(f"belle-decrypt: error: {lists.payload / name}: decrypted md5 ")
+            assert line.endswith(
+                ": the --manifest list gives this payload file's own md5: it lists the payload "
+                'files (md5sums.txt, "after you clone"), not the decoded ones; pass the decoded '
+                "files' list (md5sums-decoded.txt, or the card's decoded block) with --manifest; "
+                "nothing written"
+            )
+        assert sorted(p.name for p in lists.out.iterdir()) == ["added_tokens.json"]
+
+
+def test_check_key_with_the_decoded_block_says_the_lists_are_swapped(tmp_path: Path) -> None:
+    lists = Lists(tmp_path)
+    result = run("check-key", lists.base, "--base-manifest", lists.decoded_block, "-q")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[-1] == (
+        f"verdict:             {lists.base} cannot be checked with this list: it names "
+        "added_tokens.json, which no base holds, so it is the card's decoded block; pass the "
+        "card's base block with --base-manifest"
+    )
