@@ -92,7 +92,7 @@ def prepare_run(
     ``key_file`` is None for layouts whose key is a folder given to them (the per-file
     layout); they bring their own ``diagnoser``.
     """
-    checked = settle(source, plan(source, layouts))
+    checked = settle(source, plan(source, layouts), settings.out_dir)
     problems = list(checked.problems)
     for problem in problems:
         notices.problem(problem)
