@@ -1,4 +1,4 @@
-"""OpenBuddy folders (docs/FORMAT.md section 5.4): the plain files copied beside the decrypted
+"""OpenBuddy folders (docs/FORMAT.md section 5): the plain files copied beside the decrypted
 ones, checked against the card like them, and a folder decrypted in place as OpenBuddy's own
 script does."""
 
