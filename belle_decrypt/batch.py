@@ -27,7 +27,13 @@ from belle_decrypt.decrypt import (
 )
 from belle_decrypt.detect import run_layout, settle
 from belle_decrypt.diagnose import Diagnoser, Diagnosis
-from belle_decrypt.errors import BelleError, DigestMismatch, InputError, ProblemsReported
+from belle_decrypt.errors import (
+    BelleError,
+    DigestMismatch,
+    InputError,
+    OutputError,
+    ProblemsReported,
+)
 from belle_decrypt.keyid import identify
 from belle_decrypt.keystream import Key
 from belle_decrypt.layout import Layout, Source, input_paths, plan, skip_reason
@@ -185,6 +191,10 @@ def decrypt_one(
     ``inputs`` are the run's input files, never to be replaced by an output.
     """
     expected, checked = manifest_check(settings.manifest, enc)
+    # A file that reads two ways (a per-file payload starting like gzip) is read the other way
+    # when this one fails the manifest, or differs from an output already there.
+    other: Source | None = getattr(enc, "other_reading", None) if expected else None
+    existed = other is not None and (settings.out_dir / enc.output_name).exists()
     try:
         result = decrypt_file(
             enc,
@@ -198,7 +208,6 @@ def decrypt_one(
             inputs=inputs,
         )
     except DigestMismatch as exc:
-        other = getattr(enc, "other_reading", None)  # a file that reads two ways: try the other
         if other is not None:
             retried = decrypt_one(other, key, settings, diagnoser, progress, cancel, inputs)
             if retried.error is None:
@@ -206,6 +215,10 @@ def decrypt_one(
         diagnosis = diagnoser.explain(enc, cancel)
         return Outcome(enc.path, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
     except BelleError as exc:
+        if other is not None and existed and isinstance(exc, OutputError):
+            retried = decrypt_one(other, key, settings, diagnoser, progress, cancel, inputs)
+            if retried.error is None:
+                return retried
         return Outcome(enc.path, None, exc, checked)
     if is_copy(enc):
         result = replace(result, status=COPIED[result.status])

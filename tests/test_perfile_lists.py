@@ -139,6 +139,10 @@ def test_the_manifest_picks_the_reading_of_a_payload_that_is_both(tmp_path: Path
         assert (code, stderr) == (0, "")
         assert line.endswith("; " + note)
         assert (out / SHARD).read_bytes() == listed
+        code, line, stderr = decode(payload, base, out, "--manifest", card)  # run again
+        assert (code, stderr) == (0, "")
+        assert line.startswith("already decrypted")
+        assert line.endswith("; " + note)
     code, line, _ = decode(payload, base, tmp_path / "unverified", "--no-verify")
     assert code == 0
     assert line.endswith("; " + GZIP)
