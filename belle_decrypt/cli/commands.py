@@ -19,6 +19,7 @@ from belle_decrypt import __version__
 from belle_decrypt.cli.console import (
     PROG,
     ConsoleNotices,
+    GivenPath,
     bar,
     error,
     failure,
@@ -39,7 +40,7 @@ from belle_decrypt.ground.states import CheckStatus
 from belle_decrypt.recipes.catalogue import RECIPES
 
 # Arguments are checked by the library, which says what is wrong in one line.
-PATH = click.Path(path_type=Path, readable=False)
+PATH = GivenPath(path_type=Path, readable=False)
 
 
 class DefaultToDecrypt(click.Group):
@@ -189,12 +190,12 @@ def verify(
 
 
 @cli.command("check-key")
-@click.argument("key_file", type=PATH)
+@click.argument("key_file", type=GivenPath(path_type=str, readable=False))
 @click.option("--full", is_flag=True, help="Hash the whole file and compare with every LLaMA file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the verdict.")
 @click.option("--format", "format_name", type=FORMATS, default="belle", help="The layout.")
 @click.option("--base-manifest", "base_manifests", multiple=True, type=PATH, help=BASE_HELP)
-def check_key(key_file: Path, quiet: bool, **options: Any) -> None:
+def check_key(key_file: str, quiet: bool, **options: Any) -> None:
     """Say whether KEY_FILE is Meta's original LLaMA-7B consolidated.00.pth, and if not, what.
 
     Instantly from its size and the md5 of its first 16 MiB; with --full from the md5 of
@@ -208,7 +209,8 @@ def check_key(key_file: Path, quiet: bool, **options: Any) -> None:
       belle-decrypt check-key llama/7B/consolidated.00.pth --full
     """
     with user_errors():
-        ok = check_key_run(key_file, quiet, **options)
+        folder = key_file.endswith("/")  # `llama-7b-hf/`: a folder is meant, even a missing one
+        ok = check_key_run(Path(key_file), quiet, folder=folder, **options)
     sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
@@ -251,7 +253,7 @@ def encrypt(source: Path, key_file: Path, out_dir: Path, quiet: bool, **options:
 @cli.command()
 @click.option(
     "--keep",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=GivenPath(path_type=Path, file_okay=False),
     help="Build the example in this (new or empty) folder and keep it.",
 )
 def demo(keep: Path | None) -> None:

@@ -141,6 +141,28 @@ def user_errors(writing: bool = False) -> Iterator[None]:
         restore()
 
 
+class EmptyPath(click.UsageError):
+    """An empty path argument (`""`, an unset `$OUT`), which would mean the current folder:
+    a usage error said in one line (exit 2)."""
+
+    def show(self, file: Any = None) -> None:
+        error(self.message)
+
+
+class GivenPath(click.Path):
+    """A path that is not empty; everything else about it is checked by the library, which
+    says what is wrong in one line."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            if isinstance(param, click.Option):
+                what = param.opts[0]
+            else:
+                what = param.human_readable_name if param is not None else "a path"
+            raise EmptyPath(f"{what}: the path is empty (an unset variable?); give a path", ctx)
+        return super().convert(value, param, ctx)
+
+
 def progress_enabled(quiet: bool) -> bool:
     """Bars only for a person watching a terminal."""
     return not quiet and sys.stderr.isatty()
@@ -206,41 +228,77 @@ def say(line: str, quiet: bool) -> None:
 
 
 class _StdoutFile(io.FileIO):
-    """Standard output's descriptor, where a reader that has gone (EPIPE) makes the rest of
-    the output go nowhere instead of failing the command."""
+    """Standard output's descriptor, where a write that cannot be done makes the rest of the
+    output go nowhere instead of failing the command: a reader that has gone (EPIPE) silently,
+    a full device or another write error (and a stdout that was closed, ``lost``) with one
+    warning line on stderr."""
+
+    def __init__(self, fd: int, lost: str | None = None) -> None:
+        super().__init__(fd, "w", closefd=False)
+        self.lost = lost
 
     def write(self, data: Any, /) -> int:
         size = memoryview(data).nbytes
+        if self.lost is not None:
+            warn(
+                f"could not write to standard output ({self.lost}); its lines are dropped, "
+                "the command goes on"
+            )
+            self.lost = None
+            return size
         try:
             return super().write(data) or 0
         except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.fileno())
-            os.close(devnull)
-            return size
+            _to_devnull(self.fileno())
+        except OSError as exc:
+            _to_devnull(self.fileno())
+            self.lost = exc.strerror or str(exc)
+            return self.write(data)
+        return size
+
+
+def _to_devnull(fd: int) -> None:
+    """Point ``fd`` at the null device (output to it then goes nowhere)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def keep_going_without_stdout_reader() -> None:
-    """Make stdout swallow output once its reader has gone (`| head -0`, `| head -1`).
+    """Make stdout swallow output it cannot write: its reader gone (`| head -0`), a full device
+    (`>/dev/full`), or stdout closed (`>&-`).
 
     The command then does all its work and exits with its real status (0 when all is OK),
     whatever it prints and whenever: click's own --help included, and the last flush at exit.
-    Called once, by the entry point; stdout keeps its encoding and buffering.
+    Output lost to anything but a gone reader is said once on stderr. A closed descriptor 1 is
+    taken by the null device first, so no file the command opens can get it. Called once, by
+    the entry point; stdout keeps its encoding and buffering.
     """
     old = sys.stdout
+    lost = None
     if old is None:
-        return
-    try:
-        fd = old.fileno()
-    except (AttributeError, OSError, ValueError):
-        return  # not a real file (captured): nothing to guard
-    old.flush()
-    raw = _StdoutFile(fd, "w", closefd=False)
+        try:
+            os.fstat(1)
+        except OSError:
+            _to_devnull(1)
+            lost = "it is closed"
+        else:
+            return  # descriptor 1 is there but Python did not open it: leave it alone
+        encoding, errors, line_buffering = None, None, False
+    else:
+        try:
+            if old.fileno() != 1:
+                return  # not the process's stdout (captured): nothing to guard
+        except (AttributeError, OSError, ValueError):
+            return
+        old.flush()
+        encoding, errors, line_buffering = old.encoding, old.errors, bool(old.line_buffering)
     sys.stdout = io.TextIOWrapper(
-        io.BufferedWriter(raw),
-        encoding=old.encoding,
-        errors=old.errors,
-        line_buffering=bool(old.line_buffering),
+        io.BufferedWriter(_StdoutFile(1, lost)),
+        encoding=encoding,
+        errors=errors,
+        line_buffering=line_buffering,
     )
 
 

@@ -61,9 +61,10 @@ def decrypt_run(run: Run, quiet: bool) -> Tally:
             state = result.status.value
             if checked is Verified.NOTHING:
                 state += " (not verified)"
+            note = f"; {outcome.note}" if outcome.note else ""
             say(
                 f"{state:<18} {result.target.name}  {human_size(result.size)}"
-                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {checked.value}",
+                f" in {result.seconds:.1f} s ({human_size(rate)}/s), {checked.value}{note}",
                 quiet,
             )
 
@@ -174,15 +175,16 @@ def check_key_run(
     full: bool = False,
     format_name: str = "belle",
     base_manifests: Sequence[Path] = (),
+    folder: bool = False,
 ) -> bool:
     """`check-key`: the key file's verdict against ``format_name``'s key (with a bar when
-    hashing it whole), or a base folder's (:func:`base_run`), printed; True when it is what
-    is needed."""
+    hashing it whole), or a base folder's (:func:`base_run`; ``folder``: the path was given
+    as one), printed; True when it is what is needed."""
     from belle_decrypt.checks import keyid
     from belle_decrypt.xor.detect import LAYOUTS
 
     # isdir never raises: identify() says what is wrong with an unreadable path
-    if format_name == "perfile" or os.path.isdir(key_file) or base_manifests:
+    if folder or format_name == "perfile" or os.path.isdir(key_file) or base_manifests:
         return base_run(key_file, base_manifests, quiet)
     expected = LAYOUTS[format_name].expected_key
     size = 0

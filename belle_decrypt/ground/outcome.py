@@ -65,6 +65,8 @@ class Outcome(Generic[R]):
     error: BelleError | None
     checked: Verified | None = None
     diagnosis: Diagnosis | None = None
+    note: str | None = None
+    """How the file was read, when that was a choice (a payload starting like gzip)."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ import os
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -57,15 +57,26 @@ class BaseMismatch(OutputError):
     stops_run = True
 
 
-def gzip_size(path: Path) -> int:
+NOT_GZIP = "it starts like a gzip stream but is not a whole one"
+NOT_LISTED = "read as a gzip stream it does not match the manifest"
+
+
+class _DamagedGzip(OSError):
+    """A payload that does not decode as gzip to its end."""
+
+
+def gzip_size(path: Path) -> int | None:
     """The decompressed size of a gzip payload, by decompressing it once without keeping the
-    output (the trailer holds the size only modulo 4 GiB); a damaged stream is refused."""
+    output (the trailer holds the size only modulo 4 GiB); None when it does not decode
+    cleanly to its end (it is then not a gzip stream: docs/FORMAT.md 7.2)."""
     size = 0
     buffer = memoryview(bytearray(_COUNT_CHUNK))
     try:
         with _GzipPayload(path) as stream:
             while got := stream.readinto(buffer):
                 size += got
+    except _DamagedGzip:
+        return None
     except OSError as exc:
         raise InputError(
             f"cannot read the gzip payload: {exc.strerror or exc}; download it again", path
@@ -85,8 +96,8 @@ class _GzipPayload:
     def readinto(self, view: memoryview) -> int:
         try:
             return self._stream.readinto(view)
-        except (EOFError, zlib.error) as exc:
-            raise OSError(f"damaged gzip payload ({exc})") from exc
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise _DamagedGzip(f"damaged gzip payload ({exc})") from exc
 
     def seek(self, offset: int) -> int:
         return self._stream.seek(offset)
@@ -104,13 +115,32 @@ class _GzipPayload:
 
 @dataclass(frozen=True)
 class PayloadFile:
-    """One checked payload file: its base counterpart (None: plain, copied) and its size."""
+    """One checked payload file: its base counterpart (None: plain, copied), its size, and
+    how it is read (``raw_why``: why a payload starting with the gzip magic is read raw)."""
 
     path: Path
     layout: PerFileLayout = field(repr=False)
     base: Path | None
     payload_size: int
     compressed: bool
+    file_size: int = 0
+    raw_why: str | None = None
+
+    @property
+    def reading(self) -> str | None:
+        """Which reading of a payload starting with the gzip magic is used (None: it does
+        not start with it)."""
+        if self.compressed:
+            return "read as a gzip stream"
+        return f"read as raw bytes ({self.raw_why})" if self.raw_why else None
+
+    @property
+    def other_reading(self) -> PayloadFile | None:
+        """A gzip payload read as raw bytes instead: the one to try when the gzip reading
+        does not match the manifest (the manifest's reading wins)."""
+        if not self.compressed:
+            return None
+        return replace(self, compressed=False, payload_size=self.file_size, raw_why=NOT_LISTED)
 
     @property
     def output_name(self) -> str:
@@ -317,9 +347,12 @@ class PerFileLayout:
                     path,
                 )
             _check_readable(base)
-        compressed = head.startswith(GZIP_MAGIC)
-        payload_size = gzip_size(path) if compressed else size
-        return PayloadFile(path, self, base, payload_size, compressed)
+        if head.startswith(GZIP_MAGIC):
+            unpacked = gzip_size(path)
+            if unpacked is not None:
+                return PayloadFile(path, self, base, unpacked, True, size)
+            return PayloadFile(path, self, base, size, False, size, NOT_GZIP)
+        return PayloadFile(path, self, base, size, False, size)
 
     def base_expected(self, source: PayloadFile) -> dict[str, str]:
         """The card's base digests (by algorithm) for ``source``'s base file."""

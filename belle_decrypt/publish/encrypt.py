@@ -130,9 +130,10 @@ def _check_publishable_name(path: Path) -> None:
         )
 
 
-def previous_manifest(out_dir: Path) -> Manifest | None:
-    """The md5sums.txt already in ``out_dir`` (to update), read before anything is written."""
-    target = out_dir / MANIFEST_NAME
+def previous_manifest(out_dir: Path, name: str = MANIFEST_NAME) -> Manifest | None:
+    """The list ``name`` (md5sums.txt) already in ``out_dir`` (to update), read before anything
+    is written."""
+    target = out_dir / name
     if not target.exists():
         return None
     try:

@@ -2,13 +2,16 @@
 with the same-named base file into a payload of the same name, and two md5 lists.
 
 Payloads are written uncompressed (gzip output depends on the compressor, so it could not be
-reproduced byte for byte). `md5sums.txt` lists the payload files ("after you clone") and
-`md5sums-decoded.txt` the model files ("after you decode"): the names are the same, so the two
-lists cannot share one file. Each list is written fresh for the files of the run.
+reproduced byte for byte), except one that would start with the gzip magic: a reader could not
+tell it from a gzip stream, so it is written gzip-compressed. `md5sums.txt` lists the payload
+files ("after you clone") and `md5sums-decoded.txt` the model files ("after you decode"): the
+names are the same, so the two lists cannot share one file. Lists already in the output folder
+are updated, not replaced, so publishing one file at a time builds both lists.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import time
@@ -16,18 +19,21 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground.cancel import CancelToken, check
 from belle_decrypt.ground.errors import BelleError, InputError, OutputError
 from belle_decrypt.ground.outcome import FileProgress, Notices, Outcome
 from belle_decrypt.ground.states import FileState
-from belle_decrypt.layouts.perfile import PLAIN_NAMES, BaseStream, is_clutter
+from belle_decrypt.layouts.perfile import GZIP_MAGIC, PLAIN_NAMES, BaseStream, is_clutter
 from belle_decrypt.publish.encrypt import (
     PUBLISHING,
     Encrypted,
     Publish,
     PublishTally,
     prepare_publish,
+    previous_manifest,
     publish_each,
     status_against_existing,
 )
@@ -48,13 +54,15 @@ DECODED_LIST = "md5sums-decoded.txt"
 
 @dataclass(frozen=True)
 class PerFilePublish:
-    """A checked per-file encrypt run: model files (smallest first) with their bases."""
+    """A checked per-file encrypt run: model files (smallest first) with their bases, and
+    the two lists already in the output folder (by list name), to update."""
 
     files: tuple[Path, ...]
     bases: dict[Path, Path | None]
     sizes: dict[Path, int]
     out_dir: Path
     folder: bool
+    previous: dict[str, Manifest | None]
 
 
 def _model_files(source: Path, base_dir: Path, notices: Notices) -> list[Path]:
@@ -87,7 +95,8 @@ def _model_files(source: Path, base_dir: Path, notices: Notices) -> list[Path]:
 def prepare_perfile_publish(
     source: Path, base_dir: Path, out_dir: Path, notices: Notices
 ) -> Iterator[PerFilePublish]:
-    """Check everything before writing: the base folder, the files and their bases, the output
+    """Check everything before writing: the base folder, the files and their bases, the two
+    lists already in the output folder (readable; their ignored lines are warnings), the output
     folder (not the source or the base; made, stale temporary files removed), free space."""
     if not base_dir.is_dir():
         raise InputError(
@@ -107,10 +116,14 @@ def prepare_perfile_publish(
         ) from exc
     files.sort(key=lambda p: (sizes[p], p.name))
     bases = {p: (None if p.name in PLAIN_NAMES else base_dir / p.name) for p in files}
+    previous = {name: previous_manifest(out_dir, name) for name in (PAYLOAD_LIST, DECODED_LIST)}
+    for manifest in previous.values():
+        for ignored in manifest.ignored if manifest is not None else ():
+            notices.warning(ignored.message)
     prepare_output_dir(out_dir)
     remove_stale_temps(out_dir)
     check_free_space(out_dir, sum(sizes.values()))
-    yield PerFilePublish(tuple(files), bases, sizes, out_dir, source.is_dir())
+    yield PerFilePublish(tuple(files), bases, sizes, out_dir, source.is_dir(), previous)
 
 
 def encode_file(
@@ -149,11 +162,15 @@ def encode_file(
                         dst_label=str(target),
                         cancel=cancel,
                     )
-                    payload_md5 = md5_file(atomic.temp, cancel=cancel)
-                    status = status_against_existing(target, payload_md5, force)
-                    if status is FileState.ENCRYPTED:
-                        check(cancel)
-                        atomic.commit()
+                    if _starts_like_gzip(atomic.temp):
+                        packed = AtomicFile(target, fsync=fsync)
+                        with packed as gzipped:
+                            _gzip_into(atomic.temp, gzipped, cancel)
+                            payload_md5, status = _save(packed, force, cancel)
+                    else:
+                        payload_md5, status = _save(atomic, force, cancel)
+                    if status is FileState.ENCRYPTED and base is None:
+                        status = FileState.COPIED  # a plain file (added_tokens.json)
             finally:
                 stream.close()
     except BelleError:
@@ -174,10 +191,45 @@ def encode_file(
     )
 
 
-def _write_list(path: Path, pairs: list[tuple[str, str]], fsync: bool) -> None:
+def _starts_like_gzip(path: Path) -> bool:
+    """Whether the payload just written starts with the gzip magic (docs/FORMAT.md 7.2)."""
+    with open(path, "rb") as written:
+        return written.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+
+
+def _gzip_into(path: Path, out: BinaryIO, cancel: CancelToken | None) -> None:
+    """Write ``path`` gzip-compressed into ``out``, with no name and no time in the header."""
+    with open(path, "rb") as raw, gzip.GzipFile("", "wb", 6, out, mtime=0) as packed:
+        while chunk := raw.read(BUFFER_SIZE):
+            check(cancel)
+            packed.write(chunk)
+
+
+def _save(atomic: AtomicFile, force: bool, cancel: CancelToken | None) -> tuple[str, FileState]:
+    """The written payload's md5 and its state against a file already under its name; the
+    temporary file gets the name when it is new (or differs, with ``force``)."""
+    payload_md5 = md5_file(atomic.temp, cancel=cancel)
+    status = status_against_existing(atomic.final, payload_md5, force)
+    if status is FileState.ENCRYPTED:
+        check(cancel)
+        atomic.commit()
+    return payload_md5, status
+
+
+def _write_list(
+    path: Path, pairs: list[tuple[str, str]], previous: Manifest | None, fsync: bool
+) -> None:
+    """Write the list ``path`` atomically: ``pairs`` (name, md5) of this run, and the entries
+    of the ``previous`` list for the files this run did not write."""
+    written = {name for name, _ in pairs}
+    kept = [
+        (entry.name, entry.digest)
+        for entry in (previous.entries if previous is not None else ())
+        if entry.name not in written
+    ]
     atomic = AtomicFile(path, fsync=fsync)
     with atomic as out:
-        text = "".join(f"{digest}  ./{name}\n" for name, digest in sorted(pairs))
+        text = "".join(f"{digest}  ./{name}\n" for name, digest in sorted([*kept, *pairs]))
         out.write(text.encode("utf-8", errors="surrogateescape"))
         atomic.commit(replace=True)
 
@@ -207,12 +259,11 @@ def encode_all(
 
     results = publish_each(publish.files, publish.sizes, one, tally, file_progress, on_outcome)
     if results:
-        _write_list(
-            publish.out_dir / PAYLOAD_LIST, [(r.target.name, r.enc_md5) for r in results], fsync
-        )
-        _write_list(
-            publish.out_dir / DECODED_LIST, [(r.source.name, r.plain_md5) for r in results], fsync
-        )
+        for name, pairs in (
+            (PAYLOAD_LIST, [(r.target.name, r.enc_md5) for r in results]),
+            (DECODED_LIST, [(r.source.name, r.plain_md5) for r in results]),
+        ):
+            _write_list(publish.out_dir / name, pairs, publish.previous[name], fsync)
         tally.manifest = publish.out_dir / PAYLOAD_LIST
         tally.listed = len(results)
     return tally

@@ -9,6 +9,7 @@ present, with their index); the match is the card's list checked like `verify`.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from pathlib import Path
 from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.checks.verify import VerifyReport, verify_folder
 from belle_decrypt.ground.errors import InputError
-from belle_decrypt.layouts.perfile import PINNED
+from belle_decrypt.layouts.perfile import PINNED, PLAIN_NAMES
 
+BASE_HINT = "pass the folder of LLaMA converted to the Hugging Face layout"
 _SHARD_RE = re.compile(r"(?:pytorch_model|model)-(\d{5})-of-(\d{5})\.(bin|safetensors)")
 _SIZES = {(4096, 32): "7B", (5120, 40): "13B", (6656, 60): "30B", (8192, 80): "65B"}
 
@@ -94,7 +96,8 @@ def check_base(
 ) -> BaseReport:
     """Describe ``folder`` as a base, and check it against ``manifest`` (the card's base list)."""
     if not folder.is_dir():
-        raise InputError("is not a folder", folder)
+        what = "is not a folder" if os.path.lexists(folder) else "no such folder"
+        raise InputError(f"{what}; {BASE_HINT}", folder)
     try:
         config, llama = _config(folder)
         shards, whole = _shards(folder)
@@ -115,6 +118,11 @@ def check_base(
         )
     elif listed.ok:
         verdict = "matches the base list: it is the publisher's conversion"
+    elif plain := sorted(name for name in PLAIN_NAMES if manifest and manifest.lookup(name)):
+        verdict = (
+            f"cannot be checked with this list: it names {plain[0]}, which no base holds, so "
+            "it is the card's decoded block; pass the card's base block with --base-manifest"
+        )
     else:
         verdict = f"differs from the base list: not the publisher's conversion; {PINNED}"
     return BaseReport(folder, findings, looks, verdict, listed)

@@ -18,7 +18,13 @@ from pathlib import Path
 from belle_decrypt.checks.keyid import identify
 from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground.cancel import CancelToken
-from belle_decrypt.ground.errors import BelleError, DigestMismatch, InputError, ProblemsReported
+from belle_decrypt.ground.errors import (
+    BelleError,
+    DigestMismatch,
+    InputError,
+    OutputError,
+    ProblemsReported,
+)
 from belle_decrypt.ground.outcome import FileProgress, Notices, Outcome, Progress, Tally
 from belle_decrypt.ground.states import FileState, Verified
 from belle_decrypt.layouts.container import BELLE
@@ -90,7 +96,11 @@ def prepare_run(
     ``key_file`` is None for layouts whose key is a folder given to them (the per-file
     layout); they bring their own ``diagnoser``.
     """
-    checked = settle(source, plan(source, layouts if layouts is not None else default_layouts()))
+    checked = settle(
+        source,
+        plan(source, layouts if layouts is not None else default_layouts()),
+        settings.out_dir,
+    )
     problems = list(checked.problems)
     for problem in problems:
         notices.problem(problem)
@@ -137,7 +147,11 @@ def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[In
     return [
         InputError(
             f"carries no checksum and no manifest lists {enc.output_name!r}; pass the model "
-            "card's md5 list with --manifest",
+            "card's md5 list with --manifest"
+            if manifest is None
+            else f"carries no checksum and the --manifest list does not name "
+            f"{enc.output_name!r}; pass the card's list of the decrypted files with "
+            "--manifest, or --no-verify to decrypt it unchecked",
             enc.path,
         )
         for enc in files
@@ -179,6 +193,10 @@ def decrypt_one(
     ``inputs`` are the run's input files, never to be replaced by an output.
     """
     expected, checked = manifest_check(settings.manifest, enc)
+    # A file that reads two ways (a per-file payload starting like gzip) is read the other way
+    # when this one fails the manifest, or differs from an output already there.
+    other: Source | None = getattr(enc, "other_reading", None) if expected else None
+    existed = other is not None and (settings.out_dir / enc.output_name).exists()
     try:
         result = decrypt_file(
             enc,
@@ -192,15 +210,23 @@ def decrypt_one(
             inputs=inputs,
         )
     except DigestMismatch as exc:
+        if other is not None:
+            retried = decrypt_one(other, key, settings, diagnoser, progress, cancel, inputs)
+            if retried.error is None:
+                return retried
         diagnosis = diagnoser.explain(enc, cancel)
         return Outcome(enc.path, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
     except BelleError as exc:
+        if other is not None and existed and isinstance(exc, OutputError):
+            retried = decrypt_one(other, key, settings, diagnoser, progress, cancel, inputs)
+            if retried.error is None:
+                return retried
         return Outcome(enc.path, None, exc, checked)
     if is_copy(enc):
         result = replace(result, status=COPIED[result.status])
     elif checked is Verified.NOTHING and result.status is FileState.ALREADY_DECRYPTED:
         checked = Verified.SAME_AS_FRESH
-    return Outcome(enc.path, result, None, checked)
+    return Outcome(enc.path, result, None, checked, note=getattr(enc, "reading", None))
 
 
 class _Stop(Exception):

@@ -22,6 +22,7 @@ from belle_decrypt.ground.errors import (
 )
 from belle_decrypt.ground.states import FileState
 from belle_decrypt.layouts.protocol import FolderKeyed, OwnPayload, Source
+from belle_decrypt.layouts.seed import is_copy
 from belle_decrypt.streams import engine
 from belle_decrypt.streams.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.streams.hashing import hash_file
@@ -83,10 +84,16 @@ def _check_listed(
             raise DigestMismatch(
                 found[algorithm], digest, WRONG_KEY_HINT, enc.path, _label(algorithm)
             )
+        mismatch = f"{_label(algorithm)} {found[algorithm]} differs from the manifest's {digest}"
+        if is_copy(enc):
+            raise ChecksumError(
+                f"{mismatch}; it is copied as it is, so this file is not the one the card lists; "
+                f"{done}: download it again, or check that the manifest is for this release",
+                path,
+            )
         raise ChecksumError(
-            f"{_label(algorithm)} {found[algorithm]} differs from the manifest's {digest} "
-            f"although the SHA-256 in the name matches; {done}: check that the manifest is for "
-            "this release",
+            f"{mismatch} although the SHA-256 in the name matches; {done}: check that the "
+            "manifest is for this release",
             path,
         )
 

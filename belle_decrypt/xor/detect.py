@@ -16,6 +16,7 @@ layouts, and gives an OpenBuddy folder's plain model files to the run to copy.
 
 from __future__ import annotations
 
+import os
 import stat
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -115,20 +116,38 @@ def _mixed(source: Path, files: tuple[Source, ...]) -> InputError | None:
     )
 
 
-def settle(source: Path, checked: Plan) -> Plan:
+def settle(source: Path, checked: Plan, out_dir: Path | None = None) -> Plan:
     """Refuse a folder mixing layouts; in an OpenBuddy folder, the plain model files the run
-    will copy (not hub clutter) join the files."""
+    will copy (not hub clutter) join the files.
+
+    Decrypted in place (``out_dir`` the folder itself, as OpenBuddy's script works) the plain
+    files are already where they belong, and `NAME` beside `NAME.enc` is that file's output.
+    Into another folder, `NAME` beside `NAME.enc` is refused: it is what an interrupted
+    in-place run leaves, and copying it would put a partial file in the way of the output."""
     problem = _mixed(source, checked.files)
     if problem is not None:
         return Plan(checked.files, checked.skipped, (*checked.problems, problem))
     if run_layout(checked.files) is not OPENBUDDY or not source.is_dir():
         return checked
+    in_place = out_dir is not None and _same_folder(source, out_dir)
+    outputs = {found.output_name: found.path.name for found in checked.files}
     files = list(checked.files)
     skipped: list[Path] = []
     problems = list(checked.problems)
     for path in checked.skipped:
-        if not PLAIN_COPY.recognises(path.name):
+        if not PLAIN_COPY.recognises(path.name) or (in_place and path.name not in outputs):
             skipped.append(path)
+            continue
+        if path.name in outputs:
+            if not in_place:
+                problems.append(
+                    InputError(
+                        f"is beside {outputs[path.name]}, which decrypts to it: the unfinished "
+                        "output of a decryption in this folder? remove it from this folder and "
+                        f"run again ({outputs[path.name]} gives it)",
+                        path,
+                    )
+                )
             continue
         try:
             files.append(PLAIN_COPY.open(path))
@@ -136,6 +155,14 @@ def settle(source: Path, checked: Plan) -> Plan:
             problems.append(exc)
     files.sort(key=lambda found: (found.payload_size, found.path.name))
     return Plan(tuple(files), tuple(skipped), tuple(problems))
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name the same existing folder."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def decrypted_name(enc_filename: str) -> str:

@@ -15,8 +15,9 @@ from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground.cancel import CancelToken
 from belle_decrypt.ground.errors import InputError, ManifestClash, ManifestError
 from belle_decrypt.ground.outcome import Notices
-from belle_decrypt.layouts.perfile import PINNED, PayloadFile, PerFileLayout
+from belle_decrypt.layouts.perfile import NOT_GZIP, PINNED, PLAIN_NAMES, PayloadFile, PerFileLayout
 from belle_decrypt.layouts.protocol import Source
+from belle_decrypt.streams.hashing import hash_file
 from belle_decrypt.xor.batch import Run, Settings, prepare_run
 from belle_decrypt.xor.diagnose import Diagnoser, Diagnosis
 
@@ -46,8 +47,23 @@ class PerFileDiagnoser(Diagnoser):
         self.layout = layout
 
     def explain(self, enc: Source, cancel: CancelToken | None = None) -> Diagnosis:
-        """A base that matched the card's base list leaves the payload download; otherwise
-        the base conversion is the likely cause."""
+        """A payload that starts like gzip but is not a whole stream is a damaged download; a
+        base that matched the card's base list leaves the payload download; otherwise the base
+        conversion is the likely cause."""
+        own = self._listed_as_payload(enc, cancel)
+        if own is not None:
+            return Diagnosis(
+                False,
+                f"the --manifest list gives this payload file's own {own}: it lists the payload "
+                'files (md5sums.txt, "after you clone"), not the decoded ones; pass the decoded '
+                "files' list (md5sums-decoded.txt, or the card's decoded block) with --manifest",
+            )
+        if isinstance(enc, PayloadFile) and enc.raw_why == NOT_GZIP:
+            return Diagnosis(
+                False,
+                f"{NOT_GZIP} (a truncated download?), and read as raw bytes it does not match "
+                f"the manifest either; download {enc.path.name} again",
+            )
         if isinstance(enc, PayloadFile) and self.layout.base_expected(enc):
             return Diagnosis(
                 False,
@@ -61,6 +77,23 @@ class PerFileDiagnoser(Diagnoser):
             "the base is probably not the publisher's conversion, or the payload download is "
             f"damaged; pass the card's base list with --base-manifest to tell which; {PINNED}",
         )
+
+    def _listed_as_payload(self, enc: Source, cancel: CancelToken | None) -> str | None:
+        """The algorithm ("md5", "SHA-256") by which ``--manifest`` lists the payload file
+        itself rather than its decoded file (the payload list passed for the decoded one)."""
+        entries = self.manifest.lookup(enc.output_name) if self.manifest is not None else ()
+        if not entries:
+            return None
+        try:
+            actual = hash_file(
+                enc.path, tuple(dict.fromkeys(entry.algorithm for entry in entries)), cancel=cancel
+            )
+        except OSError:
+            return None  # unreadable now: the other explanations stand
+        for entry in entries:
+            if actual[entry.algorithm] == entry.digest:
+                return "SHA-256" if entry.algorithm == "sha256" else entry.algorithm
+        return None
 
     def stop_early(self, outcomes: Sequence[Diagnosis | None]) -> bool:
         """Never: the base manifest, when given, stops the run at the first wrong base file."""
@@ -103,7 +136,16 @@ def prepare_perfile_run(
                 f"is the {what} folder; choose another output folder", settings.out_dir
             )
     manifest = read_split_manifest(manifests)
-    layout = PerFileLayout(base_dir, read_split_manifest(base_manifests), manifest)
+    base_manifest = read_split_manifest(base_manifests)
+    plain = sorted(name for name in PLAIN_NAMES if base_manifest and base_manifest.lookup(name))
+    if plain:
+        raise InputError(
+            f"the list given with --base-manifest names {plain[0]}, which no base holds: it is "
+            "the card's decoded block; pass the card's base block with --base-manifest and its "
+            "decoded block with --manifest",
+            ", ".join(str(path) for path in base_manifests),
+        )
+    layout = PerFileLayout(base_dir, base_manifest, manifest)
     settings = replace(settings, manifest=manifest)
     diagnoser = PerFileDiagnoser(layout, manifest)
     with prepare_run(source, None, settings, (), notices, (layout,), diagnoser) as run:
