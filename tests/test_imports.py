@@ -122,6 +122,6 @@ def test_the_per_file_layout_runs_on_numpy_without_torch(tmp_path: Path, compres
     base_card = tmp_path / "base.txt"
     base_card.write_text(f"{hashlib.md5(base).hexdigest()}  ./pytorch_model-00001-of-00002.bin\n")
     out = tmp_path / "out"
-    args = [tmp_path / "payload", tmp_path / "base", out, "--manifest", card]
+    args: list[str | Path] = [tmp_path / "payload", tmp_path / "base", out, "--manifest", card]
     _on_numpy_without_torch([*args, "--base-manifest", base_card])
     assert (out / "pytorch_model-00001-of-00002.bin").read_bytes() == plain
