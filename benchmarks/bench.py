@@ -791,7 +791,7 @@ def layout_md5_rate(enc: Path, layout: str, key_path: Path, payload: int) -> flo
     from belle_decrypt.detect import LAYOUTS
     from belle_decrypt.headerless import Headerless
 
-    engine._load_torch()
+    engine._load_numpy()
     source = Headerless(enc, LAYOUTS[layout], "pytorch_model.bin", payload)
     with (
         open(enc, "rb", buffering=0) as src,
