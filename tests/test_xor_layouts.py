@@ -620,7 +620,7 @@ def test_the_seed_stream_fills_like_the_reference_at_every_offset() -> None:
 
 
 @pytest.mark.parametrize("buffer_size", [1, 7, 13, 26, 64, 4096])
-@pytest.mark.parametrize("backend", ["python", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "python", "torch"])
 def test_the_engine_with_a_seed_stream_matches_the_reference(
     buffer_size: int, backend: Backend
 ) -> None:

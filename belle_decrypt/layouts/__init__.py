@@ -2,8 +2,8 @@
 
 ``protocol`` is the seam (:class:`~belle_decrypt.layouts.protocol.Layout`, ``Source``,
 ``plan``) and says how to add a layout; ``container``, ``headerless``, ``seed`` and ``perfile``
-are the layouts. The protocol imports no concrete layout: telling them apart is ``xor.detect``'s
-job, a layer above.
+(with ``gzipped``, its gzip payloads) are the layouts. The protocol imports no concrete
+layout: telling them apart is ``xor.detect``'s job, a layer above.
 
 May import: ``ground``, ``streams``, ``checks``.
 """

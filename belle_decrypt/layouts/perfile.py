@@ -4,29 +4,34 @@
 Each payload file is the XOR of a model file with the same-named file of a LLaMA converted to
 the Hugging Face layout (the *base*), cut or zero-padded to the payload's length; a payload may
 be a gzip stream of that XOR; `added_tokens.json` is plain. The keystream of a file is its base
-file, read with pread; the base's digests are computed as it is read (same pass) and checked
-against the card's base list (``--base-manifest``) before the output gets its final name, so a
-base converted with another transformers version stops the run at the first (smallest) file.
+file, read with pread; the base's digests are computed as it is read (same pass, in a thread of
+their own so that they overlap the output's) and checked against the card's base list
+(``--base-manifest``) before the output gets its final name, so a base converted with another
+transformers version stops the run at the first (smallest) file.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
-import zlib
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from queue import Empty, Queue
+from typing import TYPE_CHECKING, BinaryIO
 
 from belle_decrypt.checks.keyid import KeyReport, KnownKey, llama_7b
 from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground import platform_io
 from belle_decrypt.ground.errors import InputError, OutputError
+from belle_decrypt.layouts.gzipped import GZIP_MAGIC, NOT_GZIP, NOT_LISTED, GzipPayload, gzip_size
 from belle_decrypt.layouts.protocol import Source
 from belle_decrypt.streams.keystream import Key, Keystream
+
+if TYPE_CHECKING:
+    from belle_decrypt.streams.engine import Hasher
 
 PLAIN_NAMES = frozenset({"added_tokens.json"})
 """Payload files that are plain: copied as they are."""
@@ -35,13 +40,15 @@ CLUTTER_NAMES = frozenset(
 )
 """Hub files beside the payload that are not part of the model (LICENSE* and hidden files
 too), and the two lists `encrypt --format perfile` writes beside the payloads."""
-GZIP_MAGIC = b"\x1f\x8b"
 PINNED = (
     "the card pins the conversion (transformers commit and torch version, e.g. OpenAssistant's "
     "d04ec99bec8a0b432fc03ed60cea9a1a20ebaf3c with torch 1.13.1): convert LLaMA again with "
     "exactly those"
 )
 _COUNT_CHUNK = 1024 * 1024
+_SIDE_BUFFERS = 2
+"""Copies of base buffers in flight to the base's hash thread (each up to a buffer of the
+engine): enough for the reader never to wait while the two hashes keep pace."""
 
 
 def is_clutter(filename: str) -> bool:
@@ -55,62 +62,6 @@ class BaseMismatch(OutputError):
     stops, since every other file is keyed on the same conversion."""
 
     stops_run = True
-
-
-NOT_GZIP = "it starts like a gzip stream but is not a whole one"
-NOT_LISTED = "read as a gzip stream it does not match the manifest"
-
-
-class _DamagedGzip(OSError):
-    """A payload that does not decode as gzip to its end."""
-
-
-def gzip_size(path: Path) -> int | None:
-    """The decompressed size of a gzip payload, by decompressing it once without keeping the
-    output (the trailer holds the size only modulo 4 GiB); None when it does not decode
-    cleanly to its end (it is then not a gzip stream: docs/FORMAT.md 7.2)."""
-    size = 0
-    buffer = memoryview(bytearray(_COUNT_CHUNK))
-    try:
-        with _GzipPayload(path) as stream:
-            while got := stream.readinto(buffer):
-                size += got
-    except _DamagedGzip:
-        return None
-    except OSError as exc:
-        raise InputError(
-            f"cannot read the gzip payload: {exc.strerror or exc}; download it again", path
-        ) from exc
-    return size
-
-
-class _GzipPayload:
-    """A gzip payload read as its decompressed bytes; damage surfaces as OSError, which the
-    engine turns into one line naming the file."""
-
-    def __init__(self, path: Path) -> None:
-        self.name = str(path)
-        self._raw = open(path, "rb")  # noqa: SIM115 (closed by close())
-        self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
-
-    def readinto(self, view: memoryview) -> int:
-        try:
-            return self._stream.readinto(view)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise _DamagedGzip(f"damaged gzip payload ({exc})") from exc
-
-    def seek(self, offset: int) -> int:
-        return self._stream.seek(offset)
-
-    def close(self) -> None:
-        self._stream.close()
-        self._raw.close()
-
-    def __enter__(self) -> _GzipPayload:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
@@ -171,8 +122,55 @@ class PayloadFile:
     def open_payload(self) -> BinaryIO:
         """The payload's bytes from offset 0: the file itself, or its gzip stream decompressed."""
         if self.compressed:
-            return _GzipPayload(self.path)  # type: ignore[return-value]
+            return GzipPayload(self.path)  # type: ignore[return-value]
         return open(self.path, "rb", buffering=0)
+
+
+class _SideHash:
+    """Hashes copies of the buffers fed to it, in order, in a thread of its own: the base's
+    md5 then runs beside the output's instead of in the engine's reader (two md5s on two cores
+    rather than one after the other)."""
+
+    def __init__(self, hashers: Mapping[str, Hasher]) -> None:
+        self._hashers = hashers
+        self._free: Queue[bytearray] = Queue()
+        self._work: Queue[tuple[bytearray, int] | None] = Queue()
+        self._made = 0
+        self._thread = threading.Thread(target=self._run, name="belle-base-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            buffer, length = item
+            view = memoryview(buffer)[:length]
+            for hasher in self._hashers.values():
+                hasher.update(view)
+            self._free.put(buffer)
+
+    def _buffer(self, size: int) -> bytearray:
+        if self._made < _SIDE_BUFFERS:
+            self._made += 1
+            return bytearray(size)
+        while True:
+            try:
+                buffer = self._free.get(timeout=0.05)
+            except Empty:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the base's hash thread stopped") from None
+                continue
+            return buffer if len(buffer) >= size else bytearray(size)
+
+    def feed(self, view: memoryview) -> None:
+        """Hash a copy of ``view`` after what was fed before (returns once it is copied)."""
+        buffer = self._buffer(len(view))
+        buffer[: len(view)] = view
+        self._work.put((buffer, len(view)))
+
+    def close(self) -> None:
+        """Wait until everything fed is hashed, and end the thread."""
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
 
 
 class BaseStream:
@@ -193,6 +191,7 @@ class BaseStream:
         self.expected = dict(expected or {})
         self.decoded = dict(decoded or {})
         self._hashers = {name: hashlib.new(name) for name in self.expected}
+        self._side: _SideHash | None = None
         self._fd = -1
         self.size = 0
         self._hashed = 0
@@ -209,7 +208,9 @@ class BaseStream:
             self.size = os.fstat(fd).st_size
 
     def close(self) -> None:
-        """Release the base file."""
+        """Release the base file (and end the hash thread)."""
+        if self._side is not None:
+            self._side.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -226,8 +227,9 @@ class BaseStream:
 
     def _hash(self, view: memoryview, offset: int) -> None:
         if self._hashers and offset == self._hashed:
-            for hasher in self._hashers.values():
-                hasher.update(view)
+            if self._side is None:
+                self._side = _SideHash(self._hashers)
+            self._side.feed(view)
             self._hashed += len(view)
 
     def fill(self, out: memoryview, offset: int) -> None:
@@ -251,6 +253,8 @@ class BaseStream:
             part = buffer[: min(len(buffer), self.size - self._hashed)]
             self._pread_exact(part, self._hashed)
             self._hash(part, self._hashed)
+        if self._side is not None:
+            self._side.close()
         for name, digest in self.expected.items():
             actual = self._hashers[name].hexdigest()
             if actual != digest:

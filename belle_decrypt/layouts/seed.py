@@ -5,19 +5,25 @@ to end. Only the seed matters, so the key is checked by the md5 of its first 16 
 under ``--no-verify`` when it differs, since nothing else would catch it). OpenBuddy's script
 decrypts in place and the model is loaded from that folder, so the folder's plain model files
 (config, tokenizer, generation settings) are copied to the output folder by the run, as a
-:class:`PlainCopy` layout whose keystream is zeros and whose SHA-256 is taken when it is checked.
+:class:`PlainCopy` layout whose keystream is zeros. A copy is read once: its SHA-256 is taken
+as it is copied, and the file's identity (inode, size, modification and change times) taken when
+it was checked must be the same after the copy, so a file changed meanwhile never gets a final
+name (:meth:`PlainFile.check_unchanged`).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from belle_decrypt.checks.keyid import KeyReport, KnownKey, llama_7b_seed, unexpected_key_warning
-from belle_decrypt.ground.errors import InputError
+from belle_decrypt.ground.errors import InputError, OutputError
 from belle_decrypt.layouts.container import SUFFIX
-from belle_decrypt.layouts.headerless import Headerless, open_headerless
+from belle_decrypt.layouts.headerless import open_headerless
 from belle_decrypt.streams.hashing import hash_file
 from belle_decrypt.streams.keystream import KEY_HINT, Key, Keystream
 
@@ -122,9 +128,53 @@ def is_clutter(filename: str) -> bool:
     return filename.startswith(".") or lower.startswith(CLUTTER_PREFIXES) or lower in CLUTTER_NAMES
 
 
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced or written to (the change time even when the
+    modification time is set back)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class PlainFile:
+    """A plain file to copy, with its identity when checked."""
+
+    path: Path
+    layout: PlainCopy = field(repr=False)
+    output_name: str
+    payload_size: int
+    identity: tuple[int, ...] = field(repr=False)
+    payload_offset: int = 0
+
+    @cached_property
+    def sha256(self) -> str:
+        """The file's SHA-256, read when asked (to recognise an existing copy); a copy takes
+        it in its own pass instead (see :meth:`check_unchanged`)."""
+        try:
+            return hash_file(self.path, ("sha256",))["sha256"]
+        except OSError as exc:
+            raise OutputError(
+                f"cannot read: {exc.strerror or exc}; check the file's permissions", self.path
+            ) from exc
+
+    def check_unchanged(self) -> None:
+        """Refuse a copy when the file is no longer the one checked (written to, replaced,
+        grown or shrunk since): what was read may mix two versions."""
+        try:
+            now = _identity(os.stat(self.path))
+        except OSError as exc:
+            raise OutputError(
+                f"cannot read: {exc.strerror or exc}; nothing written", self.path
+            ) from exc
+        if now != self.identity:
+            raise OutputError(
+                "changed while being copied; nothing written; run the same command again",
+                self.path,
+            )
+
+
 class PlainCopy:
-    """A plain model file of an OpenBuddy folder, copied as it is (verified by the SHA-256 it
-    had when checked)."""
+    """A plain model file of an OpenBuddy folder, copied as it is (read once: hashed as it is
+    copied, and refused if it changed since it was checked)."""
 
     name = "copy"
     pattern = "NAME (a plain model file)"
@@ -138,16 +188,18 @@ class PlainCopy:
         """Files that are not encrypted and not hub clutter."""
         return not filename.endswith(SUFFIX) and not is_clutter(filename)
 
-    def open(self, path: Path) -> Source:
-        """Check the file and take its SHA-256 (the copy must match it)."""
+    def open(self, path: Path) -> PlainFile:
+        """Check the file and note its identity (the copy must end with the same)."""
         source = open_headerless(path, self, path.name)
         try:
-            digest = hash_file(path, ("sha256",))["sha256"]
+            info = os.stat(path)
         except OSError as exc:
             raise InputError(
                 f"cannot read: {exc.strerror or exc}; check the file's permissions", path
             ) from exc
-        return Headerless(path, self, source.output_name, source.payload_size, sha256=digest)
+        if info.st_size != source.payload_size:
+            raise InputError("changed while being checked; run the same command again", path)
+        return PlainFile(path, self, source.output_name, source.payload_size, _identity(info))
 
     def keystream(self, source: Source, key: Key) -> AbstractContextManager[Keystream]:
         """Zeros."""

@@ -159,7 +159,7 @@ def encrypt_file(
     """Encrypt ``source`` into ``out_dir`` as `NAME.<sha256>.enc` (or the layout of
     ``publishing``), byte-identical to docs/FORMAT.md."""
     with suppress(OSError):  # unreadable: said below, when it is opened
-        engine.prepare(source.stat().st_size)  # a torch import is not this file's time
+        engine.prepare(source.stat().st_size)  # a numpy import is not this file's time
     started = time.monotonic()
     sha256, plain_md5 = hashlib.sha256(), hashlib.md5()
     atomic = AtomicFile(out_dir / f"{source.name}.enc", fsync=fsync)

@@ -26,7 +26,8 @@ from belle_decrypt.ground.cancel import CancelToken, check
 from belle_decrypt.ground.errors import BelleError, InputError, OutputError
 from belle_decrypt.ground.outcome import FileProgress, Notices, Outcome
 from belle_decrypt.ground.states import FileState
-from belle_decrypt.layouts.perfile import GZIP_MAGIC, PLAIN_NAMES, BaseStream, is_clutter
+from belle_decrypt.layouts.gzipped import GZIP_MAGIC
+from belle_decrypt.layouts.perfile import PLAIN_NAMES, BaseStream, is_clutter
 from belle_decrypt.publish.encrypt import (
     PUBLISHING,
     Encrypted,

@@ -1,16 +1,20 @@
 """Streaming XOR as a pipeline: read + keystream + XOR, each hash, and the write overlap.
 
 A reader thread reads a buffer of input and XORs it with the keystream into an output buffer
-(on torch uint8 tensors, or with Python ints for small inputs, where importing torch would
+(with numpy on uint8 arrays, or with Python ints for small inputs, where importing numpy would
 cost more than the work); the keystream is read with pread into the output buffer, and the
 XOR is done in place there (the input stays intact for hashes of the input). Each
-hash and the writer run in a thread of their own (hashlib, torch and file I/O release the GIL)
+hash and the writer run in a thread of their own (hashlib, numpy and file I/O release the GIL)
 and see the buffers in order. A buffer goes back to the pool when every consumer is done with
 it, so memory is ``slots * 2 * buffer_size`` whatever the file size. The calling thread
-supervises: it imports torch while the stages start, waits with timeouts (so Ctrl-C and
+supervises: it imports numpy while the stages start, waits with timeouts (so Ctrl-C and
 SIGTERM reach it promptly), reports progress, and on any error, interruption or cancelled
 token (:mod:`belle_decrypt.ground.cancel`) stops every stage, waits for them, and raises the first
 error.
+
+torch is never imported here unless a caller asks for the "torch" backend (the benchmark
+compares it): importing it costs seconds, numpy a tenth of one, and both XOR far faster than
+the hashes run.
 """
 
 from __future__ import annotations
@@ -21,41 +25,35 @@ from collections.abc import Callable, Sequence
 from queue import Empty, Queue
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
-from belle_decrypt.ground import platform_io
 from belle_decrypt.ground.cancel import Cancelled, CancelToken
 from belle_decrypt.ground.errors import OutputError
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.streams.keystream import Keystream
+from belle_decrypt.streams.output import WriteBehind
 
 if TYPE_CHECKING:
+    import numpy
+    import numpy.typing as npt
     import torch
 
 BUFFER_SIZE = 8 * 1024 * 1024
-"""Bytes per buffer on the torch path."""
+"""Bytes per buffer on the array paths (numpy, torch)."""
 SLOTS = 3
 """Buffers in flight per stream (each is an input and an output buffer of BUFFER_SIZE)."""
 PLAIN_CHUNK = 1024 * 1024
 """Bytes per buffer on the plain path (Python int XOR is fastest around 1 MiB)."""
-PLAIN_LIMIT = 64 * 1024 * 1024
-"""Bytes a process XORs with Python ints, in total, before it imports torch instead.
+PLAIN_LIMIT = 4 * 1024 * 1024
+"""Bytes a process XORs with Python ints, in total, before it imports numpy instead.
 
-The plain path runs at 0.1-0.14 GB/s with SHA-256 (benchmarks/bench.py); importing torch costs
-2.4-2.9 s here (0.7-1.2 s on faster machines) and the torch path runs at the hash's speed, so
-the plain path wins below 290-410 MB here and below about 90-160 MB with a 0.7-1.2 s import.
-The limit stays under every one of those crossovers: at worst it costs about half a second.
+The plain path runs at 0.1-0.14 GB/s with SHA-256 (benchmarks/bench.py); importing numpy costs
+0.1-0.15 s here, overlapped with the first reads, and the numpy path runs at the hash's speed,
+so the plain path wins below about 10-20 MB. The limit stays under that crossover, so that
+config and tokenizer files start as fast as before numpy and a shard never waits on Python ints.
 """
-WRITE_BEHIND = 8 * 1024 * 1024
-"""Window of the write-behind: each window of output written to a regular file is handed to
-writeback at once and dropped from the page cache three windows later (0 turns it off).
-
-Measured on this project's 2-core virtual machines (2 GiB, in-process, output to ext4): with
-the page cache left to grow, the writes cost 9.6-10.4 s of kernel time (every fresh page is
-faulted in from the host) and the stream ran at 0.22 GB/s; with an 8 MiB window 1.5-1.7 s and
-0.94-1.07 GB/s (16 MiB: 0.87-0.90, 32 MiB: 0.62-0.77, 128 MiB: 0.46-0.52 GB/s). With fsync
-(the default) the final flush also has less left to do."""
 _POLL = 0.05
 
-Backend = Literal["auto", "torch", "python"]
+Backend = Literal["auto", "numpy", "python", "torch"]
+"""How the engine XORs: "auto" picks Python ints or numpy; "torch" is for comparisons only."""
 
 
 class Hasher(Protocol):
@@ -68,6 +66,11 @@ _plain_lock = threading.Lock()
 _plain_used = 0
 _torch_lock = threading.Lock()
 _torch_ready = False
+
+
+def _load_numpy() -> None:
+    """Import numpy (once per process; later calls are a dictionary look-up)."""
+    import numpy  # noqa: F401
 
 
 def _load_torch() -> None:
@@ -87,29 +90,29 @@ def _load_torch() -> None:
         _torch_ready = True
 
 
-def _use_torch(length: int, backend: Backend) -> bool:
-    """Choose the XOR for a stream of ``length`` bytes (and spend the plain-path budget)."""
+def _choose(length: int, backend: Backend) -> Backend:
+    """The backend for a stream of ``length`` bytes ("auto" resolved; spends the plain budget)."""
     global _plain_used
     if backend != "auto":
-        return backend == "torch"
-    if "torch" in sys.modules:
-        return True
+        return backend
+    if "numpy" in sys.modules:
+        return "numpy"
     with _plain_lock:
         if _plain_used + length <= PLAIN_LIMIT:
             _plain_used += length
-            return False
-    return True
+            return "python"
+    return "numpy"
 
 
 def prepare(length: int) -> None:
-    """Load torch now if a stream of ``length`` bytes will need it, so that a caller timing
-    the stream does not count the import (seconds, once per process)."""
-    if "torch" in sys.modules or length == 0:
+    """Load numpy now if a stream of ``length`` bytes will need it, so that a caller timing
+    the stream does not count the import (once per process)."""
+    if "numpy" in sys.modules or length == 0:
         return
     with _plain_lock:
         fits_plain = _plain_used + length <= PLAIN_LIMIT
     if not fits_plain:
-        _load_torch()
+        _load_numpy()
 
 
 class _Slot:
@@ -122,12 +125,24 @@ class _Slot:
         self.out_view = memoryview(self.out)
         self.length = 0
         self.pending = 0
+        self._arrays: tuple[npt.NDArray[numpy.uint8], npt.NDArray[numpy.uint8]] | None = None
         self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def xor(self, n: int, use_torch: bool) -> None:
+    def xor(self, n: int, backend: Backend) -> None:
         """out[:n] = src[:n] ^ out[:n], where out[:n] holds the keystream; the input stays
-        intact for hashes of the input."""
-        if use_torch:
+        intact for hashes of the input. numpy and torch release the GIL for the XOR."""
+        if backend == "numpy":
+            import numpy
+
+            if self._arrays is None:
+                self._arrays = (
+                    numpy.frombuffer(self.src, dtype=numpy.uint8),
+                    numpy.frombuffer(self.out, dtype=numpy.uint8),
+                )
+            src_a, out_a = self._arrays
+            out_n = out_a[:n]
+            numpy.bitwise_xor(out_n, src_a[:n], out=out_n)
+        elif backend == "torch":
             import torch
 
             if self._tensors is None:
@@ -159,46 +174,6 @@ def _read_fully(
         if not got:
             raise OutputError("the file ended early (it changed while being read)", label)
         done += got
-
-
-def _write_all(dst: BinaryIO, view: memoryview, label: str) -> None:
-    done = 0
-    while done < len(view):
-        try:
-            got = dst.write(view[done:])
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write: {exc.strerror or exc}; nothing written (check the free space "
-                "and permissions of the output folder)",
-                label,
-            ) from exc
-        done += got if got is not None else len(view) - done
-
-
-class WriteBehind:
-    """Writes the output in order, with the write-behind of ``WRITE_BEHIND`` (also for other
-    streams that write large files: recover's shards)."""
-
-    def __init__(self, dst: BinaryIO, label: str) -> None:
-        self.dst, self.label = dst, label
-        self.fd: int | None = None
-        self.base = self.written = self.windows = 0
-        if WRITE_BEHIND > 0 and platform_io.HAS_FADVISE:
-            self.fd = platform_io.regular_file_fd(dst)
-            if self.fd is not None:
-                self.base = dst.tell()
-
-    def write(self, view: memoryview) -> None:
-        _write_all(self.dst, view, self.label)
-        if self.fd is None:
-            return
-        self.written += len(view)
-        window = WRITE_BEHIND
-        while (self.windows + 1) * window <= self.written:
-            for index in (self.windows, self.windows - 3):  # start writeback; drop, now clean
-                if index >= 0:
-                    platform_io.drop_cache(self.fd, self.base + index * window, window)
-            self.windows += 1
 
 
 _SENTINEL = None
@@ -252,7 +227,7 @@ class _Stream:
         *,
         key: Keystream,
         ready: threading.Event,
-        use_torch: bool,
+        backend: Backend,
         write: Callable[[memoryview], None],
         hashers: Sequence[tuple[Hasher, bool]],
         buffer_size: int,
@@ -260,7 +235,7 @@ class _Stream:
     ) -> None:
         """``hashers``: each with whether it sees the output (else the input)."""
         self.shared, self.read, self.length, self.key = shared, read, length, key
-        self.ready, self.use_torch = ready, use_torch
+        self.ready, self.backend = ready, backend
         self.size = min(buffer_size, length)
         chunks = -(-length // self.size)
         self.free: Queue[_Slot] = Queue()
@@ -288,10 +263,10 @@ class _Stream:
             n = min(self.size, self.length - done)
             self.read(slot.src_view[:n], done)
             self.key.fill(slot.out_view[:n], done)
-            while not self.ready.wait(_POLL):  # torch is being imported
+            while not self.ready.wait(_POLL):  # numpy (or torch) is being imported
                 if self.shared.stop.is_set():
                     return
-            slot.xor(n, self.use_torch)
+            slot.xor(n, self.backend)
             slot.length = n
             slot.pending = len(self.consumers)
             for _, queue in self.consumers:
@@ -333,7 +308,7 @@ def _supervise(
     on_progress: Callable[[int], None] | None,
     before: Callable[[], None],
 ) -> None:
-    """Run every stage in a thread; call ``before`` (the torch import) meanwhile; wait."""
+    """Run every stage in a thread; call ``before`` (the numpy import) meanwhile; wait."""
     threads = [
         threading.Thread(target=_guarded(shared, stage), name=f"belle-xor-{i}", daemon=True)
         for i, stage in enumerate(stream.stages())
@@ -409,7 +384,7 @@ def xor_stream(
     ``hashers`` see the plaintext: the output when decrypting (``hash_output``), the input when
     encrypting. ``src`` must be positioned at the first payload byte. ``backend`` "auto" uses
     Python ints while the process has XORed less than ``PLAIN_LIMIT`` bytes that way and has
-    not imported torch, and torch otherwise. ``cancel``, once cancelled, stops every stage
+    not imported numpy, and numpy otherwise. ``cancel``, once cancelled, stops every stage
     within a buffer and raises :class:`~belle_decrypt.ground.cancel.Cancelled`. Errors from any
     stage are raised here, after every stage has stopped.
     """
@@ -417,8 +392,8 @@ def xor_stream(
         return
     if buffer_size <= 0 or slots <= 0:
         raise ValueError("buffer_size and slots must be positive")
-    use_torch = _use_torch(length, backend)
-    if not use_torch:
+    backend = _choose(length, backend)
+    if backend == "python":
         buffer_size = min(buffer_size, PLAIN_CHUNK)
     shared = _Shared(cancel if cancel is not None else CancelToken())
     ready = threading.Event()
@@ -428,7 +403,7 @@ def xor_stream(
         length,
         key=key,
         ready=ready,
-        use_torch=use_torch,
+        backend=backend,
         write=WriteBehind(dst, dst_label).write,
         hashers=[(hasher, hash_output) for hasher in hashers],
         buffer_size=buffer_size,
@@ -436,7 +411,9 @@ def xor_stream(
     )
 
     def before() -> None:
-        if use_torch:
+        if backend == "numpy":
+            _load_numpy()
+        elif backend == "torch":
             _load_torch()
         ready.set()
 

@@ -3,7 +3,8 @@
 A file under its final name is always complete and verified. Temporary files are named
 ``.belle-tmp.<pid>.<token>.<name>`` and locked by their run for their whole life
 (:class:`belle_decrypt.ground.platform_io.LockOwnership`), so that a later run, in this container or
-another on the same kernel, removes only the ones nobody holds.
+another on the same kernel, removes only the ones nobody holds. Large outputs are written
+through :class:`WriteBehind`, which keeps them from filling the page cache.
 """
 
 from __future__ import annotations
@@ -18,11 +19,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from belle_decrypt.ground import platform_io
 from belle_decrypt.ground.cancel import note_removed
 from belle_decrypt.ground.errors import InputError, OutputError
 from belle_decrypt.ground.platform_io import OWNERSHIP, Hold, fsync_dir
 
 TEMP_PREFIX = ".belle-tmp."
+WRITE_BEHIND = 8 * 1024 * 1024
+"""Window of the write-behind: each window of output written to a regular file is handed to
+writeback at once and dropped from the page cache three windows later (0 turns it off).
+
+Measured on this project's 2-core virtual machines (2 GiB, in-process, output to ext4): with
+the page cache left to grow, the writes cost 9.6-10.4 s of kernel time (every fresh page is
+faulted in from the host) and the stream ran at 0.22 GB/s; with an 8 MiB window 1.5-1.7 s and
+0.94-1.07 GB/s (16 MiB: 0.87-0.90, 32 MiB: 0.62-0.77, 128 MiB: 0.46-0.52 GB/s). With fsync
+(the default) the final flush also has less left to do."""
 _TEMP_RE = re.compile(rf"^\.belle-tmp\.(?P<owner>{OWNERSHIP.pattern})\.[0-9a-f]{{8}}\.")
 _NAME_KEEP = 120
 _CLAIMS = 5
@@ -228,3 +239,43 @@ def check_free_space(out_dir: Path, needed: int) -> None:
 
 def _gib(size: int) -> str:
     return f"{size / 1024**3:.1f} GiB"
+
+
+def _write_all(dst: BinaryIO, view: memoryview, label: str) -> None:
+    done = 0
+    while done < len(view):
+        try:
+            got = dst.write(view[done:])
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write: {exc.strerror or exc}; nothing written (check the free space "
+                "and permissions of the output folder)",
+                label,
+            ) from exc
+        done += got if got is not None else len(view) - done
+
+
+class WriteBehind:
+    """Writes the output in order, with the write-behind of ``WRITE_BEHIND`` (also for other
+    streams that write large files: recover's shards)."""
+
+    def __init__(self, dst: BinaryIO, label: str) -> None:
+        self.dst, self.label = dst, label
+        self.fd: int | None = None
+        self.base = self.written = self.windows = 0
+        if WRITE_BEHIND > 0 and platform_io.HAS_FADVISE:
+            self.fd = platform_io.regular_file_fd(dst)
+            if self.fd is not None:
+                self.base = dst.tell()
+
+    def write(self, view: memoryview) -> None:
+        _write_all(self.dst, view, self.label)
+        if self.fd is None:
+            return
+        self.written += len(view)
+        window = WRITE_BEHIND
+        while (self.windows + 1) * window <= self.written:
+            for index in (self.windows, self.windows - 3):  # start writeback; drop, now clean
+                if index >= 0:
+                    platform_io.drop_cache(self.fd, self.base + index * window, window)
+            self.windows += 1

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from belle_decrypt.streams.engine import WriteBehind
-from belle_decrypt.streams.output import AtomicFile
+from belle_decrypt.streams.output import AtomicFile, WriteBehind
 
 JOURNAL_NAME = ".belle-recover.json"
 PENDING_PREFIX = ".belle-pending."

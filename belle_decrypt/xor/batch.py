@@ -155,8 +155,14 @@ def _unverifiable(files: Sequence[Source], manifest: Manifest | None) -> list[In
             enc.path,
         )
         for enc in files
-        if enc.sha256 is None and (manifest is None or not manifest.lookup(enc.output_name))
+        if not carries_sha256(enc) and (manifest is None or not manifest.lookup(enc.output_name))
     ]
+
+
+def carries_sha256(enc: Source) -> bool:
+    """Whether ``enc`` is checked by a SHA-256 of its own (a plain copy's is taken as it is
+    copied: asking for it beforehand would read the file twice)."""
+    return is_copy(enc) or enc.sha256 is not None
 
 
 def manifest_check(manifest: Manifest | None, enc: Source) -> tuple[dict[str, str], Verified]:
@@ -164,7 +170,7 @@ def manifest_check(manifest: Manifest | None, enc: Source) -> tuple[dict[str, st
     relative to OUT_DIR) and what will have been verified."""
     entries = manifest.lookup(enc.output_name) if manifest is not None else ()
     expected = {entry.algorithm: entry.digest for entry in entries}
-    if enc.sha256 is None:
+    if not carries_sha256(enc):
         if not expected:
             return expected, Verified.NOTHING
         return expected, Verified.MD5 if "md5" in expected else Verified.SHA256_AS_LISTED
@@ -238,7 +244,7 @@ def resolve_jobs(files: Sequence[Source], settings: Settings) -> int:
     """Files to decrypt at once: as asked, or from the cores, the hashes per file and sizes."""
     if settings.jobs is not None:
         return settings.jobs
-    carried = any(enc.sha256 is not None for enc in files)  # headerless files: the md5 alone
+    carried = any(carries_sha256(enc) for enc in files)  # headerless files: the md5 alone
     hashes = 2 if settings.manifest is not None and carried else 1
     # A source may hash its inputs too (the per-file layout's base, against its list).
     hashes += max((int(getattr(enc, "input_hashes", 0)) for enc in files), default=0)

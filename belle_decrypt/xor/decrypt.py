@@ -22,7 +22,7 @@ from belle_decrypt.ground.errors import (
 )
 from belle_decrypt.ground.states import FileState
 from belle_decrypt.layouts.protocol import FolderKeyed, OwnPayload, Source
-from belle_decrypt.layouts.seed import is_copy
+from belle_decrypt.layouts.seed import PlainFile, is_copy
 from belle_decrypt.streams import engine
 from belle_decrypt.streams.engine import BUFFER_SIZE, xor_stream
 from belle_decrypt.streams.hashing import hash_file
@@ -254,10 +254,13 @@ def decrypt_file(
             md5=existing.get("md5"),
         )
     engine.prepare(enc.payload_size)
-    started = time.monotonic()  # a torch import is not this file's time
+    started = time.monotonic()  # a numpy import is not this file's time
     status = FileState.DECRYPTED
+    # A plain copy is hashed as it is copied, and checked unchanged after (read once).
+    copy = enc if isinstance(enc, PlainFile) else None
+    carried = None if copy is not None else enc.sha256
     # Only what is checked: a headerless file with an md5 entry costs one hash, not two.
-    wants_sha256 = enc.sha256 is not None or "sha256" in expected
+    wants_sha256 = copy is not None or carried is not None or "sha256" in expected
     digest = hashlib.sha256() if wants_sha256 else None
     extra = {name: hashlib.new(name) for name in expected if name != "sha256"}
     hashers = tuple(hasher for hasher in (digest, *extra.values()) if hasher is not None)
@@ -287,9 +290,11 @@ def decrypt_file(
                 cancel=cancel,
             )
             actual = digest.hexdigest() if digest is not None else None
-            if enc.sha256 is not None and actual != enc.sha256:
+            if copy is not None:
+                copy.check_unchanged()
+            elif carried is not None and actual != carried:
                 assert actual is not None
-                raise DigestMismatch(actual, enc.sha256, WRONG_KEY_HINT, enc.path)
+                raise DigestMismatch(actual, carried, WRONG_KEY_HINT, enc.path)
             found = {name: h.hexdigest() for name, h in extra.items()}
             if actual is not None:
                 found["sha256"] = actual

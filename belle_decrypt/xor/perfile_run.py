@@ -15,7 +15,8 @@ from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground.cancel import CancelToken
 from belle_decrypt.ground.errors import InputError, ManifestClash, ManifestError
 from belle_decrypt.ground.outcome import Notices
-from belle_decrypt.layouts.perfile import NOT_GZIP, PINNED, PLAIN_NAMES, PayloadFile, PerFileLayout
+from belle_decrypt.layouts.gzipped import NOT_GZIP
+from belle_decrypt.layouts.perfile import PINNED, PLAIN_NAMES, PayloadFile, PerFileLayout
 from belle_decrypt.layouts.protocol import Source
 from belle_decrypt.streams.hashing import hash_file
 from belle_decrypt.xor.batch import Run, Settings, prepare_run
