@@ -349,3 +349,35 @@ def test_a_diff_without_config_and_more_rows_than_the_base_is_refused(tmp_path: 
         "and tokenizer files into it\n"
     )
     assert listing(out) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_diff_holding_nan_or_inf_is_refused_naming_the_tensor(bad: float, tmp_path: Path) -> None:
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna", tiny.tuned(base, 2, vocab=100), base)
+    name = "model.layers.1.mlp.up_proj.weight"
+    diff[name][3, 5] = bad
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "bin-sharded", tiny.config(100))
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    out = tmp_path / "out"
+    args: list[str | Path] = [
+        diff_dir,
+        base_dir,
+        out,
+        "--recipe",
+        "vicuna",
+        "--max-shard-size",
+        "60KB",
+    ]
+    result = runner.run("recover", *args)
+    assert result.exit_code == 2, result.output
+    shard = diff_dir / "pytorch_model-00002-of-00002.bin"
+    assert result.stderr == (
+        f"belle-decrypt: error: {shard}: (DIFF_DIR) {name} holds 1 NaN or infinite value: the "
+        "diff is damaged (no published diff has any); download it again, or pass "
+        "--allow-nonfinite to recover it as it is; nothing was left under a final name\n"
+    )
+    assert listing(out) == []
+    result = runner.run("recover", *args, "--allow-nonfinite")
+    assert result.exit_code == 0, result.output
+    assert_recovered(out, ref.recover("vicuna", diff, base))

@@ -7,9 +7,14 @@ Each check raises one InputError naming the first problem and its most likely ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from belle_decrypt.recover.hfdir import TensorInfo, WeightFolder, data_size
 from belle_decrypt.recover.recipes import EQUAL, INV_FREQ, VOCAB_TENSORS, Recipe, state_dict_key
+from belle_decrypt.torchload import import_torch
+
+if TYPE_CHECKING:
+    import torch
 
 LLAMA2_POSITIONS = 4096
 # A diff's norm weights are a small fraction of the base's (a fine-tune moves them a little);
@@ -140,4 +145,20 @@ def _check_shapes(
             f"{name} has shape {list(diff.shape)} in the diff but {list(base.shape)} in the "
             f"base: the base is another model size, or the recipe is not {recipe.name}",
             diff.file,
+        )
+
+
+def check_finite(folder: WeightFolder, name: str, tensor: torch.Tensor) -> None:
+    """Refuse a diff tensor holding NaN or infinite values: no published diff or adapter has
+    any, so they mean damage, and the sum would carry them silently into the model."""
+    if not tensor.is_floating_point():
+        return
+    bad = int((~import_torch().isfinite(tensor)).sum())
+    if bad:
+        values = "value" if bad == 1 else "values"
+        raise folder.fail(
+            f"{name} holds {bad:,} NaN or infinite {values}: the diff is damaged (no published "
+            "diff has any); download it again, or pass --allow-nonfinite to recover it as it "
+            "is; nothing was left under a final name",
+            folder.tensors[name].file,
         )

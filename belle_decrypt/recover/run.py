@@ -90,6 +90,7 @@ class Options:
     fsync: bool = True
     manifest: Manifest | None = None
     expect_sum: float | None = None
+    allow_nonfinite: bool = False
 
     @classmethod
     def parse(
@@ -102,6 +103,7 @@ class Options:
         expect_sum: float | None,
         force: bool,
         no_fsync: bool,
+        allow_nonfinite: bool = False,
     ) -> Options:
         """The options as the command line gives them: the manifests read, the size parsed."""
         if expect_sum is not None and not math.isfinite(expect_sum):
@@ -117,6 +119,7 @@ class Options:
             fsync=not no_fsync,
             manifest=Manifest.read_all(manifests) if manifests else None,
             expect_sum=expect_sum,
+            allow_nonfinite=allow_nonfinite,
         )
 
 
@@ -381,7 +384,7 @@ class Recovery:
                     on_shard(result)
             hasher.finish()
             sum_check = self._sum_check(sums)
-        except (ChecksumError, ManifestError):
+        except (ChecksumError, ManifestError, InputError):
             self._discard()
             raise
         finally:
@@ -456,7 +459,10 @@ class Recovery:
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
         base = self.base.load(item.base.name) if item.base is not None else None
-        return self.recipe.combine(item.name, base, self.diff.load(item.name), out, self.scratch)
+        diff = self.diff.load(item.name)
+        if not self.options.allow_nonfinite:
+            checks.check_finite(self.diff, item.name, diff)
+        return self.recipe.combine(item.name, base, diff, out, self.scratch)
 
     @property
     def expected_sum(self) -> float | None:
