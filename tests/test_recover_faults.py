@@ -381,3 +381,27 @@ def test_a_diff_holding_nan_or_inf_is_refused_naming_the_tensor(bad: float, tmp_
     result = runner.run("recover", *args, "--allow-nonfinite")
     assert result.exit_code == 0, result.output
     assert_recovered(out, ref.recover("vicuna", diff, base))
+
+
+def test_a_rerun_whose_sum_fails_names_the_files_under_final_names(tmp_path: Path) -> None:
+    from tests import test_recover_alpaca as alpaca
+
+    diff_dir, base_dir, expected = alpaca.release(tmp_path, "tulu")
+    out = tmp_path / "out"
+    args = [diff_dir, base_dir, out, "--recipe", "tulu", "--max-shard-size", "150KB"]
+    assert runner.run("recover", *args).exit_code == 0
+    names = [n for n in listing(out) if n.startswith("model-0000")]
+    assert len(names) == 3
+    without, with_buffers = alpaca.figures(expected)
+    wrong = round(without + 0.02, 4)
+    result = runner.run("recover", *args, "--expect-sum", str(wrong))
+    assert result.exit_code == 1, result.output
+    failure = alpaca.sum_failure(wrong, without, with_buffers, diff_dir)
+    assert failure.endswith("; nothing written")
+    assert result.stderr == (
+        f"belle-decrypt: error: {out}: {failure.removesuffix('; nothing written')}; nothing "
+        f"new written, but the model already under its final names from an earlier run "
+        f"({', '.join(names)}) is the one that failed; move it away or replace it with --force "
+        "once the inputs are right\n"
+    )
+    assert [n for n in listing(out) if n.startswith("model-0000")] == names

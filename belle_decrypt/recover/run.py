@@ -482,10 +482,22 @@ class Recovery:
             raise ChecksumError(
                 f"the recovered weights sum to {without:.4f} ({with_buffers:.4f} with the rotary "
                 f"inv_freq buffers), not {expected} ± {check.tolerance}: {self._sum_hint()}; "
-                "nothing written",
+                f"{self._what_failed()}",
                 self.out_dir,
             )
         return check
+
+    def _what_failed(self) -> str:
+        """What a failed sum leaves: nothing, or (a re-run keeping an earlier run's shards)
+        the files under final names that failed, named so that nobody trusts them."""
+        finals = [s.name for s in self.shards if (self.out_dir / s.name).is_file()]
+        if not finals:
+            return "nothing written"
+        return (
+            "nothing new written, but the model already under its final names from an earlier "
+            f"run ({', '.join(finals)}) is the one that failed; move it away or replace it "
+            "with --force once the inputs are right"
+        )
 
     def _with_inv_freq(self, sums: list[tuple[str, float]]) -> list[tuple[str, float]]:
         """The sums with an inv_freq buffer's per layer, as transformers <= 4.30 saved them."""
