@@ -388,7 +388,8 @@ def test_a_rerun_whose_sum_fails_names_the_files_under_final_names(tmp_path: Pat
 
     diff_dir, base_dir, expected = alpaca.release(tmp_path, "tulu")
     out = tmp_path / "out"
-    args = [diff_dir, base_dir, out, "--recipe", "tulu", "--max-shard-size", "150KB"]
+    args: list[str | Path] = [diff_dir, base_dir, out, "--recipe", "tulu"]
+    args += ["--max-shard-size", "150KB"]
     assert runner.run("recover", *args).exit_code == 0
     names = [n for n in listing(out) if n.startswith("model-0000")]
     assert len(names) == 3
