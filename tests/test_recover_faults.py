@@ -406,3 +406,36 @@ def test_a_rerun_whose_sum_fails_names_the_files_under_final_names(tmp_path: Pat
         "once the inputs are right\n"
     )
     assert [n for n in listing(out) if n.startswith("model-0000")] == names
+
+
+TERM_IN_JOURNAL_SAVE = """
+import os, signal
+from belle_decrypt.recover import journal
+from belle_decrypt import cli
+class Interrupted(journal.AtomicFile):
+    def commit(self, *args, **kwargs):
+        if self.final.name == journal.JOURNAL_NAME:
+            os.kill(os.getpid(), signal.SIGTERM)
+        super().commit(*args, **kwargs)
+journal.AtomicFile = Interrupted
+cli.main()
+"""
+
+
+def test_sigterm_during_a_journal_save_does_not_name_the_journal(tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    stopped = subprocess.run(
+        [sys.executable, "-c", TERM_IN_JOURNAL_SAVE, "recover", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 143
+    assert stopped.stderr == (
+        "belle-decrypt: error: terminated; run the same command again to finish\n"
+    )
+    assert faults.temps(out) == []
+    assert runner.run("recover", *args).exit_code == 0
+    assert_recovered(out, expected)

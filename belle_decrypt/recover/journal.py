@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from belle_decrypt.cancel import forget_removed
 from belle_decrypt.output import AtomicFile
 
 JOURNAL_NAME = ".belle-recover.json"
@@ -84,7 +85,11 @@ class Journal:
             "shards": self.shards,
             "complete": self.complete,
         }
-        write_small_file(self.path, (json.dumps(doc, indent=1) + "\n").encode(), fsync=fsync)
+        try:
+            write_small_file(self.path, (json.dumps(doc, indent=1) + "\n").encode(), fsync=fsync)
+        except BaseException as exc:  # an interrupt: the journal is no unfinished output
+            forget_removed(exc, self.path)
+            raise
 
     def remove(self) -> None:
         """Delete the journal (a run that failed its final check keeps nothing)."""
