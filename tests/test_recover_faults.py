@@ -439,3 +439,19 @@ def test_sigterm_during_a_journal_save_does_not_name_the_journal(tmp_path: Path)
     assert faults.temps(out) == []
     assert runner.run("recover", *args).exit_code == 0
     assert_recovered(out, expected)
+
+
+def test_bin_reports_the_sizes_written_not_the_planned_ones(tmp_path: Path) -> None:
+    from belle_decrypt.console import human_size
+
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    result = runner.run("recover", *small_shards(diff_dir, base_dir, out), "--bin")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    sizes = {p.name: p.stat().st_size for p in out.glob("pytorch_model-*.bin")}
+    assert len(sizes) == 4
+    for line in lines[1:5]:
+        status, name, size = line.split(maxsplit=2)
+        assert (status, size) == ("written", human_size(sizes[name])), line
+    assert f"4 shards, {human_size(sum(sizes.values()))} written in " in lines[-1]

@@ -377,8 +377,8 @@ class Recovery:
         try:
             for shard in self.shards:
                 with shard_progress(shard.name, shard.size) as advance:
-                    status = self._shard(shard, advance, sums, cancel)
-                result = ShardResult(shard.name, status, shard.size)
+                    status, size = self._shard(shard, advance, sums, cancel)
+                result = ShardResult(shard.name, status, size)
                 results.append(result)
                 if on_shard is not None:
                     on_shard(result)
@@ -405,13 +405,16 @@ class Recovery:
         advance: Callable[[int], None],
         sums: list[tuple[str, float]],
         cancel: CancelToken | None,
-    ) -> str:
+    ) -> tuple[str, int]:
+        """Keep or write one shard; its status and its size on disk (a --bin shard's planned
+        size is only an upper estimate)."""
         assert self.journal is not None
         fsync = self.options.fsync
-        if self._kept(shard, advance):
+        kept = self._kept(shard, advance)
+        if kept is not None:
             recorded = self.journal.shards[shard.name]["sums"]
             sums.extend(zip((item.name for item in shard.items), recorded, strict=False))
-            return KEPT
+            return KEPT, kept
         self.journal.forget(shard.name)
         shard_sums: list[float] = []
 
@@ -438,24 +441,32 @@ class Recovery:
             atomic.commit(self.out_dir / pending_name(shard.name))
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
         self.journal.record(shard.name, out.sha256.hexdigest(), shard_sums, fsync=fsync)
-        return WRITTEN
+        return WRITTEN, out.count
 
-    def _kept(self, shard: Shard, advance: Callable[[int], None]) -> bool:
-        """Whether an earlier run's file for ``shard`` is there and hashes as journalled."""
+    def _kept(self, shard: Shard, advance: Callable[[int], None]) -> int | None:
+        """The size of an earlier run's file for ``shard`` if it is there and hashes as
+        journalled, else None."""
         assert self.journal is not None
         recorded = self.journal.shards.get(shard.name)
         if recorded is None:
-            return False
+            return None
         # The final name again last: another run into OUT_DIR may rename the pending file
         # between the two looks, and then its final file is the one to verify.
         for name in (shard.name, pending_name(shard.name), shard.name):
+            done = 0
+
+            def counted(count: int) -> None:
+                nonlocal done
+                done += count
+                advance(count)
+
             try:
-                digest = hash_file(self.out_dir / name, ("sha256",), on_progress=advance)
+                digest = hash_file(self.out_dir / name, ("sha256",), on_progress=counted)
             except OSError:  # gone, or not a regular readable file: not this shard
                 continue
             if digest["sha256"] == recorded.get("sha256"):
-                return True
-        return False
+                return done
+        return None
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
         base = self.base.load(item.base.name) if item.base is not None else None

@@ -179,6 +179,7 @@ class HashingWriter:
     def __init__(self, handle: BinaryIO, label: str) -> None:
         self.sink = WriteBehind(handle, label)
         self.sha256 = hashlib.sha256()
+        self.count = 0
         self.failure: Exception | None = None
 
     def write(self, data: bytes | memoryview) -> int:
@@ -191,6 +192,7 @@ class HashingWriter:
         except Exception as exc:
             self.failure = exc
             raise
+        self.count += len(view)
         return len(view)
 
     def flush(self) -> None:
