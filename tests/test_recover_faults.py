@@ -455,3 +455,21 @@ def test_bin_reports_the_sizes_written_not_the_planned_ones(tmp_path: Path) -> N
         status, name, size = line.split(maxsplit=2)
         assert (status, size) == ("written", human_size(sizes[name])), line
     assert f"4 shards, {human_size(sum(sizes.values()))} written in " in lines[-1]
+
+
+def test_an_unsupported_safetensors_dtype_is_named_as_unsupported(tmp_path: Path) -> None:
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna", tiny.tuned(base, 2, vocab=100), base)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    diff[name] = diff[name].to(torch.float8_e4m3fn)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors", tiny.config(100))
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    out = tmp_path / "out"
+    result = runner.run("recover", diff_dir, base_dir, out, "--recipe", "vicuna")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {diff_dir / 'model.safetensors'}: (DIFF_DIR) {name} is "
+        "F8_E4M3, a dtype recover does not support (F64, F32, F16, BF16, integers and BOOL); "
+        "use the release's float16 or float32 files\n"
+    )
+    assert listing(out) == []

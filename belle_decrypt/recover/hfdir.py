@@ -295,6 +295,7 @@ class WeightFolder:
         """Check the file with the safetensors package, then map it for reading in place."""
         from safetensors import safe_open
 
+        unsupported: tuple[str, str] | None = None
         try:
             handle: Any = safe_open(str(file), framework="pt")
             infos = []
@@ -302,16 +303,24 @@ class WeightFolder:
                 piece = handle.get_slice(name)
                 dtype = SAFETENSORS_DTYPES.get(piece.get_dtype())
                 if dtype is None:
-                    raise ValueError(f"unsupported dtype {piece.get_dtype()} of {name}")
+                    unsupported = (name, piece.get_dtype())
+                    break
                 infos.append(TensorInfo(name, dtype, tuple(piece.get_shape()), file))
             del handle
-            self._handles[file] = _MappedSafetensors(file)
+            if unsupported is None:
+                self._handles[file] = _MappedSafetensors(file)
         except Exception as exc:
             raise self.fail(
                 f"is not a readable safetensors file ({_first_line(exc)}): truncated or damaged; "
                 "download it again",
                 file,
             ) from exc
+        if unsupported is not None:  # a well-formed file in a dtype no recipe reads
+            raise self.fail(
+                f"{unsupported[0]} is {unsupported[1]}, a dtype recover does not support (F64, "
+                "F32, F16, BF16, integers and BOOL); use the release's float16 or float32 files",
+                file,
+            )
         return infos
 
     def _read_pickle(self, file: Path, head: bytes) -> list[TensorInfo]:
