@@ -473,3 +473,35 @@ def test_an_unsupported_safetensors_dtype_is_named_as_unsupported(tmp_path: Path
         "use the release's float16 or float32 files\n"
     )
     assert listing(out) == []
+
+
+def test_a_hub_cache_root_uses_the_snapshot_refs_main_names(tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = release(tmp_path / "made", "vicuna", "bin-sharded")
+    cache = tmp_path / "hub"
+    snapshot = tiny.as_hub_cache(diff_dir, cache, "lmsys/vicuna-7b-delta-v1.1")
+    base_snapshot = tiny.as_hub_cache(base_dir, cache, "someone/llama-7b-hf")
+    for snap in (snapshot, base_snapshot):
+        (snap.parent.parent / "refs").mkdir()
+        (snap.parent.parent / "refs" / "main").write_text(snap.name)
+    root = snapshot.parent.parent
+    out = tmp_path / "out"
+    result = runner.run("recover", root, base_snapshot.parent.parent, out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "recipe     vicuna (recognised from vicuna-7b-delta-v1.1)"
+    )
+    assert_recovered(out, expected)
+
+
+def test_a_hub_cache_root_without_refs_main_says_to_pass_the_snapshot(tmp_path: Path) -> None:
+    diff_dir, base_dir, _ = release(tmp_path / "made", "vicuna")
+    snapshot = tiny.as_hub_cache(diff_dir, tmp_path / "hub", "lmsys/vicuna-7b-delta-v1.1")
+    root = snapshot.parent.parent
+    out = tmp_path / "out"
+    result = runner.run("recover", root, base_dir, out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {root}: (DIFF_DIR) is a hub-cache folder without refs/main; "
+        f"pass one of its snapshots: {snapshot}\n"
+    )
+    assert listing(out) == []

@@ -123,6 +123,7 @@ class WeightFolder:
         return InputError(f"({self.role}) {message}", path or self.path)
 
     def _open(self) -> None:
+        self.path = self._snapshot()
         entries = self._list()
         safetensors = [p for p in entries if p.name.endswith(".safetensors")]
         bins = [
@@ -164,6 +165,24 @@ class WeightFolder:
                         index,
                     )
         self.config = self._read_config()
+
+    def _snapshot(self) -> Path:
+        """The folder to read: a hub-cache root (``models--org--name``, holding ``snapshots/``)
+        stands for the snapshot its ``refs/main`` names, as huggingface_hub resolves it."""
+        snapshots = self.path / "snapshots"
+        if not self.path.name.startswith("models--") or not snapshots.is_dir():
+            return self.path
+        try:
+            ref = (self.path / "refs" / "main").read_text(encoding="utf-8").strip()
+        except (OSError, ValueError):
+            ref = ""
+        if ref and "/" not in ref and ref not in (".", "..") and (snapshots / ref).is_dir():
+            return snapshots / ref
+        found = sorted(p for p in snapshots.iterdir() if p.is_dir())
+        listed = ", ".join(str(p) for p in found) or f"{snapshots}/<hash>"
+        raise self.fail(
+            f"is a hub-cache folder without refs/main; pass one of its snapshots: {listed}"
+        )
 
     def _list(self) -> list[Path]:
         if not self.path.exists():
