@@ -349,3 +349,159 @@ def test_a_diff_without_config_and_more_rows_than_the_base_is_refused(tmp_path: 
         "and tokenizer files into it\n"
     )
     assert listing(out) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_diff_holding_nan_or_inf_is_refused_naming_the_tensor(bad: float, tmp_path: Path) -> None:
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna", tiny.tuned(base, 2, vocab=100), base)
+    name = "model.layers.1.mlp.up_proj.weight"
+    diff[name][3, 5] = bad
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "bin-sharded", tiny.config(100))
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    out = tmp_path / "out"
+    args: list[str | Path] = [
+        diff_dir,
+        base_dir,
+        out,
+        "--recipe",
+        "vicuna",
+        "--max-shard-size",
+        "60KB",
+    ]
+    result = runner.run("recover", *args)
+    assert result.exit_code == 2, result.output
+    shard = diff_dir / "pytorch_model-00002-of-00002.bin"
+    assert result.stderr == (
+        f"belle-decrypt: error: {shard}: (DIFF_DIR) {name} holds 1 NaN or infinite value: the "
+        "diff is damaged (no published diff has any); download it again, or pass "
+        "--allow-nonfinite to recover it as it is; nothing was left under a final name\n"
+    )
+    assert listing(out) == []
+    result = runner.run("recover", *args, "--allow-nonfinite")
+    assert result.exit_code == 0, result.output
+    assert_recovered(out, ref.recover("vicuna", diff, base))
+
+
+def test_a_rerun_whose_sum_fails_names_the_files_under_final_names(tmp_path: Path) -> None:
+    from tests import test_recover_alpaca as alpaca
+
+    diff_dir, base_dir, expected = alpaca.release(tmp_path, "tulu")
+    out = tmp_path / "out"
+    args: list[str | Path] = [diff_dir, base_dir, out, "--recipe", "tulu"]
+    args += ["--max-shard-size", "150KB"]
+    assert runner.run("recover", *args).exit_code == 0
+    names = [n for n in listing(out) if n.startswith("model-0000")]
+    assert len(names) == 3
+    without, with_buffers = alpaca.figures(expected)
+    wrong = round(without + 0.02, 4)
+    result = runner.run("recover", *args, "--expect-sum", str(wrong))
+    assert result.exit_code == 1, result.output
+    failure = alpaca.sum_failure(wrong, without, with_buffers, diff_dir)
+    assert failure.endswith("; nothing written")
+    assert result.stderr == (
+        f"belle-decrypt: error: {out}: {failure.removesuffix('; nothing written')}; nothing "
+        f"new written, but the model already under its final names from an earlier run "
+        f"({', '.join(names)}) is the one that failed; move it away or replace it with --force "
+        "once the inputs are right\n"
+    )
+    assert [n for n in listing(out) if n.startswith("model-0000")] == names
+
+
+TERM_IN_JOURNAL_SAVE = """
+import os, signal
+from belle_decrypt.tensors import journal
+from belle_decrypt.cli import commands as cli
+class Interrupted(journal.AtomicFile):
+    def commit(self, *args, **kwargs):
+        if self.final.name == journal.JOURNAL_NAME:
+            os.kill(os.getpid(), signal.SIGTERM)
+        super().commit(*args, **kwargs)
+journal.AtomicFile = Interrupted
+cli.main()
+"""
+
+
+def test_sigterm_during_a_journal_save_does_not_name_the_journal(tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = small_shards(diff_dir, base_dir, out)
+    stopped = subprocess.run(
+        [sys.executable, "-c", TERM_IN_JOURNAL_SAVE, "recover", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 143
+    assert stopped.stderr == (
+        "belle-decrypt: error: terminated; run the same command again to finish\n"
+    )
+    assert faults.temps(out) == []
+    assert runner.run("recover", *args).exit_code == 0
+    assert_recovered(out, expected)
+
+
+def test_bin_reports_the_sizes_written_not_the_planned_ones(tmp_path: Path) -> None:
+    from belle_decrypt.cli.console import human_size
+
+    diff_dir, base_dir, _ = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    result = runner.run("recover", *small_shards(diff_dir, base_dir, out), "--bin")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    sizes = {p.name: p.stat().st_size for p in out.glob("pytorch_model-*.bin")}
+    assert len(sizes) == 4
+    for line in lines[1:5]:
+        status, name, size = line.split(maxsplit=2)
+        assert (status, size) == ("written", human_size(sizes[name])), line
+    assert f"4 shards, {human_size(sum(sizes.values()))} written in " in lines[-1]
+
+
+def test_an_unsupported_safetensors_dtype_is_named_as_unsupported(tmp_path: Path) -> None:
+    base = tiny.model(1)
+    diff = ref.make_diff("vicuna", tiny.tuned(base, 2, vocab=100), base)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    diff[name] = diff[name].to(torch.float8_e4m3fn)
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors", tiny.config(100))
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    out = tmp_path / "out"
+    result = runner.run("recover", diff_dir, base_dir, out, "--recipe", "vicuna")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {diff_dir / 'model.safetensors'}: (DIFF_DIR) {name} is "
+        "F8_E4M3, a dtype recover does not support (F64, F32, F16, BF16, integers and BOOL); "
+        "use the release's float16 or float32 files\n"
+    )
+    assert listing(out) == []
+
+
+def test_a_hub_cache_root_uses_the_snapshot_refs_main_names(tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = release(tmp_path / "made", "vicuna", "bin-sharded")
+    cache = tmp_path / "hub"
+    snapshot = tiny.as_hub_cache(diff_dir, cache, "lmsys/vicuna-7b-delta-v1.1")
+    base_snapshot = tiny.as_hub_cache(base_dir, cache, "someone/llama-7b-hf")
+    for snap in (snapshot, base_snapshot):
+        (snap.parent.parent / "refs").mkdir()
+        (snap.parent.parent / "refs" / "main").write_text(snap.name)
+    root = snapshot.parent.parent
+    out = tmp_path / "out"
+    result = runner.run("recover", root, base_snapshot.parent.parent, out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "recipe     vicuna (recognised from vicuna-7b-delta-v1.1)"
+    )
+    assert_recovered(out, expected)
+
+
+def test_a_hub_cache_root_without_refs_main_says_to_pass_the_snapshot(tmp_path: Path) -> None:
+    diff_dir, base_dir, _ = release(tmp_path / "made", "vicuna")
+    snapshot = tiny.as_hub_cache(diff_dir, tmp_path / "hub", "lmsys/vicuna-7b-delta-v1.1")
+    root = snapshot.parent.parent
+    out = tmp_path / "out"
+    result = runner.run("recover", root, base_dir, out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"belle-decrypt: error: {root}: (DIFF_DIR) is a hub-cache folder without refs/main; "
+        f"pass one of its snapshots: {snapshot}\n"
+    )
+    assert listing(out) == []

@@ -314,6 +314,7 @@ def main() -> None:
 @click.option("--manifest", "manifests", multiple=True, type=PATH, help=MANIFEST_HELP)
 @click.option("--expect-sum", type=float, help="The sum to check (alpaca, tulu).")
 @click.option("--force", is_flag=True, help="Replace model files already in OUT_DIR.")
+@click.option("--allow-nonfinite", is_flag=True, help="Recover a diff holding NaN or Inf as it is.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
 def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None:

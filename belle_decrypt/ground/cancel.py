@@ -63,6 +63,12 @@ def removed_unfinished(exc: BaseException) -> tuple[Path, ...]:
     return tuple(getattr(exc, _REMOVED, ()))
 
 
+def forget_removed(exc: BaseException, final: Path) -> None:
+    """Drop ``final`` from what ``exc`` says was removed: a file of the tool's own
+    bookkeeping, which a user must not take for an unfinished output."""
+    setattr(exc, _REMOVED, tuple(p for p in removed_unfinished(exc) if p != final))
+
+
 def carry_removed(source: BaseException, target: BaseException) -> None:
     """Add what ``source`` (a worker's error) removed to ``target`` (the error raised)."""
     if source is not target:
@@ -75,6 +81,7 @@ __all__ = [
     "Cancelled",
     "carry_removed",
     "check",
+    "forget_removed",
     "note_removed",
     "removed_unfinished",
 ]

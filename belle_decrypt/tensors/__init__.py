@@ -5,7 +5,8 @@
   shards); the recipes live in :mod:`belle_decrypt.recipes`, a layer above.
 - ``run``: ``Recovery.prepare`` (open, choose the recipe, its checks, plan, journal, what is in
   the way, free space) and ``Recovery.run`` (each file under a pending name, journalled; the
-  manifest thread, ``listed``; the sum check, ``sumcheck``; the atomic finish, index last).
+  manifest thread, ``listed``; the sum check, ``sumcheck``; the config and tokenizer files,
+  ``copies``; the atomic finish, index last).
 - ``journal``, ``buffers``, ``options``, ``llama`` (LLaMA's tensor names): shared by all.
 
 A new source, recipe or sink touches no module here but the list that names it: see

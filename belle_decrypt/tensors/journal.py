@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from belle_decrypt.ground.cancel import forget_removed
 from belle_decrypt.streams.output import AtomicFile, WriteBehind
 
 JOURNAL_NAME = ".belle-recover.json"
@@ -85,7 +86,11 @@ class Journal:
             "shards": self.shards,
             "complete": self.complete,
         }
-        write_small_file(self.path, (json.dumps(doc, indent=1) + "\n").encode(), fsync=fsync)
+        try:
+            write_small_file(self.path, (json.dumps(doc, indent=1) + "\n").encode(), fsync=fsync)
+        except BaseException as exc:  # an interrupt: the journal is no unfinished output
+            forget_removed(exc, self.path)
+            raise
 
     def remove(self) -> None:
         """Delete the journal (a run that failed its final check keeps nothing)."""
@@ -124,6 +129,7 @@ class HashingWriter:
     def __init__(self, handle: BinaryIO, label: str) -> None:
         self.sink = WriteBehind(handle, label)
         self.sha256 = hashlib.sha256()
+        self.count = 0
         self.failure: Exception | None = None
 
     def write(self, data: bytes | memoryview) -> int:
@@ -136,6 +142,7 @@ class HashingWriter:
         except Exception as exc:
             self.failure = exc
             raise
+        self.count += len(view)
         return len(view)
 
     def flush(self) -> None:

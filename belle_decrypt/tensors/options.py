@@ -25,6 +25,7 @@ class Options:
     fsync: bool = True
     manifest: Manifest | None = None
     expect_sum: float | None = None
+    allow_nonfinite: bool = False
 
     @classmethod
     def parse(
@@ -37,6 +38,7 @@ class Options:
         expect_sum: float | None,
         force: bool,
         no_fsync: bool,
+        allow_nonfinite: bool = False,
     ) -> Options:
         """The options as the command line gives them: the manifests read, the size parsed."""
         if expect_sum is not None and not math.isfinite(expect_sum):
@@ -52,6 +54,7 @@ class Options:
             fsync=not no_fsync,
             manifest=Manifest.read_all(manifests) if manifests else None,
             expect_sum=expect_sum,
+            allow_nonfinite=allow_nonfinite,
         )
 
 

@@ -36,6 +36,7 @@ from belle_decrypt.streams.output import (
     remove_stale_temps,
 )
 from belle_decrypt.tensors.buffers import BufferPool, Scratch
+from belle_decrypt.tensors.copies import model_files
 from belle_decrypt.tensors.journal import (
     JOURNAL_NAME,
     PENDING_PREFIX,
@@ -59,23 +60,12 @@ from belle_decrypt.tensors.protocol import (
     TensorSource,
 )
 from belle_decrypt.tensors.sinks import SINKS
-from belle_decrypt.tensors.sources import SOURCES, open_source
+from belle_decrypt.tensors.sources import SOURCES, check_finite, open_source
 from belle_decrypt.tensors.sumcheck import SumCheck, Sums, check_sum
 
 if TYPE_CHECKING:
     import torch
 
-# The diff's files that describe the recovered model: copied to OUT_DIR as they are.
-COPIED = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "*.tiktoken",
-)
 ShardProgress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
@@ -165,7 +155,7 @@ class Recovery:
         self.items = self.recipe.plan(self.sources)
         self.shards = self.sink.plan(self.items)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
-        self.copies = self._model_files()
+        self.copies = model_files(self.diff, self.sources[BASE], self.warnings)
         if self.options.manifest is not None:
             self.manifest_entries = listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
@@ -187,39 +177,6 @@ class Recovery:
         to_write = sum(s.size for s in self.shards if s.name not in self.journal.shards)
         to_write += sum(p.stat().st_size for p in self.copies) + self.sink.overhead(self.shards)
         check_free_space(self.out_dir, to_write)
-
-    def _model_files(self) -> list[Path]:
-        """The config and tokenizer files to copy: the diff's. A diff without config.json
-        (downloaded with its weights only) takes the base's config and tokenizer files it
-        lacks, with a warning, when the base's vocabulary fits it; else it is refused, as the
-        output would not load."""
-
-        def describing(folder: TensorSource) -> list[Path]:
-            return [p for p in folder.others if any(fnmatch.fnmatch(p.name, c) for c in COPIED)]
-
-        base = self.sources[BASE]
-        own = describing(self.diff)
-        if any(p.name == "config.json" for p in own) or base.config is None:
-            return own
-        vocab = base.config.get("vocab_size")
-        rows = self.diff.tensors.get("model.embed_tokens.weight")
-        if rows is not None and rows.shape[0] != vocab:
-            raise self.diff.fail(
-                f"has no config.json, and the base's does not fit it (vocab_size {vocab}, the "
-                f"diff has {rows.shape[0]} rows); download the diff's config.json and tokenizer "
-                "files into it"
-            )
-        names = {p.name for p in own}
-        taken = [p for p in describing(base) if p.name not in names]
-        self.warnings.append(
-            str(
-                self.diff.fail(
-                    f"has no config.json; the base's {', '.join(p.name for p in taken)} are "
-                    "used instead (a diff downloaded with its weights only?)"
-                )
-            )
-        )
-        return sorted([*own, *taken], key=lambda p: p.name)
 
     def _check_nothing_in_the_way(self) -> None:
         """Refuse (without --force) final names already holding something this run did not make."""
@@ -286,14 +243,14 @@ class Recovery:
         try:
             for shard in self.shards:
                 with shard_progress(shard.name, shard.size) as advance:
-                    status = self._shard(shard, advance, sums, cancel)
-                result = ShardResult(shard.name, status, shard.size)
+                    status, size = self._shard(shard, advance, sums, cancel)
+                result = ShardResult(shard.name, status, size)
                 results.append(result)
                 if on_shard is not None:
                     on_shard(result)
             hasher.finish()
             sum_check = self._sum_check(sums)
-        except (ChecksumError, ManifestError):
+        except (ChecksumError, ManifestError, InputError):
             self._discard()
             raise
         finally:
@@ -314,13 +271,16 @@ class Recovery:
         advance: Callable[[int], None],
         sums: Sums,
         cancel: CancelToken | None,
-    ) -> str:
+    ) -> tuple[str, int]:
+        """Keep or write one shard; its status and its size on disk (a --bin shard's planned
+        size is only an upper estimate)."""
         assert self.journal is not None
         fsync = self.options.fsync
-        if self._kept(shard, advance):
+        kept = self._kept(shard, advance)
+        if kept is not None:
             recorded = self.journal.shards[shard.name]["sums"]
             sums.extend(zip((item.name for item in shard.items), recorded, strict=False))
-            return KEPT
+            return KEPT, kept
         self.journal.forget(shard.name)
         shard_sums: list[float] = []
 
@@ -347,27 +307,38 @@ class Recovery:
             atomic.commit(self.out_dir / pending_name(shard.name))
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
         self.journal.record(shard.name, out.sha256.hexdigest(), shard_sums, fsync=fsync)
-        return WRITTEN
+        return WRITTEN, out.count
 
-    def _kept(self, shard: Shard, advance: Callable[[int], None]) -> bool:
-        """Whether an earlier run's file for ``shard`` is there and hashes as journalled."""
+    def _kept(self, shard: Shard, advance: Callable[[int], None]) -> int | None:
+        """The size of an earlier run's file for ``shard`` if it is there and hashes as
+        journalled, else None."""
         assert self.journal is not None
         recorded = self.journal.shards.get(shard.name)
         if recorded is None:
-            return False
+            return None
         # The final name again last: another run into OUT_DIR may rename the pending file
         # between the two looks, and then its final file is the one to verify.
         for name in (shard.name, pending_name(shard.name), shard.name):
+            done = 0
+
+            def counted(count: int) -> None:
+                nonlocal done
+                done += count
+                advance(count)
+
             try:
-                digest = hash_file(self.out_dir / name, ("sha256",), on_progress=advance)
+                digest = hash_file(self.out_dir / name, ("sha256",), on_progress=counted)
             except OSError:  # gone, or not a regular readable file: not this shard
                 continue
             if digest["sha256"] == recorded.get("sha256"):
-                return True
-        return False
+                return done
+        return None
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
         tensors = {role: self.sources[role].load(info.name) for role, info in item.reads}
+        diff = item.input(DIFF)
+        if not self.options.allow_nonfinite and diff is not None:
+            check_finite(self.diff, diff.name, tensors[DIFF])
         return self.recipe.combine(item, tensors, out, self.scratch)
 
     @property
@@ -381,7 +352,7 @@ class Recovery:
         expected = self.expected_sum
         if expected is None:
             return None
-        listed = bool(self.manifest_entries)
+        finals = [s.name for s in self.shards if (self.out_dir / s.name).is_file()]
         return check_sum(
             self.recipe,
             expected,
@@ -389,7 +360,8 @@ class Recovery:
             self.inv_freq_sum,
             self.diff.path,
             self.out_dir,
-            listed=listed,
+            bool(self.manifest_entries),
+            finals,
         )
 
     def _discard(self) -> None:

@@ -44,12 +44,13 @@ def check_sum(
     inv_freq_sum: float,
     diff_path: Path,
     out_dir: Path,
-    *,
     listed: bool,
+    finals: list[str],
 ) -> SumCheck:
     """The sum checked against ``expected`` within the recipe's tolerance; a mismatch raises
     a ChecksumError saying which input is the likely cause (``listed``: the diff matched the
-    model card's checksums)."""
+    model card's checksums) and what it leaves (``finals``: the shards already under their
+    final names, from an earlier run)."""
     without = float32_total(s for name, s in sums if INV_FREQ not in name)
     with_buffers = float32_total(s for _, s in with_inv_freq(sums, inv_freq_sum))
     check = SumCheck(expected, recipe.sum_tolerance, without, with_buffers)
@@ -57,7 +58,7 @@ def check_sum(
         raise ChecksumError(
             f"the recovered weights sum to {without:.4f} ({with_buffers:.4f} with the rotary "
             f"inv_freq buffers), not {expected} ± {check.tolerance}: "
-            f"{_hint(diff_path, listed)}; nothing written",
+            f"{_hint(diff_path, listed)}; {_what_failed(finals)}",
             out_dir,
         )
     return check
@@ -70,6 +71,18 @@ def with_inv_freq(sums: Sums, inv_freq_sum: float) -> Sums:
     layers = sorted({n for n in (layer_of(name) for name, _ in sums) if n is not None})
     extra = [(f"model.layers.{n}.self_attn.{INV_FREQ}", inv_freq_sum) for n in layers]
     return sorted([*sums, *extra], key=lambda pair: state_dict_key(pair[0]))
+
+
+def _what_failed(finals: list[str]) -> str:
+    """What a failed sum leaves: nothing, or (a re-run keeping an earlier run's shards) the
+    files under final names that failed, named so that nobody trusts them."""
+    if not finals:
+        return "nothing written"
+    return (
+        "nothing new written, but the model already under its final names from an earlier "
+        f"run ({', '.join(finals)}) is the one that failed; move it away or replace it "
+        "with --force once the inputs are right"
+    )
 
 
 def _hint(diff_path: Path, listed: bool) -> str:

@@ -26,6 +26,7 @@ from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.layouts.container import LFS_POINTER_PREFIX, SUFFIX, is_lfs_pointer
 from belle_decrypt.tensors.buffers import data_size
 from belle_decrypt.tensors.protocol import TensorInfo
+from belle_decrypt.tensors.sources.hubcache import snapshot
 
 if TYPE_CHECKING:
     import torch
@@ -100,6 +101,7 @@ class WeightFolder:
         return InputError(f"({self.role}) {message}", path or self.path)
 
     def _open(self) -> None:
+        self.path = snapshot(self.path, self.fail)
         entries = self._list()
         safetensors = [p for p in entries if p.name.endswith(".safetensors")]
         bins = [
@@ -272,6 +274,7 @@ class WeightFolder:
         """Check the file with the safetensors package, then map it for reading in place."""
         from safetensors import safe_open
 
+        unsupported: tuple[str, str] | None = None
         try:
             handle: Any = safe_open(str(file), framework="pt")
             infos = []
@@ -279,16 +282,24 @@ class WeightFolder:
                 piece = handle.get_slice(name)
                 dtype = SAFETENSORS_DTYPES.get(piece.get_dtype())
                 if dtype is None:
-                    raise ValueError(f"unsupported dtype {piece.get_dtype()} of {name}")
+                    unsupported = (name, piece.get_dtype())
+                    break
                 infos.append(TensorInfo(name, dtype, tuple(piece.get_shape()), file))
             del handle
-            self._handles[file] = _MappedSafetensors(file)
+            if unsupported is None:
+                self._handles[file] = _MappedSafetensors(file)
         except Exception as exc:
             raise self.fail(
                 f"is not a readable safetensors file ({_first_line(exc)}): truncated or damaged; "
                 "download it again",
                 file,
             ) from exc
+        if unsupported is not None:  # a well-formed file in a dtype no recipe reads
+            raise self.fail(
+                f"{unsupported[0]} is {unsupported[1]}, a dtype recover does not support (F64, "
+                "F32, F16, BF16, integers and BOOL); use the release's float16 or float32 files",
+                file,
+            )
         return infos
 
     def _read_pickle(self, file: Path, head: bytes) -> list[TensorInfo]:
