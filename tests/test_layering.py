@@ -130,3 +130,14 @@ def test_no_module_is_over_450_lines_and_the_command_line_stays_thin() -> None:
     for module in module_names():
         lines = len(source_of(module).read_text().splitlines())
         assert lines <= (350 if package_of(module) == "cli" else 450), (module, lines)
+
+
+def test_the_seams_import_no_concrete_layout_source_recipe_or_sink() -> None:
+    """The layout protocol and the tensor pipeline's protocol know no implementation: a new
+    layout, source, recipe or sink is added beside them, never into them."""
+    assert {m for m in own_imports("layouts.protocol") if m.startswith("layouts.")} == set()
+    assert not any(
+        m.startswith(("tensors.sources", "tensors.sinks", "recipes"))
+        for m in own_imports("tensors.protocol")
+    )
+    assert not any(m.startswith("recipes") for m in own_imports("tensors.run"))
