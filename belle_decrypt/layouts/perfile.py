@@ -4,23 +4,20 @@
 Each payload file is the XOR of a model file with the same-named file of a LLaMA converted to
 the Hugging Face layout (the *base*), cut or zero-padded to the payload's length; a payload may
 be a gzip stream of that XOR; `added_tokens.json` is plain. The keystream of a file is its base
-file, read with pread; the base's digests are computed as it is read (same pass, in a thread of
-their own so that they overlap the output's) and checked against the card's base list
-(``--base-manifest``) before the output gets its final name, so a base converted with another
-transformers version stops the run at the first (smallest) file.
+file, read with pread; the base's digests are computed as it is read (same pass) and checked
+against the card's base list (``--base-manifest``) before the output gets its final name, so a
+base converted with another transformers version stops the run at the first (smallest) file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from queue import Empty, Queue
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from belle_decrypt.checks.keyid import KeyReport, KnownKey, llama_7b
 from belle_decrypt.checks.manifest import Manifest
@@ -29,9 +26,6 @@ from belle_decrypt.ground.errors import InputError, OutputError
 from belle_decrypt.layouts.gzipped import GZIP_MAGIC, NOT_GZIP, NOT_LISTED, GzipPayload, gzip_size
 from belle_decrypt.layouts.protocol import Source
 from belle_decrypt.streams.keystream import Key, Keystream
-
-if TYPE_CHECKING:
-    from belle_decrypt.streams.engine import Hasher
 
 PLAIN_NAMES = frozenset({"added_tokens.json"})
 """Payload files that are plain: copied as they are."""
@@ -46,9 +40,6 @@ PINNED = (
     "exactly those"
 )
 _COUNT_CHUNK = 1024 * 1024
-_SIDE_BUFFERS = 2
-"""Copies of base buffers in flight to the base's hash thread (each up to a buffer of the
-engine): enough for the reader never to wait while the two hashes keep pace."""
 
 
 def is_clutter(filename: str) -> bool:
@@ -126,53 +117,6 @@ class PayloadFile:
         return open(self.path, "rb", buffering=0)
 
 
-class _SideHash:
-    """Hashes copies of the buffers fed to it, in order, in a thread of its own: the base's
-    md5 then runs beside the output's instead of in the engine's reader (two md5s on two cores
-    rather than one after the other)."""
-
-    def __init__(self, hashers: Mapping[str, Hasher]) -> None:
-        self._hashers = hashers
-        self._free: Queue[bytearray] = Queue()
-        self._work: Queue[tuple[bytearray, int] | None] = Queue()
-        self._made = 0
-        self._thread = threading.Thread(target=self._run, name="belle-base-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._work.get()) is not None:
-            buffer, length = item
-            view = memoryview(buffer)[:length]
-            for hasher in self._hashers.values():
-                hasher.update(view)
-            self._free.put(buffer)
-
-    def _buffer(self, size: int) -> bytearray:
-        if self._made < _SIDE_BUFFERS:
-            self._made += 1
-            return bytearray(size)
-        while True:
-            try:
-                buffer = self._free.get(timeout=0.05)
-            except Empty:
-                if not self._thread.is_alive():
-                    raise RuntimeError("the base's hash thread stopped") from None
-                continue
-            return buffer if len(buffer) >= size else bytearray(size)
-
-    def feed(self, view: memoryview) -> None:
-        """Hash a copy of ``view`` after what was fed before (returns once it is copied)."""
-        buffer = self._buffer(len(view))
-        buffer[: len(view)] = view
-        self._work.put((buffer, len(view)))
-
-    def close(self) -> None:
-        """Wait until everything fed is hashed, and end the thread."""
-        if self._thread.is_alive():
-            self._work.put(None)
-            self._thread.join()
-
-
 class BaseStream:
     """The keystream of one payload file: its base file from offset 0, zero past the base's
     end, hashed as it is read and checked against ``expected`` when the payload's last bytes
@@ -191,7 +135,6 @@ class BaseStream:
         self.expected = dict(expected or {})
         self.decoded = dict(decoded or {})
         self._hashers = {name: hashlib.new(name) for name in self.expected}
-        self._side: _SideHash | None = None
         self._fd = -1
         self.size = 0
         self._hashed = 0
@@ -208,9 +151,7 @@ class BaseStream:
             self.size = os.fstat(fd).st_size
 
     def close(self) -> None:
-        """Release the base file (and end the hash thread)."""
-        if self._side is not None:
-            self._side.close()
+        """Release the base file."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -227,9 +168,8 @@ class BaseStream:
 
     def _hash(self, view: memoryview, offset: int) -> None:
         if self._hashers and offset == self._hashed:
-            if self._side is None:
-                self._side = _SideHash(self._hashers)
-            self._side.feed(view)
+            for hasher in self._hashers.values():
+                hasher.update(view)
             self._hashed += len(view)
 
     def fill(self, out: memoryview, offset: int) -> None:
@@ -253,8 +193,6 @@ class BaseStream:
             part = buffer[: min(len(buffer), self.size - self._hashed)]
             self._pread_exact(part, self._hashed)
             self._hash(part, self._hashed)
-        if self._side is not None:
-            self._side.close()
         for name, digest in self.expected.items():
             actual = self._hashers[name].hexdigest()
             if actual != digest:

@@ -45,10 +45,10 @@ PLAIN_CHUNK = 1024 * 1024
 PLAIN_LIMIT = 4 * 1024 * 1024
 """Bytes a process XORs with Python ints, in total, before it imports numpy instead.
 
-The plain path runs at 0.1-0.14 GB/s with SHA-256 (benchmarks/bench.py); importing numpy costs
-0.1-0.15 s here, overlapped with the first reads, and the numpy path runs at the hash's speed,
-so the plain path wins below about 10-20 MB. The limit stays under that crossover, so that
-config and tokenizer files start as fast as before numpy and a shard never waits on Python ints.
+The plain path runs at 0.15-0.3 GB/s with SHA-256 (benchmarks/bench.py); importing numpy costs
+0.08-0.2 s here and the numpy path runs at the hash's speed, so the plain path wins below about
+30-45 MB. The limit stays well under that: config and tokenizer files never load numpy, and a
+file between the limit and the crossover loses at most the import (a tenth of a second).
 """
 _POLL = 0.05
 
