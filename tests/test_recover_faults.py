@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -208,29 +209,55 @@ def test_inv_freq_buffers_are_written_as_float32(recipe: str, as_bin: bool, tmp_
 
 
 SHRINK = """
-import os, sys
+import os, subprocess, sys, time
 from belle_decrypt.tensors import run
+from belle_decrypt.tensors.sources import leases
 from belle_decrypt.cli import commands as cli
-victim = sys.argv.pop(1)
+mechanism, victim = sys.argv.pop(1), sys.argv.pop(1)
+leases.LEASES.available = mechanism != "size"
 produce = run.Recovery._produce
 calls = []
 def shrinking(self, item, out):
     calls.append(item.name)
     if len(calls) == 3:
-        os.truncate(victim, os.path.getsize(victim) // 3)
+        if mechanism == "size":  # between two tensors, in this process
+            os.truncate(victim, os.path.getsize(victim) // 3)
+        else:  # by another program while a tensor's mapped bytes are in use
+            folder = self.sources["diff" if str(self.diff.path) in victim else "base"]
+            view = folder.load(folder.tensors.get(item.name, item.input("base")).name)
+            code = f"import os; os.truncate({victim!r}, {os.path.getsize(victim) // 3})"
+            subprocess.Popen([sys.executable, "-c", code])
+            time.sleep(1.0)
+            float(view.float().sum())
     return produce(self, item, out)
 run.Recovery._produce = shrinking
 cli.main()
 """
 
 
+def shrunk_message(victim: Path, role: str, size: int, mechanism: str) -> str:
+    """The one line for an input truncated during the run, by the mechanism that saw it."""
+    if mechanism == "size":
+        return (
+            f"{victim}: ({role}) shrank from {size:,} to {size // 3:,} bytes while being read "
+            "(another program truncated it); nothing was left under a final name; download it "
+            "again, then run the same command again"
+        )
+    return (
+        f"{victim}: ({role}) another program is truncating or rewriting it while it is being "
+        "read (it waits until this run stops); nothing was left under a final name; once it is "
+        "done, download the file again if it changed, then run the same command again"
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["lease", "size"])
 @pytest.mark.parametrize(
     ("which", "name", "role"),
     [("diff", "model.safetensors", "DIFF_DIR"), ("base", "pytorch_model.bin", "BASE_DIR")],
 )
 @pytest.mark.parametrize("as_bin", [False, True])
 def test_an_input_truncated_during_the_run_is_one_line(
-    which: str, name: str, role: str, as_bin: bool, tmp_path: Path
+    which: str, name: str, role: str, as_bin: bool, mechanism: str, tmp_path: Path
 ) -> None:
     diff_dir, base_dir, _ = release(tmp_path, "vicuna")
     out = tmp_path / "out"
@@ -238,20 +265,20 @@ def test_an_input_truncated_during_the_run_is_one_line(
     size = victim.stat().st_size
     args = small_shards(diff_dir, base_dir, out) + (["--bin"] if as_bin else [])
     proc = subprocess.run(
-        [sys.executable, "-c", SHRINK, str(victim), "recover", *args],
+        [sys.executable, "-c", SHRINK, mechanism, str(victim), "recover", *args],
         capture_output=True,
         text=True,
         timeout=60,
         env=faults.ENV,
     )
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert faults.one_error(proc.stderr) == (
-        f"{victim}: ({role}) shrank from {size:,} to {size // 3:,} bytes while being read "
-        "(another program truncated it); nothing was left under a final name; download it "
-        "again, then run the same command again"
-    )
+    assert faults.one_error(proc.stderr) == shrunk_message(victim, role, size, mechanism)
     assert [n for n in listing(out) if not n.startswith(".belle-")] == []
     assert faults.temps(out) == []
+    deadline = time.monotonic() + 30  # the other program goes on once the run has stopped
+    while victim.stat().st_size != size // 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert victim.stat().st_size == size // 3
 
 
 @pytest.mark.parametrize(
@@ -505,3 +532,12 @@ def test_a_hub_cache_root_without_refs_main_says_to_pass_the_snapshot(tmp_path: 
         f"pass one of its snapshots: {snapshot}\n"
     )
     assert listing(out) == []
+
+
+def test_the_lease_signal_handler_is_put_back_after_a_run(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGIO)
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    assert runner.run("recover", *small_shards(diff_dir, base_dir, out)).exit_code == 0
+    assert signal.getsignal(signal.SIGIO) == before
+    assert_recovered(out, expected)

@@ -27,6 +27,7 @@ from belle_decrypt.layouts.container import LFS_POINTER_PREFIX, SUFFIX, is_lfs_p
 from belle_decrypt.tensors.buffers import data_size
 from belle_decrypt.tensors.protocol import TensorInfo
 from belle_decrypt.tensors.sources.hubcache import snapshot
+from belle_decrypt.tensors.sources.leases import LEASES
 
 if TYPE_CHECKING:
     import torch
@@ -93,6 +94,7 @@ class WeightFolder:
         """Drop the open files and mappings."""
         self._handles.clear()
         for fd, _ in self._held.values():
+            LEASES.release(fd)
             os.close(fd)
         self._held.clear()
 
@@ -257,6 +259,7 @@ class WeightFolder:
         except OSError as exc:
             raise self.fail(f"cannot read: {exc.strerror or exc}", file) from exc
         self._held[file] = (fd, os.fstat(fd).st_size)
+        LEASES.take(fd, file, self.role)
         if file.name.endswith(".safetensors"):
             infos = self._read_safetensors(file)
         else:
@@ -357,9 +360,11 @@ class WeightFolder:
     def load(self, name: str) -> torch.Tensor:
         """The tensor ``name``: a read-only view of the mapped file, nothing copied.
 
-        Reading a mapped page past the end of a file that shrank kills the process (SIGBUS),
-        so the open file's size is checked first, each time: a file truncated while the run
-        reads it stops the run with one line (exit 1) instead.
+        Reading a mapped page past the end of a file that shrank kills the process (SIGBUS).
+        Where the system grants it, each input holds a read lease (``sources.leases``): another
+        program's truncate or open for writing waits while this run stops with one line (exit
+        1). Elsewhere the open file's size is checked here, before each tensor is read, which
+        catches a truncation between two tensors.
         """
         info = self.tensors[name]
         self._check_size(info.file)
