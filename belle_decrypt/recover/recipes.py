@@ -26,8 +26,15 @@ VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 INV_FREQ = "rotary_emb.inv_freq"
 
 # How the base's vocabulary rows are extended to the diff's: not at all, with zero rows, or
-# with rows equal to the mean of the existing ones.
+# with rows equal to the mean of the existing ones; or the diff's extra rows kept as they are
+# (LLaVA), or one mean row only when the diff's tokenizer names a pad token (UltraLM; resolved
+# to MEAN_ROWS or EQUAL per run by recipes_more.resolve).
 EQUAL, ZERO_ROWS, MEAN_ROWS = "equal", "zero rows", "mean rows"
+DELTA_ROWS, PAD_TOKEN_ROW = "delta rows", "pad-token row"
+# How a published integrity sum is taken (docs/FORMAT.md section 3.4 and 3.8): each tensor's
+# torch sum totalled in float32; totalled with torch's type promotion from the first term's
+# dtype (KnowLM's float16 path); or only the embedding's float32 sum (BiLLa).
+FLOAT32_TOTAL, PROMOTED_TOTAL, EMBEDDING_SUM = "float32 total", "promoted total", "embedding sum"
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,17 @@ class Recipe:
     from_diff: tuple[str, ...] = ()
     expected_sum: float | None = None
     sum_tolerance: float = 1e-2
+    # FLOAT32_TOTAL for float32 recipes unless set; None: no sum can be checked.
+    sums: str | None = None
+    # BiLLa: only the embedding is recovered (recipes_more); no other tensor needs the base.
+    embedding_only: bool = False
+
+    @property
+    def sum_kind(self) -> str | None:
+        """How this recipe's integrity sum is taken, or None when it has none."""
+        if self.sums is not None:
+            return self.sums
+        return FLOAT32_TOTAL if self.dtype == "float32" else None
 
     def takes_diff(self, name: str) -> bool:
         """Whether tensor ``name`` is the diff's own (no base needed)."""
@@ -60,8 +78,9 @@ class Recipe:
 
         The publishers' tools add the base to the delta (``delta + base``) in the recipe's
         dtype; the base's new vocabulary rows (zeros, or the mean of its rows in float32) are
-        added to the delta's last rows the same way. ``torch.add(..., out=)`` and
-        ``copy_`` are the same kernels as ``+`` and ``.to``: the bits are the same.
+        added to the delta's last rows the same way, or (LLaVA) those rows stay the delta's.
+        ``torch.add(..., out=)`` and ``copy_`` are the same kernels as ``+`` and ``.to``: the
+        bits are the same.
         """
         tm = import_torch()
         dtype = getattr(tm, self.dtype)
@@ -77,6 +96,9 @@ class Recipe:
             return out
         rows = raw.shape[0]
         tm.add(delta[:rows], raw, out=out[:rows])
+        if self.new_rows == DELTA_ROWS:
+            out[rows:].copy_(delta[rows:])
+            return out
         if self.new_rows == MEAN_ROWS:
             fill = raw.mean(dim=0, keepdim=True)
         else:
@@ -90,13 +112,13 @@ RECIPES: dict[str, Recipe] = {
     for recipe in (
         Recipe(
             "vicuna",
-            "FastChat delta v1.1 (vicuna-*-delta-v1.1): float16 base + delta",
+            "FastChat delta v1.1 (vicuna-*-delta-v1.1) and BayLing: float16 base + delta",
             "float16",
             EQUAL,
         ),
         Recipe(
             "vicuna-v0",
-            "FastChat delta v0 and StableVicuna: float16, a zero [PAD] row added to the base",
+            "FastChat delta v0, StableVicuna, Wombat, Chimera: float16, a zero [PAD] row",
             "float16",
             ZERO_ROWS,
         ),
@@ -120,10 +142,70 @@ RECIPES: dict[str, Recipe] = {
             "float32",
             MEAN_ROWS,
         ),
+        Recipe(
+            "wizardlm",
+            "WizardLM 7B/13B/30B V1.0: float32, a mean [PAD] row (no published sum)",
+            "float32",
+            MEAN_ROWS,
+        ),
+        Recipe(
+            "zhixi",
+            "KnowLM zhixi-13b-diff: float32, no pad row, sum checked",
+            "float32",
+            EQUAL,
+            expected_sum=94052.2891,
+        ),
+        Recipe(
+            "zhixi-fp16",
+            "KnowLM zhixi-13b-diff-fp16: float16, no pad row, sum as KnowLM's is_fp16 path",
+            "float16",
+            EQUAL,
+            expected_sum=94046.1875,
+            sums=PROMOTED_TOTAL,
+        ),
+        Recipe(
+            "ultralm",
+            "UltraLM-13b: float32, a mean <PAD> row if the diff's tokenizer names a pad token",
+            "float32",
+            PAD_TOKEN_ROW,
+        ),
+        Recipe(
+            "yulan",
+            "YuLan-Chat 13B/65B deltas: float32, zero rows where the delta has more",
+            "float32",
+            ZERO_ROWS,
+        ),
+        Recipe(
+            "llava",
+            "LLaVA v0 and Lightning: float16, mm_projector and new rows kept from the delta",
+            "float16",
+            DELTA_ROWS,
+            from_diff=("model.mm_projector.weight", "model.mm_projector.bias"),
+        ),
+        Recipe(
+            "billa",
+            "BiLLa-7B-LLM: full weights but the embedding (float32, minus LLaMA-7B's)",
+            "float16",
+            EQUAL,
+            sums=EMBEDDING_SUM,
+            embedding_only=True,
+        ),
+        Recipe(
+            "billa-sft",
+            "BiLLa-7B-SFT: as billa, the embedding's sum checked",
+            "float16",
+            EQUAL,
+            expected_sum=-3756.942626953125,
+            sum_tolerance=1e-4,
+            sums=EMBEDDING_SUM,
+            embedding_only=True,
+        ),
     )
 }
 
-# Release names (a folder's, or the last part of a hub-cache `models--org--name` folder).
+# Release names (a folder's, or the last part of a hub-cache `models--org--name` folder);
+# same-family full-weight releases (Tulu 2, WizardLM-13B-V1.2, UltraLM-13b-v2.0, YuLan-Chat-2,
+# all LLaMA-2) do not match.
 _RECOGNISED = (
     (re.compile(r"vicuna-\d+b-delta-v0", re.IGNORECASE), "vicuna-v0"),
     (re.compile(r"stable-vicuna-\d+b-delta", re.IGNORECASE), "vicuna-v0"),
@@ -131,6 +213,18 @@ _RECOGNISED = (
     (re.compile(r"ziya-llama-13b.*", re.IGNORECASE), "ziya"),
     (re.compile(r"alpaca-7b-wdiff", re.IGNORECASE), "alpaca"),
     (re.compile(r"tulu-(7|13|30|65)b", re.IGNORECASE), "tulu"),
+    (re.compile(r"wizardlm(-(7|13|30)b-v1\.0)?", re.IGNORECASE), "wizardlm"),
+    (re.compile(r"zhixi-13b-diff", re.IGNORECASE), "zhixi"),
+    (re.compile(r"zhixi-13b-diff-fp16", re.IGNORECASE), "zhixi-fp16"),
+    (re.compile(r"ultralm-13b", re.IGNORECASE), "ultralm"),
+    (re.compile(r"yulan-chat-(13b|65b|65b-v2)-delta", re.IGNORECASE), "yulan"),
+    (re.compile(r"llava-(7b|13b)-delta-v0", re.IGNORECASE), "llava"),
+    (re.compile(r"llava-lightning-7b-delta-v1-1", re.IGNORECASE), "llava"),
+    (re.compile(r"wombat-7b(-gpt4)?-delta", re.IGNORECASE), "vicuna-v0"),
+    (re.compile(r"chimera-(inst-)?chat-(7|13)b-delta", re.IGNORECASE), "vicuna-v0"),
+    (re.compile(r"bayling-(7|13)b-diff", re.IGNORECASE), "vicuna"),
+    (re.compile(r"billa-7b-llm", re.IGNORECASE), "billa"),
+    (re.compile(r"billa-7b-sft", re.IGNORECASE), "billa-sft"),
 )
 
 

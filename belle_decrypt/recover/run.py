@@ -18,11 +18,11 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from belle_decrypt.cancel import CancelToken, check
 from belle_decrypt.decrypt import check_free_space, prepare_output_dir
@@ -31,7 +31,7 @@ from belle_decrypt.hashing import hash_file
 from belle_decrypt.manifest import Manifest, ManifestEntry
 from belle_decrypt.output import AtomicFile, remove_stale_temps
 from belle_decrypt.platform_io import fsync_dir
-from belle_decrypt.recover import checks
+from belle_decrypt.recover import recipes_more as more
 from belle_decrypt.recover.buffers import BufferPool, Scratch
 from belle_decrypt.recover.checks import Item
 from belle_decrypt.recover.hfdir import WeightFolder
@@ -42,7 +42,14 @@ from belle_decrypt.recover.journal import (
     pending_name,
     write_small_file,
 )
-from belle_decrypt.recover.recipes import INV_FREQ, Recipe, choose, layer_of, state_dict_key
+from belle_decrypt.recover.recipes import (
+    INV_FREQ,
+    RECIPES,
+    Recipe,
+    choose,
+    layer_of,
+    state_dict_key,
+)
 from belle_decrypt.recover.writer import (
     BIN,
     SAFETENSORS,
@@ -200,11 +207,13 @@ class Recovery:
         diff = WeightFolder.open(diff_dir, "DIFF_DIR")
         try:
             recipe, recognised = choose(options.recipe, diff_dir)
-            if options.expect_sum is not None and recipe.dtype != "float32":
+            if options.expect_sum is not None and not more.summed(recipe):
+                with_sums = ", ".join(r.name for r in RECIPES.values() if more.summed(r))
                 raise InputError(
-                    f"--expect-sum applies to the float32 recipes (alpaca, tulu), not {recipe.name}"
+                    f"--expect-sum applies to the recipes with a sum ({with_sums}), not "
+                    f"{recipe.name}"
                 )
-            base = WeightFolder.open(base_dir, "BASE_DIR")
+            base = more.open_base(recipe, base_dir)
         except BaseException:
             diff.close()
             raise
@@ -233,9 +242,9 @@ class Recovery:
         return sum(shard.size for shard in self.shards)
 
     def _check(self) -> None:
-        checks.check_base_config(self.base)
-        checks.check_diff_is_diff(self.diff, self.base)
-        self.items = checks.pair(self.recipe, self.diff, self.base)
+        # recipes_more: UltraLM's pad row resolved; BiLLa paired on its embedding alone.
+        self.recipe = more.resolve(self.recipe, self.diff, self.base)
+        self.items = more.check_and_pair(self.recipe, self.diff, self.base)
         self.shards = plan_shards(self.items, self.options.max_shard_size, self.options.fmt)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
         self.copies = [
@@ -369,8 +378,8 @@ class Recovery:
             check(cancel)
 
         def on_tensor(item: Item, tensor: torch.Tensor) -> None:
-            if self.recipe.dtype == "float32":
-                shard_sums.append(float(tensor.sum()))
+            if more.summed(self.recipe):
+                shard_sums.append(more.sum_term(self.recipe, item.name, tensor, self.scratch))
 
         # Named after the shard (an interrupt names it), committed to its pending name.
         atomic = AtomicFile(self.out_dir / shard.name, fsync=fsync)
@@ -405,7 +414,8 @@ class Recovery:
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
         base = self.base.load(item.base.name) if item.base is not None else None
-        return self.recipe.combine(item.name, base, self.diff.load(item.name), out, self.scratch)
+        diff = self.diff.load(item.name)
+        return more.combine(self.recipe, item.name, base, diff, out, self.scratch)
 
     @property
     def expected_sum(self) -> float | None:
@@ -418,21 +428,26 @@ class Recovery:
         expected = self.expected_sum
         if expected is None:
             return None
-        without = float32_total(s for name, s in sums if INV_FREQ not in name)
-        with_buffers = float32_total(s for _, s in self._with_inv_freq(sums))
+        without = more.total(self.recipe, [(n, s) for n, s in sums if INV_FREQ not in n])
+        with_buffers = more.total(self.recipe, self._with_inv_freq(sums))
         check = SumCheck(expected, self.recipe.sum_tolerance, without, with_buffers)
         if check.matched is None:
+            figure = (
+                f"weights sum to {without:.4f} ({with_buffers:.4f} with the rotary inv_freq "
+                "buffers)"
+            )
+            if not more.sums_inv_freq(self.recipe):
+                figure = f"embedding ({more.EMBED}) sums to {without!r}"
             raise ChecksumError(
-                f"the recovered weights sum to {without:.4f} ({with_buffers:.4f} with the rotary "
-                f"inv_freq buffers), not {expected} ± {check.tolerance}: {self._sum_hint()}; "
-                "nothing written",
+                f"the recovered {figure}, not {expected} ± {check.tolerance}: "
+                f"{self._sum_hint()}; nothing written",
                 self.out_dir,
             )
         return check
 
     def _with_inv_freq(self, sums: list[tuple[str, float]]) -> list[tuple[str, float]]:
         """The sums with an inv_freq buffer's per layer, as transformers <= 4.30 saved them."""
-        if any(INV_FREQ in name for name, _ in sums):
+        if any(INV_FREQ in name for name, _ in sums) or not more.sums_inv_freq(self.recipe):
             return sums
         layers = sorted({n for n in (layer_of(name) for name, _ in sums) if n is not None})
         extra = [(f"model.layers.{n}.self_attn.{INV_FREQ}", self.inv_freq_sum) for n in layers]
@@ -497,15 +512,6 @@ def _in_the_way(target: Path) -> InputError:
         "another output folder",
         target,
     )
-
-
-def float32_total(values: Iterator[float] | list[float] | Any) -> float:
-    """A float32 running total from 0, in order, as ``sum(t.sum() for t in ...)`` gives it."""
-    torch = import_torch()
-    total = torch.zeros((), dtype=torch.float32)
-    for value in values:
-        total = total + torch.tensor(value, dtype=torch.float32)
-    return float(total)
 
 
 def rotary_inv_freq(folder: WeightFolder) -> torch.Tensor:
