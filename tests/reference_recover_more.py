@@ -1,6 +1,6 @@
 """An independent oracle for the later additive releases, on whole in-memory state dicts.
 
-Written from the shared FORMAT.md section 12 (docs/FORMAT.md section 3.8), the way each
+Written from docs/FORMAT.md section 3 (3.8: the project notes on each release), the way each
 publisher's script works: load both whole models in the recipe's dtype, resize the base with
 torch.cat where the recipe says so, add per tensor. Nothing streams, shards or slices.
 """

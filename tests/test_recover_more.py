@@ -1,4 +1,4 @@
-"""`recover` for the later additive releases (docs/FORMAT.md section 3.8): WizardLM, ZhiXi and
+"""`recover` for the later additive releases (docs/FORMAT.md section 3, 3.8): WizardLM, ZhiXi and
 its float16 form, UltraLM, YuLan, LLaVA, BiLLa (Wombat, Chimera and BayLing use vicuna-v0 and
 vicuna), each bit-exact against tests/reference_recover_more.py on tiny models, their sums,
 their release names and their refusals."""

@@ -31,7 +31,7 @@ INV_FREQ = "rotary_emb.inv_freq"
 # to MEAN_ROWS or EQUAL per run by recipes_more.resolve).
 EQUAL, ZERO_ROWS, MEAN_ROWS = "equal", "zero rows", "mean rows"
 DELTA_ROWS, PAD_TOKEN_ROW = "delta rows", "pad-token row"
-# How a published integrity sum is taken (docs/FORMAT.md section 3.4 and 3.8): each tensor's
+# How a published integrity sum is taken (docs/FORMAT.md section 3, 3.4 and 3.8): each tensor's
 # torch sum totalled in float32; totalled with torch's type promotion from the first term's
 # dtype (KnowLM's float16 path); or only the embedding's float32 sum (BiLLa).
 FLOAT32_TOTAL, PROMOTED_TOTAL, EMBEDDING_SUM = "float32 total", "promoted total", "embedding sum"

@@ -1,4 +1,4 @@
-"""What the later additive releases need beyond ``delta + base`` (docs/FORMAT.md section 3.8).
+"""What the later additive releases need beyond ``delta + base`` (docs/FORMAT.md section 3, 3.8).
 
 The recipes themselves are rows of ``recipes.RECIPES``; this module holds the behaviour a few
 of them add, kept apart so that the run calls one function per step whatever the recipe:
@@ -153,7 +153,8 @@ def open_base(recipe: Recipe, base_dir: Path) -> WeightFolder:
 
 
 def check_and_pair(recipe: Recipe, diff: WeightFolder, base: WeightFolder) -> list[Item]:
-    """Every check of the inputs (docs/FORMAT.md 3.5), then the output tensors in order."""
+    """Every check of the inputs (docs/FORMAT.md section 3, 3.5), then the output tensors in
+    state-dict order."""
     checks.check_base_config(base)
     if recipe.embedding_only:
         return _pair_embedding(recipe, diff, base)
