@@ -497,3 +497,46 @@ def test_help_says_what_each_recipe_is_for() -> None:
     text = runner.run("recover", "--help").stdout
     for recipe in RECIPES.values():
         assert f"  {recipe.name:<11} {recipe.purpose}\n" in text
+
+
+def test_billa_rerun_keeps_its_shards_and_checks_the_sum_from_the_journal(tmp_path: Path) -> None:
+    diff_dir, base, recovered = billa(tmp_path)
+    figure = float(recovered.pop(""))
+    out = tmp_path / "out"
+    args: list[str | Path] = [
+        diff_dir,
+        meta_folder(tmp_path, base),
+        out,
+        "--max-shard-size",
+        "60KB",
+    ]
+    assert run(*args, "--expect-sum", repr(figure)).exit_code == 0
+    result = run(*args, "--expect-sum", repr(figure))
+    assert result.exit_code == 0, result.output
+    shards = [line for line in result.stdout.splitlines() if ".safetensors" in line]
+    assert len(shards) > 1
+    assert all(line.startswith("kept       ") for line in shards)
+    assert f"sum        {figure:.4f} matches {figure}" in result.stdout
+    assert run(*args, "--expect-sum", repr(figure + 0.001)).exit_code == 1
+    assert_recovered(out, recovered)
+
+
+@pytest.mark.parametrize(
+    ("files", "named"),
+    [
+        ({"special_tokens_map.json": '{"pad_token": "<PAD>"}'}, True),
+        ({"tokenizer_config.json": '{"pad_token": {"content": "<PAD>", "lstrip": false}}'}, True),
+        ({"tokenizer_config.json": '{"pad_token": null}'}, False),
+        ({"special_tokens_map.json": '{"pad_token": ""}'}, False),
+        ({"special_tokens_map.json": "not json"}, False),
+        ({}, False),
+    ],
+)
+def test_a_pad_token_is_read_as_transformers_would(
+    files: dict[str, str], named: bool, tmp_path: Path
+) -> None:
+    from belle_decrypt.recover.recipes_more import names_pad_token
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert names_pad_token(tmp_path) is named

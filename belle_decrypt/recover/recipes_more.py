@@ -152,14 +152,17 @@ def open_base(recipe: Recipe, base_dir: Path) -> WeightFolder:
     return WeightFolder.open(base_dir, "BASE_DIR")
 
 
-def check_and_pair(recipe: Recipe, diff: WeightFolder, base: WeightFolder) -> list[Item]:
-    """Every check of the inputs (docs/FORMAT.md section 3, 3.5), then the output tensors in
-    state-dict order."""
+def check_and_pair(
+    recipe: Recipe, diff: WeightFolder, base: WeightFolder
+) -> tuple[Recipe, list[Item]]:
+    """Every check of the inputs (docs/FORMAT.md section 3, 3.5); the recipe for these folders
+    (``resolve``) and the output tensors in state-dict order."""
     checks.check_base_config(base)
     if recipe.embedding_only:
-        return _pair_embedding(recipe, diff, base)
+        return recipe, _pair_embedding(recipe, diff, base)
     checks.check_diff_is_diff(diff, base)
-    return checks.pair(recipe, diff, base)
+    recipe = resolve(recipe, diff, base)
+    return recipe, checks.pair(recipe, diff, base)
 
 
 def _pair_embedding(recipe: Recipe, diff: WeightFolder, base: WeightFolder) -> list[Item]:

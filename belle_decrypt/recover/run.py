@@ -243,8 +243,7 @@ class Recovery:
 
     def _check(self) -> None:
         # recipes_more: UltraLM's pad row resolved; BiLLa paired on its embedding alone.
-        self.recipe = more.resolve(self.recipe, self.diff, self.base)
-        self.items = more.check_and_pair(self.recipe, self.diff, self.base)
+        self.recipe, self.items = more.check_and_pair(self.recipe, self.diff, self.base)
         self.shards = plan_shards(self.items, self.options.max_shard_size, self.options.fmt)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
         self.copies = [
