@@ -540,3 +540,19 @@ def test_a_pad_token_is_read_as_transformers_would(
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     assert names_pad_token(tmp_path) is named
+
+
+@pytest.mark.parametrize(
+    ("recipe", "vocab", "pad"), [("yulan", 110, False), ("ultralm", 101, True)]
+)
+def test_transformers_loads_the_float32_results(
+    recipe: str, vocab: int, pad: bool, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    diff_dir, base_dir, expected = release(tmp_path, recipe, vocab, pad=pad)
+    out = tmp_path / "out"
+    assert run(diff_dir, base_dir, out, "--recipe", recipe).exit_code == 0
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype="auto").state_dict()
+    assert sorted(loaded) == sorted(expected)
+    assert all(tiny.same_bits(loaded[name], t) for name, t in expected.items())
