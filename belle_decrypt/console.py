@@ -502,11 +502,10 @@ def recover_run(
     check = outcome.sum_check
     if check is not None:
         value = check.without_inv_freq if check.matched == "without" else check.with_inv_freq
-        say(
-            f"sum        {value:.4f} matches {check.expected} ({check.matched} the rotary "
-            "inv_freq buffers)",
-            quiet,
-        )
+        what = f"{check.matched} the rotary inv_freq buffers"
+        if check.of_embedding:
+            what = "the embedding alone"
+        say(f"sum        {value:.4f} matches {check.expected} ({what})", quiet)
     say(
         f"recovered  {out_dir}: {len(outcome.shards)} shard{'s' * (len(outcome.shards) != 1)}, "
         f"{human_size(outcome.written)} written in {outcome.seconds:.1f} s",

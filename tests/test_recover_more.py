@@ -267,7 +267,7 @@ def test_billa_recovers_only_the_embedding(base_kind: str, tmp_path: Path) -> No
     result = run(diff_dir, base_dir, out, "--expect-sum", repr(figure))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "recipe     billa-sft (recognised from BiLLa-7B-SFT)"
-    assert f"sum        {figure:.4f} matches {figure}" in result.stdout
+    assert f"sum        {figure:.4f} matches {figure} (the embedding alone)\n" in result.stdout
     assert_recovered(out, recovered)
     got = tiny.load_folder(out)
     assert got[ref.EMBED].dtype == torch.float16

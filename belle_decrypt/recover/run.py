@@ -143,6 +143,8 @@ class SumCheck:
     tolerance: float
     without_inv_freq: float
     with_inv_freq: float
+    # Only the embedding's sum (BiLLa): the inv_freq variants do not apply.
+    of_embedding: bool = False
 
     @property
     def matched(self) -> str | None:
@@ -429,13 +431,19 @@ class Recovery:
             return None
         without = more.total(self.recipe, [(n, s) for n, s in sums if INV_FREQ not in n])
         with_buffers = more.total(self.recipe, self._with_inv_freq(sums))
-        check = SumCheck(expected, self.recipe.sum_tolerance, without, with_buffers)
+        check = SumCheck(
+            expected,
+            self.recipe.sum_tolerance,
+            without,
+            with_buffers,
+            of_embedding=not more.sums_inv_freq(self.recipe),
+        )
         if check.matched is None:
             figure = (
                 f"weights sum to {without:.4f} ({with_buffers:.4f} with the rotary inv_freq "
                 "buffers)"
             )
-            if not more.sums_inv_freq(self.recipe):
+            if check.of_embedding:
                 figure = f"embedding ({more.EMBED}) sums to {without!r}"
             raise ChecksumError(
                 f"the recovered {figure}, not {expected} ± {check.tolerance}: "
