@@ -138,6 +138,24 @@ def test_ultralm_pads_only_when_the_diffs_tokenizer_names_a_pad_token(tmp_path: 
     )
 
 
+def test_ultralm_with_a_pad_token_adds_exactly_one_row_to_lm_head_too(tmp_path: Path) -> None:
+    base = tiny.model(1)
+    tuned = tuned_model("ultralm", base, 101)
+    tuned[ref.LM_HEAD] = torch.cat([tuned[ref.LM_HEAD], tuned[ref.LM_HEAD][:1]])
+    diff = ref.make_diff("wizardlm", tuned, base)
+    files = TOKENIZER | PAD_MAP
+    diff_dir = tiny.write_folder(tmp_path / "diff", diff, "safetensors", tiny.config(101), files)
+    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(100))
+    out = tmp_path / "out"
+    refused(
+        run(diff_dir, base_dir, out, "--recipe", "ultralm"),
+        out,
+        f"{diff_dir / 'model.safetensors'}: (DIFF_DIR) its tokenizer names a pad token, so "
+        "ultralm adds one <PAD> row to the base's 100, but lm_head.weight has 102 rows: the "
+        "base is another model, or the tokenizer files are not the release's",
+    )
+
+
 def test_ultralm_with_a_pad_token_adds_exactly_one_row(tmp_path: Path) -> None:
     diff_dir, base_dir, _ = release(tmp_path, "ultralm", 102, pad=True)
     out = tmp_path / "out"
@@ -317,6 +335,14 @@ def test_billa_with_swapped_folders_is_refused(tmp_path: Path) -> None:
 
 def test_billa_against_llama2_is_refused(tmp_path: Path) -> None:
     diff_dir, base, _ = billa(tmp_path)
+    hf = tiny.write_folder(tmp_path / "llama-2-7b-hf", base, "bin", tiny.config(100, 4096))
+    refused(
+        run(diff_dir, hf, tmp_path / "out"),
+        tmp_path / "out",
+        f"{hf / 'config.json'}: (BASE_DIR) config.json says max_position_embeddings 4096: this "
+        "is LLaMA-2, but these diffs were made against LLaMA-1 (2048); pass LLaMA-1 converted "
+        "to the Hugging Face layout",
+    )
     params: dict[str, object] = {
         "dim": 64,
         "n_heads": 4,

@@ -31,6 +31,7 @@ from belle_decrypt.recover.recipes import (
     INV_FREQ,
     MEAN_ROWS,
     PAD_TOKEN_ROW,
+    VOCAB_TENSORS,
     Recipe,
     state_dict_key,
 )
@@ -78,14 +79,15 @@ def resolve(recipe: Recipe, diff: WeightFolder, base: WeightFolder) -> Recipe:
     pad = names_pad_token(diff.path) and not names_pad_token(base.path)
     if not pad:
         return replace(recipe, new_rows=EQUAL)
-    tuned, raw = diff.tensors.get(EMBED), base.tensors.get(EMBED)
-    if tuned is not None and raw is not None and tuned.shape[0] != raw.shape[0] + 1:
-        raise diff.fail(
-            f"its tokenizer names a pad token, so {recipe.name} adds one <PAD> row to the "
-            f"base's {raw.shape[0]}, but {EMBED} has {tuned.shape[0]} rows: the base is "
-            "another model, or the tokenizer files are not the release's",
-            tuned.file,
-        )
+    for name in VOCAB_TENSORS:
+        tuned, raw = diff.tensors.get(name), base.tensors.get(name)
+        if tuned is not None and raw is not None and tuned.shape[0] != raw.shape[0] + 1:
+            raise diff.fail(
+                f"its tokenizer names a pad token, so {recipe.name} adds one <PAD> row to the "
+                f"base's {raw.shape[0]}, but {name} has {tuned.shape[0]} rows: the base is "
+                "another model, or the tokenizer files are not the release's",
+                tuned.file,
+            )
     return replace(recipe, new_rows=MEAN_ROWS)
 
 
