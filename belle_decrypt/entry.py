@@ -29,6 +29,6 @@ def main() -> None:
     """Console-script entry point."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (nohup)
         signal.signal(signal.SIGINT, _interrupted)
-    from belle_decrypt.cli import main as run
+    from belle_decrypt.cli.commands import main as run
 
     run()

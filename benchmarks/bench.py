@@ -8,8 +8,10 @@ warms the page cache, then runs each command ``--runs`` times and prints medians
     python benchmarks/bench.py --latency --size 1G   # only: how fast Ctrl-C/SIGTERM stop a run
     python benchmarks/bench.py --layouts             # only: TechGPT and OpenBuddy files
     python benchmarks/bench.py --perfile             # only: the per-file layout's lines
+    python benchmarks/bench.py --loop                # only: the README's shell loop vs a folder
 
-Wall, user and sys times and the peak RSS are those of the child process (os.wait4).
+Wall, user and sys times and the peak RSS are those of the child process (os.wait4). The machine
+may be shared: each figure carries the 1-minute load average read just after it was measured.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -29,10 +32,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from belle_decrypt import engine
-from belle_decrypt.encrypt import PUBLISHING, encrypt_file
-from belle_decrypt.keystream import Key
-from belle_decrypt.seed import SEED_SIZE
+from belle_decrypt.layouts.seed import SEED_SIZE
+from belle_decrypt.publish.encrypt import PUBLISHING, encrypt_file
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.keystream import Key
 
 MiB = 1024 * 1024
 CHUNK = 64 * MiB
@@ -45,6 +48,11 @@ def parse_size(text: str) -> int:
     if text and text[-1] in units:
         return int(float(text[:-1]) * units[text[-1]])
     return int(text)
+
+
+def load() -> str:
+    """The 1-minute load average now, to print beside a figure measured on a shared machine."""
+    return f"load {os.getloadavg()[0]:.1f}"
 
 
 def human(size: float) -> str:
@@ -158,9 +166,11 @@ def engine_rate(
     enc: Path, key_path: Path, payload: int, backend: engine.Backend, md5: bool = False
 ) -> float:
     """Bytes/s of the engine in-process over ``payload`` bytes of ``enc``, output to /dev/null,
-    SHA-256 (and md5) included; torch, where used, is loaded before the clock starts."""
+    SHA-256 (and md5) included; numpy or torch, where used, is loaded before the clock starts."""
     if backend == "torch":
         engine._load_torch()
+    elif backend == "numpy":
+        engine._load_numpy()
     hashers: list[engine.Hasher] = [hashlib.sha256()]
     if md5:
         hashers.append(hashlib.md5())
@@ -219,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--layouts", action="store_true", help="only the TechGPT and OpenBuddy layouts"
     )
     parser.add_argument("--perfile", action="store_true", help="only the per-file layout's lines")
+    parser.add_argument(
+        "--loop", action="store_true", help="only the README's shell loop against folder mode"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # heavy work runs in a child, so the parent's RSS stays out of the figures
@@ -233,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             bench_layouts(root, size, small, args.runs)
         elif args.perfile:
             perfile_bench(root, size, args.runs)
+        elif args.loop:
+            loop_bench(root, size, args.runs)
         else:
             bench(root, size, small, args.runs)
     finally:
@@ -249,8 +264,9 @@ def child(argv: Sequence[str]) -> None:
     elif what == "key":
         write_random(Path(rest[0]), int(rest[1]), b"key")
     elif what == "steady":
-        enc, key_path, size, md5 = rest
-        print(engine_rate(Path(enc), Path(key_path), int(size), "torch", md5 == "md5"))
+        enc, key_path, size, md5, backend = rest
+        chosen: engine.Backend = "torch" if backend == "torch" else "numpy"
+        print(engine_rate(Path(enc), Path(key_path), int(size), chosen, md5 == "md5"))
     elif what == "plain":
         print(engine_rate(Path(rest[0]), Path(rest[1]), 64 * MiB, "python"))
     elif what == "keystream":
@@ -315,7 +331,7 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
             (
                 label,
                 f"{r.wall:6.2f} s wall  {r.user:5.2f} user  {r.sys:5.2f} sys  "
-                f"{payload / r.wall / 1e9:5.2f} GB/s  peak RSS {r.rss_mb:5.0f} MB",
+                f"{payload / r.wall / 1e9:5.2f} GB/s  peak RSS {r.rss_mb:5.0f} MB  {load()}",
             )
         )
 
@@ -353,20 +369,23 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
 
     sha_speed = float(in_child("hash", "sha256")[0])
     md5_speed = float(in_child("hash", "md5")[0])
-    steady = statistics.median(
-        float(in_child("steady", enc, key_path, size, "-")[0]) for _ in range(runs)
-    )
-    steady_md5 = statistics.median(
-        float(in_child("steady", enc, key_path, size, "md5")[0]) for _ in range(runs)
-    )
-    rows.append(
-        (
-            "in-process steady state (median)",
-            f"{steady / 1e9:.2f} GB/s = {steady / sha_speed * 100:.0f}% of SHA-256 "
-            f"({sha_speed / 1e9:.2f} GB/s); with md5 {steady_md5 / 1e9:.2f} GB/s = "
-            f"{steady_md5 / md5_speed * 100:.0f}% of md5 ({md5_speed / 1e9:.2f} GB/s)",
+    steady = 0.0
+    for backend in ("numpy", "torch"):
+        rate = statistics.median(
+            float(in_child("steady", enc, key_path, size, "-", backend)[0]) for _ in range(runs)
         )
-    )
+        rate_md5 = statistics.median(
+            float(in_child("steady", enc, key_path, size, "md5", backend)[0]) for _ in range(runs)
+        )
+        steady = rate if backend == "numpy" else steady
+        rows.append(
+            (
+                f"in-process steady state, {backend}",
+                f"{rate / 1e9:.2f} GB/s = {rate / sha_speed * 100:.0f}% of SHA-256 "
+                f"({sha_speed / 1e9:.2f} GB/s); with md5 {rate_md5 / 1e9:.2f} GB/s = "
+                f"{rate_md5 / md5_speed * 100:.0f}% of md5 ({md5_speed / 1e9:.2f} GB/s)  {load()}",
+            )
+        )
     keystream = statistics.median(
         float(in_child("keystream", key_path, size)[0]) for _ in range(runs)
     )
@@ -374,29 +393,34 @@ def bench(root: Path, size: int, small: int, runs: int) -> None:
         (
             "keystream reads (pread, one thread)",
             f"{keystream / 1e9:.2f} GB/s: {size / keystream:.2f} s of CPU for {human(size)}, "
-            f"{sha_speed / keystream * 100:.0f}% of the SHA-256's",
+            f"{sha_speed / keystream * 100:.0f}% of the SHA-256's  {load()}",
         )
     )
     help_run = median_run(runs, [*EXE, "--help"])
+    rows.append(("startup: --help", f"{help_run.wall:.3f} s (target < 0.25)  {load()}"))
     tiny_run = median_run(runs, [*EXE, str(tiny), str(key_path), str(out), "-q"], clear_out)
-    torch_run = median_run(runs, [sys.executable, "-c", "import torch"])
-    bare = median_run(runs, [sys.executable, "-c", "pass"])
-    import_cost = max(0.0, torch_run.wall - bare.wall)
-    plain_speed = float(in_child("plain", enc, key_path)[0])
-    crossover = import_cost / (1 / plain_speed - 1 / steady)
-    rows.append(("startup: --help", f"{help_run.wall:.3f} s (target < 0.25)"))
-    rows.append(("startup: decrypt a 100-byte file", f"{tiny_run.wall:.3f} s (target < 0.5)"))
     rows.append(
-        (
-            "startup: python -c 'import torch'",
-            f"{torch_run.wall:.2f} s, {torch_run.rss_mb:.0f} MB RSS",
-        )
+        ("startup: decrypt a 100-byte file", f"{tiny_run.wall:.3f} s (target < 0.5)  {load()}")
     )
+    bare = median_run(runs, [sys.executable, "-c", "pass"])
+    import_costs = {}
+    for module in ("numpy", "torch"):
+        imported = median_run(runs, [sys.executable, "-c", f"import {module}"])
+        import_costs[module] = max(0.0, imported.wall - bare.wall)
+        rows.append(
+            (
+                f"startup: python -c 'import {module}'",
+                f"{imported.wall:.2f} s, {imported.rss_mb:.0f} MB RSS  {load()}",
+            )
+        )
+    plain_speed = float(in_child("plain", enc, key_path)[0])
+    crossover = import_costs["numpy"] / (1 / plain_speed - 1 / steady)
     rows.append(
         (
             "plain path (Python int XOR)",
-            f"{plain_speed / 1e6:.0f} MB/s; it beats importing torch ({import_cost:.2f} s) "
-            f"below {crossover / 1e6:.0f} MB (PLAIN_LIMIT {engine.PLAIN_LIMIT // MiB} MiB)",
+            f"{plain_speed / 1e6:.0f} MB/s; it beats importing numpy "
+            f"({import_costs['numpy']:.2f} s) below {crossover / 1e6:.0f} MB "
+            f"(PLAIN_LIMIT {engine.PLAIN_LIMIT // MiB} MiB)  {load()}",
         )
     )
     legacy = legacy_rate()
@@ -431,7 +455,7 @@ CODEC_SLICE = 256 * MiB
 def make_perfile(root: Path, size: int) -> None:
     """base/SHARD and payload/SHARD (the model XOR the base, by the package), decoded.md5 and
     base.md5 (the card's two lists)."""
-    from belle_decrypt.perfile_publish import encode_file
+    from belle_decrypt.publish.perfile_publish import encode_file
 
     for name in ("base", "payload", "model"):
         (root / name).mkdir()
@@ -451,10 +475,10 @@ def make_perfile(root: Path, size: int) -> None:
 
 def perfile_steady_rate(root: Path, size: int) -> float:
     """Bytes/s of the engine in-process over the per-file release with both md5s (the decoded
-    file's and the base's, checked at the end), output to /dev/null, torch loaded first."""
-    from belle_decrypt.perfile import BaseStream
+    file's and the base's, checked at the end), output to /dev/null, numpy loaded first."""
+    from belle_decrypt.layouts.perfile import BaseStream
 
-    engine._load_torch()
+    engine._load_numpy()
     base_md5 = (root / "base.md5").read_text().split()[0]
     decoded = hashlib.md5()
     with (
@@ -464,7 +488,7 @@ def perfile_steady_rate(root: Path, size: int) -> float:
         stream = BaseStream(root / "base" / SHARD, size, {"md5": base_md5})
         try:
             started = time.perf_counter()
-            engine.xor_stream(src, dst, stream, size, hashers=(decoded,), backend="torch")
+            engine.xor_stream(src, dst, stream, size, hashers=(decoded,), backend="numpy")
             elapsed = time.perf_counter() - started
         finally:
             stream.close()
@@ -516,7 +540,7 @@ def perfile_bench(root: Path, size: int, runs: int) -> None:
         return (
             label,
             f"{r.wall:6.2f} s wall  {r.user:5.2f} user  {r.sys:5.2f} sys  "
-            f"{size / r.wall / 1e9:5.2f} GB/s  peak RSS {r.rss_mb:5.0f} MB",
+            f"{size / r.wall / 1e9:5.2f} GB/s  peak RSS {r.rss_mb:5.0f} MB  {load()}",
         )
 
     rows = [
@@ -532,7 +556,7 @@ def perfile_bench(root: Path, size: int, runs: int) -> None:
         (
             "in-process steady state",
             f"{steady / 1e9:.2f} GB/s with both md5s = {steady / md5_speed:.0%} of one core's md5 "
-            f"({md5_speed / 1e9:.2f} GB/s)",
+            f"({md5_speed / 1e9:.2f} GB/s)  {load()}",
         )
     )
     length = min(CODEC_SLICE, size)
@@ -550,6 +574,61 @@ def perfile_bench(root: Path, size: int, runs: int) -> None:
             )
         )
     print_table("belle-decrypt per-file benchmark", size, runs, rows)
+
+
+# -- the README's shell loop against folder mode ----------------------------------------------
+
+LOOP_SHARES = (1.25, 0.625, 0.3125)
+"""The loop's release: three files of these shares of ``--size`` (2.5, 1.25 and 0.625 GiB)."""
+
+
+def loop_bench(root: Path, size: int, runs: int) -> None:
+    """The README's loop (one process per file) against one folder-mode process with ``--jobs
+    1``, on a 3-file release, warm cache, ``--no-fsync``: the loop pays each process's start-up
+    (Python, the package, numpy) three times."""
+    sizes = [int(size * share) for share in LOOP_SHARES]
+    made = ", ".join(map(human, sizes))
+    print(f"making a 3-file release ({made}) in {root} ...", file=sys.stderr)
+    key_path = root / "consolidated.00.pth"
+    in_child("key", key_path, size + 12345)
+    enc_dir, out = root / "enc", root / "out"
+    enc_dir.mkdir()
+    encs = [
+        Path(in_child("make", enc_dir, f"pytorch_model-0000{n}-of-00003.bin", key_path, part)[0])
+        for n, part in enumerate(sizes, start=1)
+    ]
+    for path in (key_path, *encs):  # warm the page cache
+        run_child(["md5sum", str(path)])
+
+    def clear_out() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+
+    exe = " ".join(map(shlex.quote, EXE))
+    loop = (
+        f'for f in {shlex.quote(str(enc_dir))}/*; do if [ -f "$f" ]; then {exe} "$f" '
+        f"{shlex.quote(str(key_path))} {shlex.quote(str(out))} --no-fsync -q; fi; done"
+    )
+    total = sum(sizes)
+    rows: list[tuple[str, str]] = []
+    walls: list[float] = []
+    for label, argv in (
+        ("README's shell loop (3 processes)", ["sh", "-ec", loop]),
+        (
+            "folder mode, --jobs 1",
+            [*EXE, str(enc_dir), str(key_path), str(out), "--jobs", "1", "--no-fsync", "-q"],
+        ),
+    ):
+        r = median_run(runs, argv, clear_out)
+        rows.append(
+            (
+                label,
+                f"{r.wall:6.2f} s wall  {r.user:5.2f} user  {r.sys:5.2f} sys  "
+                f"{total / r.wall / 1e9:5.2f} GB/s  {load()}",
+            )
+        )
+        walls.append(r.wall)
+    rows.append(("  ratio", f"the loop takes {walls[0] / walls[1]:.2f}x folder mode (target 1.15)"))
+    print_table("belle-decrypt loop benchmark", total, runs, rows)
 
 
 # -- Ctrl-C latency ---------------------------------------------------------------------------
@@ -709,10 +788,10 @@ def make_layout_enc(folder: Path, layout: str, key_path: Path, size: int) -> tup
 def layout_md5_rate(enc: Path, layout: str, key_path: Path, payload: int) -> float:
     """Bytes/s of the engine in-process with ``layout``'s keystream and one md5 (what a run
     with a manifest computes for a file that carries no checksum), output to /dev/null."""
-    from belle_decrypt.detect import LAYOUTS
-    from belle_decrypt.headerless import Headerless
+    from belle_decrypt.layouts.headerless import Headerless
+    from belle_decrypt.xor.detect import LAYOUTS
 
-    engine._load_torch()
+    engine._load_numpy()
     source = Headerless(enc, LAYOUTS[layout], "pytorch_model.bin", payload)
     with (
         open(enc, "rb", buffering=0) as src,

@@ -53,13 +53,19 @@ def make_diff(recipe: str, tuned: StateDict, base: StateDict) -> StateDict:
 
 
 def recover(recipe: str, diff: StateDict, base: StateDict) -> StateDict:
-    """The recovered state dict, as the publisher's tool computes it."""
+    """The recovered state dict, as the publisher's tool computes it; rotary inv_freq
+    buffers in float32 whatever the recipe (docs/FORMAT.md 3.3)."""
     dtype = dtype_of(recipe)
     vocab = diff["model.embed_tokens.weight"].shape[0]
     resized = resized_base(recipe, base, vocab)
     out = {}
     for name, delta in diff.items():
-        if recipe == "ziya" and any(part in name for part in ZIYA_FROM_DELTA):
+        if name.endswith("rotary_emb.inv_freq"):  # float32, as every publisher writes them
+            if recipe == "ziya":
+                out[name] = delta.float()
+            elif name in base:
+                out[name] = delta.float() + base[name].float()
+        elif recipe == "ziya" and any(part in name for part in ZIYA_FROM_DELTA):
             out[name] = delta.to(dtype)
         elif name in resized:
             out[name] = delta.to(dtype) + resized[name]

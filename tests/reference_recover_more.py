@@ -62,6 +62,10 @@ def recover(recipe: str, diff: StateDict, base: StateDict, pad: bool = False) ->
     resized = resized_base(recipe, base, diff[EMBED].shape[0], pad)
     out = {}
     for name, delta in diff.items():
+        if "inv_freq" in name and name in base:
+            # Every publisher's script keeps the rotary buffers float32 (docs/FORMAT.md 3.2).
+            out[name] = delta.float() + base[name].float()
+            continue
         param = delta.to(dtype).clone()
         if name not in resized:
             if "inv_freq" in name:

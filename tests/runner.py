@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from belle_decrypt.cli import cli
+from belle_decrypt.cli.commands import cli
 
 
 def run(*args: str | Path, stdin: bytes | None = None) -> Result:

@@ -6,13 +6,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from belle_decrypt.batch import Settings, decrypt_all
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import Result
-from belle_decrypt.diagnose import Diagnoser
-from belle_decrypt.keystream import Key
-from belle_decrypt.outcome import Outcome
-from belle_decrypt.states import Verified
+from belle_decrypt.ground.outcome import Outcome
+from belle_decrypt.ground.states import Verified
+from belle_decrypt.layouts.container import EncFile
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.xor.batch import Settings, decrypt_all
+from belle_decrypt.xor.decrypt import Result
+from belle_decrypt.xor.diagnose import Diagnoser
 from tests.conftest import random_bytes
 
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from belle_decrypt.batch import Settings, decrypt_all
-from belle_decrypt.cancel import Cancelled, CancelToken, removed_unfinished
-from belle_decrypt.container import EncFile
-from belle_decrypt.diagnose import Diagnoser
-from belle_decrypt.hashing import hash_file, md5_file
-from belle_decrypt.keyid import KeyReport, identify
-from belle_decrypt.keystream import Key
-from belle_decrypt.manifest import Manifest
-from belle_decrypt.verify import verify_folder
+from belle_decrypt.checks.keyid import KeyReport, identify
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.checks.verify import verify_folder
+from belle_decrypt.ground.cancel import Cancelled, CancelToken, removed_unfinished
+from belle_decrypt.layouts.container import EncFile
+from belle_decrypt.streams.hashing import hash_file, md5_file
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.xor.batch import Settings, decrypt_all
+from belle_decrypt.xor.diagnose import Diagnoser
 from tests.conftest import library_threads, listing, random_bytes
 from tests.release import make_release, md5
 
@@ -98,7 +98,7 @@ def test_key_report_is_computed_once_across_threads(
         time.sleep(0.05)
         return identify(path, **kwargs)
 
-    monkeypatch.setattr("belle_decrypt.diagnose.identify", slow_identify)
+    monkeypatch.setattr("belle_decrypt.xor.diagnose.identify", slow_identify)
     diagnoser = Diagnoser(key)
     reports: list[object] = []
     threads = [

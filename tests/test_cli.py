@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from belle_decrypt import __version__
-from belle_decrypt.cancel import note_removed
-from belle_decrypt.console import user_errors
+from belle_decrypt.cli.console import user_errors
+from belle_decrypt.ground.cancel import note_removed
 from tests.conftest import listing, random_bytes, unknown_key_warning
 from tests.runner import run
 
@@ -249,3 +249,46 @@ def test_an_interrupt_says_what_happened_to_output(
         raise interrupt
     assert stopped.value.code == 130
     assert capsys.readouterr().err == f"belle-decrypt: error: {expected}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["", "KEY", "OUT"], "SOURCE"),
+        (["decrypt", "ENC", "", "OUT"], "KEY_FILE"),
+        (["ENC", "KEY", ""], "OUT_DIR"),
+        (["ENC", "KEY", "OUT", "--manifest", ""], "--manifest"),
+        (["ENC", "KEY", "OUT", "--base-manifest", ""], "--base-manifest"),
+        (["verify", "", "--manifest", "md5.txt"], "FOLDER"),
+        (["verify", "DIR", "--manifest", ""], "--manifest"),
+        (["check-key", ""], "KEY_FILE"),
+        (["check-key", "DIR", "--base-manifest", ""], "--base-manifest"),
+        (["encrypt", "SRC", "KEY", ""], "OUT_DIR"),
+        (["recover", "DIFF", "", "OUT"], "BASE_DIR"),
+        (["recover", "DIFF", "BASE", "OUT", "--manifest", ""], "--manifest"),
+        (["demo", "--keep", ""], "--keep"),
+    ],
+)
+def test_an_empty_path_is_a_usage_error_in_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], what: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty path would otherwise mean this folder
+    result = run(*args)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"belle-decrypt: error: {what}: the path is empty (an unset variable?); give a path\n"
+    )
+    assert listing(tmp_path) == []
+
+
+def test_check_key_on_a_missing_folder_says_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "llama-7b-hf"
+    hint = "pass the folder of LLaMA converted to the Hugging Face layout"
+    for args in ([f"{missing}/"], [missing, "--format", "perfile"]):
+        result = run("check-key", *args)
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr == f"belle-decrypt: error: {missing}: no such folder; {hint}\n"
+    (tmp_path / "file").write_bytes(b"x")
+    result = run("check-key", tmp_path / "file", "--format", "perfile")
+    assert result.exit_code == 2
+    assert result.stderr == f"belle-decrypt: error: {tmp_path / 'file'}: is not a folder; {hint}\n"

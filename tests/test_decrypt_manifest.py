@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from belle_decrypt import keyid
-from belle_decrypt.batch import Settings, decrypt_all
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import decrypt_file
-from belle_decrypt.diagnose import Diagnoser
-from belle_decrypt.errors import ChecksumError
-from belle_decrypt.hashing import hash_file
-from belle_decrypt.keyid import HEAD_SIZE, KnownKey
-from belle_decrypt.keystream import Key
-from belle_decrypt.manifest import Manifest
-from belle_decrypt.states import FileState
+from belle_decrypt.checks import keyid
+from belle_decrypt.checks.keyid import HEAD_SIZE, KnownKey
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.ground.errors import ChecksumError
+from belle_decrypt.ground.states import FileState
+from belle_decrypt.layouts.container import EncFile
+from belle_decrypt.streams.hashing import hash_file
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.xor.batch import Settings, decrypt_all
+from belle_decrypt.xor.decrypt import decrypt_file
+from belle_decrypt.xor.diagnose import Diagnoser
 from tests.conftest import listing
 from tests.release import Release, make_release, md5
 from tests.runner import run
@@ -305,7 +305,7 @@ def test_the_enc_md5_is_computed_only_to_explain_a_listed_failure(
         hashed.append(path.name)
         return hash_file(path, algorithms, **kwargs)
 
-    monkeypatch.setattr("belle_decrypt.diagnose.hash_file", counting_hash)
+    monkeypatch.setattr("belle_decrypt.xor.diagnose.hash_file", counting_hash)
     manifest = Manifest.read(release.card)
     files = [EncFile.open(release.enc_path(name)) for name in release.plain]
     with Key(key_path) as key:

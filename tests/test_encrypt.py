@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt.encrypt import encrypt_file
-from belle_decrypt.keystream import Key
+from belle_decrypt.publish.encrypt import encrypt_file
+from belle_decrypt.streams.keystream import Key
 from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.runner import run

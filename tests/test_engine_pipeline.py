@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from belle_decrypt import engine
-from belle_decrypt.cancel import Cancelled, CancelToken
-from belle_decrypt.errors import OutputError
-from belle_decrypt.keystream import Key
+from belle_decrypt.ground.cancel import Cancelled, CancelToken
+from belle_decrypt.ground.errors import OutputError
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.keystream import Key
 from tests import reference
 from tests.conftest import library_threads, random_bytes
 
-BACKENDS = ["torch", "python"]
+BACKENDS: list[engine.Backend] = ["numpy", "python", "torch"]
 
 
 def run_engine(
@@ -31,7 +31,7 @@ def run_engine(
     piece: int,
     buffer_size: int,
     slots: int = 3,
-    backend: engine.Backend = "torch",
+    backend: engine.Backend = "numpy",
     hash_output: bool = True,
 ) -> tuple[bytes, str, int]:
     """XOR ``payload`` through the engine: (output, sha256 of what the hasher saw, progress)."""
@@ -221,26 +221,28 @@ def test_auto_backend_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "PLAIN_LIMIT", 100)
     monkeypatch.setattr(engine, "_plain_used", 0)
     modules = dict(sys.modules)
-    modules.pop("torch", None)
+    modules.pop("numpy", None)
     monkeypatch.setattr(sys, "modules", modules)
-    assert engine._use_torch(60, "auto") is False
-    assert engine._use_torch(60, "auto") is True  # the budget is spent
-    assert engine._use_torch(40, "auto") is False
-    assert engine._use_torch(1, "python") is False
-    modules["torch"] = sys  # once torch is loaded, it is always used
-    assert engine._use_torch(1, "auto") is True
+    assert engine._choose(60, "auto") == "python"
+    assert engine._choose(60, "auto") == "numpy"  # the budget is spent
+    assert engine._choose(40, "auto") == "python"
+    assert engine._choose(1, "torch") == "torch"
+    modules["numpy"] = sys  # once numpy is loaded, it is always used
+    assert engine._choose(1, "auto") == "numpy"
 
 
-def test_prepare_loads_torch_only_for_streams_past_the_plain_budget() -> None:
-    """prepare() is what keeps a file's reported time free of the torch import."""
+def test_prepare_loads_numpy_only_for_streams_past_the_plain_budget() -> None:
+    """prepare() is what keeps a file's reported time free of the numpy import; torch is
+    never imported for the XOR."""
     code = (
-        "import sys; from belle_decrypt import engine; "
-        "engine.prepare(100); print('torch' in sys.modules); "
-        "engine.prepare(engine.PLAIN_LIMIT + 1); print('torch' in sys.modules)"
+        "import sys; from belle_decrypt.streams import engine; "
+        "engine.prepare(100); print('numpy' in sys.modules); "
+        "engine.prepare(engine.PLAIN_LIMIT + 1); print('numpy' in sys.modules); "
+        "print('torch' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "True"]
+    assert proc.stdout.split() == ["False", "True", "False"]
     assert proc.stderr == ""
 
 
@@ -261,8 +263,7 @@ def test_the_key_is_never_mapped(
     size = 2 * reference.REAL_PIECE + 5
     plain = random_bytes(size, seed=4)
     stream = reference.keystream(key_path.read_bytes(), size, reference.REAL_PIECE)
-    backends: list[engine.Backend] = ["torch", "python"]
-    for backend in backends:
+    for backend in BACKENDS:
         out, _, _ = run_engine(
             key_path,
             reference.xor(plain, stream),

@@ -215,16 +215,16 @@ def test_a_key_truncated_during_a_run_is_reported_every_time(
     """The key replaced under a run (a new copy being written): the "shrank" line for each
     file in flight, exit 1, no temporary file, wherever the run was; never a SIGBUS. The run is
     stopped as soon as the key is seen mapped into its memory (a fault there cannot be
-    recovered from), else once its output holds ``grown`` bytes. With two files at once, the
-    second one past the plain path's budget imports torch mid-run (seconds), which is when a
-    mapped keystream would sit unread the longest."""
+    recovered from), else once its output holds ``grown`` bytes. The payloads run on numpy
+    (past the plain path's budget), the reader up to three 8 MiB buffers ahead of the writer:
+    at 80 MiB the key's first piece is read again at 60 MiB, after any ``grown`` here."""
     key = tmp_path / "consolidated.00.pth"
     key.write_bytes(random_bytes(12 * MiB, seed=44))  # a whole piece and a short one
     digest = hashlib.sha256(b"never reached").digest()
     enc_dir = tmp_path / "enc"
     enc_dir.mkdir()
-    for name in ("pytorch_model.bin", "other.bin")[:files]:  # each below the torch path's size
-        sparse_file(enc_dir / f"{name}.{digest.hex()}.enc", 32 + 40 * MiB, head=digest)
+    for name in ("pytorch_model.bin", "other.bin")[:files]:
+        sparse_file(enc_dir / f"{name}.{digest.hex()}.enc", 32 + 80 * MiB, head=digest)
     out = tmp_path / "out"
     proc = start_cli(enc_dir, key, out, "-q", "--jobs", str(files))
     deadline = time.monotonic() + 30

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import decrypt_file
-from belle_decrypt.keystream import Key
-from belle_decrypt.states import FileState
+from belle_decrypt.ground.states import FileState
+from belle_decrypt.layouts.container import EncFile
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.xor.decrypt import decrypt_file
 from tests import reference
 from tests.conftest import random_bytes
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt.container import is_encrypted_name
+from belle_decrypt.layouts.container import is_encrypted_name
 from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.faults import one_error, run_cli

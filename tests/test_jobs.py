@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt import jobs
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import decrypt_file
-from belle_decrypt.keystream import Key
+from belle_decrypt.layouts.container import EncFile
+from belle_decrypt.streams import jobs
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.xor.decrypt import decrypt_file
 from tests.conftest import library_threads, random_bytes
 from tests.runner import run
 

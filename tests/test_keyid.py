@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from belle_decrypt import keyid
-from belle_decrypt.errors import InputError
-from belle_decrypt.keyid import HEAD_SIZE, KnownKey, describe_tensors, identify
+from belle_decrypt.checks import keyid
+from belle_decrypt.checks.keyid import HEAD_SIZE, KnownKey, describe_tensors, identify
+from belle_decrypt.ground.errors import InputError
 from tests.conftest import random_bytes
 from tests.faults import one_error, run_cli
 from tests.runner import run

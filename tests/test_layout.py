@@ -17,15 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt.batch import Settings, decrypt_all, prepare_run
-from belle_decrypt.container import BELLE, EncFile
-from belle_decrypt.decrypt import Result
-from belle_decrypt.errors import BelleError, InputError, ProblemsReported
-from belle_decrypt.keyid import LLAMA_7B, KeyReport
-from belle_decrypt.keystream import Key, Keystream
-from belle_decrypt.layout import Layout, Source, plan
-from belle_decrypt.outcome import Outcome
-from belle_decrypt.states import FileState, Verified
+from belle_decrypt.checks.keyid import LLAMA_7B, KeyReport
+from belle_decrypt.ground.errors import BelleError, InputError, ProblemsReported
+from belle_decrypt.ground.outcome import Outcome
+from belle_decrypt.ground.states import FileState, Verified
+from belle_decrypt.layouts.container import BELLE, EncFile
+from belle_decrypt.layouts.protocol import Layout, Source, plan
+from belle_decrypt.streams.keystream import Key, Keystream
+from belle_decrypt.xor.batch import Settings, decrypt_all, prepare_run
+from belle_decrypt.xor.decrypt import Result
+from belle_decrypt.xor.detect import default_layouts
 from tests import reference
 from tests.conftest import random_bytes
 
@@ -154,7 +155,7 @@ def test_plan_groups_a_folder_by_layout(tmp_path: Path) -> None:
     assert [source.output_name for source in groups["toy-seed"]] == ["tokenizer.model"]
     assert isinstance(groups["belle"][0], EncFile)
     assert found.skipped == (folder / "README.md",)
-    assert plan(folder).by_layout().keys() == {"belle"}
+    assert plan(folder, default_layouts()).by_layout().keys() == {"belle"}
 
 
 @pytest.mark.parametrize("size", [1, SEED - 1, SEED, 3 * SEED + 17, 5000])

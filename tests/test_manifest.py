@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt.errors import EXIT_USAGE, ManifestError
-from belle_decrypt.manifest import Manifest, ManifestEntry
+from belle_decrypt.checks.manifest import Manifest, ManifestEntry
+from belle_decrypt.ground.errors import EXIT_USAGE, ManifestError
 
 MD5_A = "0123456789abcdef0123456789abcdef"
 MD5_B = "fedcba9876543210fedcba9876543210"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from belle_decrypt import hashing, verify
-from belle_decrypt.manifest import Manifest
+from belle_decrypt.checks import verify
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.streams import hashing
 from tests.conftest import listing, random_bytes
 from tests.faults import CLI
 from tests.release import Release, make_release, md5

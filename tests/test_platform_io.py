@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt import engine, platform_io
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import decrypt_file
-from belle_decrypt.errors import InputError
-from belle_decrypt.keystream import Key
-from belle_decrypt.output import AtomicFile, remove_stale_temps, temp_name
+from belle_decrypt.ground import platform_io
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.layouts.container import EncFile
+from belle_decrypt.streams import engine, output
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.streams.output import AtomicFile, remove_stale_temps, temp_name
+from belle_decrypt.xor.decrypt import decrypt_file
 from tests import reference
 from tests.conftest import listing, random_bytes
 from tests.runner import run
@@ -75,7 +76,7 @@ def test_decrypt_is_byte_exact_without(
     tmp_path: Path,
 ) -> None:
     """The library path with small pieces, so the key is read, wrapped and tiled."""
-    monkeypatch.setattr(engine, "WRITE_BEHIND", 4096)
+    monkeypatch.setattr(output, "WRITE_BEHIND", 4096)
     key_path = make_key(3 * PIECE + 100)
     plain = random_bytes(20 * PIECE + 7, seed=4)
     digest_hex, blob = reference.encrypt(plain, key_path.read_bytes(), PIECE)
@@ -85,8 +86,8 @@ def test_decrypt_is_byte_exact_without(
     out.mkdir()
     without(monkeypatch, capability)
     with Key(key_path, piece_size=PIECE) as key:
-        for backend in ("python", "torch"):
-            monkeypatch.setattr(engine, "_use_torch", lambda *_, b=backend: b == "torch")
+        for backend in ("python", "numpy"):
+            monkeypatch.setattr(engine, "_choose", lambda *_, b=backend: b)
             result = decrypt_file(EncFile.open(enc_path), key, out, buffer_size=3000, force=True)
             assert (out / "model.bin").read_bytes() == plain, backend
             (out / "model.bin").unlink()

@@ -17,9 +17,10 @@ import pytest
 import torch
 from click.testing import Result
 
-from belle_decrypt.errors import InputError
-from belle_decrypt.recover.recipes import recognise, state_dict_key
-from belle_decrypt.recover.writer import parse_size
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.recipes.catalogue import recognise
+from belle_decrypt.tensors.llama import state_dict_key
+from belle_decrypt.tensors.sinks.shards import parse_size
 from tests import reference_recover as ref
 from tests import runner
 from tests import tinyllama as tiny
@@ -507,7 +508,7 @@ def test_other_files_in_the_way_need_force(tmp_path: Path) -> None:
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"an older model")
     result = run(diff_dir, base_dir, out, "--recipe", "vicuna")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert result.stderr == (
         f"belle-decrypt: error: {out / 'model.safetensors'}: already exists and is not from "
         "this recovery; pass --force to replace it, or choose another output folder\n"
@@ -522,7 +523,7 @@ def test_force_removes_weights_of_another_layout(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run(diff_dir, base_dir, out, "--recipe", "vicuna", "--bin").exit_code == 0
     result = run(diff_dir, base_dir, out, "--recipe", "vicuna", "--max-shard-size", "60KB")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert result.stderr == (
         f"belle-decrypt: error: {out / 'pytorch_model.bin'}: already exists and is not from "
         "this recovery; pass --force to replace it, or choose another output folder\n"
@@ -621,8 +622,8 @@ def test_manifest_listing_nothing_of_the_diff_is_a_usage_error(tmp_path: Path) -
 
 KILLER = """
 import os, signal, sys
-from belle_decrypt.recover import journal
-from belle_decrypt import cli
+from belle_decrypt.tensors import journal
+from belle_decrypt.cli import commands as cli
 recorded = journal.Journal.record
 def record(self, *args, **kwargs):
     recorded(self, *args, **kwargs)
@@ -668,7 +669,7 @@ def test_changed_input_is_not_resumed(tmp_path: Path) -> None:
     shutil.copy(base_dir / "pytorch_model.bin", tmp_path / "copy.bin")
     os.replace(tmp_path / "copy.bin", base_dir / "pytorch_model.bin")
     result = run(*args)
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert result.stderr == (
         f"belle-decrypt: error: {out / 'model-00001-of-00004.safetensors'}: already exists and "
         "is not from this recovery; pass --force to replace it, or choose another output folder\n"
@@ -772,8 +773,8 @@ def test_a_missing_folder_is_named_before_the_recipe_is_asked_for(tmp_path: Path
 
 MID_SHARD = """
 import os, signal
-from belle_decrypt.recover import run
-from belle_decrypt import cli
+from belle_decrypt.tensors import run
+from belle_decrypt.cli import commands as cli
 produce = run.Recovery._produce
 calls = []
 def interrupted(self, item, out):

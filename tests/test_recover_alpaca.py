@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import Result
 
-from belle_decrypt.recover.recipes import state_dict_key
+from belle_decrypt.tensors.llama import state_dict_key
 from tests import reference_recover as ref
 from tests import runner
 from tests import tinyllama as tiny

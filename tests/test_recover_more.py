@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import Result
 
-from belle_decrypt.recover.recipes import recognise
+from belle_decrypt.recipes.catalogue import recognise
 from tests import reference_recover_more as ref
 from tests import runner
 from tests import tinyllama as tiny
@@ -46,10 +46,12 @@ def release(
     pad: bool = False,
     name: str = "diff",
     embed_shift: float = 0.0,
+    buffers: bool = False,
 ) -> tuple[Path, Path, tiny.StateDict]:
     """A float16 base, the publisher's delta for ``recipe`` and the oracle's recovered model
-    (``embed_shift`` added to the tuned embedding makes its sum large)."""
-    base = tiny.model(1)
+    (``embed_shift`` added to the tuned embedding makes its sum large; ``buffers``: both
+    folders hold the rotary inv_freq buffers, as transformers <= 4.30 saved them)."""
+    base = tiny.model(1, inv=buffers)
     tuned = tuned_model(recipe, base, vocab)
     tuned[ref.EMBED] += embed_shift
     diff = ref.make_diff(recipe, tuned, base, pad)
@@ -201,6 +203,32 @@ def test_zhixi_fp16_sums_as_knowlms_float16_path(tmp_path: Path) -> None:
     assert "(without the rotary inv_freq buffers)" in result.stdout
 
 
+def test_zhixi_fp16_sums_with_the_float32_buffers_both_folders_hold(tmp_path: Path) -> None:
+    # The recovered buffers are float32 (as KnowLM's script keeps them), so the float16
+    # running total turns float32 at the first one, as in KnowLM's own check.
+    diff_dir, base_dir, expected = release(
+        tmp_path, "zhixi-fp16", 100, embed_shift=0.5, buffers=True
+    )
+    buffers = [name for name in expected if "inv_freq" in name]
+    assert len(buffers) == tiny.LAYERS
+    assert all(expected[name].dtype == torch.float32 for name in buffers)
+    figure = ref.naive_sum(in_state_dict_order(expected))
+    as_float32 = float(sum(t.sum().float() for t in expected.values()))
+    assert abs(as_float32 - figure) > 0.01
+    out = tmp_path / "out"
+    args: list[str | Path] = [diff_dir, base_dir, out, "--recipe", "zhixi-fp16"]
+    result = run(*args, "--expect-sum", repr(figure))
+    assert result.exit_code == 0, result.output
+    assert (
+        f"sum        {figure:.4f} matches {figure} (with the rotary inv_freq buffers)\n"
+        in result.stdout
+    )
+    assert_recovered(out, expected)
+    result = run(*args, "--expect-sum", repr(as_float32), "--force")
+    assert result.exit_code == 1, result.output
+    assert f"({figure:.4f} with the rotary inv_freq buffers), not {as_float32!r}" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("name", "recipe", "figure"),
     [("zhixi-13b-diff", "zhixi", 94052.2891), ("zhixi-13b-diff-fp16", "zhixi-fp16", 94046.1875)],
@@ -302,7 +330,7 @@ def test_billas_published_sum_fails_on_the_tiny_model(tmp_path: Path) -> None:
     result = run(diff_dir, base_dir, out)
     assert result.exit_code == 1, result.output
     assert result.stderr == (
-        f"belle-decrypt: error: {out}: the recovered embedding (model.embed_tokens.weight) sums "
+        f"belle-decrypt: error: {out}: the recovered embedding sums "
         f"to {figure!r}, not -3756.942626953125 ± 0.0001: most likely the base was converted "
         "differently (another script or transformers version), or the diff is damaged; "
         f"`belle-decrypt verify {diff_dir} --manifest CARD` tells them apart; nothing written\n"
@@ -518,7 +546,7 @@ def test_an_unrecognised_release_lists_every_recipe(tmp_path: Path) -> None:
 
 
 def test_help_says_what_each_recipe_is_for() -> None:
-    from belle_decrypt.recover.recipes import RECIPES
+    from belle_decrypt.recipes.catalogue import RECIPES
 
     text = runner.run("recover", "--help").stdout
     for recipe in RECIPES.values():
@@ -561,7 +589,7 @@ def test_billa_rerun_keeps_its_shards_and_checks_the_sum_from_the_journal(tmp_pa
 def test_a_pad_token_is_read_as_transformers_would(
     files: dict[str, str], named: bool, tmp_path: Path
 ) -> None:
-    from belle_decrypt.recover.recipes_more import names_pad_token
+    from belle_decrypt.recipes.more import names_pad_token
 
     for name, text in files.items():
         (tmp_path / name).write_text(text)

@@ -20,12 +20,12 @@ from typing import Any, NamedTuple
 import pytest
 from click.testing import Result
 
-from belle_decrypt.container import EncFile
-from belle_decrypt.decrypt import decrypt_file
-from belle_decrypt.errors import OutputError
-from belle_decrypt.keystream import Key
-from belle_decrypt.output import AtomicFile
-from belle_decrypt.states import FileState
+from belle_decrypt.ground.errors import OutputError
+from belle_decrypt.ground.states import FileState
+from belle_decrypt.layouts.container import EncFile
+from belle_decrypt.streams.keystream import Key
+from belle_decrypt.streams.output import AtomicFile
+from belle_decrypt.xor.decrypt import decrypt_file
 from tests import faults
 from tests.conftest import listing, random_bytes
 from tests.runner import run

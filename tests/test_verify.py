@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from belle_decrypt.manifest import Manifest
-from belle_decrypt.states import CheckStatus
-from belle_decrypt.verify import FileCheck, VerifyReport, verify_folder
+from belle_decrypt.checks.manifest import Manifest
+from belle_decrypt.checks.verify import FileCheck, VerifyReport, verify_folder
+from belle_decrypt.ground.states import CheckStatus
 from tests.faults import as_plain_user, modes_enforced, one_error, run_cli
 from tests.release import Release, make_release, md5
 from tests.runner import run

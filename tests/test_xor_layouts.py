@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from belle_decrypt import engine, keyid
-from belle_decrypt.engine import Backend
-from belle_decrypt.seed import SeedStream
+from belle_decrypt.checks import keyid
+from belle_decrypt.layouts.seed import SeedStream
+from belle_decrypt.streams import engine
+from belle_decrypt.streams.engine import Backend
 from tests import reference, reference_layouts
 from tests.conftest import Key, listing, random_bytes, unknown_key_warning
 from tests.reference_layouts import PLACEHOLDER, SEED_SIZE
@@ -278,11 +279,16 @@ def test_no_checksum_and_no_manifest_is_refused(tmp_path: Path, big_key: Key, la
     assert_refused_unlisted(run(tmp_path / "enc", big_key[0], out), enc, out)
 
 
-def assert_refused_unlisted(result: Result, enc: Path, out: Path) -> None:
-    """Exit 2 with one line for ``enc`` (which decrypts to model.bin), nothing written."""
+def assert_refused_unlisted(result: Result, enc: Path, out: Path, listed: bool = False) -> None:
+    """Exit 2 with one line for ``enc`` (which decrypts to model.bin), nothing written;
+    ``listed``: a --manifest was given, which does not name it."""
     assert result.exit_code == 2
     assert result.stderr == (
-        f"{ERR}{enc}: carries no checksum and no manifest lists 'model.bin'; pass the model "
+        f"{ERR}{enc}: carries no checksum and the --manifest list does not name 'model.bin'; "
+        "pass the card's list of the decrypted files with --manifest, or --no-verify to decrypt "
+        "it unchecked\n"
+        if listed
+        else f"{ERR}{enc}: carries no checksum and no manifest lists 'model.bin'; pass the model "
         "card's md5 list with --manifest\n"
     )
     assert not out.exists()
@@ -295,7 +301,8 @@ def test_a_file_the_manifest_does_not_list_is_refused(
     card = write_card(tmp_path / "partial.txt", {"config.json": plain["config.json"]})
     out = tmp_path / "out"
     result = run(enc_dir, big_key[0], out, "--manifest", card)
-    assert_refused_unlisted(result, enc_dir / reference_layouts.techgpt_name("model.bin"), out)
+    enc = enc_dir / reference_layouts.techgpt_name("model.bin")
+    assert_refused_unlisted(result, enc, out, listed=True)
 
 
 def test_no_verify_decrypts_unverified_and_rechecks_by_a_fresh_decryption(
@@ -613,7 +620,7 @@ def test_the_seed_stream_fills_like_the_reference_at_every_offset() -> None:
 
 
 @pytest.mark.parametrize("buffer_size", [1, 7, 13, 26, 64, 4096])
-@pytest.mark.parametrize("backend", ["python", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "python", "torch"])
 def test_the_engine_with_a_seed_stream_matches_the_reference(
     buffer_size: int, backend: Backend
 ) -> None:

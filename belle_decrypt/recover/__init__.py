@@ -1,1 +1,0 @@
-"""Recovering tuned weights published as additive deltas (``tuned - base`` per tensor)."""

@@ -1,0 +1,82 @@
+"""``--manifest`` beside the run: the diff's files the model card lists, hashed in a thread
+while the shards are computed, so that a damaged download fails the run before the finish."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from belle_decrypt.checks.manifest import Manifest, ManifestEntry
+from belle_decrypt.ground.errors import ChecksumError, ManifestError
+from belle_decrypt.streams.hashing import hash_file
+from belle_decrypt.tensors.protocol import TensorSource
+
+Listed = tuple[Path, tuple[ManifestEntry, ...]]
+"""A diff file and the manifest's entries for it (md5, SHA-256 or both)."""
+
+
+def listed_files(manifest: Manifest, diff: TensorSource) -> list[Listed]:
+    """The diff's files the manifest lists; refuse a manifest that lists none of them."""
+    listed = []
+    for path in (*diff.files, *diff.others):
+        entries = manifest.lookup(path.name)
+        if entries:
+            listed.append((path, entries))
+    if not listed:
+        raise ManifestError(
+            f"the manifest lists none of the files in {diff.path}; pass the model "
+            "card's md5 list of this diff"
+        )
+    return listed
+
+
+class ManifestHasher:
+    """The listed diff files hashed (md5 and/or SHA-256, as listed), one after another in a
+    thread beside the recovery."""
+
+    def __init__(self, entries: list[Listed]) -> None:
+        self.entries = entries
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="recover-md5", daemon=True)
+
+    def start(self) -> None:
+        """Begin hashing (nothing to do without entries)."""
+        if self.entries:
+            self.thread.start()
+
+    def _work(self) -> None:
+        def check_stop(count: int) -> None:
+            if self.stopping.is_set():
+                raise InterruptedError
+
+        try:
+            for path, entries in self.entries:
+                algorithms = sorted({entry.algorithm for entry in entries})
+                actual = hash_file(path, algorithms, on_progress=check_stop)
+                for entry in entries:
+                    if actual[entry.algorithm] != entry.digest:
+                        self.failure = ChecksumError(
+                            f"{entry.algorithm} {actual[entry.algorithm]} differs from the "
+                            f"model card's {entry.digest} ({entry.where}): the download is "
+                            "damaged; download it again; nothing written",
+                            path,
+                        )
+                        return
+        except InterruptedError:
+            return
+        except OSError as exc:
+            self.failure = ChecksumError(f"cannot read: {exc.strerror or exc}", exc.filename)
+
+    def finish(self) -> None:
+        """Wait for the hashing to end and raise its failure, if any."""
+        if self.thread.is_alive():
+            self.thread.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def stop(self) -> None:
+        """Stop hashing early (a failure or an interrupt elsewhere)."""
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()

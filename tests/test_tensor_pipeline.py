@@ -1,0 +1,186 @@
+"""The tensor pipeline's plug-in points: a toy source and a toy recipe, each a few lines and
+touching no pipeline code, run end to end (checks, shards, journal, resume, atomic finish)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.recipes.catalogue import RECIPES
+from belle_decrypt.tensors.buffers import Scratch
+from belle_decrypt.tensors.options import KEPT, WRITTEN, Options
+from belle_decrypt.tensors.protocol import (
+    BASE,
+    DIFF,
+    Item,
+    Recipe,
+    SourceKind,
+    SumRule,
+    TensorInfo,
+    TensorSource,
+)
+from belle_decrypt.tensors.run import Recovery
+from belle_decrypt.tensors.sources import SOURCES
+
+
+@dataclass
+class ToySource:
+    """A folder with one ``toy.json``: tensor name -> nested lists of numbers (float32)."""
+
+    path: Path
+    role: str
+    others: tuple[Path, ...] = ()
+    config: dict[str, Any] | None = None
+    data: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data = json.loads((self.path / "toy.json").read_text())
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.path / "toy.json",)
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]:
+        shapes = {name: tuple(torch.tensor(rows).shape) for name, rows in self.data.items()}
+        return {n: TensorInfo(n, "float32", s, self.files[0]) for n, s in shapes.items()}
+
+    def load(self, name: str) -> torch.Tensor:
+        return torch.tensor(self.data[name], dtype=torch.float32)
+
+    def fail(self, message: str, path: Path | None = None) -> InputError:
+        return InputError(f"({self.role}) {message}", path or self.path)
+
+    def close(self) -> None:
+        """Nothing is held open."""
+
+
+class ToyKind:
+    name = "toy"
+
+    def recognises(self, path: Path) -> bool:
+        return (path / "toy.json").is_file()
+
+    def open(self, path: Path, role: str) -> ToySource:
+        return ToySource(path, role)
+
+
+@dataclass(frozen=True)
+class MeanRecipe:
+    """The mean of base and diff, in float32, for every tensor both folders hold."""
+
+    name: str = "mean"
+    purpose: str = "a toy: (base + diff) / 2"
+    dtype: str = "float32"
+    expected_sum: float | None = None
+    sum_tolerance: float = 0.0
+    sum_rule: SumRule | None = None
+    base_kinds: tuple[SourceKind, ...] = ()
+
+    def check(self, sources: Mapping[str, TensorSource]) -> None:
+        if sources[DIFF].tensors.keys() != sources[BASE].tensors.keys():
+            raise sources[DIFF].fail("holds other tensors than the base; pass its own base")
+
+    def plan(self, sources: Mapping[str, TensorSource]) -> list[Item]:
+        pairs = (
+            (sources[BASE].tensors[n], sources[DIFF].tensors[n]) for n in sources[DIFF].tensors
+        )
+        return [Item(d.name, "float32", d.shape, ((BASE, b), (DIFF, d))) for b, d in pairs]
+
+    def combine(
+        self, item: Item, tensors: Mapping[str, torch.Tensor], out: torch.Tensor, scratch: Scratch
+    ) -> torch.Tensor:
+        torch.add(tensors[BASE].float(), tensors[DIFF], out=out)
+        return out.div_(2)
+
+
+DIFF_DATA: dict[str, list[Any]] = {
+    "a.weight": [[1.0, 2.0], [3.0, 4.0]],
+    "b.bias": [0.5, -8.0, 3.25],
+}
+BASE_DATA: dict[str, list[Any]] = {
+    "a.weight": [[3.0, 0.0], [-1.0, 4.0]],
+    "b.bias": [1.5, 2.0, 0.75],
+}
+
+
+def folders(root: Path) -> tuple[Path, Path]:
+    """A toy diff folder and a Hugging Face base folder (float16 safetensors)."""
+    diff, base = root / "diff", root / "base"
+    diff.mkdir()
+    base.mkdir()
+    (diff / "toy.json").write_text(json.dumps(DIFF_DATA))
+    state = {name: torch.tensor(rows, dtype=torch.float16) for name, rows in BASE_DATA.items()}
+    save_file(state, str(base / "model.safetensors"))
+    return diff, base
+
+
+def flat(rows: list[Any]) -> list[float]:
+    """Nested lists of numbers, flattened in row-major order."""
+    return [x for row in rows for x in flat(row)] if isinstance(rows[0], list) else rows
+
+
+@contextmanager
+def no_bar(name: str, size: int) -> Iterator[Any]:
+    yield lambda count: None
+
+
+def recover(root: Path, recipe: Recipe, **options: Any) -> list[str]:
+    """Recover through the pipeline with the toy source and ``recipe``; the shards' statuses."""
+    diff, base = folders(root) if not (root / "diff").exists() else (root / "diff", root / "base")
+    kinds: tuple[SourceKind, ...] = (ToyKind(), *SOURCES)
+    with Recovery.prepare(
+        diff, base, root / "out", Options(**options), lambda name, path: (recipe, None), kinds
+    ) as job:
+        return [shard.status for shard in job.run(no_bar).shards]
+
+
+def test_a_toy_source_and_recipe_run_end_to_end_and_resume(tmp_path: Path) -> None:
+    assert recover(tmp_path, MeanRecipe(), max_shard_size=16) == [WRITTEN, WRITTEN]
+    out = tmp_path / "out"
+    got = {**load_file(str(out / "model-00001-of-00002.safetensors"))}
+    got |= load_file(str(out / "model-00002-of-00002.safetensors"))
+    for name, rows in DIFF_DATA.items():
+        pairs = zip(flat(BASE_DATA[name]), flat(rows), strict=True)
+        expected = [(b + d) / 2 for b, d in pairs]  # exact in float32 for these numbers
+        assert got[name].dtype == torch.float32
+        assert got[name].flatten().tolist() == expected
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert sorted(index["weight_map"]) == sorted(DIFF_DATA)
+    assert recover(tmp_path, MeanRecipe(), max_shard_size=16) == [KEPT, KEPT]
+
+
+def test_a_toy_recipe_refuses_before_anything_is_written(tmp_path: Path) -> None:
+    diff, _ = folders(tmp_path)
+    (diff / "toy.json").write_text(json.dumps({"other": [1.0]}))
+    with pytest.raises(InputError, match=r"\(DIFF_DIR\) holds other tensors than the base"):
+        recover(tmp_path, MeanRecipe())
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_catalogued_recipe_is_a_recipe_the_command_line_offers() -> None:
+    recipes: list[Recipe] = list(RECIPES.values())
+    assert [recipe.name for recipe in recipes] == [
+        "vicuna",
+        "vicuna-v0",
+        "ziya",
+        "alpaca",
+        "tulu",
+        "wizardlm",
+        "zhixi",
+        "zhixi-fp16",
+        "ultralm",
+        "yulan",
+        "llava",
+        "billa",
+        "billa-sft",
+    ]
