@@ -4,10 +4,12 @@ Adding a recipe (LoRA adapters, ...): write a module in this package with a clas
 attributes and methods of :class:`~belle_decrypt.tensors.protocol.Recipe` (``check`` and
 ``plan`` raise one-line InputErrors before anything is written; ``plan`` returns the output
 tensors as :class:`~belle_decrypt.tensors.protocol.Item` with the input tensors each reads;
-``combine`` computes one into the buffer it is given), put an instance in :data:`RECIPES`, and
-the release names that mean it in :data:`RELEASES`. The pipeline (the checks before writing,
-shards, journal and resume, free space, ``--manifest``, the sum check, bars, Ctrl-C and exit
-codes) does not change; tests/test_tensor_pipeline.py adds a toy recipe this way.
+``combine`` computes one into the buffer it is given; ``sum_rule`` says how a published sum is
+taken, ``base_kinds`` which extra source kinds may open BASE_DIR), put an instance in
+:data:`RECIPES`, and the release names that mean it in :data:`RELEASES`. The pipeline (the
+checks before writing, shards, journal and resume, free space, ``--manifest``, the sum check,
+bars, Ctrl-C and exit codes) does not change; tests/test_tensor_pipeline.py adds a toy recipe
+this way.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class Recipe(Protocol):
     def purpose(self) -> str: ...
     @property
     def dtype(self) -> str:
-        """The arithmetic's dtype; a float32 recipe's tensors are summed for the sum check."""
+        """The arithmetic's dtype (the sum rule's terms are in it, ``SumRule.total``)."""
 
     @property
     def expected_sum(self) -> float | None:
