@@ -2,11 +2,13 @@
 
 Makes a LLaMA-7B-shaped base (float16, hidden 4096, intermediate 11008, vocabulary 32000, as
 ``pytorch_model-*.bin`` shards like an HF conversion) with 2 and 8 layers, a Vicuna-style
-float16 diff (safetensors) and an Alpaca-style float32 diff with a [PAD] row (.bin), then
-times each run as a child process and samples its /proc/PID/status every 10 ms:
+float16 diff (safetensors), an Alpaca-style float32 diff with a [PAD] row (.bin), an UltraLM
+float32 diff whose tokenizer names a pad token (so a mean <PAD> row, .bin) and a LLaVA float16
+diff with 3 more vocabulary rows and the mm_projector tensors that pass through (safetensors),
+then times each run as a child process and samples its /proc/PID/status every 10 ms:
 
-    python benchmarks/bench_recover.py                 # in /tmp, 2 and 8 layers
-    python benchmarks/bench_recover.py --dir /var/tmp --layers 2
+    python benchmarks/bench_recover.py                 # in /tmp, 2 and 8 layers, every diff
+    python benchmarks/bench_recover.py --dir /var/tmp --layers 2 --diffs ultralm llava
 
 RssAnon is the memory that must fit in RAM; VmRSS also counts the pages of memory-mapped
 inputs, which are page cache the kernel can reclaim. "plain copy" reads the base and the diff
@@ -33,6 +35,16 @@ import torch
 from safetensors.torch import save_file
 
 HIDDEN, INTERMEDIATE, VOCAB = 4096, 11008, 32000
+# LLaVA v0's projector: CLIP ViT-L/14 features (1024) to the hidden size.
+PROJECTOR_IN = 1024
+# (diff, dtype, extra vocabulary rows, format, the recipe it runs as). tulu is alpaca's
+# arithmetic and per-tensor sums without the 7B figure, which random weights cannot meet.
+DIFFS = {
+    "vicuna": (torch.float16, 0, "safetensors", "vicuna"),
+    "alpaca": (torch.float32, 1, "bin", "tulu"),
+    "ultralm": (torch.float32, 1, "bin", "ultralm"),
+    "llava": (torch.float16, 3, "safetensors", "llava"),
+}
 GiB = 1024**3
 EXE = [sys.executable, "-m", "belle_decrypt", "recover"]
 
@@ -146,13 +158,21 @@ def write_model(
     norm: float,
     extra_rows: int,
     fmt: str,
+    projector: bool = False,
 ) -> None:
-    """A model folder of random weights in ~2 GB shards (``fmt``: bin or safetensors)."""
+    """A model folder of random weights in ~2 GB shards (``fmt``: bin or safetensors), with
+    LLaVA's mm_projector tensors last when ``projector``."""
     folder.mkdir(parents=True)
     groups: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     gen = torch.Generator().manual_seed(layers)
-    for name, shape in names(layers):
+    tensors = names(layers)
+    if projector:
+        tensors += [
+            ("model.mm_projector.weight", (HIDDEN, PROJECTOR_IN)),
+            ("model.mm_projector.bias", (HIDDEN,)),
+        ]
+    for name, shape in tensors:
         if name in ("model.embed_tokens.weight", "lm_head.weight"):
             shape = (shape[0] + extra_rows, shape[1])
         tensor = (torch.randn(shape, generator=gen) * scale).to(dtype)
@@ -186,7 +206,7 @@ def line(label: str, run: Run, copy: Run | None = None) -> None:
     )
 
 
-def bench(root: Path, layers_list: Sequence[int]) -> None:
+def bench(root: Path, layers_list: Sequence[int], diffs: Sequence[str]) -> None:
     started = time.monotonic()
     imported = measure([sys.executable, "-c", "import torch, safetensors.torch"])
     line("python -c 'import torch, safetensors'", imported)
@@ -194,12 +214,12 @@ def bench(root: Path, layers_list: Sequence[int]) -> None:
     for layers in layers_list:
         base = root / f"base-{layers}"
         write_model(base, layers, torch.float16, 0.02, 1.0, 0, "bin")
-        for recipe, dtype, extra, fmt in (
-            ("vicuna", torch.float16, 0, "safetensors"),
-            ("alpaca", torch.float32, 1, "bin"),
-        ):
+        for recipe in diffs:
+            dtype, extra, fmt, as_recipe = DIFFS[recipe]
             diff = root / f"{recipe}-diff-{layers}"
-            write_model(diff, layers, dtype, 0.001, 0.0, extra, fmt)
+            write_model(diff, layers, dtype, 0.001, 0.0, extra, fmt, recipe == "llava")
+            if recipe == "ultralm":
+                (diff / "special_tokens_map.json").write_text('{"pad_token": "<PAD>"}')
             gib = (size_of(base) + 2 * size_of(diff)) / GiB
             print(
                 f"\n{recipe}, {layers} layers: base {size_of(base) / GiB:.2f} GiB, diff "
@@ -216,16 +236,13 @@ def bench(root: Path, layers_list: Sequence[int]) -> None:
             )
             line("plain copy (read both, write the output)", copy)
             shutil.rmtree(out)
-            # tulu is alpaca's arithmetic and per-tensor sums without the 7B figure, which
-            # random weights cannot meet.
-            as_recipe = "vicuna" if recipe == "vicuna" else "tulu"
             for shard in ("2GB", "500MB"):
                 argv = [*EXE, str(diff), str(base), str(out), "--recipe", as_recipe, "-q"]
                 run = measure([*argv, "--no-fsync", "--max-shard-size", shard])
                 line(f"recover --recipe {as_recipe} --max-shard-size {shard}", run, copy)
                 anon[(f"{recipe} {shard}", layers)] = run.peak_anon
                 shutil.rmtree(out)
-            if layers == min(layers_list):
+            if layers == min(layers_list) and recipe in ("vicuna", "alpaca"):
                 out.mkdir()
                 script = FASTCHAT if recipe == "vicuna" else STANFORD
                 who = "FastChat apply_delta" if recipe == "vicuna" else "Stanford recover"
@@ -253,6 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="Where to make the models.")
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--diffs", nargs="+", choices=list(DIFFS), default=list(DIFFS))
     parser.add_argument("--smoke", action="store_true", help="Tiny shapes: check the script.")
     args = parser.parse_args()
     if args.smoke:
@@ -265,7 +283,7 @@ def main() -> None:
         flush=True,
     )
     try:
-        bench(root, args.layers)
+        bench(root, args.layers, args.diffs)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

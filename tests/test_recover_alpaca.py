@@ -207,13 +207,13 @@ def test_sum_failure_with_a_matching_manifest_blames_the_base(tmp_path: Path) ->
     assert listing(out) == []
 
 
-def test_expect_sum_is_for_the_float32_recipes(tmp_path: Path) -> None:
+def test_expect_sum_is_for_the_recipes_with_a_sum(tmp_path: Path) -> None:
     diff_dir, base_dir, _ = release(tmp_path)
     result = run(diff_dir, base_dir, tmp_path / "out", "--recipe", "vicuna", "--expect-sum", "1")
     assert result.exit_code == 2
     assert result.stderr == (
-        "belle-decrypt: error: --expect-sum applies to the float32 recipes (alpaca, tulu), not "
-        "vicuna\n"
+        "belle-decrypt: error: --expect-sum applies to the recipes with a sum (alpaca, tulu, "
+        "wizardlm, zhixi, zhixi-fp16, ultralm, yulan, billa, billa-sft), not vicuna\n"
     )
 
 

@@ -4,7 +4,7 @@ touching no pipeline code, run end to end (checks, shards, journal, resume, atom
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from belle_decrypt.ground.errors import InputError
+from belle_decrypt.ground.errors import ChecksumError, InputError
 from belle_decrypt.recipes.catalogue import RECIPES
 from belle_decrypt.tensors.buffers import Scratch
 from belle_decrypt.tensors.options import KEPT, WRITTEN, Options
@@ -24,11 +24,13 @@ from belle_decrypt.tensors.protocol import (
     Item,
     Recipe,
     SourceKind,
+    SumRule,
     TensorInfo,
     TensorSource,
 )
 from belle_decrypt.tensors.run import Recovery
 from belle_decrypt.tensors.sources import SOURCES
+from belle_decrypt.tensors.sumcheck import SumCheck
 
 
 @dataclass
@@ -82,6 +84,8 @@ class MeanRecipe:
     dtype: str = "float32"
     expected_sum: float | None = None
     sum_tolerance: float = 0.0
+    sum_rule: SumRule | None = None
+    base_kinds: tuple[SourceKind, ...] = ()
 
     def check(self, sources: Mapping[str, TensorSource]) -> None:
         if sources[DIFF].tensors.keys() != sources[BASE].tensors.keys():
@@ -164,6 +168,70 @@ def test_a_toy_recipe_refuses_before_anything_is_written(tmp_path: Path) -> None
     assert not (tmp_path / "out").exists()
 
 
+@dataclass(frozen=True)
+class MaxRule:
+    """A toy sum rule: each tensor's largest value, totalled as a plain Python sum."""
+
+    label: str | None = "largest values"
+
+    def term(self, item: Item, tensor: torch.Tensor, scratch: Scratch) -> float:
+        return float(tensor.max())
+
+    def total(self, terms: Sequence[tuple[str, float]], dtype: str) -> float:
+        return sum(value for _, value in terms)
+
+
+def test_a_recipes_base_kinds_and_sum_rule_are_the_pipelines_hooks(tmp_path: Path) -> None:
+    # The diff is a Hugging Face folder, the base a toy one that only the recipe's own base
+    # kind reads; the sum is the recipe's rule, checked by the pipeline.
+    diff, base = tmp_path / "diff", tmp_path / "base"
+    diff.mkdir()
+    base.mkdir()
+    state = {name: torch.tensor(rows, dtype=torch.float32) for name, rows in DIFF_DATA.items()}
+    save_file(state, str(diff / "model.safetensors"))
+    (base / "toy.json").write_text(json.dumps(BASE_DATA))
+    largest = sum(
+        max((b + d) / 2 for b, d in zip(flat(BASE_DATA[n]), flat(DIFF_DATA[n]), strict=True))
+        for n in DIFF_DATA
+    )
+
+    def run(recipe: Recipe, expect_sum: float | None) -> SumCheck | None:
+        with Recovery.prepare(
+            diff,
+            base,
+            tmp_path / "out",
+            Options(expect_sum=expect_sum, force=True),
+            lambda name, path: (recipe, None),
+            SOURCES,
+        ) as job:
+            return job.run(no_bar).sum_check
+
+    with pytest.raises(InputError, match=r"\(BASE_DIR\) holds no model weights"):
+        run(MeanRecipe(), None)
+    hooked = MeanRecipe(sum_rule=MaxRule(), base_kinds=(ToyKind(),))
+    check = run(hooked, largest)
+    assert check is not None
+    assert (check.without_inv_freq, check.label) == (largest, "largest values")
+    with pytest.raises(ChecksumError, match=r"the recovered largest values sums to"):
+        run(hooked, largest + 1)
+    with pytest.raises(InputError, match=r"--expect-sum applies to the recipes with a published"):
+        run(MeanRecipe(base_kinds=(ToyKind(),)), largest)
+
+
 def test_every_catalogued_recipe_is_a_recipe_the_command_line_offers() -> None:
     recipes: list[Recipe] = list(RECIPES.values())
-    assert [recipe.name for recipe in recipes] == ["vicuna", "vicuna-v0", "ziya", "alpaca", "tulu"]
+    assert [recipe.name for recipe in recipes] == [
+        "vicuna",
+        "vicuna-v0",
+        "ziya",
+        "alpaca",
+        "tulu",
+        "wizardlm",
+        "zhixi",
+        "zhixi-fp16",
+        "ultralm",
+        "yulan",
+        "llava",
+        "billa",
+        "billa-sft",
+    ]

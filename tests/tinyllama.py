@@ -196,17 +196,44 @@ README_RELEASES = (
     ("Ziya-LLaMA-13B-v1", "ziya", 120),
     ("alpaca-7b-wdiff", "alpaca", 101),
     ("tulu-7b", "tulu", 101),
+    ("WizardLM-7B-V1.0", "wizardlm", 101),
+    ("zhixi-13b-diff", "zhixi", 100),
+    ("zhixi-13b-diff-fp16", "zhixi-fp16", 100),
+    ("UltraLM-13b", "ultralm", 101),
+    ("YuLan-Chat-13b-delta", "yulan", 110),
+    ("LLaVA-7b-delta-v0", "llava", 103),
+    ("LLaVA-Lightning-7B-delta-v1-1", "llava", 103),
+    ("wombat-7b-delta", "vicuna-v0", 101),
+    ("chimera-inst-chat-7b-delta", "vicuna-v0", 101),
+    ("bayling-7b-diff", "vicuna", 100),
+    ("BiLLa-7B-SFT", "billa-sft", 120),
+    ("BiLLa-7B-LLM", "billa", 120),
 )
+# The later releases, whose diffs tests/reference_recover_more.py makes.
+_MORE = ("wizardlm", "zhixi", "zhixi-fp16", "ultralm", "yulan", "llava")
 
 
 def readme_releases(folder: Path) -> None:
     """Tiny stand-ins, in ``folder``, for the bases and diffs the READMEs' commands use."""
-    from tests import reference_recover
+    from tests import reference_recover, reference_recover_more
 
     base = model(1)
     for name in ("llama-7b-hf", "llama-13b-hf"):
         write_folder(folder / name, base, "bin-sharded", config(100))
     for name, recipe, vocab in README_RELEASES:
         tuned_model = tuned({k: v.float() for k, v in base.items()}, 2, vocab=vocab)
-        diff = reference_recover.make_diff(recipe, tuned_model, base)
-        write_folder(folder / name, diff, "bin", config(vocab))
+        files: dict[str, bytes] = {}
+        if recipe.startswith("billa"):
+            embedding = base["model.embed_tokens.weight"]
+            diff = reference_recover_more.billa_publish(tuned(base, 2, vocab=vocab), embedding)
+        elif recipe in _MORE:
+            if recipe == "llava":
+                tuned_model["model.mm_projector.weight"] = torch.full((HIDDEN, 32), 0.01)
+                tuned_model["model.mm_projector.bias"] = torch.full((HIDDEN,), 0.01)
+            pad = recipe == "ultralm"
+            if pad:
+                files["special_tokens_map.json"] = b'{"pad_token": "<PAD>"}'
+            diff = reference_recover_more.make_diff(recipe, tuned_model, base, pad)
+        else:
+            diff = reference_recover.make_diff(recipe, tuned_model, base)
+        write_folder(folder / name, diff, "bin", config(vocab), files)

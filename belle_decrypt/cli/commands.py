@@ -298,36 +298,40 @@ def _run_demo_step(args: list[str]) -> None:
             raise BelleError(f"the demo step `{PROG} {' '.join(args)}` failed") from exc
 
 
+RECOVER_HELP = (
+    "Recover a model from an additive diff (tuned - base) in DIFF_DIR and LLaMA-1 in BASE_DIR.\n\n"
+    "Hugging Face folders, checked first, bit-exact, resumable, in the memory of a few tensors; "
+    "--recipe may be left out when DIFF_DIR's own name (or hub-cache name) says the release.\n\n"
+    "\b\nRecipes:\n"
+    + "\n".join(f"  {recipe.name:<11} {recipe.purpose}" for recipe in RECIPES.values())
+    + "\n\n\b\nExample:\n"
+    + "  belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca"
+)
+
+
 def main() -> None:
     """Console-script entry point."""
     keep_going_without_stdout_reader()
     cli(prog_name=PROG)
 
 
-@cli.command()
+@cli.command(help=RECOVER_HELP)
 @click.argument("diff_dir", type=PATH)
 @click.argument("base_dir", type=PATH)
 @click.argument("out_dir", type=PATH)
-@click.option("--recipe", type=click.Choice(list(RECIPES)))
+@click.option(
+    "--recipe", type=click.Choice(list(RECIPES)), help="The release's recipe (see the list above)."
+)
 @click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin shards.")
 @click.option("--max-shard-size", default="2GB", show_default=True, help="E.g. 500MB, 10GiB.")
 @click.option("--manifest", "manifests", multiple=True, type=PATH, help=MANIFEST_HELP)
-@click.option("--expect-sum", type=float, help="The sum to check (alpaca, tulu).")
+@click.option("--expect-sum", type=float, help="The sum to check (recipes with a sum).")
 @click.option("--force", is_flag=True, help="Replace model files already in OUT_DIR.")
 @click.option("--allow-nonfinite", is_flag=True, help="Recover a diff holding NaN or Inf as it is.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
 @click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
 def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
-    """Recover a model from an additive diff (tuned - base) in DIFF_DIR and LLaMA-1 in BASE_DIR.
-
-    Vicuna v0/v1.1, StableVicuna, Ziya, Alpaca, Tulu v1 (--recipe may be left out when
-    DIFF_DIR's name says the release), Hugging Face folders, checked first, bit-exact,
-    resumable, in the memory of a few tensors.
-
-    \b
-    Example:
-      belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca
-    """
+    """Recover a model from an additive diff in DIFF_DIR and LLaMA-1 in BASE_DIR."""
     from belle_decrypt.cli.reports import recover_run
 
     with user_errors(writing=True):

@@ -3,6 +3,7 @@ lines, from the library's results (messages, bars and exit codes are :mod:`conso
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -252,7 +253,8 @@ def recover_run(
     options = Options.parse(**arguments)
     for ignored in options.manifest.ignored if options.manifest is not None else ():
         warn(ignored.message)
-    with Recovery.prepare(diff_dir, base_dir, out_dir, options, choose) as job:
+    chooser = functools.partial(choose, expect_sum=options.expect_sum is not None)
+    with Recovery.prepare(diff_dir, base_dir, out_dir, options, chooser) as job:
         for warning in job.warnings:
             warn(warning)
         how = f"recognised from {job.recognised}" if job.recognised else "given"
@@ -274,11 +276,10 @@ def recover_run(
     check = outcome.sum_check
     if check is not None:
         value = check.without_inv_freq if check.matched == "without" else check.with_inv_freq
-        say(
-            f"sum        {value:.4f} matches {check.expected} ({check.matched} the rotary "
-            "inv_freq buffers)",
-            quiet,
-        )
+        what = f"{check.matched} the rotary inv_freq buffers"
+        if check.label is not None:
+            what = f"the {check.label} alone"
+        say(f"sum        {value:.4f} matches {check.expected} ({what})", quiet)
     say(
         f"recovered  {out_dir}: {len(outcome.shards)} shard{'s' * (len(outcome.shards) != 1)}, "
         f"{human_size(outcome.written)} written in {outcome.seconds:.1f} s",

@@ -20,14 +20,26 @@ from typing import TYPE_CHECKING
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.tensors.buffers import Scratch
 from belle_decrypt.tensors.llama import INV_FREQ, VOCAB_TENSORS, state_dict_key
-from belle_decrypt.tensors.protocol import BASE, DIFF, Item, TensorInfo, TensorSource
+from belle_decrypt.tensors.protocol import (
+    BASE,
+    DIFF,
+    Item,
+    SourceKind,
+    SumRule,
+    TensorInfo,
+    TensorSource,
+)
+from belle_decrypt.tensors.sumcheck import FLOAT32_TOTAL
 
 if TYPE_CHECKING:
     import torch
 
 # How the base's vocabulary rows are extended to the diff's: not at all, with zero rows, or
-# with rows equal to the mean of the existing ones.
+# with rows equal to the mean of the existing ones; or the diff's extra rows kept as they are
+# (LLaVA), or one mean row only when the diff's tokenizer names a pad token (UltraLM: its
+# recipe's plan checks which, so combine meets extra rows only where a mean row is right).
 EQUAL, ZERO_ROWS, MEAN_ROWS = "equal", "zero rows", "mean rows"
+DELTA_ROWS, PAD_TOKEN_ROW = "delta rows", "pad-token row"
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,16 @@ class AdditiveRecipe:
     from_diff: tuple[str, ...] = ()
     expected_sum: float | None = None
     sum_tolerance: float = 1e-2
+    # How the sum is taken; None: Stanford's float32 total for a float32 recipe, else no sum.
+    sums: SumRule | None = None
+    base_kinds: tuple[SourceKind, ...] = ()
+
+    @property
+    def sum_rule(self) -> SumRule | None:
+        """How this recipe's output is summed, or None when it has no sum."""
+        if self.sums is not None:
+            return self.sums
+        return FLOAT32_TOTAL if self.dtype == "float32" else None
 
     def takes_diff(self, name: str) -> bool:
         """Whether tensor ``name`` is the diff's own (no base needed)."""
@@ -65,7 +87,8 @@ class AdditiveRecipe:
 
         The publishers' tools add the base to the delta (``delta + base``) in the recipe's
         dtype; the base's new vocabulary rows (zeros, or the mean of its rows in float32) are
-        added to the delta's last rows the same way. ``torch.add(..., out=)`` and
+        added to the delta's last rows the same way, or (LLaVA) those rows stay the delta's.
+        ``torch.add(..., out=)`` and
         ``copy_`` are the same kernels as ``+`` and ``.to``: the bits are the same.
         """
         name, base, diff = item.name, tensors.get(BASE), tensors[DIFF]
@@ -84,7 +107,10 @@ class AdditiveRecipe:
             return out
         rows = raw.shape[0]
         tm.add(delta[:rows], raw, out=out[:rows])
-        if self.new_rows == MEAN_ROWS:
+        if self.new_rows == DELTA_ROWS:
+            out[rows:].copy_(delta[rows:])
+            return out
+        if self.new_rows in (MEAN_ROWS, PAD_TOKEN_ROW):
             fill = raw.mean(dim=0, keepdim=True)
         else:
             fill = tm.zeros((1, *raw.shape[1:]), dtype=dtype)

@@ -131,7 +131,7 @@ class Recipe(Protocol):
     def purpose(self) -> str: ...
     @property
     def dtype(self) -> str:
-        """The arithmetic's dtype; a float32 recipe's tensors are summed for the sum check."""
+        """The arithmetic's dtype (the sum rule's terms are in it, ``SumRule.total``)."""
 
     @property
     def expected_sum(self) -> float | None:
@@ -139,6 +139,15 @@ class Recipe(Protocol):
 
     @property
     def sum_tolerance(self) -> float: ...
+    @property
+    def sum_rule(self) -> SumRule | None:
+        """How the output is summed for the integrity check (None: the recipe has no sum and
+        ``--expect-sum`` is refused)."""
+
+    @property
+    def base_kinds(self) -> tuple[SourceKind, ...]:
+        """Source kinds tried for BASE_DIR before the pipeline's own: a recipe that needs
+        only part of a base (BiLLa: the embedding) may read a folder no other recipe can."""
 
     def check(self, sources: Mapping[str, TensorSource]) -> None:
         """Refuse inputs this recipe cannot use (the wrong model, the folders swapped)."""
@@ -151,6 +160,24 @@ class Recipe(Protocol):
     ) -> torch.Tensor:
         """The output tensor ``item`` from its inputs (by role), computed into ``out`` (of the
         item's dtype and shape), or an input returned as it is."""
+
+
+class SumRule(Protocol):
+    """How a publisher's integrity figure is taken from the output tensors (docs/FORMAT.md
+    section 3): one term per tensor as it is written (kept in the journal, so a re-run need
+    not read its kept shards again), then a total over the terms in state-dict order."""
+
+    @property
+    def label(self) -> str | None:
+        """What the sum covers when it is not the whole model (the sum line says it); None:
+        the whole model, checked without and with the rotary inv_freq buffers."""
+
+    def term(self, item: Item, tensor: torch.Tensor, scratch: Scratch) -> float:
+        """The term of one output tensor, computed as it is written (``scratch`` still holds
+        the arithmetic's intermediate buffers)."""
+
+    def total(self, terms: Sequence[tuple[str, float]], dtype: str) -> float:
+        """The total of the named terms of a recipe of arithmetic dtype ``dtype``."""
 
 
 ChooseRecipe = Callable[[str | None, Path], tuple[Recipe, str | None]]

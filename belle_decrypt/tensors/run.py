@@ -118,11 +118,13 @@ class Recovery:
         diff = open_source(diff_dir, "DIFF_DIR", kinds)
         try:
             recipe, recognised = choose(options.recipe, diff_dir)
-            if options.expect_sum is not None and recipe.dtype != "float32":
+            if options.expect_sum is not None and recipe.sum_rule is None:
                 raise InputError(
-                    f"--expect-sum applies to the float32 recipes (alpaca, tulu), not {recipe.name}"
+                    f"--expect-sum applies to the recipes with a published sum (recover --help "
+                    f"lists them), not {recipe.name}"
                 )
-            base = open_source(base_dir, "BASE_DIR", kinds)
+            # A recipe's own base kinds first (BiLLa: Meta's embedding).
+            base = open_source(base_dir, "BASE_DIR", (*recipe.base_kinds, *kinds))
         except BaseException:
             diff.close()
             raise
@@ -288,9 +290,11 @@ class Recovery:
             advance(count)
             check(cancel)
 
+        rule = self.recipe.sum_rule
+
         def on_tensor(item: Item, tensor: torch.Tensor) -> None:
-            if self.recipe.dtype == "float32":
-                shard_sums.append(float(tensor.sum()))
+            if rule is not None:
+                shard_sums.append(rule.term(item, tensor, self.scratch))
 
         # Named after the shard (an interrupt names it), committed to its pending name.
         atomic = AtomicFile(self.out_dir / shard.name, fsync=fsync)

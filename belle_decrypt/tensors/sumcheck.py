@@ -1,18 +1,26 @@
-"""The integrity sum: a float32 recipe's output tensors summed in state-dict order, checked
-against the publisher's figure (``--expect-sum`` or the recipe's), with and without the rotary
-``inv_freq`` buffers that transformers <= 4.30 saved (one per decoder layer)."""
+"""The integrity sum: a recipe's output tensors summed in state-dict order by its
+:class:`~belle_decrypt.tensors.protocol.SumRule`, checked against the publisher's figure
+(``--expect-sum`` or the recipe's), with and without the rotary ``inv_freq`` buffers that
+transformers <= 4.30 saved (one per decoder layer). The two whole-model rules live here:
+Stanford's float32 total (:data:`FLOAT32_TOTAL`) and KnowLM's float16 one
+(:data:`PROMOTED_TOTAL`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from belle_decrypt.ground.errors import ChecksumError
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.tensors.llama import INV_FREQ, layer_of, state_dict_key
-from belle_decrypt.tensors.protocol import Recipe
+from belle_decrypt.tensors.protocol import Item, Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from belle_decrypt.tensors.buffers import Scratch
 
 Sums = list[tuple[str, float]]
 """Each output tensor's name and float32 sum, in the order written."""
@@ -26,6 +34,8 @@ class SumCheck:
     tolerance: float
     without_inv_freq: float
     with_inv_freq: float
+    label: str | None = None
+    """What the sum covers when not the whole model (the rule's label)."""
 
     @property
     def matched(self) -> str | None:
@@ -51,17 +61,56 @@ def check_sum(
     a ChecksumError saying which input is the likely cause (``listed``: the diff matched the
     model card's checksums) and what it leaves (``finals``: the shards already under their
     final names, from an earlier run)."""
-    without = float32_total(s for name, s in sums if INV_FREQ not in name)
-    with_buffers = float32_total(s for _, s in with_inv_freq(sums, inv_freq_sum))
-    check = SumCheck(expected, recipe.sum_tolerance, without, with_buffers)
+    rule = recipe.sum_rule
+    assert rule is not None
+    without = rule.total([(n, s) for n, s in sums if INV_FREQ not in n], recipe.dtype)
+    with_buffers = without
+    if rule.label is None:
+        with_buffers = rule.total(with_inv_freq(sums, inv_freq_sum), recipe.dtype)
+    check = SumCheck(expected, recipe.sum_tolerance, without, with_buffers, rule.label)
     if check.matched is None:
+        figure = (
+            f"weights sum to {without:.4f} ({with_buffers:.4f} with the rotary inv_freq buffers)"
+        )
+        if rule.label is not None:
+            figure = f"{rule.label} sums to {without!r}"
         raise ChecksumError(
-            f"the recovered weights sum to {without:.4f} ({with_buffers:.4f} with the rotary "
-            f"inv_freq buffers), not {expected} ± {check.tolerance}: "
+            f"the recovered {figure}, not {expected} ± {check.tolerance}: "
             f"{_hint(diff_path, listed)}; {_what_failed(finals)}",
             out_dir,
         )
     return check
+
+
+@dataclass(frozen=True)
+class WholeModelSum:
+    """``sum(t.sum() for t in state_dict.values())`` over the whole output: each tensor's
+    torch sum in its own dtype, totalled from 0 in float32 (Stanford's ``promoted=False``) or
+    (KnowLM's float16 path, ``promoted=True``) from the first term in its own dtype with
+    torch's type promotion, so a float16 total turns float32 at the first inv_freq buffer."""
+
+    promoted: bool
+    label: str | None = None
+
+    def term(self, item: Item, tensor: torch.Tensor, scratch: Scratch) -> float:
+        """The tensor's torch sum in its own dtype (a float16 tensor's sum is float16)."""
+        return float(tensor.sum())
+
+    def total(self, terms: Sequence[tuple[str, float]], dtype: str) -> float:
+        """The running total of the terms, in order."""
+        if not self.promoted:
+            return float32_total(value for _, value in terms)
+        tm = import_torch()
+        running: torch.Tensor | None = None
+        for name, value in terms:
+            # The rotary buffers are float32 whatever the recipe (tensors.llama).
+            term = tm.tensor(value, dtype=tm.float32 if INV_FREQ in name else getattr(tm, dtype))
+            running = term if running is None else running + term
+        return 0.0 if running is None else float(running)
+
+
+FLOAT32_TOTAL = WholeModelSum(promoted=False)
+PROMOTED_TOTAL = WholeModelSum(promoted=True)
 
 
 def with_inv_freq(sums: Sums, inv_freq_sum: float) -> Sums:
