@@ -124,6 +124,11 @@ def test_a_base_sized_gzip_payload_is_decompressed_once(
     assert shard_line(result.stdout).endswith("; " + GZIP)
     assert (tmp_path / "out" / SHARD).read_bytes() == plain
     assert (counted.opened, counted.decompressed) == (1, len(plain))
+    again = run(payload_dir, base_dir, tmp_path / "out", *options)  # a re-run keeps it
+    assert again.exit_code == 0
+    assert shard_line(again.stdout).startswith("already decrypted")
+    assert shard_line(again.stdout).endswith("; " + GZIP)
+    assert (tmp_path / "out" / SHARD).read_bytes() == plain
 
 
 def test_a_gzip_payload_of_another_size_is_still_counted_first(
