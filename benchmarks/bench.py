@@ -288,6 +288,8 @@ def child(argv: Sequence[str]) -> None:
         make_perfile(Path(rest[0]), int(rest[1]))
     elif what == "perfile-steady":
         print(perfile_steady_rate(Path(rest[0]), int(rest[1])))
+    elif what == "gunzip":
+        gunzip(Path(rest[0]))
     elif what == "codec":
         print(codec_rate(Path(rest[0]), Path(rest[1]), Path(rest[2]), int(rest[3])))
 
@@ -471,6 +473,33 @@ def make_perfile(root: Path, size: int) -> None:
         while block := handle.read(CHUNK):
             base_md5.update(block)
     (root / "base.md5").write_text(f"{base_md5.hexdigest()}  ./{SHARD}\n")
+    make_perfile_gzip(root)
+
+
+def make_perfile_gzip(root: Path) -> None:
+    """payload-gz/SHARD: the codec's ``--compress`` form of a payload like a fine-tuned fp16
+    model's (every second byte zero: the high bytes agree with the base), gzip level 1, and
+    decoded-gz.md5 (its decoded file's md5). The decoded file has the base's size, so the run
+    takes it from the trailer and decompresses once."""
+    import zlib
+
+    import numpy as np
+
+    (root / "payload-gz").mkdir()
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: a gzip wrapper, time 0
+    decoded = hashlib.md5()
+    with (
+        open(root / "payload" / SHARD, "rb", buffering=0) as src,
+        open(root / "base" / SHARD, "rb", buffering=0) as base,
+        open(root / "payload-gz" / SHARD, "wb") as out,
+    ):
+        while block := bytearray(src.read(CHUNK)):
+            block[1::2] = bytes(len(block) // 2)
+            key = np.frombuffer(base.read(len(block)), np.uint8)
+            decoded.update(np.bitwise_xor(np.frombuffer(block, np.uint8), key).tobytes())
+            out.write(packer.compress(block))
+        out.write(packer.flush())
+    (root / "decoded-gz.md5").write_text(f"{decoded.hexdigest()}  ./{SHARD}\n")
 
 
 def perfile_steady_rate(root: Path, size: int) -> float:
@@ -496,6 +525,16 @@ def perfile_steady_rate(root: Path, size: int) -> float:
     return size / elapsed
 
 
+def gunzip(path: Path) -> None:
+    """Decompress ``path`` once, keeping nothing: the bound of a gzip payload's decode."""
+    import gzip
+
+    view = memoryview(bytearray(CHUNK))
+    with gzip.open(path, "rb") as stream:
+        while stream.readinto(view):
+            pass
+
+
 def codec_rate(payload: Path, base: Path, out: Path, length: int) -> float:
     """Bytes/s of the publisher's codec's approach, written from docs/FORMAT.md section 7 (not
     its code): 4096-byte blocks of payload and base read, the base block zero-padded, numpy
@@ -519,7 +558,8 @@ def codec_rate(payload: Path, base: Path, out: Path, length: int) -> float:
 
 def perfile_bench(root: Path, size: int, runs: int) -> None:
     """md5sum of the payload (the md5 bound), the decode with both lists (two md5 on two
-    cores, and the base read), with the decoded list only, and the codec's numpy loop."""
+    cores, and the base read), with the decoded list only, a gzip payload's decode against one
+    decompression pass, and the codec's numpy loop."""
     print(f"making a {human(size)} base and payload in {root} ...", file=sys.stderr)
     in_child("perfile", root, size)
     payload, base, out = root / "payload" / SHARD, root / "base" / SHARD, root / "out"
@@ -534,6 +574,11 @@ def perfile_bench(root: Path, size: int, runs: int) -> None:
     md5sum = median_run(runs, ["md5sum", str(payload)])
     both = median_run(runs, [*decode, "--base-manifest", str(root / "base.md5")], clear_out)
     decoded_only = median_run(runs, decode, clear_out)
+    gz = root / "payload-gz" / SHARD
+    run_child(["md5sum", str(gz)])
+    gunzip = median_run(runs, [sys.executable, __file__, "--child", "gunzip", str(gz)])
+    decode_gz = [*EXE, str(gz.parent), str(root / "base"), str(out), "--no-fsync", "-q"]
+    gzipped = median_run(runs, [*decode_gz, "--manifest", str(root / "decoded-gz.md5")], clear_out)
     clear_out()
 
     def line(label: str, r: Run) -> tuple[str, str]:
@@ -549,6 +594,9 @@ def perfile_bench(root: Path, size: int, runs: int) -> None:
         ("  ratio", f"{both.wall / md5sum.wall:.2f}x md5sum (two md5 on two cores + base read)"),
         line("perfile --manifest", decoded_only),
         ("  ratio", f"{decoded_only.wall / md5sum.wall:.2f}x md5sum"),
+        line(f"one gzip pass, Python's zlib ({gz.stat().st_size / size:.0%} packed)", gunzip),
+        line("perfile gzip --manifest", gzipped),
+        ("  ratio", f"{gzipped.wall / gunzip.wall:.2f}x one gzip pass (two passes before: ~2x)"),
     ]
     steady = float(in_child("perfile-steady", root, size)[0])
     md5_speed = float(in_child("hash", "md5")[0])

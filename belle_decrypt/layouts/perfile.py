@@ -23,7 +23,15 @@ from belle_decrypt.checks.keyid import KeyReport, KnownKey, llama_7b
 from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground import platform_io
 from belle_decrypt.ground.errors import InputError, OutputError
-from belle_decrypt.layouts.gzipped import GZIP_MAGIC, NOT_GZIP, NOT_LISTED, GzipPayload, gzip_size
+from belle_decrypt.layouts.gzipped import (
+    GZIP_MAGIC,
+    NOT_GZIP,
+    NOT_LISTED,
+    GzipPayload,
+    gzip_size,
+    isize_allows,
+    trailer_isize,
+)
 from belle_decrypt.layouts.protocol import Source
 from belle_decrypt.streams.keystream import Key, Keystream
 
@@ -58,7 +66,9 @@ class BaseMismatch(OutputError):
 @dataclass(frozen=True)
 class PayloadFile:
     """One checked payload file: its base counterpart (None: plain, copied), its size, and
-    how it is read (``raw_why``: why a payload starting with the gzip magic is read raw)."""
+    how it is read (``raw_why``: why a payload starting with the gzip magic is read raw;
+    ``from_trailer``: a gzip payload's size was taken from its trailer, not counted, so the
+    decode checks it)."""
 
     path: Path
     layout: PerFileLayout = field(repr=False)
@@ -67,6 +77,7 @@ class PayloadFile:
     compressed: bool
     file_size: int = 0
     raw_why: str | None = None
+    from_trailer: bool = False
 
     @property
     def reading(self) -> str | None:
@@ -82,7 +93,28 @@ class PayloadFile:
         does not match the manifest (the manifest's reading wins)."""
         if not self.compressed:
             return None
-        return replace(self, compressed=False, payload_size=self.file_size, raw_why=NOT_LISTED)
+        return replace(
+            self,
+            compressed=False,
+            payload_size=self.file_size,
+            raw_why=NOT_LISTED,
+            from_trailer=False,
+        )
+
+    @property
+    def undecodable_reading(self) -> PayloadFile | None:
+        """The raw reading of a gzip payload whose size came from its trailer: the one to use
+        when the decode finds the stream damaged or not of that size (docs/FORMAT.md 7.2: not
+        a whole gzip stream), as if its size had been counted first."""
+        if not self.from_trailer:
+            return None
+        return replace(
+            self,
+            compressed=False,
+            payload_size=self.file_size,
+            raw_why=NOT_GZIP,
+            from_trailer=False,
+        )
 
     @property
     def output_name(self) -> str:
@@ -113,7 +145,8 @@ class PayloadFile:
     def open_payload(self) -> BinaryIO:
         """The payload's bytes from offset 0: the file itself, or its gzip stream decompressed."""
         if self.compressed:
-            return GzipPayload(self.path)  # type: ignore[return-value]
+            size = self.payload_size if self.from_trailer else None
+            return GzipPayload(self.path, size)  # type: ignore[return-value]
         return open(self.path, "rb", buffering=0)
 
 
@@ -211,8 +244,8 @@ class BaseStream:
                 )
 
 
-def _check_readable(base: Path) -> None:
-    """Refuse a base file that cannot be opened, before anything is written."""
+def _check_readable(base: Path) -> int:
+    """Refuse a base file that cannot be opened, before anything is written; its size."""
     try:
         fd = platform_io.open_regular(base)
     except OSError as exc:
@@ -221,7 +254,10 @@ def _check_readable(base: Path) -> None:
         ) from exc
     if fd is None:
         raise InputError("the base file is not a regular file (a FIFO or device?)", base)
-    os.close(fd)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 class PerFileLayout:
@@ -259,7 +295,9 @@ class PerFileLayout:
 
     def open(self, path: Path) -> PayloadFile:
         """Check a payload before anything is written: readable, its base present (unless
-        plain), gzip streams intact (their size is found by decompressing them once)."""
+        plain). A gzip payload's size is its base file's when its trailer allows it (the decode
+        then checks it); otherwise it is counted by decompressing the stream once, and a stream
+        that does not decode cleanly to its end is read raw."""
         try:
             fd = platform_io.open_regular(path)
             if fd is None:
@@ -280,6 +318,7 @@ class PerFileLayout:
                 path,
             )
         base: Path | None = None
+        base_size = 0
         if path.name not in PLAIN_NAMES:
             base = self.base_dir / path.name
             if not base.is_file():
@@ -288,8 +327,11 @@ class PerFileLayout:
                     "Face conversion of LLaMA the card names); pass the right base folder",
                     path,
                 )
-            _check_readable(base)
+            base_size = _check_readable(base)
         if head.startswith(GZIP_MAGIC):
+            isize = trailer_isize(path) if base_size else None
+            if isize is not None and isize_allows(isize, base_size):
+                return PayloadFile(path, self, base, base_size, True, size, from_trailer=True)
             unpacked = gzip_size(path)
             if unpacked is not None:
                 return PayloadFile(path, self, base, unpacked, True, size)

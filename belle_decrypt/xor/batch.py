@@ -28,6 +28,7 @@ from belle_decrypt.ground.errors import (
 from belle_decrypt.ground.outcome import FileProgress, Notices, Outcome, Progress, Tally
 from belle_decrypt.ground.states import FileState, Verified
 from belle_decrypt.layouts.container import BELLE
+from belle_decrypt.layouts.gzipped import DamagedGzip
 from belle_decrypt.layouts.protocol import Layout, Source, input_paths, plan, skip_reason
 from belle_decrypt.layouts.seed import is_copy
 from belle_decrypt.streams import jobs
@@ -223,6 +224,11 @@ def decrypt_one(
         diagnosis = diagnoser.explain(enc, cancel)
         return Outcome(enc.path, None, exc.with_hint(diagnosis.hint), checked, diagnosis)
     except BelleError as exc:
+        undecodable: Source | None = getattr(enc, "undecodable_reading", None)
+        if undecodable is not None and _damaged_gzip(exc):
+            # Its size came from its trailer and the stream is not a whole one of that size:
+            # read raw, as if its size had been counted first (docs/FORMAT.md 7.2).
+            return decrypt_one(undecodable, key, settings, diagnoser, progress, cancel, inputs)
         if other is not None and existed and isinstance(exc, OutputError):
             retried = decrypt_one(other, key, settings, diagnoser, progress, cancel, inputs)
             if retried.error is None:
@@ -233,6 +239,16 @@ def decrypt_one(
     elif checked is Verified.NOTHING and result.status is FileState.ALREADY_DECRYPTED:
         checked = Verified.SAME_AS_FRESH
     return Outcome(enc.path, result, None, checked, note=getattr(enc, "reading", None))
+
+
+def _damaged_gzip(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a gzip payload that does not decode cleanly to its size."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, DamagedGzip):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 class _Stop(Exception):
