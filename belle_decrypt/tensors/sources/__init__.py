@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 SOURCES: tuple[SourceKind, ...] = (AdapterKind(), HfFolder())
 """The kinds tried in order; the first that recognises a folder opens it."""
+FINITE_STEP = 1 << 24
+"""Elements checked for NaN/Inf at a time (a 16 MiB mask at most, whatever the tensor)."""
 
 
 def open_source(
@@ -53,7 +55,10 @@ def check_finite(source: TensorSource, name: str, tensor: torch.Tensor) -> None:
     any, so they mean damage, and the sum would carry them silently into the model."""
     if not tensor.is_floating_point():
         return
-    bad = int((~import_torch().isfinite(tensor)).sum())
+    tm, flat = import_torch(), tensor.reshape(-1)
+    bad = 0
+    for start in range(0, flat.numel(), FINITE_STEP):  # a mask of one step, not the tensor's
+        bad += int((~tm.isfinite(flat[start : start + FINITE_STEP])).sum())
     if bad:
         values = "value" if bad == 1 else "values"
         raise source.fail(
