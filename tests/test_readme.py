@@ -24,7 +24,8 @@ import pytest
 from tests import reference
 from tests.conftest import random_bytes
 from tests.release import Release, make_release
-from tests.tinyllama import readme_releases
+from tests.tinyllama import model, readme_releases
+from tests.tinylora import README_MERGED, readme_adapters
 
 ROOT = Path(__file__).parents[1]
 KEY = b"a stand-in for LLaMA-7B consolidated.00.pth"
@@ -97,6 +98,7 @@ def world(tmp_path: Path) -> tuple[Path, Release]:
     shutil.copy(release.card, tmp_path / "md5.txt")
     shutil.copy(release.card, tmp_path / "model-card-md5.txt")
     readme_releases(tmp_path)
+    readme_adapters(tmp_path, model(1))  # made for llama-7b-hf (an HF base; Meta's comes later)
     (tmp_path / "my-finetune").mkdir()
     for name, data in release.plain.items():
         (tmp_path / "my-finetune" / name).write_bytes(data)
@@ -156,6 +158,8 @@ def test_every_readme_command_does_what_the_readme_says(world: tuple[Path, Relea
     assert not (folder / "out").exists()  # the CI script stopped at check-key
     for recovered in RECOVERED:
         assert (folder / recovered / "model.safetensors").is_file(), recovered
+    for merged in README_MERGED:
+        assert (folder / merged / "model.safetensors").is_file(), merged
     for failed in ("alpaca-7b", "zhixi-13b", "zhixi-13b-fp16", "billa-7b-sft"):
         assert not [p for p in (folder / failed).iterdir() if not p.name.startswith(".")], failed
     published = sorted(p.name for p in (folder / "my-finetune-enc").iterdir())

@@ -235,3 +235,81 @@ def test_every_catalogued_recipe_is_a_recipe_the_command_line_offers() -> None:
         "billa",
         "billa-sft",
     ]
+
+
+class ToyChainKind(ToyKind):
+    """Toy folders in order as one diff: the k-th folder's tensors named ``k:NAME``."""
+
+    def open_chain(self, paths: Sequence[Path], role: str) -> ToySource:
+        chain = ToySource(paths[0], role)
+        chain.data = {
+            f"{k}:{name}": rows
+            for k, path in enumerate(paths, start=1)
+            for name, rows in ToySource(path, role).data.items()
+        }
+        return chain
+
+
+@dataclass(frozen=True)
+class SumRecipe(MeanRecipe):
+    """The base plus every diff of the chain (several reads of one role per item), with a
+    config.json of its own (the model-files hook)."""
+
+    name: str = "sum"
+
+    def check(self, sources: Mapping[str, TensorSource]) -> None:
+        """Any chain."""
+
+    def plan(self, sources: Mapping[str, TensorSource]) -> list[Item]:
+        diff, base = sources[DIFF], sources[BASE]
+        return [
+            Item(
+                n,
+                "float32",
+                b.shape,
+                (
+                    (BASE, b),
+                    *((DIFF, d) for d in diff.tensors.values() if d.name.endswith(f":{n}")),
+                ),
+            )
+            for n, b in base.tensors.items()
+        ]
+
+    def combine(
+        self, item: Item, tensors: Mapping[str, torch.Tensor], out: torch.Tensor, scratch: Scratch
+    ) -> torch.Tensor:
+        out.copy_(tensors[BASE])
+        for role, info in item.reads[1:]:
+            out.add_(tensors[f"{role}:{info.name}"])
+        return out
+
+    def model_files(
+        self, sources: Mapping[str, TensorSource]
+    ) -> tuple[list[Path], dict[str, bytes]]:
+        return [], {"config.json": b'{"toy": true}\n'}
+
+
+def test_a_chain_kind_a_multi_read_recipe_and_made_model_files(tmp_path: Path) -> None:
+    """The hooks a LoRA merge uses: ``--then`` folders opened by a ChainKind as one diff, an
+    item reading several tensors of one role, and files the recipe writes itself."""
+    diff, base = folders(tmp_path)
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "toy.json").write_text(json.dumps(DIFF_DATA))
+    out = tmp_path / "out"
+
+    def run(kinds: tuple[SourceKind, ...]) -> list[str]:
+        with Recovery.prepare(
+            diff, base, out, Options(), lambda n, p: (SumRecipe(), None), kinds, then=[second]
+        ) as job:
+            return [shard.status for shard in job.run(no_bar).shards]
+
+    with pytest.raises(InputError, match=r"--then only chains LoRA adapters"):
+        run((ToyKind(), *SOURCES))
+    assert not out.exists()
+    assert run((ToyChainKind(), *SOURCES)) == [WRITTEN]
+    got = load_file(str(out / "model.safetensors"))
+    for name, rows in DIFF_DATA.items():
+        expected = [b + 2 * d for b, d in zip(flat(BASE_DATA[name]), flat(rows), strict=True)]
+        assert got[name].flatten().tolist() == expected
+    assert (out / "config.json").read_bytes() == b'{"toy": true}\n'

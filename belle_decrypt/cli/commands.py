@@ -301,11 +301,13 @@ def _run_demo_step(args: list[str]) -> None:
 RECOVER_HELP = (
     "Recover a model from an additive diff (tuned - base) in DIFF_DIR and LLaMA-1 in BASE_DIR.\n\n"
     "Hugging Face folders, checked first, bit-exact, resumable, in the memory of a few tensors; "
-    "--recipe may be left out when DIFF_DIR's own name (or hub-cache name) says the release.\n\n"
+    "--recipe may be left out when DIFF_DIR's own name (or hub-cache name) says the release. "
+    "DIFF_DIR may be a PEFT LoRA adapter (adapter_config.json; --then: more, in order).\n\n"
     "\b\nRecipes:\n"
     + "\n".join(f"  {recipe.name:<11} {recipe.purpose}" for recipe in RECIPES.values())
     + "\n\n\b\nExample:\n"
-    + "  belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca"
+    + "  belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca\n"
+    + "  belle-decrypt recover llama-plus-lora-7b/ --then alpaca-plus-lora-7b/ llama-7b-hf/ out/"
 )
 
 
@@ -322,6 +324,7 @@ def main() -> None:
 @click.option(
     "--recipe", type=click.Choice(list(RECIPES)), help="The release's recipe (see the list above)."
 )
+@click.option("--then", multiple=True, type=PATH, help="A LoRA adapter merged after DIFF_DIR.")
 @click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin shards.")
 @click.option("--max-shard-size", default="2GB", show_default=True, help="E.g. 500MB, 10GiB.")
 @click.option("--manifest", "manifests", multiple=True, type=PATH, help=MANIFEST_HELP)

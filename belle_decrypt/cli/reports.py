@@ -242,23 +242,34 @@ def key_lines(report: KeyReport, quiet: bool) -> list[str]:
 
 
 def recover_run(
-    diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **arguments: Any
+    diff_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    quiet: bool,
+    then: tuple[Path, ...] = (),
+    **arguments: Any,
 ) -> Recovered:
     """Check, then recover with a bar per shard and an overall one, then the summary;
-    ``arguments`` are the command line's options (see ``tensors.options.Options.parse``)."""
+    ``then``: adapters chained after DIFF_DIR; ``arguments`` are the command line's options
+    (see ``tensors.options.Options.parse``)."""
     from belle_decrypt.recipes.catalogue import choose
     from belle_decrypt.tensors.options import Options
+    from belle_decrypt.tensors.protocol import Described
     from belle_decrypt.tensors.run import Recovery
 
     options = Options.parse(**arguments)
     for ignored in options.manifest.ignored if options.manifest is not None else ():
         warn(ignored.message)
-    chooser = functools.partial(choose, expect_sum=options.expect_sum is not None)
-    with Recovery.prepare(diff_dir, base_dir, out_dir, options, chooser) as job:
+    chooser = functools.partial(
+        choose, expect_sum=options.expect_sum is not None, tail=(str(base_dir), str(out_dir))
+    )
+    with Recovery.prepare(diff_dir, base_dir, out_dir, options, chooser, then=then) as job:
         for warning in job.warnings:
             warn(warning)
         how = f"recognised from {job.recognised}" if job.recognised else "given"
         say(f"recipe     {job.recipe.name} ({how})", quiet)
+        for line in job.diff.describe() if isinstance(job.diff, Described) else ():
+            say(f"adapter    {line}", quiet)
         with Bars(job.total_size, True, progress_enabled(quiet)) as bars:
             outcome = job.run(
                 lambda name, size: bars.file(size, name),

@@ -15,6 +15,7 @@ this way.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from belle_decrypt.ground.errors import InputError
@@ -26,8 +27,10 @@ from belle_decrypt.recipes.additive import (
     ZERO_ROWS,
     AdditiveRecipe,
 )
+from belle_decrypt.recipes.lora import lora_recipe
 from belle_decrypt.recipes.more import EMBEDDING_SUM, EmbeddingRecipe, PadTokenRecipe
 from belle_decrypt.tensors.protocol import Recipe
+from belle_decrypt.tensors.sources.adapter import AdapterKind
 from belle_decrypt.tensors.sources.metaembed import MetaEmbedding
 from belle_decrypt.tensors.sumcheck import PROMOTED_TOTAL
 
@@ -181,14 +184,21 @@ def recognise(folder: Path) -> tuple[str, str] | None:
 
 
 def choose(
-    name: str | None, diff_dir: Path, *, expect_sum: bool = False
+    name: str | None, diff_dir: Path, *, expect_sum: bool = False, tail: Sequence[str] = ()
 ) -> tuple[Recipe, str | None]:
     """The recipe to use, and the release name it was recognised from (None: given);
-    ``expect_sum``: a sum was given, which only a recipe with a sum can check."""
-    if name is not None:
+    ``expect_sum``: a sum was given, which only a recipe with a sum can check. A PEFT adapter
+    folder takes the LoRA merge (``tail``: the command's BASE_DIR and OUT_DIR, for its
+    messages), never a ``--recipe``."""
+    if AdapterKind().recognises(diff_dir):
+        chosen: tuple[Recipe, str | None] = (
+            lora_recipe(name, diff_dir, tail),
+            "adapter_config.json",
+        )
+    elif name is not None:
         if name not in RECIPES:
             raise InputError(f"unknown recipe {name!r}; pass one of: {recipe_list()}")
-        chosen: tuple[Recipe, str | None] = (RECIPES[name], None)
+        chosen = (RECIPES[name], None)
     else:
         recognised = recognise(diff_dir)
         if recognised is None:

@@ -70,15 +70,19 @@ class Scratch:
     def __init__(self) -> None:
         self.slots: dict[str, torch.Tensor] = {}
 
-    def converted(self, slot: str, tensor: torch.Tensor, dtype: str) -> torch.Tensor:
-        """``tensor`` converted to ``dtype`` (exactly as ``.to`` does) in reused memory."""
-        shape = tuple(tensor.shape)
+    def empty(self, slot: str, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+        """A tensor of ``shape`` and ``dtype`` over the slot's reused memory (its contents
+        undefined)."""
         needed = data_size(shape, dtype)
         flat = self.slots.get(slot)
         if flat is None or flat.numel() < needed:
             tm = import_torch()
             self.slots.pop(slot, None)
             flat = self.slots[slot] = tm.empty(needed, dtype=tm.uint8)
-        out = shaped(flat, shape, dtype)
+        return shaped(flat, shape, dtype)
+
+    def converted(self, slot: str, tensor: torch.Tensor, dtype: str) -> torch.Tensor:
+        """``tensor`` converted to ``dtype`` (exactly as ``.to`` does) in reused memory."""
+        out = self.empty(slot, tuple(tensor.shape), dtype)
         out.copy_(tensor)
         return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.tensors.buffers import data_size
@@ -158,8 +158,41 @@ class Recipe(Protocol):
     def combine(
         self, item: Item, tensors: Mapping[str, torch.Tensor], out: torch.Tensor, scratch: Scratch
     ) -> torch.Tensor:
-        """The output tensor ``item`` from its inputs (by role), computed into ``out`` (of the
-        item's dtype and shape), or an input returned as it is."""
+        """The output tensor ``item`` from its inputs, computed into ``out`` (of the item's
+        dtype and shape), or an input returned as it is. ``tensors`` holds the first input of
+        each role by the role's name, and every input by ``"role:tensor name"`` (an item may
+        read several tensors of one role: a LoRA merge reads each adapter's A and B)."""
+
+
+@runtime_checkable
+class ChainKind(SourceKind, Protocol):
+    """A source kind that takes several folders in order as one diff (``recover A --then B``:
+    PEFT adapters applied one after another); a kind without ``open_chain`` takes one."""
+
+    def open_chain(self, paths: Sequence[Path], role: str) -> TensorSource:
+        """Open and check the folders, in order, as one source."""
+
+
+@runtime_checkable
+class Described(Protocol):
+    """A source that says what it is, one line per part (a chain: each adapter and what it
+    was recognised as); ``recover`` prints them before it writes."""
+
+    def describe(self) -> list[str]:
+        """The lines."""
+
+
+@runtime_checkable
+class MakesModelFiles(Protocol):
+    """A recipe that decides the files describing the output itself, instead of copying the
+    diff's config and tokenizer files (:mod:`~belle_decrypt.tensors.copies`): a LoRA merge
+    writes the base's config with the merged vocabulary and the last adapter's tokenizer."""
+
+    def model_files(
+        self, sources: Mapping[str, TensorSource]
+    ) -> tuple[list[Path], dict[str, bytes]]:
+        """The files to copy as they are, and the files to write (name: bytes); both are
+        checked for being in the way and counted for free space, and written at the finish."""
 
 
 class SumRule(Protocol):

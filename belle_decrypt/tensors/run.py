@@ -54,6 +54,7 @@ from belle_decrypt.tensors.protocol import (
     DIFF,
     ChooseRecipe,
     Item,
+    MakesModelFiles,
     Recipe,
     Shard,
     SourceKind,
@@ -90,6 +91,7 @@ class Recovery:
         self.items: list[Item] = []
         self.shards: list[Shard] = []
         self.copies: list[Path] = []
+        self.generated: dict[str, bytes] = {}
         self.journal: Journal | None = None
         self.manifest_entries: list[Listed] = []
         self.pool = BufferPool(0)
@@ -106,16 +108,17 @@ class Recovery:
         options: Options,
         choose: ChooseRecipe,
         kinds: Sequence[SourceKind] = SOURCES,
+        then: Sequence[Path] = (),
     ) -> Recovery:
-        """Open and check the inputs (each by the first of ``kinds`` that recognises it) and
-        the output folder, with the recipe ``choose`` gives for ``options.recipe``; raise
-        before writing anything."""
-        for folder in (diff_dir, base_dir):
+        """Open and check the inputs (each by the first of ``kinds`` that recognises it;
+        ``then``: folders chained after DIFF_DIR) and the output folder, with the recipe
+        ``choose`` gives for ``options.recipe``; raise before writing anything."""
+        for folder in (diff_dir, *then, base_dir):
             # The folders themselves, not their paths: a bind mount shows one under two paths.
             with contextlib.suppress(OSError):
                 if os.path.samefile(out_dir, folder):
                     raise InputError("is also an input folder; pass a new output folder", out_dir)
-        diff = open_source(diff_dir, "DIFF_DIR", kinds)
+        diff = open_source(diff_dir, "DIFF_DIR", kinds, then)
         try:
             recipe, recognised = choose(options.recipe, diff_dir)
             if options.expect_sum is not None and recipe.sum_rule is None:
@@ -157,7 +160,10 @@ class Recovery:
         self.items = self.recipe.plan(self.sources)
         self.shards = self.sink.plan(self.items)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
-        self.copies = model_files(self.diff, self.sources[BASE], self.warnings)
+        if isinstance(self.recipe, MakesModelFiles):
+            self.copies, self.generated = self.recipe.model_files(self.sources)
+        else:
+            self.copies = model_files(self.diff, self.sources[BASE], self.warnings)
         if self.options.manifest is not None:
             self.manifest_entries = listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
@@ -178,6 +184,7 @@ class Recovery:
         self._remove_pending_not_kept()
         to_write = sum(s.size for s in self.shards if s.name not in self.journal.shards)
         to_write += sum(p.stat().st_size for p in self.copies) + self.sink.overhead(self.shards)
+        to_write += sum(len(data) for data in self.generated.values())
         check_free_space(self.out_dir, to_write)
 
     def _check_nothing_in_the_way(self) -> None:
@@ -192,9 +199,9 @@ class Recovery:
             if target.exists() and not filecmp.cmp(path, target, shallow=False):
                 raise _in_the_way(target)
         index = self.sink.index(self.shards)
-        if index is not None:
-            target = self.out_dir / index[0]
-            if target.exists() and target.read_bytes() != index[1]:
+        for name, data in [*([index] if index is not None else []), *self.generated.items()]:
+            target = self.out_dir / name
+            if target.exists() and (not target.is_file() or target.read_bytes() != data):
                 raise _in_the_way(target)
         for stale in self._stale_weights():
             raise _in_the_way(stale)
@@ -339,10 +346,12 @@ class Recovery:
         return None
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
-        tensors = {role: self.sources[role].load(info.name) for role, info in item.reads}
-        diff = item.input(DIFF)
-        if not self.options.allow_nonfinite and diff is not None:
-            check_finite(self.diff, diff.name, tensors[DIFF])
+        tensors: dict[str, torch.Tensor] = {}
+        for role, info in item.reads:
+            tensor = tensors[f"{role}:{info.name}"] = self.sources[role].load(info.name)
+            tensors.setdefault(role, tensor)
+            if role == DIFF and not self.options.allow_nonfinite:
+                check_finite(self.diff, info.name, tensor)
         return self.recipe.combine(item, tensors, out, self.scratch)
 
     @property
@@ -377,7 +386,8 @@ class Recovery:
             self.journal.remove()
 
     def _finish(self) -> tuple[str, ...]:
-        """Copy the diff's model files, rename the shards, write the index last."""
+        """Copy the diff's model files (write the recipe's own), rename the shards, write the
+        index last."""
         assert self.journal is not None
         fsync = self.options.fsync
         copied = []
@@ -390,6 +400,11 @@ class Recovery:
                 shutil.copyfileobj(source, handle, 4 * 1024 * 1024)
                 atomic.commit()
             copied.append(path.name)
+        for name, data in self.generated.items():
+            target = self.out_dir / name
+            if not (target.is_file() and target.read_bytes() == data):
+                write_small_file(target, data, fsync=fsync)
+                copied.append(name)
         for stale in self._stale_weights():
             os.unlink(stale)
         for shard in self.shards:

@@ -17,22 +17,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
-from belle_decrypt.tensors.protocol import SourceKind, TensorSource
+from belle_decrypt.tensors.protocol import ChainKind, SourceKind, TensorSource
+from belle_decrypt.tensors.sources.adapter import AdapterKind
 from belle_decrypt.tensors.sources.hfdir import HfFolder
 
 if TYPE_CHECKING:
     import torch
 
-SOURCES: tuple[SourceKind, ...] = (HfFolder(),)
+SOURCES: tuple[SourceKind, ...] = (AdapterKind(), HfFolder())
 """The kinds tried in order; the first that recognises a folder opens it."""
+FINITE_STEP = 1 << 24
+"""Elements checked for NaN/Inf at a time (a 16 MiB mask at most, whatever the tensor)."""
 
 
-def open_source(path: Path, role: str, kinds: Sequence[SourceKind] = SOURCES) -> TensorSource:
+def open_source(
+    path: Path, role: str, kinds: Sequence[SourceKind] = SOURCES, more: Sequence[Path] = ()
+) -> TensorSource:
     """The folder at ``path`` opened by the first of ``kinds`` that recognises it; ``role``
-    names it in messages (DIFF_DIR, BASE_DIR)."""
+    names it in messages (DIFF_DIR, BASE_DIR). ``more``: folders that follow it in one chain
+    (``--then``), which only a :class:`~belle_decrypt.tensors.protocol.ChainKind` takes."""
     kind = next((kind for kind in kinds if kind.recognises(path)), kinds[-1])
-    return kind.open(path, role)
+    if not more:
+        return kind.open(path, role)
+    if not isinstance(kind, ChainKind):
+        raise InputError(
+            f"({role}) is not a PEFT adapter (no adapter_config.json), and --then only chains "
+            "LoRA adapters; recover a weight diff in a run of its own",
+            path,
+        )
+    return kind.open_chain([path, *more], role)
 
 
 def check_finite(source: TensorSource, name: str, tensor: torch.Tensor) -> None:
@@ -40,7 +55,10 @@ def check_finite(source: TensorSource, name: str, tensor: torch.Tensor) -> None:
     any, so they mean damage, and the sum would carry them silently into the model."""
     if not tensor.is_floating_point():
         return
-    bad = int((~import_torch().isfinite(tensor)).sum())
+    tm, flat = import_torch(), tensor.reshape(-1)
+    bad = 0
+    for start in range(0, flat.numel(), FINITE_STEP):  # a mask of one step, not the tensor's
+        bad += int((~tm.isfinite(flat[start : start + FINITE_STEP])).sum())
     if bad:
         values = "value" if bad == 1 else "values"
         raise source.fail(

@@ -1,0 +1,235 @@
+"""Benchmark `belle-decrypt recover` merging a LoRA adapter into a 7B-shaped base.
+
+The base is LLaMA-7B-shaped (float16, hidden 4096, intermediate 11008, vocabulary 32000, as
+``pytorch_model-*.bin`` shards) with 2 and 8 layers; the adapter is Chinese-Alpaca-shaped: r 64
+on every linear layer (float16, ``adapter_model.bin``) and the whole embedding and head at the
+extended 49954 rows. Each run is a child process whose /proc/PID/status is sampled every 10 ms:
+
+    python benchmarks/bench_lora.py                 # in /tmp, 2 and 8 layers
+    python benchmarks/bench_lora.py --dir /var/tmp --layers 2
+
+The floor is measured in the same run: a plain copy (read the base and the adapter once, write
+as many bytes as the output holds) plus the float32 products alone (every ``B.float() @
+A.float()`` of the adapter, timed inside its process: no import, no load). Beside them, PEFT's
+``merge_and_unload`` (load the whole model, resize its vocabulary, load the adapter, merge,
+save) on the 2-layer model, which fits. Every folder is removed at the end; recover runs with
+--no-fsync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from bench_recover import HIDDEN, INTERMEDIATE, VOCAB, GiB, Run, line, measure, names, write_model
+
+RANK, ALPHA, ROWS = 64, 128, 49954
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
+PREFIX = "base_model.model."
+EXE = [sys.executable, "-m", "belle_decrypt", "recover"]
+
+COPY = """
+import sys
+from pathlib import Path
+inputs, out, total = sys.argv[1].split(","), Path(sys.argv[2]), int(sys.argv[3])
+buf = bytearray(16 << 20)
+written = 0
+with open(out / "copy.bin", "wb") as dst:
+    for folder in inputs:
+        for path in sorted(Path(folder).iterdir()):
+            with open(path, "rb", buffering=0) as src:
+                while n := src.readinto(buf):
+                    n = min(n, total - written)
+                    dst.write(memoryview(buf)[:n])
+                    written += n
+    while written < total:
+        n = min(len(buf), total - written)
+        dst.write(memoryview(buf)[:n])
+        written += n
+"""
+
+PRODUCTS = """
+import sys, time, torch
+state = torch.load(sys.argv[1] + "/adapter_model.bin", mmap=True, weights_only=True)
+started = time.monotonic()
+for name in sorted(state):
+    if name.endswith("lora_A.weight"):
+        a = state[name].float()
+        b = state[name.replace("lora_A", "lora_B")].float()
+        (b @ a).mul_(2.0)
+open(sys.argv[2], "w").write(str(time.monotonic() - started))
+"""
+
+PEFT = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float16)
+model.resize_token_embeddings(int(sys.argv[4]), mean_resizing=False)
+model = PeftModel.from_pretrained(model, sys.argv[2]).merge_and_unload()
+model.save_pretrained(sys.argv[3])
+"""
+
+
+def base_config(layers: int) -> dict[str, object]:
+    """LLaMA-7B's config.json with ``layers`` layers."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+def write_adapter(folder: Path, layers: int) -> None:
+    """A Chinese-Alpaca-shaped adapter: r 64 on every linear layer, embed and head whole."""
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(100 + layers)
+    state: dict[str, torch.Tensor] = {}
+    shapes = dict(names(layers))
+    for n in range(layers):
+        for module in LINEAR:
+            part = "mlp" if module in ("gate_proj", "down_proj", "up_proj") else "self_attn"
+            key = f"model.layers.{n}.{part}.{module}"
+            rows, cols = shapes[key + ".weight"]
+            a = torch.randn((RANK, cols), generator=gen) * 0.01
+            b = torch.randn((rows, RANK), generator=gen) * 0.01
+            state[f"{PREFIX}{key}.lora_A.weight"] = a.half()
+            state[f"{PREFIX}{key}.lora_B.weight"] = b.half()
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[PREFIX + key] = (torch.randn((ROWS, HIDDEN), generator=gen) * 0.02).half()
+    torch.save(state, folder / "adapter_model.bin")
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": RANK,
+        "lora_alpha": ALPHA,
+        "lora_dropout": 0.05,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "target_modules": list(LINEAR),
+        "modules_to_save": ["embed_tokens", "lm_head"],
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_index(folder: Path) -> None:
+    """The base's pytorch_model.bin.index.json, so that transformers finds its shards."""
+    weight_map = {}
+    for path in sorted(folder.glob("pytorch_model-*.bin")):
+        for name in torch.load(path, mmap=True, weights_only=True):
+            weight_map[name] = path.name
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+def output_size(layers: int) -> int:
+    """Bytes of the merged tensors (float16, the embedding and head at ROWS rows)."""
+    total = 0
+    for name, shape in names(layers):
+        count = ROWS * HIDDEN if name in ("model.embed_tokens.weight", "lm_head.weight") else 1
+        if count == 1:
+            for dim in shape:
+                count *= dim
+        total += 2 * count
+    return total
+
+
+def size_of(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def bench(root: Path, layers_list: Sequence[int]) -> None:
+    started = time.monotonic()
+    line("python -c 'import torch'", measure([sys.executable, "-c", "import torch"]))
+    anon: dict[int, int] = {}
+    for layers in layers_list:
+        base, adapter, out = root / f"base-{layers}", root / f"adapter-{layers}", root / "out"
+        write_model(base, layers, torch.float16, 0.02, 1.0, 0, "bin")
+        (base / "config.json").write_text(json.dumps(base_config(layers)))
+        write_index(base)
+        write_adapter(adapter, layers)
+        total = output_size(layers)
+        print(
+            f"\n{layers} layers: base {size_of(base) / GiB:.2f} GiB, adapter "
+            f"{size_of(adapter) / GiB:.2f} GiB, output {total / GiB:.2f} GiB",
+            flush=True,
+        )
+        copy_argv = [sys.executable, "-c", COPY, f"{base},{adapter}", str(out), str(total)]
+        for warm in (True, False):
+            out.mkdir()
+            copy = measure(copy_argv)
+            shutil.rmtree(out)
+            if not warm:
+                line("plain copy (read base + adapter, write the output's bytes)", copy)
+        timing = root / "products-seconds"
+        products = measure([sys.executable, "-c", PRODUCTS, str(adapter), str(timing)])
+        seconds = float(timing.read_text())
+        line(
+            "float32 products alone (B.float() @ A.float())",
+            Run(seconds, products.peak_anon, products.peak_rss),
+        )
+        floor = Run(copy.seconds + seconds, 0, 0)
+        run = measure([*EXE, str(adapter), str(base), str(out), "-q", "--no-fsync"])
+        line("recover ADAPTER BASE OUT (default 2GB shards)", run, floor)
+        print("  (ratio: to the copy + the products)")
+        anon[layers] = run.peak_anon
+        shutil.rmtree(out)
+        if layers == min(layers_list):
+            out.mkdir()
+            peft = measure(
+                [sys.executable, "-c", PEFT, str(base), str(adapter), str(out), str(ROWS)]
+            )
+            line("PEFT 0.21 merge_and_unload (whole model)", peft, floor)
+            shutil.rmtree(out)
+        shutil.rmtree(adapter)
+        shutil.rmtree(base)
+    if len(anon) > 1:
+        low, high = min(anon), max(anon)
+        a, b = anon[low], anon[high]
+        print(
+            f"\npeak RssAnon recover  {low} layers {a / GiB:.2f} GiB, {high} layers "
+            f"{b / GiB:.2f} GiB ({(b - a) / a:+.1%})"
+        )
+    print(f"\nbenchmark took {time.monotonic() - started:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 8])
+    args = parser.parse_args()
+    print(
+        f"LoRA merge benchmark, 7B-shaped (hidden {HIDDEN}, vocabulary {VOCAB} -> {ROWS}, r "
+        f"{RANK} on every linear layer), {torch.get_num_threads()} threads, --no-fsync, "
+        f"torch {torch.__version__}",
+        flush=True,
+    )
+    root = Path(tempfile.mkdtemp(prefix="bench-lora-", dir=args.dir))
+    try:
+        bench(root, args.layers)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
