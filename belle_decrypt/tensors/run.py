@@ -56,6 +56,7 @@ from belle_decrypt.tensors.protocol import (
     Item,
     Recipe,
     Shard,
+    SinkContext,
     SourceKind,
     TensorSource,
 )
@@ -155,9 +156,21 @@ class Recovery:
     def _check(self) -> None:
         self.recipe.check(self.sources)
         self.items = self.recipe.plan(self.sources)
+        base = self.sources[BASE]
+        described = self.diff if self.diff.config is not None else base
+        self.sink.bind(
+            SinkContext(
+                self.out_dir,
+                described.config,
+                described.path / "config.json",
+                (self.diff.path, base.path),
+                self.options.output_type,
+            )
+        )
         self.shards = self.sink.plan(self.items)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
-        self.copies = model_files(self.diff, self.sources[BASE], self.warnings)
+        if not self.sink.self_contained:
+            self.copies = model_files(self.diff, base, self.warnings)
         if self.options.manifest is not None:
             self.manifest_entries = listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
@@ -308,6 +321,8 @@ class Recovery:
                     "(check the free space, then run the same command again)",
                     self.out_dir / shard.name,
                 ) from exc
+            handle.flush()
+            self.sink.verify(shard, atomic.temp)
             atomic.commit(self.out_dir / pending_name(shard.name))
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
         self.journal.record(shard.name, out.sha256.hexdigest(), shard_sums, fsync=fsync)
