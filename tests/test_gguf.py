@@ -1,13 +1,15 @@
 """GGUF output (`recover --to gguf`, `convert HF_DIR OUT_DIR --to gguf`): llama.cpp (through
 llama-cpp-python) loads the file, its logits match transformers' on the Hugging Face output of
 the same model and its tokenizer gives sentencepiece's ids; gguf's reader lists exactly the
-tensors, shapes, types, values and keys docs/FORMAT.md section 12 gives; an unfinished file
+tensors, shapes, types, values and keys docs/FORMAT.md section 9 gives; an unfinished file
 never has the final name; every refusal is one line."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -40,7 +42,7 @@ STRINGS = (
 # matrices lose nothing against the float16 model; Q8_0 rounds each weight to 1/254 of its block.
 TOLERANCE = {"f16": 0.01, "q8_0": 0.1}
 F32, F16, Q8 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.Q8_0
-# docs/FORMAT.md section 12's table, written out: Hugging Face name -> llama.cpp name.
+# docs/FORMAT.md section 9's table, written out: Hugging Face name -> llama.cpp name.
 EXPECTED_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -168,7 +170,7 @@ def assert_runs_like_transformers(gguf: Path, hf_dir: Path, gguf_type: str) -> N
 
 
 def meta_to_hf(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """docs/FORMAT.md's Meta -> Hugging Face permutation (section 12), as written there."""
+    """docs/FORMAT.md's Meta -> Hugging Face permutation (section 9), as written there."""
     rows, cols = weight.shape
     return weight.view(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
@@ -508,7 +510,7 @@ LATER += [("ultralm", 101, True), ("yulan", 110, False), ("tulu", 100, False)]
 def test_every_later_recipe_to_gguf_holds_the_recovered_folder(
     recipe: str, vocab: int, pad: bool, tmp_path: Path
 ) -> None:
-    """The later releases (docs/FORMAT.md section 3.8) in one pass: the GGUF file holds, byte
+    """The later releases (docs/FORMAT.md section 3) in one pass: the GGUF file holds, byte
     for byte, the tensors of converting the Hugging Face folder the same recover writes."""
     from tests import test_recover_more as more
 
@@ -554,3 +556,51 @@ def test_llava_is_refused_in_one_line_by_recover_too(tmp_path: Path) -> None:
         "convert it with llama.cpp's LLaVA scripts\n"
     )
     assert listing(out) == []
+
+
+ROOT = Path(__file__).parents[1]
+ROW = re.compile(r"^\| [^|]+ \| `(belle-decrypt [^`]+)` \| `([^`]+\.gguf)` \|$", re.MULTILINE)
+
+
+def readme_rows(readme: Path) -> list[tuple[str, str]]:
+    """The (command, file) rows of the README's GGUF table."""
+    return ROW.findall(readme.read_text())
+
+
+def test_both_readmes_show_the_same_gguf_commands() -> None:
+    rows = readme_rows(ROOT / "README_en.md")
+    assert len(rows) == 3
+    assert readme_rows(ROOT / "README.md") == rows
+
+
+def test_every_readme_gguf_row_runs_as_written(tmp_path: Path) -> None:
+    """BELLE-7B-2M stands for what `decrypt` made (a Hugging Face folder), llama-7b-hf for the
+    converted base and the Vicuna diff for one made against it; each file runs in llama.cpp
+    like the model it holds."""
+    belle, _ = hf_folder(tmp_path / "BELLE-7B-2M", seed=3)
+    base = tiny.model(1, vocab=ROWS)
+    tiny.write_folder(tmp_path / "llama-7b-hf", base, "bin", tiny.config(ROWS), tokenizer_files())
+    tuned = tiny.tuned({k: v.float() for k, v in base.items()}, 2, vocab=ROWS)
+    diff = ref.make_diff("vicuna", tuned, base)
+    files = tokenizer_files()
+    tiny.write_folder(
+        tmp_path / "vicuna-7b-delta-v1.1", diff, "safetensors", tiny.config(ROWS), files
+    )
+    vicuna = tiny.write_folder(
+        tmp_path / "vicuna-reference",
+        ref.recover("vicuna", diff, base),
+        "safetensors",
+        tiny.config(ROWS),
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command, file in readme_rows(ROOT / "README_en.md"):
+        argv = [sys.executable, "-m", "belle_decrypt", *shlex.split(command)[1:]]
+        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (command, proc.stderr)
+        listed = [name for name in listing((tmp_path / file).parent) if name != JOURNAL_NAME]
+        assert listed == [Path(file).name], command
+        model = belle if "BELLE" in command else vicuna
+        ids = [1, 5, 300, 42, PIECES, ROWS - 1]
+        got, want = llama_logits(tmp_path / file, ids), transformers_logits(model, ids)
+        tolerance = TOLERANCE["q8_0" if "q8_0" in command else "f16"]
+        assert float(np.abs(got - want).max()) <= tolerance, command

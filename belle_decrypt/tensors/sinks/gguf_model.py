@@ -1,5 +1,5 @@
 """What a llama GGUF file holds of a LLaMA model, decided from metadata alone
-(docs/FORMAT.md section 12): llama.cpp's tensor names, each tensor's type, the model's figures
+(docs/FORMAT.md section 9): llama.cpp's tensor names, each tensor's type, the model's figures
 from config.json and the shapes, and how a tensor becomes the bytes the file stores (q and k
 un-permuted, float16, or Q8_0 in row chunks so that Ctrl-C is seen between them)."""
 
@@ -198,7 +198,7 @@ def numpy_dtype(tensor_kind: str) -> Any:
 
 
 def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """The inverse of the Meta -> Hugging Face q/k permutation (docs/FORMAT.md section 12):
+    """The inverse of the Meta -> Hugging Face q/k permutation (docs/FORMAT.md section 9):
     back to the interleaved rotary layout llama.cpp's LLaMA uses."""
     rows, cols = weight.shape
     result: torch.Tensor = (

@@ -6,7 +6,7 @@ tokenizer (``tokenizer.model``) and refuses what a llama GGUF cannot hold, all b
 is written. ``write`` streams the file with the ``gguf`` package's writer: header, metadata
 and every tensor's info first, then each tensor's data as soon as it is computed (the writer's
 ``add_tensor`` would keep every array until the end). ``verify`` reads the file back with
-``gguf``'s reader before the run commits it (docs/FORMAT.md section 12).
+``gguf``'s reader before the run commits it (docs/FORMAT.md section 9).
 """
 
 from __future__ import annotations
