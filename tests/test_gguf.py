@@ -604,3 +604,35 @@ def test_every_readme_gguf_row_runs_as_written(tmp_path: Path) -> None:
         got, want = llama_logits(tmp_path / file, ids), transformers_logits(model, ids)
         tolerance = TOLERANCE["q8_0" if "q8_0" in command else "f16"]
         assert float(np.abs(got - want).max()) <= tolerance, command
+
+
+@pytest.mark.parametrize("command", ["convert", "recover"])
+def test_a_file_that_reads_back_short_never_gets_its_name(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last tensor's bytes left out: gguf's reader finds its data past the end of the
+    file, and the run stops (exit 1) before the file is committed."""
+    from belle_decrypt.tensors.sinks import ggufsink
+
+    chunks = ggufsink._chunks
+    monkeypatch.setattr(ggufsink, "_chunks", lambda data: [*chunks(data)][:-1])
+    hf_dir, state = hf_folder(tmp_path / "hf")
+    out = tmp_path / "out"
+    if command == "convert":
+        result = run("convert", hf_dir, out, "--to", "gguf")
+    else:
+        diff = {k: (v.float() - v.float() * 0.9).half() for k, v in state.items()}
+        base = {k: (v.float() * 0.9).half() for k, v in state.items()}
+        files = tokenizer_files()
+        diff_dir = tiny.write_folder(tmp_path / "d", diff, "safetensors", tiny.config(ROWS), files)
+        base_dir = tiny.write_folder(tmp_path / "b", base, "bin", tiny.config(ROWS))
+        result = run("recover", diff_dir, base_dir, out, "--recipe", "vicuna", "--to", "gguf")
+    assert result.exit_code == 1, result.output
+    # gguf's reader cannot map the last tensor's data: one line, the file not committed.
+    line = f"belle-decrypt: error: {out / 'out-f16.gguf'}: the written file does not read back ("
+    assert result.stderr.startswith(line)
+    assert result.stderr.endswith(
+        "; nothing was left under a final name (check the disk, then run the same command again)\n"
+    )
+    assert result.stderr.count("\n") == 1
+    assert listing(out) == []

@@ -315,13 +315,13 @@ class Recovery:
             out = HashingWriter(handle, str(self.out_dir / shard.name))
             try:
                 self.sink.write(shard, out, self._produce, on_bytes, on_tensor, self.pool)
+                handle.flush()
             except OSError as exc:
                 raise OutputError(
                     f"cannot write: {exc.strerror or exc}; nothing was left under a final name "
                     "(check the free space, then run the same command again)",
                     self.out_dir / shard.name,
                 ) from exc
-            handle.flush()
             self.sink.verify(shard, atomic.temp)
             atomic.commit(self.out_dir / pending_name(shard.name))
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
