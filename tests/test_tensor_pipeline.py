@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from belle_decrypt.ground.errors import ChecksumError, InputError
+from belle_decrypt.ground.errors import ChecksumError, InputError, OutputError
 from belle_decrypt.recipes.catalogue import RECIPES
 from belle_decrypt.tensors.buffers import Scratch
 from belle_decrypt.tensors.options import KEPT, WRITTEN, Options
@@ -23,12 +23,15 @@ from belle_decrypt.tensors.protocol import (
     DIFF,
     Item,
     Recipe,
+    Shard,
+    SinkContext,
     SourceKind,
     SumRule,
     TensorInfo,
     TensorSource,
 )
 from belle_decrypt.tensors.run import Recovery
+from belle_decrypt.tensors.sinks import SINKS
 from belle_decrypt.tensors.sources import SOURCES
 from belle_decrypt.tensors.sumcheck import SumCheck
 
@@ -313,3 +316,65 @@ def test_a_chain_kind_a_multi_read_recipe_and_made_model_files(tmp_path: Path) -
         expected = [b + 2 * d for b, d in zip(flat(BASE_DATA[name]), flat(rows), strict=True)]
         assert got[name].flatten().tolist() == expected
     assert (out / "config.json").read_bytes() == b'{"toy": true}\n'
+
+
+@dataclass
+class LinesSink:
+    """A toy sink: one text file of every tensor's values, a line each; it takes the run's
+    context through ``bind`` and reads its file back in ``verify``."""
+
+    fmt: str = "lines"
+    weight_files: tuple[str, ...] = ()
+    self_contained: bool = True
+    contexts: list[SinkContext] = field(default_factory=list)
+    verified: list[bytes] = field(default_factory=list)
+    refuse: bool = False
+
+    def bind(self, context: SinkContext) -> None:
+        self.contexts.append(context)
+
+    def plan(self, items: list[Item]) -> list[Shard]:
+        return [Shard("model.txt", tuple(items), 1024)]
+
+    def index(self, shards: list[Shard]) -> tuple[str, bytes] | None:
+        return None
+
+    def overhead(self, shards: list[Shard]) -> int:
+        return 0
+
+    def write(self, shard: Shard, out: Any, produce: Any, on_bytes: Any, *rest: Any) -> None:
+        for item in shard.items:
+            values = produce(item, torch.empty(item.shape, dtype=torch.float32))
+            out.write(f"{item.name} {values.flatten().tolist()}\n".encode())
+
+    def verify(self, shard: Shard, path: Path) -> None:
+        self.verified.append(path.read_bytes())
+        if self.refuse:
+            raise OutputError("reads back wrong", path)
+
+
+def test_a_sinks_bind_and_verify_are_the_pipelines_hooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = LinesSink()
+    monkeypatch.setitem(SINKS, "lines", lambda max_size: sink)
+    assert recover(tmp_path, MeanRecipe(), fmt="lines", output_type="t") == [WRITTEN]
+    (context,) = sink.contexts
+    diff, base = tmp_path / "diff", tmp_path / "base"
+    assert (context.out_dir, context.tokenizer_dirs) == (tmp_path / "out", (diff, base))
+    assert (context.config_path, context.output_type, context.hf_layout) == (
+        base / "config.json",
+        "t",
+        True,
+    )
+    written = (tmp_path / "out" / "model.txt").read_bytes()
+    assert sink.verified == [written]  # read back whole, before the commit
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".belle-recover.json",
+        "model.txt",
+    ]
+    sink.refuse = True
+    (tmp_path / "again").mkdir()
+    with pytest.raises(OutputError, match="reads back wrong"):
+        recover(tmp_path / "again", MeanRecipe(), fmt="lines")
+    assert [p.name for p in (tmp_path / "again" / "out").iterdir()] == []

@@ -28,6 +28,7 @@ from belle_decrypt.cli.console import (
     user_errors,
     warn,
 )
+from belle_decrypt.cli.convert import GGUF_TYPE_HELP, GGUF_TYPES, TO_CHOICES, TO_HELP, convert
 from belle_decrypt.cli.reports import (
     check_key_run,
     decrypt_run,
@@ -300,7 +301,8 @@ def _run_demo_step(args: list[str]) -> None:
 
 RECOVER_HELP = (
     "Recover a model from an additive diff (tuned - base) in DIFF_DIR and LLaMA-1 in BASE_DIR.\n\n"
-    "Hugging Face folders, checked first, bit-exact, resumable, in the memory of a few tensors; "
+    "Hugging Face folders (--to gguf: one GGUF file), checked first, bit-exact, resumable, in "
+    "the memory of a few tensors; "
     "--recipe may be left out when DIFF_DIR's own name (or hub-cache name) says the release. "
     "DIFF_DIR may be a PEFT LoRA adapter (adapter_config.json; --then: more, in order).\n\n"
     "\b\nRecipes:\n"
@@ -326,7 +328,9 @@ def main() -> None:
 )
 @click.option("--then", multiple=True, type=PATH, help="A LoRA adapter merged after DIFF_DIR.")
 @click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin shards.")
-@click.option("--max-shard-size", default="2GB", show_default=True, help="E.g. 500MB, 10GiB.")
+@click.option("--max-shard-size", help="E.g. 500MB, 10GiB [default: 2GB].")
+@click.option("--to", type=click.Choice(TO_CHOICES), help=TO_HELP)
+@click.option("--gguf-type", type=click.Choice(GGUF_TYPES), help=GGUF_TYPE_HELP)
 @click.option("--manifest", "manifests", multiple=True, type=PATH, help=MANIFEST_HELP)
 @click.option("--expect-sum", type=float, help="The sum to check (recipes with a sum).")
 @click.option("--force", is_flag=True, help="Replace model files already in OUT_DIR.")
@@ -339,3 +343,6 @@ def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **option
 
     with user_errors(writing=True):
         recover_run(diff_dir, base_dir, out_dir, quiet, **options)
+
+
+cli.add_command(convert)

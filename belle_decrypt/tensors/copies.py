@@ -4,9 +4,18 @@ they are: the diff's, or the base's for a diff downloaded with its weights only.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from pathlib import Path
 
-from belle_decrypt.tensors.protocol import TensorSource
+from belle_decrypt.ground.errors import InputError
+from belle_decrypt.tensors.protocol import (
+    BASE,
+    DIFF,
+    MakesModelFiles,
+    Recipe,
+    Sink,
+    TensorSource,
+)
 
 COPIED = (
     "config.json",
@@ -53,3 +62,24 @@ def model_files(diff: TensorSource, base: TensorSource, warnings: list[str]) -> 
         )
     )
     return sorted([*own, *taken], key=lambda p: p.name)
+
+
+def output_files(
+    recipe: Recipe, sink: Sink, sources: Mapping[str, TensorSource], warnings: list[str]
+) -> tuple[list[Path], dict[str, bytes]]:
+    """The files to copy beside the weights and the files to write (name: bytes): none for a
+    sink that carries the model's description itself (GGUF), the recipe's own where it makes
+    them (:class:`~belle_decrypt.tensors.protocol.MakesModelFiles`), else :func:`model_files`.
+    A self-contained sink cannot yet take a recipe's own files: refused with the two-run way."""
+    if isinstance(recipe, MakesModelFiles):
+        if sink.self_contained:
+            raise InputError(
+                f"--to {sink.fmt} does not take this recipe's own model files yet "
+                "(LoRA adapters); merge into a Hugging Face folder first, then run "
+                f"`belle-decrypt convert MERGED_DIR OUT_DIR --to {sink.fmt}`",
+                sources[DIFF].path,
+            )
+        return recipe.model_files(sources)
+    if sink.self_contained:
+        return [], {}
+    return model_files(sources[DIFF], sources[BASE], warnings), {}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground.errors import InputError
-from belle_decrypt.tensors.sinks.shards import BIN, SAFETENSORS, parse_size
+from belle_decrypt.tensors.sinks.ggufsink import GGUF
+from belle_decrypt.tensors.sinks.shards import BIN, DEFAULT_MAX_SHARD, SAFETENSORS, parse_size
 from belle_decrypt.tensors.sumcheck import SumCheck
 
 KEPT, WRITTEN = "kept", "written"
@@ -26,6 +27,8 @@ class Options:
     manifest: Manifest | None = None
     expect_sum: float | None = None
     allow_nonfinite: bool = False
+    output_type: str | None = None
+    """The element type asked for (``--gguf-type``); None: the format's default."""
 
     @classmethod
     def parse(
@@ -33,14 +36,25 @@ class Options:
         *,
         recipe: str | None,
         as_bin: bool,
-        max_shard_size: str,
+        max_shard_size: str | None,
         manifests: tuple[Path, ...],
         expect_sum: float | None,
         force: bool,
         no_fsync: bool,
         allow_nonfinite: bool = False,
+        to: str | None = None,
+        gguf_type: str | None = None,
     ) -> Options:
-        """The options as the command line gives them: the manifests read, the size parsed."""
+        """The options as the command line gives them: the manifests read, the size parsed;
+        ``--to gguf`` takes neither ``--bin`` nor ``--max-shard-size`` (one GGUF file)."""
+        if to == GGUF and (as_bin or max_shard_size is not None):
+            option = "--bin" if as_bin else "--max-shard-size"
+            raise InputError(
+                f"{option} shapes Hugging Face shards; --to gguf writes one GGUF file instead: "
+                f"leave {option} out"
+            )
+        if to != GGUF and gguf_type is not None:
+            raise InputError("--gguf-type applies to --to gguf only; add --to gguf or leave it out")
         if expect_sum is not None and not math.isfinite(expect_sum):
             raise InputError(
                 f"--expect-sum {expect_sum} is not a finite number; pass the figure the "
@@ -48,13 +62,14 @@ class Options:
             )
         return cls(
             recipe=recipe,
-            fmt=BIN if as_bin else SAFETENSORS,
-            max_shard_size=parse_size(max_shard_size),
+            fmt=GGUF if to == GGUF else BIN if as_bin else SAFETENSORS,
+            max_shard_size=parse_size(max_shard_size or DEFAULT_MAX_SHARD),
             force=force,
             fsync=not no_fsync,
             manifest=Manifest.read_all(manifests) if manifests else None,
             expect_sum=expect_sum,
             allow_nonfinite=allow_nonfinite,
+            output_type=gguf_type,
         )
 
 

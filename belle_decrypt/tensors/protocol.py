@@ -5,7 +5,10 @@ loads one tensor at a time; a :class:`SourceKind` says which folders it reads an
 A *recipe* (:class:`Recipe`) checks its inputs, plans the output tensors (:class:`Item`: a
 name, a dtype, a shape, and the input tensors it reads) and computes each one. A *sink*
 (:class:`Sink`) cuts the items into output files (:class:`Shard`) and writes each of them as a
-stream. :mod:`belle_decrypt.tensors.run` drives them and owns everything they share: the
+stream; a sink whose format needs more than the items (GGUF: the config, the tokenizer, the q/k
+layout) gets it through ``Sink.bind`` (a :class:`SinkContext`), and one that can read its file
+back checks it in ``Sink.verify`` before the run commits it. :mod:`belle_decrypt.tensors.run`
+drives them and owns everything they share: the
 checks before writing, the journal and resume, free space, the manifest, the sum check,
 progress, Ctrl-C and the atomic finish. Nothing here imports a concrete source, recipe or sink.
 """
@@ -220,6 +223,25 @@ Produce = Callable[[Item, "torch.Tensor"], "torch.Tensor"]
 """Computes an item's output tensor into the given buffer (or returns an input as it is)."""
 
 
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink may need besides the items (:meth:`Sink.bind`), gathered by the run."""
+
+    out_dir: Path
+    config: dict[str, Any] | None
+    """The model's config.json: the diff's, else the base's (None: neither has one)."""
+    config_path: Path
+    """Where ``config`` was read (messages name it)."""
+    tokenizer_dirs: tuple[Path, ...]
+    """Folders to take a tokenizer from, first match wins: the diff's (or adapter's), then
+    the base's."""
+    output_type: str | None = None
+    """The element type asked for (``--gguf-type``); None: the format's default."""
+    hf_layout: bool = True
+    """Whether q and k come in the Hugging Face rotary layout (False: Meta's interleaved one,
+    as a source reading Meta's files gives them)."""
+
+
 class Sink(Protocol):
     """An output format: how items are cut into files and how one file is written."""
 
@@ -230,6 +252,15 @@ class Sink(Protocol):
     @property
     def weight_files(self) -> Sequence[str]:
         """Name patterns of files a loader may take for weights (stale ones are in the way)."""
+
+    @property
+    def self_contained(self) -> bool:
+        """Whether the file carries the model's config and tokenizer (GGUF): then none of the
+        config and tokenizer files are copied beside it."""
+
+    def bind(self, context: SinkContext) -> None:
+        """Take what the format needs besides the items; called once before ``plan``, it may
+        refuse the run (an InputError) before anything is written."""
 
     def plan(self, items: list[Item]) -> list[Shard]:
         """Cut the items into output files, in order."""
@@ -250,3 +281,7 @@ class Sink(Protocol):
         pool: BufferPool,
     ) -> None:
         """Compute each tensor of ``shard`` with ``produce`` and write the file to ``out``."""
+
+    def verify(self, shard: Shard, path: Path) -> None:
+        """Read the written file back at ``path`` (its temporary name, flushed) before the run
+        commits it; raise an OutputError when it does not read back whole."""

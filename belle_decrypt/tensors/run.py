@@ -36,7 +36,7 @@ from belle_decrypt.streams.output import (
     remove_stale_temps,
 )
 from belle_decrypt.tensors.buffers import BufferPool, Scratch
-from belle_decrypt.tensors.copies import model_files
+from belle_decrypt.tensors.copies import output_files
 from belle_decrypt.tensors.journal import (
     JOURNAL_NAME,
     PENDING_PREFIX,
@@ -54,9 +54,9 @@ from belle_decrypt.tensors.protocol import (
     DIFF,
     ChooseRecipe,
     Item,
-    MakesModelFiles,
     Recipe,
     Shard,
+    SinkContext,
     SourceKind,
     TensorSource,
 )
@@ -158,12 +158,22 @@ class Recovery:
     def _check(self) -> None:
         self.recipe.check(self.sources)
         self.items = self.recipe.plan(self.sources)
+        self.copies, self.generated = output_files(
+            self.recipe, self.sink, self.sources, self.warnings
+        )
+        base = self.sources[BASE]
+        described = self.diff if self.diff.config is not None else base
+        self.sink.bind(
+            SinkContext(
+                self.out_dir,
+                described.config,
+                described.path / "config.json",
+                (self.diff.path, base.path),
+                self.options.output_type,
+            )
+        )
         self.shards = self.sink.plan(self.items)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
-        if isinstance(self.recipe, MakesModelFiles):
-            self.copies, self.generated = self.recipe.model_files(self.sources)
-        else:
-            self.copies = model_files(self.diff, self.sources[BASE], self.warnings)
         if self.options.manifest is not None:
             self.manifest_entries = listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
@@ -309,12 +319,14 @@ class Recovery:
             out = HashingWriter(handle, str(self.out_dir / shard.name))
             try:
                 self.sink.write(shard, out, self._produce, on_bytes, on_tensor, self.pool)
+                handle.flush()
             except OSError as exc:
                 raise OutputError(
                     f"cannot write: {exc.strerror or exc}; nothing was left under a final name "
                     "(check the free space, then run the same command again)",
                     self.out_dir / shard.name,
                 ) from exc
+            self.sink.verify(shard, atomic.temp)
             atomic.commit(self.out_dir / pending_name(shard.name))
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
         self.journal.record(shard.name, out.sha256.hexdigest(), shard_sums, fsync=fsync)

@@ -17,13 +17,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.tensors.buffers import BufferPool, shaped
 from belle_decrypt.tensors.journal import HashingWriter
-from belle_decrypt.tensors.protocol import Item, Produce, Shard
+from belle_decrypt.tensors.protocol import Item, Produce, Shard, SinkContext
 
 if TYPE_CHECKING:
     import torch
@@ -139,6 +140,13 @@ class ShardSink:
     fmt: str
     max_size: int
     weight_files: tuple[str, ...] = WEIGHT_FILES
+    self_contained: bool = False
+
+    def bind(self, context: SinkContext) -> None:
+        """Nothing: shards need only the items."""
+
+    def verify(self, shard: Shard, path: Path) -> None:
+        """Nothing: the journalled SHA-256 is what a shard is checked by."""
 
     def plan(self, items: list[Item]) -> list[Shard]:
         """Shards of at most ``max_size`` bytes of tensor data (see :func:`plan_shards`)."""
