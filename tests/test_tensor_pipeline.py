@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from belle_decrypt.ground.errors import ChecksumError, InputError
+from belle_decrypt.ground.errors import ChecksumError, InputError, OutputError
 from belle_decrypt.recipes.catalogue import RECIPES
 from belle_decrypt.tensors.buffers import Scratch
 from belle_decrypt.tensors.options import KEPT, WRITTEN, Options
@@ -86,6 +86,10 @@ class MeanRecipe:
     sum_tolerance: float = 0.0
     sum_rule: SumRule | None = None
     base_kinds: tuple[SourceKind, ...] = ()
+    made: dict[str, bytes] = field(default_factory=dict)
+
+    def generated(self, sources: Mapping[str, TensorSource]) -> dict[str, bytes]:
+        return self.made
 
     def check(self, sources: Mapping[str, TensorSource]) -> None:
         if sources[DIFF].tensors.keys() != sources[BASE].tensors.keys():
@@ -216,6 +220,22 @@ def test_a_recipes_base_kinds_and_sum_rule_are_the_pipelines_hooks(tmp_path: Pat
         run(hooked, largest + 1)
     with pytest.raises(InputError, match=r"--expect-sum applies to the recipes with a published"):
         run(MeanRecipe(base_kinds=(ToyKind(),)), largest)
+
+
+def test_a_recipes_generated_files_are_written_at_the_finish_and_checked_in_the_way(
+    tmp_path: Path,
+) -> None:
+    made = {"notes.json": b'{"made": true}\n'}
+    assert recover(tmp_path, MeanRecipe(made=made)) == [WRITTEN]
+    out = tmp_path / "out"
+    assert (out / "notes.json").read_bytes() == made["notes.json"]
+    assert recover(tmp_path, MeanRecipe(made=made)) == [KEPT]
+    (out / "notes.json").write_bytes(b"someone else's")
+    with pytest.raises(OutputError, match="already exists and is not from this recovery"):
+        recover(tmp_path, MeanRecipe(made=made))
+    assert (out / "notes.json").read_bytes() == b"someone else's"
+    assert recover(tmp_path, MeanRecipe(made=made), force=True) == [WRITTEN]
+    assert (out / "notes.json").read_bytes() == made["notes.json"]
 
 
 def test_every_catalogued_recipe_is_a_recipe_the_command_line_offers() -> None:

@@ -28,6 +28,7 @@ from belle_decrypt.cli.console import (
     user_errors,
     warn,
 )
+from belle_decrypt.cli.convert import convert
 from belle_decrypt.cli.reports import (
     check_key_run,
     decrypt_run,
@@ -307,6 +308,9 @@ RECOVER_HELP = (
     + "\n\n\b\nExample:\n"
     + "  belle-decrypt recover weight-diff/ llama-7b-hf/ alpaca-7b/ --recipe alpaca"
 )
+
+
+cli.add_command(convert)
 
 
 def main() -> None:

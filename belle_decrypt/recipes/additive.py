@@ -29,6 +29,7 @@ from belle_decrypt.tensors.protocol import (
     TensorInfo,
     TensorSource,
 )
+from belle_decrypt.tensors.sources.meta import MetaFolder
 from belle_decrypt.tensors.sumcheck import FLOAT32_TOTAL
 
 if TYPE_CHECKING:
@@ -68,6 +69,10 @@ class AdditiveRecipe:
     def takes_diff(self, name: str) -> bool:
         """Whether tensor ``name`` is the diff's own (no base needed)."""
         return any(part in name for part in self.from_diff)
+
+    def generated(self, sources: Mapping[str, TensorSource]) -> dict[str, bytes]:
+        """A recovery makes no file: the diff's config and tokenizer files are copied."""
+        return {}
 
     def check(self, sources: Mapping[str, TensorSource]) -> None:
         """Refuse a LLaMA-2 base, full weights as the diff, or the two folders swapped."""
@@ -127,6 +132,9 @@ NEAR_ZERO = 0.02
 
 def check_base_config(base: TensorSource) -> None:
     """Refuse a LLaMA-2 base: every additive release was made against LLaMA-1."""
+    if isinstance(base, MetaFolder):
+        base.require_llama1()
+        return
     config = base.config or {}
     if config.get("max_position_embeddings") == LLAMA2_POSITIONS:
         raise base.fail(

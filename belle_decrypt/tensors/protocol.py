@@ -152,6 +152,12 @@ class Recipe(Protocol):
     def check(self, sources: Mapping[str, TensorSource]) -> None:
         """Refuse inputs this recipe cannot use (the wrong model, the folders swapped)."""
 
+    def generated(self, sources: Mapping[str, TensorSource]) -> dict[str, bytes]:
+        """Files the run makes from the inputs rather than copies (name: bytes; ``convert``:
+        config.json and the tokenizer files from Meta's). They are checked for being in the
+        way and counted in the free space as the copies are, written at the finish with them,
+        and take the place of a copied file of the same name. Most recipes make none: {}."""
+
     def plan(self, sources: Mapping[str, TensorSource]) -> list[Item]:
         """The output tensors in the order they are written; refuse what does not pair."""
 

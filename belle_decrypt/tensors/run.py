@@ -90,6 +90,7 @@ class Recovery:
         self.items: list[Item] = []
         self.shards: list[Shard] = []
         self.copies: list[Path] = []
+        self.generated: dict[str, bytes] = {}
         self.journal: Journal | None = None
         self.manifest_entries: list[Listed] = []
         self.pool = BufferPool(0)
@@ -128,7 +129,24 @@ class Recovery:
         except BaseException:
             diff.close()
             raise
-        recovery = cls(recipe, recognised, {DIFF: diff, BASE: base}, out_dir, options)
+        return cls.prepare_opened(recipe, recognised, {DIFF: diff, BASE: base}, out_dir, options)
+
+    @classmethod
+    def prepare_opened(
+        cls,
+        recipe: Recipe,
+        recognised: str | None,
+        sources: dict[str, TensorSource],
+        out_dir: Path,
+        options: Options,
+        checksums: Sequence[Listed] = (),
+    ) -> Recovery:
+        """Check the opened ``sources`` (closed on a refusal) and the output folder with
+        ``recipe``; raise before writing anything. ``convert`` passes Meta's folder in both
+        roles, and its files' checksums (``checksums``: hashed beside the run as
+        ``--manifest``'s are)."""
+        recovery = cls(recipe, recognised, sources, out_dir, options)
+        recovery.manifest_entries = list(checksums)
         try:
             recovery._check()
         except BaseException:
@@ -157,9 +175,11 @@ class Recovery:
         self.items = self.recipe.plan(self.sources)
         self.shards = self.sink.plan(self.items)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
-        self.copies = model_files(self.diff, self.sources[BASE], self.warnings)
+        self.generated = self.recipe.generated(self.sources)
+        copies = model_files(self.diff, self.sources[BASE], self.warnings)
+        self.copies = [path for path in copies if path.name not in self.generated]
         if self.options.manifest is not None:
-            self.manifest_entries = listed_files(self.options.manifest, self.diff)
+            self.manifest_entries += listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
             described = self.diff if self.diff.config is not None else self.sources[BASE]
             self.inv_freq_sum = float(rotary_inv_freq(described).sum())
@@ -178,6 +198,7 @@ class Recovery:
         self._remove_pending_not_kept()
         to_write = sum(s.size for s in self.shards if s.name not in self.journal.shards)
         to_write += sum(p.stat().st_size for p in self.copies) + self.sink.overhead(self.shards)
+        to_write += sum(len(data) for data in self.generated.values())
         check_free_space(self.out_dir, to_write)
 
     def _check_nothing_in_the_way(self) -> None:
@@ -190,6 +211,10 @@ class Recovery:
         for path in self.copies:
             target = self.out_dir / path.name
             if target.exists() and not filecmp.cmp(path, target, shallow=False):
+                raise _in_the_way(target)
+        for name, data in self.generated.items():
+            target = self.out_dir / name
+            if target.exists() and (not target.is_file() or target.read_bytes() != data):
                 raise _in_the_way(target)
         index = self.sink.index(self.shards)
         if index is not None:
@@ -377,7 +402,8 @@ class Recovery:
             self.journal.remove()
 
     def _finish(self) -> tuple[str, ...]:
-        """Copy the diff's model files, rename the shards, write the index last."""
+        """Copy the diff's model files, write the recipe's generated ones, rename the shards,
+        write the index last."""
         assert self.journal is not None
         fsync = self.options.fsync
         copied = []
@@ -390,6 +416,11 @@ class Recovery:
                 shutil.copyfileobj(source, handle, 4 * 1024 * 1024)
                 atomic.commit()
             copied.append(path.name)
+        for name, data in self.generated.items():
+            target = self.out_dir / name
+            if not (target.is_file() and target.read_bytes() == data):
+                write_small_file(target, data, fsync=fsync)
+                copied.append(name)
         for stale in self._stale_weights():
             os.unlink(stale)
         for shard in self.shards:

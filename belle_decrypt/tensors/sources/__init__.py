@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.tensors.protocol import SourceKind, TensorSource
 from belle_decrypt.tensors.sources.hfdir import HfFolder
+from belle_decrypt.tensors.sources.meta import MetaKind
 
 if TYPE_CHECKING:
     import torch
 
-SOURCES: tuple[SourceKind, ...] = (HfFolder(),)
+SOURCES: tuple[SourceKind, ...] = (MetaKind(), HfFolder())
 """The kinds tried in order; the first that recognises a folder opens it."""
 
 

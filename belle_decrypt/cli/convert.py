@@ -1,0 +1,104 @@
+"""``convert``: Meta's LLaMA-1/2 folder to the Hugging Face layout (the click command and its
+lines; the library's side is :mod:`belle_decrypt.recipes.convert`), and ``check-key``'s lines
+on Meta's folder (:mod:`belle_decrypt.tensors.metacheck`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from belle_decrypt.cli.console import (
+    Bars,
+    GivenPath,
+    bar,
+    human_size,
+    one_line,
+    progress_enabled,
+    say,
+    user_errors,
+)
+
+PATH = GivenPath(path_type=Path, readable=False)
+
+
+@click.command()
+@click.argument("llama_dir", type=PATH)
+@click.argument("out_dir", type=PATH)
+@click.option("--size", help="A size folder under LLAMA_DIR (13B, llama-2-13b, ...).")
+@click.option("--llama-version", type=click.Choice(["1", "2"]), help="[default: from the files]")
+@click.option("--no-verify", is_flag=True, help="Skip checklist.chk and the published SHA-256.")
+@click.option("--bin", "as_bin", is_flag=True, help="Write pytorch_model-*.bin shards.")
+@click.option("--max-shard-size", default="2GB", show_default=True, help="E.g. 500MB, 10GiB.")
+@click.option("--force", is_flag=True, help="Replace model files already in OUT_DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
+@click.option("--no-fsync", is_flag=True, help="Skip fsync: faster, less safe on power loss.")
+def convert(llama_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
+    """Convert Meta's LLaMA-1/2 files in LLAMA_DIR (a size folder, or the download's root
+    with --size) to the Hugging Face layout in OUT_DIR: bit for bit, checked, resumable.
+
+    \b
+    Example:
+      belle-decrypt convert llama/7B/ llama-7b-hf/
+    """
+    with user_errors(writing=True):
+        convert_run(llama_dir, out_dir, quiet, **options)
+
+
+def convert_run(
+    llama_dir: Path,
+    out_dir: Path,
+    quiet: bool,
+    *,
+    size: str | None,
+    llama_version: str | None,
+    no_verify: bool,
+    **arguments: Any,
+) -> None:
+    """Check, convert with a bar per shard and an overall one, then the summary."""
+    from belle_decrypt.recipes.convert import describe, prepare_conversion
+    from belle_decrypt.tensors.options import Options
+
+    options = Options.parse(recipe=None, manifests=(), expect_sum=None, **arguments)
+    version = int(llama_version) if llama_version is not None else None
+    with prepare_conversion(
+        llama_dir, out_dir, options, size=size, version=version, verify=not no_verify
+    ) as job:
+        say(f"model      {describe(job)}", quiet)
+        with Bars(job.total_size, True, progress_enabled(quiet)) as bars:
+            outcome = job.run(
+                lambda name, size: bars.file(size, name),
+                on_shard=lambda shard: say(
+                    f"{shard.status:<10} {shard.name}  {human_size(shard.size)}", quiet
+                ),
+            )
+    if outcome.manifest_checked:
+        say(f"checked    {outcome.manifest_checked} files against Meta's checksums", quiet)
+    if outcome.copied:
+        say(f"wrote      {', '.join(outcome.copied)}", quiet)
+    shards = len(outcome.shards)
+    say(
+        f"converted  {out_dir}: {shards} shard{'s' * (shards != 1)}, "
+        f"{human_size(outcome.written)} written in {outcome.seconds:.1f} s",
+        quiet,
+    )
+
+
+def meta_run(folder: Path, quiet: bool) -> bool:
+    """`check-key` on Meta's folder: the model, each file's checksums (with a bar), what it is
+    the key for, the verdict; True when every file matches."""
+    from belle_decrypt.tensors.metacheck import check_meta
+
+    with bar(0, "md5", progress_enabled(quiet)) as hashing:
+        report = check_meta(folder, on_progress=hashing.update)
+    lines = [] if quiet else [("folder", str(report.folder)), ("model", report.model)]
+    for check in report.checks if not quiet else ():
+        status = "OK" if check.ok else f"FAILED ({check.listing} {check.expected})"
+        lines.append((check.path.name, f"{check.algorithm} {check.actual} {status}"))
+    if not quiet:
+        lines.append(("key for", report.key_for))
+    lines.append(("verdict", f"{report.folder} {report.verdict}"))
+    for label, value in lines:
+        click.echo(one_line(f"{label + ':':<21}{value}"))
+    return report.ok
