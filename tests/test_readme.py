@@ -2,8 +2,9 @@
 built in a temporary folder, with what the READMEs say they do: the docs cannot drift.
 
 Placeholders (`/path/to_encrypted`, `llama/7B/consolidated.00.pth`, `$LLAMA_7B`, ...) all name
-files of that release; the key is a stand-in, so `check-key` exits 1 as the READMEs say for any
-file that is not Meta's LLaMA-7B, and the CI script stops there (`set -e`). The `recover`
+files of that release; the key is a stand-in (the one file of a tiny Meta download, which
+`convert` and `recover` read as Meta's folder), so `check-key` exits 1 as the READMEs say for
+any file that is not Meta's LLaMA-7B, and the CI script stops there (`set -e`). The `recover`
 releases are tiny stand-ins too, so Alpaca's published sum check fails (exit 1, nothing
 written) as the READMEs say it does for a base that is not the publisher's. Install, test and
 benchmark lines are left out.
@@ -21,14 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from tests import reference
+from tests import reference, reference_meta
 from tests.conftest import random_bytes
 from tests.release import Release, make_release
-from tests.tinyllama import model, readme_releases
+from tests.tinyllama import load_folder, readme_releases, same_bits
 from tests.tinylora import README_MERGED, readme_adapters
 
 ROOT = Path(__file__).parents[1]
-KEY = b"a stand-in for LLaMA-7B consolidated.00.pth"
 # The releases whose published sum the tiny stand-ins cannot meet (exit 1, nothing written).
 PUBLISHED_SUMS = ("alpaca-7b-wdiff", "zhixi-13b-diff", "BiLLa-7B-SFT")
 # Absolute placeholders of the READMEs, and where they point in the release's folder.
@@ -90,15 +90,17 @@ def expected_exit(command: str) -> int:
 @pytest.fixture
 def world(tmp_path: Path) -> tuple[Path, Release]:
     """A folder where every path the READMEs use exists."""
-    release = make_release(tmp_path, KEY)
-    key = tmp_path / "llama" / "7B" / "consolidated.00.pth"
-    key.parent.mkdir(parents=True)
-    key.write_bytes(KEY)
+    tokenizer = reference_meta.tokenizer_model(tmp_path / "spm")
+    meta = reference_meta.write_download(tmp_path / "llama", reference_meta.LLAMA1, 1, tokenizer)
+    key = meta / "consolidated.00.pth"  # a tiny Meta download stands in for LLaMA-7B
+    release = make_release(tmp_path, key.read_bytes())
     shutil.copytree(release.enc_dir, tmp_path / "BELLE-7B-2M-enc")
     shutil.copy(release.card, tmp_path / "md5.txt")
     shutil.copy(release.card, tmp_path / "model-card-md5.txt")
-    readme_releases(tmp_path)
-    readme_adapters(tmp_path, model(1))  # made for llama-7b-hf (an HF base; Meta's comes later)
+    whole = reference_meta.whole_model(reference_meta.LLAMA1)
+    llama = reference_meta.reference_hf(whole, reference_meta.LLAMA1)
+    readme_releases(tmp_path, llama)
+    readme_adapters(tmp_path, llama)  # made for llama-7b-hf, the conversion of llama/7B/
     (tmp_path / "my-finetune").mkdir()
     for name, data in release.plain.items():
         (tmp_path / "my-finetune" / name).write_bytes(data)
@@ -162,5 +164,12 @@ def test_every_readme_command_does_what_the_readme_says(world: tuple[Path, Relea
         assert (folder / merged / "model.safetensors").is_file(), merged
     for failed in ("alpaca-7b", "zhixi-13b", "zhixi-13b-fp16", "billa-7b-sft"):
         assert not [p for p in (folder / failed).iterdir() if not p.name.startswith(".")], failed
+    converted = load_folder(folder / "llama-7b-converted")
+    base = load_folder(folder / "llama-7b-hf")
+    assert list(converted) == list(base)
+    assert all(same_bits(converted[name], t) for name, t in base.items())
+    from_meta, from_hf = load_folder(folder / "vicuna-7b-meta"), load_folder(folder / "vicuna-7b")
+    assert list(from_meta) == list(from_hf)
+    assert all(same_bits(from_meta[name], t) for name, t in from_hf.items())
     published = sorted(p.name for p in (folder / "my-finetune-enc").iterdir())
     assert published == sorted([*release.enc_names.values(), "md5sums.txt"])

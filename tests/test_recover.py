@@ -319,19 +319,19 @@ def test_a_base_whose_norms_are_small_like_llamas_is_accepted(tmp_path: Path) ->
     assert_recovered(out, ref.recover("vicuna", diff, base))
 
 
-def test_consolidated_pth_base_is_refused(tmp_path: Path) -> None:
-    diff_dir, _, _ = release(tmp_path, "vicuna")
+def test_consolidated_pth_as_the_diff_is_refused(tmp_path: Path) -> None:
+    _, base_dir, _ = release(tmp_path, "vicuna")
     meta = tmp_path / "llama" / "7B"
     meta.mkdir(parents=True)
     torch.save({"tok_embeddings.weight": torch.zeros(2, 2)}, meta / "consolidated.00.pth")
     (meta / "params.json").write_text("{}")
     out = tmp_path / "out"
     refused(
-        run(diff_dir, meta, out, "--recipe", "vicuna"),
+        run(meta, base_dir, out, "--recipe", "vicuna"),
         out,
-        f"{meta}: (BASE_DIR) holds Meta's original consolidated.*.pth checkpoint; convert it "
-        "to the Hugging Face layout first (transformers' convert_llama_weights_to_hf.py "
-        "--input_dir LLAMA_DIR --model_size 7B --output_dir BASE_DIR)",
+        f"{meta}: (DIFF_DIR) holds Meta's original consolidated.*.pth checkpoint; that is "
+        "LLaMA itself, not a diff: pass it as BASE_DIR (recover reads Meta's files), or convert "
+        "it with `belle-decrypt convert LLAMA_DIR OUT_DIR`",
     )
 
 

@@ -221,6 +221,34 @@ def test_a_recipes_base_kinds_and_sum_rule_are_the_pipelines_hooks(tmp_path: Pat
         run(MeanRecipe(base_kinds=(ToyKind(),)), largest)
 
 
+@dataclass(frozen=True)
+class MakingRecipe(MeanRecipe):
+    """The toy mean, describing its output with files of its own (``model_files``)."""
+
+    made: dict[str, bytes] = field(default_factory=dict)
+
+    def model_files(
+        self, sources: Mapping[str, TensorSource]
+    ) -> tuple[list[Path], dict[str, bytes]]:
+        return [], self.made
+
+
+def test_a_recipes_generated_files_are_written_at_the_finish_and_checked_in_the_way(
+    tmp_path: Path,
+) -> None:
+    made = {"notes.json": b'{"made": true}\n'}
+    assert recover(tmp_path, MakingRecipe(made=made)) == [WRITTEN]
+    out = tmp_path / "out"
+    assert (out / "notes.json").read_bytes() == made["notes.json"]
+    assert recover(tmp_path, MakingRecipe(made=made)) == [KEPT]
+    (out / "notes.json").write_bytes(b"someone else's")
+    with pytest.raises(OutputError, match="already exists and is not from this recovery"):
+        recover(tmp_path, MakingRecipe(made=made))
+    assert (out / "notes.json").read_bytes() == b"someone else's"
+    assert recover(tmp_path, MakingRecipe(made=made), force=True) == [WRITTEN]
+    assert (out / "notes.json").read_bytes() == made["notes.json"]
+
+
 def test_every_catalogued_recipe_is_a_recipe_the_command_line_offers() -> None:
     recipes: list[Recipe] = list(RECIPES.values())
     assert [recipe.name for recipe in recipes] == [

@@ -213,14 +213,17 @@ README_RELEASES = (
 _MORE = ("wizardlm", "zhixi", "zhixi-fp16", "ultralm", "yulan", "llava")
 
 
-def readme_releases(folder: Path) -> None:
-    """Tiny stand-ins, in ``folder``, for the bases and diffs the READMEs' commands use."""
+def readme_releases(folder: Path, base: StateDict | None = None) -> None:
+    """Tiny stand-ins, in ``folder``, for the bases and diffs the READMEs' commands use
+    (``base``: the LLaMA-1 they are made against, by default ``model(1)``)."""
     from tests import reference_recover, reference_recover_more
 
-    base = model(1)
+    base = model(1) if base is None else base
+    extra_rows = base["model.embed_tokens.weight"].shape[0] - 100
     for name in ("llama-7b-hf", "llama-13b-hf"):
-        write_folder(folder / name, base, "bin-sharded", config(100))
+        write_folder(folder / name, base, "bin-sharded", config(100 + extra_rows))
     for name, recipe, vocab in README_RELEASES:
+        vocab += extra_rows
         tuned_model = tuned({k: v.float() for k, v in base.items()}, 2, vocab=vocab)
         files: dict[str, bytes] = {}
         if recipe.startswith("billa"):

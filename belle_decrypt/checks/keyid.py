@@ -10,6 +10,7 @@ vocabulary name what it is.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -299,3 +300,20 @@ def unexpected_key_warning(report: KeyReport, check_key: str = "check-key") -> s
         f"{report.path}: {report.verdict}; decrypting anyway (see "
         f"`belle-decrypt {check_key} {report.path}`)"
     )
+
+
+META_SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+"""The name of one of Meta's model-parallel files (``consolidated.00.pth``)."""
+
+
+def is_meta_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder of Meta's layout: ``consolidated.NN.pth`` files, or a
+    ``params.json`` without Hugging Face weights (some HF repositories carry one too)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    if any(META_SHARD_RE.match(name) for name in names):
+        return True
+    hf_weights = any(n.endswith(".safetensors") or n.startswith("pytorch_model") for n in names)
+    return "params.json" in names and not hf_weights

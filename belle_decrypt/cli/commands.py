@@ -313,6 +313,9 @@ RECOVER_HELP = (
 )
 
 
+cli.add_command(convert)
+
+
 def main() -> None:
     """Console-script entry point."""
     keep_going_without_stdout_reader()
@@ -343,6 +346,3 @@ def recover(diff_dir: Path, base_dir: Path, out_dir: Path, quiet: bool, **option
 
     with user_errors(writing=True):
         recover_run(diff_dir, base_dir, out_dir, quiet, **options)
-
-
-cli.add_command(convert)

@@ -184,6 +184,10 @@ def check_key_run(
     from belle_decrypt.checks import keyid
     from belle_decrypt.xor.detect import LAYOUTS
 
+    if os.path.isdir(key_file) and keyid.is_meta_folder(key_file) and not base_manifests:
+        from belle_decrypt.cli.convert import meta_run
+
+        return meta_run(key_file, quiet)
     # isdir never raises: identify() says what is wrong with an unreadable path
     if folder or format_name == "perfile" or os.path.isdir(key_file) or base_manifests:
         return base_run(key_file, base_manifests, quiet)

@@ -29,6 +29,7 @@ from belle_decrypt.tensors.protocol import (
     TensorInfo,
     TensorSource,
 )
+from belle_decrypt.tensors.sources.meta import MetaFolder
 from belle_decrypt.tensors.sumcheck import FLOAT32_TOTAL
 
 if TYPE_CHECKING:
@@ -127,6 +128,9 @@ NEAR_ZERO = 0.02
 
 def check_base_config(base: TensorSource) -> None:
     """Refuse a LLaMA-2 base: every additive release was made against LLaMA-1."""
+    if isinstance(base, MetaFolder):
+        base.require_llama1()
+        return
     config = base.config or {}
     if config.get("max_position_embeddings") == LLAMA2_POSITIONS:
         raise base.fail(

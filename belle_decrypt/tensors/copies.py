@@ -3,11 +3,15 @@ they are: the diff's, or the base's for a diff downloaded with its weights only.
 
 from __future__ import annotations
 
+import filecmp
 import fnmatch
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from belle_decrypt.ground.errors import InputError
+from belle_decrypt.streams.output import AtomicFile
+from belle_decrypt.tensors.journal import write_small_file
 from belle_decrypt.tensors.protocol import (
     BASE,
     DIFF,
@@ -83,3 +87,26 @@ def output_files(
     if sink.self_contained:
         return [], {}
     return model_files(sources[DIFF], sources[BASE], warnings), {}
+
+
+def write_output_files(
+    out_dir: Path, copies: list[Path], generated: dict[str, bytes], fsync: bool
+) -> list[str]:
+    """Copy ``copies`` and write ``generated`` into ``out_dir`` atomically, each unless an
+    equal file is already there; the names written."""
+    written = []
+    for path in copies:
+        target = out_dir / path.name
+        if target.exists() and filecmp.cmp(path, target, shallow=False):
+            continue
+        atomic = AtomicFile(target, fsync=fsync)
+        with atomic as handle, open(path, "rb") as source:
+            shutil.copyfileobj(source, handle, 4 * 1024 * 1024)
+            atomic.commit()
+        written.append(path.name)
+    for name, data in generated.items():
+        target = out_dir / name
+        if not (target.is_file() and target.read_bytes() == data):
+            write_small_file(target, data, fsync=fsync)
+            written.append(name)
+    return written

@@ -30,6 +30,16 @@ def listed_files(manifest: Manifest, diff: TensorSource) -> list[Listed]:
     return listed
 
 
+def whose(entry: ManifestEntry) -> str:
+    """Who gave an expected digest, for messages: a source's own checklist (Meta's
+    ``checklist.chk``), Meta's published table (docs/FORMAT.md), or the model card."""
+    if entry.source.startswith("docs/FORMAT.md"):
+        return "Meta's published"
+    if entry.source.endswith(".chk"):
+        return f"{Path(entry.source).name}'s"
+    return "the model card's"
+
+
 class ManifestHasher:
     """The listed diff files hashed (md5 and/or SHA-256, as listed), one after another in a
     thread beside the recovery."""
@@ -57,8 +67,8 @@ class ManifestHasher:
                 for entry in entries:
                     if actual[entry.algorithm] != entry.digest:
                         self.failure = ChecksumError(
-                            f"{entry.algorithm} {actual[entry.algorithm]} differs from the "
-                            f"model card's {entry.digest} ({entry.where}): the download is "
+                            f"{entry.algorithm} {actual[entry.algorithm]} differs from "
+                            f"{whose(entry)} {entry.digest} ({entry.where}): the download is "
                             "damaged; download it again; nothing written",
                             path,
                         )

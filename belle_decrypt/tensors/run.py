@@ -18,7 +18,6 @@ import contextlib
 import filecmp
 import fnmatch
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -36,7 +35,7 @@ from belle_decrypt.streams.output import (
     remove_stale_temps,
 )
 from belle_decrypt.tensors.buffers import BufferPool, Scratch
-from belle_decrypt.tensors.copies import output_files
+from belle_decrypt.tensors.copies import output_files, write_output_files
 from belle_decrypt.tensors.journal import (
     JOURNAL_NAME,
     PENDING_PREFIX,
@@ -131,7 +130,24 @@ class Recovery:
         except BaseException:
             diff.close()
             raise
-        recovery = cls(recipe, recognised, {DIFF: diff, BASE: base}, out_dir, options)
+        return cls.prepare_opened(recipe, recognised, {DIFF: diff, BASE: base}, out_dir, options)
+
+    @classmethod
+    def prepare_opened(
+        cls,
+        recipe: Recipe,
+        recognised: str | None,
+        sources: dict[str, TensorSource],
+        out_dir: Path,
+        options: Options,
+        checksums: Sequence[Listed] = (),
+    ) -> Recovery:
+        """Check the opened ``sources`` (closed on a refusal) and the output folder with
+        ``recipe``; raise before writing anything. ``convert`` passes Meta's folder in both
+        roles, and its files' checksums (``checksums``: hashed beside the run as
+        ``--manifest``'s are)."""
+        recovery = cls(recipe, recognised, sources, out_dir, options)
+        recovery.manifest_entries = list(checksums)
         try:
             recovery._check()
         except BaseException:
@@ -175,7 +191,7 @@ class Recovery:
         self.shards = self.sink.plan(self.items)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
         if self.options.manifest is not None:
-            self.manifest_entries = listed_files(self.options.manifest, self.diff)
+            self.manifest_entries += listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
             described = self.diff if self.diff.config is not None else self.sources[BASE]
             self.inv_freq_sum = float(rotary_inv_freq(described).sum())
@@ -402,21 +418,7 @@ class Recovery:
         index last."""
         assert self.journal is not None
         fsync = self.options.fsync
-        copied = []
-        for path in self.copies:
-            target = self.out_dir / path.name
-            if target.exists() and filecmp.cmp(path, target, shallow=False):
-                continue
-            atomic = AtomicFile(target, fsync=fsync)
-            with atomic as handle, open(path, "rb") as source:
-                shutil.copyfileobj(source, handle, 4 * 1024 * 1024)
-                atomic.commit()
-            copied.append(path.name)
-        for name, data in self.generated.items():
-            target = self.out_dir / name
-            if not (target.is_file() and target.read_bytes() == data):
-                write_small_file(target, data, fsync=fsync)
-                copied.append(name)
+        copied = write_output_files(self.out_dir, self.copies, self.generated, fsync)
         for stale in self._stale_weights():
             os.unlink(stale)
         for shard in self.shards:

@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from belle_decrypt.checks.keyid import is_meta_folder
 from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground.cancel import CancelToken
 from belle_decrypt.ground.errors import InputError, ManifestClash, ManifestError
@@ -129,6 +130,13 @@ def prepare_perfile_run(
         raise InputError(
             "the base is not a folder; pass the folder of LLaMA converted to the Hugging Face "
             "layout",
+            base_dir,
+        )
+    if is_meta_folder(base_dir):
+        raise InputError(
+            "is Meta's original download (consolidated.*.pth): a per-file XOR release needs "
+            "the publisher's byte-identical Hugging Face conversion the card names, which "
+            "`belle-decrypt convert` does not reproduce; pass that converted folder",
             base_dir,
         )
     for other, what in ((base_dir, "base"), (source, "payload")):

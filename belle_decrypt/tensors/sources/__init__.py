@@ -22,11 +22,12 @@ from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.tensors.protocol import ChainKind, SourceKind, TensorSource
 from belle_decrypt.tensors.sources.adapter import AdapterKind
 from belle_decrypt.tensors.sources.hfdir import HfFolder
+from belle_decrypt.tensors.sources.meta import MetaKind
 
 if TYPE_CHECKING:
     import torch
 
-SOURCES: tuple[SourceKind, ...] = (AdapterKind(), HfFolder())
+SOURCES: tuple[SourceKind, ...] = (AdapterKind(), MetaKind(), HfFolder())
 """The kinds tried in order; the first that recognises a folder opens it."""
 FINITE_STEP = 1 << 24
 """Elements checked for NaN/Inf at a time (a 16 MiB mask at most, whatever the tensor)."""
