@@ -70,34 +70,40 @@ class PassThrough:
         MakesModelFiles`)."""
         folder = sources[BASE]
         assert isinstance(folder, MetaFolder)
-        try:
-            tokenizer = folder.tokenizer.read_bytes()
-        except OSError as exc:
-            raise folder.fail(f"cannot read: {exc.strerror or exc}", folder.tokenizer) from exc
-        try:
-            made = tokenizer_json(tokenizer)
-        except InputError as exc:
-            raise folder.fail(f"{exc.message}; download it again", folder.tokenizer) from exc
-        settings = {
-            "tokenizer_class": "LlamaTokenizer",
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "unk_token": "<unk>",
-            "add_bos_token": True,
-            "add_eos_token": False,
-            "clean_up_tokenization_spaces": False,
-            "legacy": False,
-            "model_max_length": POSITIONS[folder.version],
-        }
-        special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-        generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
-        return [folder.tokenizer], {
-            "config.json": _json_bytes(folder.config or {}),
-            "generation_config.json": _json_bytes(generation),
-            "special_tokens_map.json": _json_bytes(special),
-            "tokenizer.json": made,
-            "tokenizer_config.json": _json_bytes(settings),
-        }
+        return meta_model_files(folder)
+
+
+def meta_model_files(folder: MetaFolder) -> tuple[list[Path], dict[str, bytes]]:
+    """What an HF conversion of Meta's ``folder`` holds besides its weights: tokenizer.model
+    (copied), config.json, generation_config.json and the tokenizer files (made)."""
+    try:
+        tokenizer = folder.tokenizer.read_bytes()
+    except OSError as exc:
+        raise folder.fail(f"cannot read: {exc.strerror or exc}", folder.tokenizer) from exc
+    try:
+        made = tokenizer_json(tokenizer)
+    except InputError as exc:
+        raise folder.fail(f"{exc.message}; download it again", folder.tokenizer) from exc
+    settings = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "legacy": False,
+        "model_max_length": POSITIONS[folder.version],
+    }
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    return [folder.tokenizer], {
+        "config.json": _json_bytes(folder.config or {}),
+        "generation_config.json": _json_bytes(generation),
+        "special_tokens_map.json": _json_bytes(special),
+        "tokenizer.json": made,
+        "tokenizer_config.json": _json_bytes(settings),
+    }
 
 
 def check_out_dir(folder: MetaFolder, out_dir: Path) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
+from belle_decrypt.recipes.convert import meta_model_files
 from belle_decrypt.tensors.buffers import Scratch
 from belle_decrypt.tensors.llama import VOCAB_TENSORS, state_dict_key
 from belle_decrypt.tensors.protocol import BASE, DIFF, Item, SourceKind, SumRule, TensorSource
@@ -39,6 +40,7 @@ from belle_decrypt.tensors.sources.adapter import (
     tokenizer_file,
 )
 from belle_decrypt.tensors.sources.adapterconfig import HIDDEN_OF
+from belle_decrypt.tensors.sources.meta import MetaFolder
 
 if TYPE_CHECKING:
     import torch
@@ -228,7 +230,16 @@ class LoraRecipe:
             rows = embed.shape[0]
         if rows is not None:
             config["vocab_size"] = rows
-        return copies, {"config.json": (json.dumps(config, indent=2) + "\n").encode()}
+        made = {"config.json": (json.dumps(config, indent=2) + "\n").encode()}
+        if isinstance(base, MetaFolder):
+            # Meta's folder has no HF files to copy: convert's, the tokenizer's unless an
+            # adapter brings its own.
+            meta_copies, meta_made = meta_model_files(base)
+            own = any(a.tokenizer for a in chain.adapters)
+            names = {"generation_config.json"} if own else set(meta_made) - {"config.json"}
+            made.update({name: meta_made[name] for name in names})
+            copies = tokenizer if own else meta_copies
+        return copies, made
 
 
 def _chain(sources: Mapping[str, TensorSource]) -> AdapterChain:

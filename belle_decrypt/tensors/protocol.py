@@ -186,6 +186,14 @@ class Described(Protocol):
 
 
 @runtime_checkable
+class Checksummed(Protocol):
+    """A source whose files carry published checksums (Meta's ``checklist.chk``): the run
+    hashes them beside itself as it hashes ``--manifest``'s, before anything gets its name."""
+
+    listed: list[tuple[Path, tuple[Any, ...]]]
+
+
+@runtime_checkable
 class MakesModelFiles(Protocol):
     """A recipe that decides the files describing the output itself, instead of copying the
     diff's config and tokenizer files (:mod:`~belle_decrypt.tensors.copies`): a LoRA merge

@@ -51,6 +51,7 @@ from belle_decrypt.tensors.options import KEPT, WRITTEN, Options, Outcome, Shard
 from belle_decrypt.tensors.protocol import (
     BASE,
     DIFF,
+    Checksummed,
     ChooseRecipe,
     Item,
     Recipe,
@@ -130,7 +131,9 @@ class Recovery:
         except BaseException:
             diff.close()
             raise
-        return cls.prepare_opened(recipe, recognised, {DIFF: diff, BASE: base}, out_dir, options)
+        listed = base.listed if isinstance(base, Checksummed) else ()
+        sources = {DIFF: diff, BASE: base}
+        return cls.prepare_opened(recipe, recognised, sources, out_dir, options, listed)
 
     @classmethod
     def prepare_opened(
