@@ -25,7 +25,8 @@ from belle_decrypt.ground.cancel import removed_unfinished
 from belle_decrypt.ground.errors import BelleError, ExitCode, ProblemsReported
 
 if TYPE_CHECKING:
-    pass
+    from belle_decrypt.tensors.options import Outcome as Recovered
+    from belle_decrypt.tensors.run import Recovery
 
 PROG = "belle-decrypt"
 
@@ -317,3 +318,15 @@ class ConsoleNotices:
 
     def skipped(self, path: Path, why: str) -> None:
         say(f"skipped            {path.name} ({why})", self.quiet)
+
+
+def run_tensors(job: Recovery, quiet: bool) -> Recovered:
+    """Run a prepared tensor pipeline (recover, convert) with a bar per file and an overall
+    one, and a line per file as it is written or kept."""
+    with Bars(job.total_size, True, progress_enabled(quiet)) as bars:
+        return job.run(
+            lambda name, size: bars.file(size, name),
+            on_shard=lambda shard: say(
+                f"{shard.status:<10} {shard.name}  {human_size(shard.size)}", quiet
+            ),
+        )

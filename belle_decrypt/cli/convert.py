@@ -19,6 +19,7 @@ from belle_decrypt.cli.console import (
     human_size,
     one_line,
     progress_enabled,
+    run_tensors,
     say,
     user_errors,
 )
@@ -133,13 +134,7 @@ def convert_run(
         llama_dir, out_dir, options, size=size, version=version, verify=not no_verify
     ) as job:
         say(f"model      {describe(job)}", quiet)
-        with Bars(job.total_size, True, progress_enabled(quiet)) as bars:
-            outcome = job.run(
-                lambda name, size: bars.file(size, name),
-                on_shard=lambda shard: say(
-                    f"{shard.status:<10} {shard.name}  {human_size(shard.size)}", quiet
-                ),
-            )
+        outcome = run_tensors(job, quiet)
     if outcome.manifest_checked:
         say(f"checked    {outcome.manifest_checked} files against Meta's checksums", quiet)
     if outcome.copied:

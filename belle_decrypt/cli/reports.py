@@ -19,6 +19,7 @@ from belle_decrypt.cli.console import (
     human_size,
     one_line,
     progress_enabled,
+    run_tensors,
     say,
     warn,
 )
@@ -274,13 +275,7 @@ def recover_run(
         say(f"recipe     {job.recipe.name} ({how})", quiet)
         for line in job.diff.describe() if isinstance(job.diff, Described) else ():
             say(f"adapter    {line}", quiet)
-        with Bars(job.total_size, True, progress_enabled(quiet)) as bars:
-            outcome = job.run(
-                lambda name, size: bars.file(size, name),
-                on_shard=lambda shard: say(
-                    f"{shard.status:<10} {shard.name}  {human_size(shard.size)}", quiet
-                ),
-            )
+        outcome = run_tensors(job, quiet)
     if outcome.copied:
         say(f"copied     {', '.join(outcome.copied)}", quiet)
     if outcome.manifest_checked:
