@@ -48,6 +48,7 @@ from belle_decrypt.tensors.journal import (
 from belle_decrypt.tensors.listed import Listed, ManifestHasher, listed_files
 from belle_decrypt.tensors.llama import rotary_inv_freq
 from belle_decrypt.tensors.options import KEPT, WRITTEN, Options, Outcome, ShardResult
+from belle_decrypt.tensors.produce import Producer
 from belle_decrypt.tensors.protocol import (
     BASE,
     DIFF,
@@ -96,6 +97,7 @@ class Recovery:
         self.manifest_entries: list[Listed] = []
         self.pool = BufferPool(0)
         self.scratch = Scratch()
+        self.producer = Producer(self._produce, recipe, sources, not options.allow_nonfinite)
         self.inv_freq_sum = 0.0
         self.warnings: list[str] = []
 
@@ -196,7 +198,6 @@ class Recovery:
         if self.options.manifest is not None:
             self.manifest_entries += listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
-            described = self.diff if self.diff.config is not None else self.sources[BASE]
             self.inv_freq_sum = float(rotary_inv_freq(described).sum())
         prepare_output_dir(self.out_dir)
         remove_stale_temps(self.out_dir)
@@ -337,7 +338,7 @@ class Recovery:
         with atomic as handle:
             out = HashingWriter(handle, str(self.out_dir / shard.name))
             try:
-                self.sink.write(shard, out, self._produce, on_bytes, on_tensor, self.pool)
+                self.sink.write(shard, out, self.producer, on_bytes, on_tensor, self.pool)
                 handle.flush()
             except OSError as exc:
                 raise OutputError(

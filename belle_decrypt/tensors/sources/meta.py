@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.tensors.listed import Listed
 from belle_decrypt.tensors.llama import state_dict_key
-from belle_decrypt.tensors.protocol import TensorInfo
+from belle_decrypt.tensors.protocol import Piece, TakeBuffer, TensorInfo
 from belle_decrypt.tensors.sources.hfdir import WeightFolder
 from belle_decrypt.tensors.sources.leases import LEASES
 from belle_decrypt.tensors.sources.metafiles import (
@@ -343,6 +344,86 @@ class MetaFolder(WeightFolder):
                 self.files[0],
             ) from exc
         return out
+
+    def pieces(self, name: str, take: TakeBuffer) -> Iterator[Piece]:
+        """The HF tensor ``name``'s bytes in order, never joined whole (a
+        :class:`~belle_decrypt.tensors.protocol.Pieced` source): slices that follow one
+        another in the joined tensor (a row join, a replicated or only tensor) are given as
+        the mapped slices themselves; a column join (the embedding, ``wo``, ``w2``) as blocks
+        of whole rows, each row the slices' rows side by side; q and k as blocks of each
+        slice's rows in the permuted order. Blocks are made in buffers from ``take`` (their
+        size bounds a block). Each file's size is checked before each piece."""
+        tm = import_torch()
+        info, part = self.tensors[name], self.parts[name]
+        slices = [handle[part.meta] for handle in self._slices]
+        if part.dim is None:
+            slices = slices[:1]
+        dtype, cols = getattr(tm, info.dtype), info.shape[-1]
+        row_bytes = cols * slices[0].element_size()
+        try:
+            if part.heads:
+                for piece in slices:
+                    order = self._permuted_rows(piece.shape[0])
+                    for start, block, buffer in _row_blocks(piece.shape[0], row_bytes, take):
+                        self._check_sizes()
+                        rows = order[start : start + block.numel() // row_bytes]
+                        yield tm.index_select(piece, 0, rows, out=_rows(block, dtype, cols)), buffer
+            elif part.dim == 1 and len(slices) > 1:
+                for start, block, buffer in _row_blocks(info.shape[0], row_bytes, take):
+                    self._check_sizes()
+                    end = start + block.numel() // row_bytes
+                    joined = tm.cat(
+                        [piece[start:end] for piece in slices], dim=1, out=_rows(block, dtype, cols)
+                    )
+                    yield joined, buffer
+            else:
+                for piece in slices:
+                    flat = piece.contiguous().view(-1)
+                    for start, block, buffer in _row_blocks(
+                        flat.numel(), flat.element_size(), take
+                    ):
+                        self._check_sizes()
+                        out = block.view(dtype)
+                        yield out.copy_(flat[start : start + out.numel()]), buffer
+        except RuntimeError as exc:
+            raise self.fail(
+                f"cannot read {part.meta} ({str(exc).splitlines()[0]}): truncated or damaged; "
+                "download it again",
+                self.files[0],
+            ) from exc
+
+    def _permuted_rows(self, rows: int) -> torch.Tensor:
+        """The rows of one slice of q or k in HF's order: each head's interleaved rotary
+        pairs (rows 0, 1, 2, 3, ...) become its halves (rows 0, 2, ..., then 1, 3, ...)."""
+        tm = import_torch()
+        half = self.params.head_dim // 2
+        order: torch.Tensor = tm.arange(rows).view(-1, half, 2).transpose(1, 2).reshape(-1)
+        return order
+
+    def _check_sizes(self) -> None:
+        for file in self.files:
+            self._check_size(file)
+
+
+def _row_blocks(
+    rows: int, row_bytes: int, take: TakeBuffer
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Rows ``0..rows`` of ``row_bytes`` each in blocks: each block's first row, its bytes
+    (as many whole rows as a buffer from ``take`` holds) and that buffer."""
+    start = 0
+    while start < rows:
+        buffer = take()
+        count = min(rows - start, buffer.numel() // row_bytes)
+        if count == 0:
+            raise AssertionError(f"a buffer of {buffer.numel()} bytes holds no row of {row_bytes}")
+        yield start, buffer[: count * row_bytes], buffer
+        start += count
+
+
+def _rows(block: torch.Tensor, dtype: torch.dtype, cols: int) -> torch.Tensor:
+    """A byte block seen as whole rows of ``cols`` elements of ``dtype``."""
+    rows: torch.Tensor = block.view(dtype).view(-1, cols)
+    return rows
 
 
 class MetaKind:
