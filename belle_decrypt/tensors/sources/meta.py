@@ -4,8 +4,9 @@ A Meta folder holds ``consolidated.NN.pth`` (one model-parallel slice of each we
 file), ``params.json`` and ``checklist.chk``, with ``tokenizer.model`` beside it or one level
 up. :class:`MetaFolder` offers what the Hugging Face folder offers, under the HF names: each
 tensor's joined shape and Meta's dtype, ``load(name)`` joining the slices from the mapped files
-and applying the q/k permutation (one tensor at a time, never the whole model), and the config
-an HF conversion would have. The files are mapped and leased as the Hugging Face folder's are
+and applying the q/k permutation (one tensor at a time, never the whole model), ``pieces(name,
+take)`` giving the same bytes a few MiB at a time (``convert``: no joined tensor held whole),
+and the config an HF conversion would have. The files are mapped and leased as the Hugging Face folder's are
 (:class:`~belle_decrypt.tensors.sources.hfdir.WeightFolder`). docs/FORMAT.md section 8 states
 every rule used here.
 """
