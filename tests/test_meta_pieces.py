@@ -19,7 +19,7 @@ import torch
 from belle_decrypt.ground.errors import OutputError
 from belle_decrypt.tensors.protocol import Piece, TakeBuffer
 from belle_decrypt.tensors.sources.leases import LEASES
-from belle_decrypt.tensors.sources.meta import MetaFolder
+from belle_decrypt.tensors.sources.meta import EMBED, MetaEmbedding, MetaFolder
 from tests import reference_meta as meta
 from tests import runner
 from tests import tinyllama as tiny
@@ -192,3 +192,18 @@ def test_ctrl_c_between_pieces_stops_within_a_second(tokenizer: Path, tmp_path: 
     assert ended - float(stopped_at.read_text()) < 1.5
     assert len(stopped.stderr.splitlines()) == 1 and "interrupted" in stopped.stderr
     assert [n for n in os.listdir(out) if not n.startswith(".")] == []
+
+
+def test_billas_embedding_reader_is_metas_folder(tokenizer: Path, tmp_path: Path) -> None:
+    """BiLLa's base (the embedding alone) is read by MetaFolder itself: from Meta's folder of
+    one file and from that file alone, the same bits as the whole folder's embedding."""
+    path = meta.write_download(tmp_path / "llama", meta.LLAMA1, 1, tokenizer)
+    kind = MetaEmbedding()
+    with MetaFolder.open_meta(path, "BASE_DIR") as whole:
+        expected = whole.load(EMBED).clone()
+    for given in (path, path / "consolidated.00.pth"):
+        assert kind.recognises(given)
+        with kind.open(given, "BASE_DIR") as only:
+            assert isinstance(only, MetaFolder)
+            assert list(only.tensors) == [EMBED]
+            assert tiny.same_bits(only.load(EMBED), expected)
