@@ -17,7 +17,7 @@ from tests import reference_meta as meta
 from tests import reference_recover, runner
 from tests import tinyllama as tiny
 from tests.conftest import listing
-from tests.test_gguf import llama_logits, llama_tokens, transformers_logits
+from tests.ggufcheck import assert_tokenizes_like_transformers, llama_logits, transformers_logits
 
 # Meta's files (kind, files): LLaMA-1 in one file and in two, LLaMA-2 with grouped k/v.
 MODELS = [("llama1", 1), ("llama1", 2), ("llama2", 2), ("llama2", 8)]
@@ -75,8 +75,6 @@ def two_ways(folder: Path, root: Path, *options: str) -> tuple[Path, Path, Path]
 def test_metas_files_to_gguf_are_the_hf_paths_file_and_run_like_it(
     kind: str, files: int, tokenizer: Path, tmp_path: Path
 ) -> None:
-    from transformers import AutoTokenizer
-
     folder = meta.write_download(tmp_path / "llama", tiny_model(kind, files), files, tokenizer)
     gguf, through_hf, hf = two_ways(folder, tmp_path)
     assert gguf.name == "tiny-f16.gguf"
@@ -90,10 +88,7 @@ def test_metas_files_to_gguf_are_the_hf_paths_file_and_run_like_it(
     scale = float(np.abs(want).max())
     assert scale > 0.5
     assert float(np.abs(llama_logits(gguf, ids) - want).max()) <= RELATIVE_TOLERANCE * scale
-    loaded = AutoTokenizer.from_pretrained(hf)
-    for text in STRINGS:
-        assert llama_tokens(gguf, text) == loaded(text).input_ids, text
-    assert any("你" in piece for piece in loaded.get_vocab())  # Chinese pieces, not bytes only
+    assert_tokenizes_like_transformers(gguf, hf, STRINGS)
 
 
 def test_q8_0_from_metas_files_is_the_hf_paths(tokenizer: Path, tmp_path: Path) -> None:
