@@ -15,6 +15,7 @@ from click.testing import Result
 from belle_decrypt.recipes.sentencepiece import tokenizer_json
 from tests import runner
 from tests import tinyllama as tiny
+from tests import tinylora as tl
 from tests.tinytokenizer import BYTE_FALLBACK_VOCAB, tokenizer_model
 
 # The sentencepiece pieces, then added_tokens.json's [PAD], then one row with no piece.
@@ -25,6 +26,8 @@ STRINGS = (
     "你好世界，这是一个测试。",  # noqa: RUF001
     "llama 模型 runs 12345 on ollama",
 )
+EXTENDED = 500
+"""Pieces of the tiny Chinese-LLaMA-shaped extended tokenizer (LLaMA's: PIECES)."""
 # Largest |llama.cpp - transformers| logit allowed (logits are about ±1.5 here): float16
 # matrices lose nothing against the float16 model; Q8_0 rounds each weight to 1/254 of its block.
 TOLERANCE = {"f16": 0.01, "q8_0": 0.1}
@@ -55,6 +58,23 @@ def hf_folder(folder: Path, rows: int = ROWS, seed: int = 1) -> tuple[Path, tiny
     state = tiny.model(seed, vocab=rows)
     tiny.write_folder(folder, state, "safetensors", tiny.config(rows), tokenizer_files())
     return folder, state
+
+
+def plus_pair(root: Path, base: tiny.StateDict) -> tuple[Path, Path, tiny.StateDict]:
+    """Chinese-LLaMA-Plus and Chinese-Alpaca-Plus as the releases lay them out, tiny, made for
+    ``base``: both carry the extended tokenizer (EXTENDED pieces), Alpaca's with [PAD] appended
+    by added_tokens.json; embed_tokens and lm_head whole at EXTENDED and EXTENDED + 1 rows.
+    The third value: their merge into ``base`` by the reference of tests/tinylora.py."""
+    extended = tokenizer_model(EXTENDED)
+    plus = root / "chinese-llama-plus-lora-7b"
+    alpaca = root / "chinese-alpaca-plus-lora-7b"
+    first = tl.chinese_adapter(plus, 14, EXTENDED, tokenizer=extended, base=base)
+    second = tl.chinese_adapter(alpaca, 15, EXTENDED + 1, tokenizer=extended, base=base)
+    for folder, pad in ((plus, False), (alpaca, True)):
+        for name, data in tokenizer_files(pad, extended).items():
+            (folder / name).write_bytes(data)
+    pair = [(first, tl.CHINESE_CONFIG), (second, tl.CHINESE_CONFIG)]
+    return plus, alpaca, tl.chinese_reference(base, pair)
 
 
 def convert(hf_dir: Path, out: Path, *options: str) -> Path:

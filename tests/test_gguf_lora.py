@@ -22,16 +22,16 @@ from tests import tinyllama as tiny
 from tests import tinylora as tl
 from tests.conftest import listing
 from tests.ggufcheck import (
+    EXTENDED,
     PIECES,
     assert_tokenizes_like_transformers,
     llama_logits,
+    plus_pair,
     tokenizer_files,
     transformers_logits,
 )
 from tests.tinytokenizer import tokenizer_model
 
-EXTENDED = 500
-"""Pieces of the tiny Chinese-LLaMA-shaped extended tokenizer (LLaMA's: PIECES)."""
 # Largest |llama.cpp - transformers| logit as a fraction of the largest: float16 matrices hold
 # the merged float16 weights exactly; llama.cpp rounds activations to float16.
 RELATIVE_TOLERANCE = 5e-3
@@ -80,21 +80,6 @@ def llama_base(root: Path) -> tuple[Path, tiny.StateDict]:
     return folder, state
 
 
-def plus_pair(root: Path, base: tiny.StateDict) -> tuple[Path, Path]:
-    """Chinese-LLaMA-Plus and Chinese-Alpaca-Plus as the releases lay them out, tiny: both
-    carry the extended tokenizer (EXTENDED pieces), Alpaca's with [PAD] appended by
-    added_tokens.json; embed_tokens and lm_head whole at EXTENDED and EXTENDED + 1 rows."""
-    extended = tokenizer_model(EXTENDED)
-    plus = root / "chinese-llama-plus-lora-7b"
-    alpaca = root / "chinese-alpaca-plus-lora-7b"
-    tl.chinese_adapter(plus, 14, EXTENDED, tokenizer=extended, base=base)
-    tl.chinese_adapter(alpaca, 15, EXTENDED + 1, tokenizer=extended, base=base)
-    for folder, pad in ((plus, False), (alpaca, True)):
-        for name, data in tokenizer_files(pad, extended).items():
-            (folder / name).write_bytes(data)
-    return plus, alpaca
-
-
 def test_a_peft_adapter_to_gguf_is_the_merge_converted(tmp_path: Path) -> None:
     base, _ = llama_base(tmp_path)
     settings: dict[str, Any] = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
@@ -106,7 +91,7 @@ def test_a_peft_adapter_to_gguf_is_the_merge_converted(tmp_path: Path) -> None:
 
 def test_chinese_alpaca_plus_to_gguf_carries_the_extended_vocabulary(tmp_path: Path) -> None:
     base, state = llama_base(tmp_path)
-    plus, alpaca = plus_pair(tmp_path, state)
+    plus, alpaca, _ = plus_pair(tmp_path, state)
     gguf, hf = both_ways(tmp_path, plus, "--then", alpaca, base)
     reader = GGUFReader(gguf)
     assert reader.fields["llama.vocab_size"].contents() == EXTENDED + 1
@@ -120,7 +105,7 @@ def test_chinese_alpaca_plus_to_gguf_carries_the_extended_vocabulary(tmp_path: P
 
 def test_q8_0_from_the_adapters_is_the_merge_converted(tmp_path: Path) -> None:
     base, state = llama_base(tmp_path)
-    plus, alpaca = plus_pair(tmp_path, state)
+    plus, alpaca, _ = plus_pair(tmp_path, state)
     gguf, _ = both_ways(tmp_path, plus, "--then", alpaca, base, gguf_type="q8_0")
     assert {t.tensor_type.name for t in GGUFReader(gguf).tensors} == {"Q8_0", "F32"}
 
@@ -147,7 +132,7 @@ def test_adapters_on_metas_folder_to_gguf(
         inputs = (tl.peft_adapter(converted, tmp_path / "alpaca-lora-7b", 3, **settings),)
         rows = meta.VOCAB
     else:
-        plus, alpaca = plus_pair(tmp_path, tiny.load_folder(converted))
+        plus, alpaca, _ = plus_pair(tmp_path, tiny.load_folder(converted))
         inputs = (plus, "--then", alpaca)
         rows = EXTENDED + 1
     gguf, hf = both_ways(tmp_path / "meta", *inputs, folder)
