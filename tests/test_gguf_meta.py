@@ -6,6 +6,10 @@ are AutoTokenizer's there; what does not apply is refused in one line."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from tests import reference_recover, runner
 from tests import tinyllama as tiny
 from tests.conftest import listing
 from tests.ggufcheck import assert_tokenizes_like_transformers, llama_logits, transformers_logits
+from tests.test_gguf import KILLER
 
 # Meta's files (kind, files): LLaMA-1 in one file and in two, LLaMA-2 with grouped k/v.
 MODELS = [("llama1", 1), ("llama1", 2), ("llama2", 2), ("llama2", 8)]
@@ -197,6 +202,31 @@ def test_shard_options_with_gguf_from_metas_folder_are_refused(
     assert result.stderr.startswith(f"belle-decrypt: error: {message}")
     assert result.stderr.count("\n") == 1
     assert listing(out) == []
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_an_interrupted_conversion_never_leaves_a_gguf_under_its_name(
+    signal_name: str, tokenizer: Path, tmp_path: Path
+) -> None:
+    """kill -9 or Ctrl-C in the middle of Meta's folder to GGUF: nothing under the final name;
+    the same command then finishes, with the file of an uninterrupted run."""
+    folder = meta.write_download(tmp_path / "llama", meta.LLAMA1, 2, tokenizer)
+    out, clean = tmp_path / "out", tmp_path / "clean" / "out"
+    args = ["convert", str(folder), str(out), "--to", "gguf"]
+    script = KILLER.replace("SIGNAL", signal_name)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    stopped = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env
+    )
+    assert stopped.returncode == (-signal.SIGKILL if signal_name == "SIGKILL" else 130)
+    assert "out-f16.gguf" not in listing(out)
+    if signal_name == "SIGINT":
+        assert stopped.stderr.startswith(f"belle-decrypt: error: {out / 'out-f16.gguf'}: ")
+        assert stopped.stderr.count("\n") == 1
+    convert(*args[1:])
+    assert listing(out) == [JOURNAL_NAME, "out-f16.gguf"]  # the leftover removed
+    convert(folder, clean, "--to", "gguf")
+    assert (out / "out-f16.gguf").read_bytes() == (clean / "out-f16.gguf").read_bytes()
 
 
 def test_a_checklist_mismatch_leaves_no_gguf(tokenizer: Path, tmp_path: Path) -> None:
