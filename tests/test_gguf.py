@@ -1,8 +1,9 @@
-"""GGUF output (`recover --to gguf`, `convert HF_DIR OUT_DIR --to gguf`): llama.cpp (through
-llama-cpp-python) loads the file, its logits match transformers' on the Hugging Face output of
-the same model and its tokenizer gives sentencepiece's ids; gguf's reader lists exactly the
+"""GGUF output (`convert HF_DIR OUT_DIR --to gguf`, `recover --to gguf`): llama.cpp (through
+llama-cpp-python) loads the file, its logits match transformers' on the Hugging Face folder and
+its token ids AutoTokenizer's there (and sentencepiece's); gguf's reader lists exactly the
 tensors, shapes, types, values and keys docs/FORMAT.md section 9 gives; an unfinished file
-never has the final name; every refusal is one line."""
+never has the final name; every refusal is one line. The recipes, Meta's folder, LoRA
+adapters and the READMEs' rows are in test_gguf_recipes, _meta, _lora and _readme."""
 
 from __future__ import annotations
 
