@@ -75,11 +75,11 @@ class MetaFolder(WeightFolder):
         self.parts: dict[str, Part] = {}
         self.checklist: dict[str, ManifestEntry] = {}
         self.listed: list[Listed] = []
+        """Each weight file's checksums to check while it is read (checklist.chk's md5,
+        Meta's published SHA-256 where the file is known)."""
         self.hf_layout = True
         """q and k permuted to the Hugging Face layout as they are loaded (False: Meta's
         layout as it is, for a conversion straight to GGUF: protocol.Rotary)."""
-        """Each weight file's checksums to check while it is read (checklist.chk's md5,
-        Meta's published SHA-256 where the file is known)."""
         self._slices: list[dict[str, torch.Tensor]] = []
 
     @classmethod
