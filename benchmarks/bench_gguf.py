@@ -9,9 +9,12 @@ sampled every 10 ms:
     python benchmarks/bench_gguf.py                 # in /tmp, 2 and 8 layers
     python benchmarks/bench_gguf.py --dir /var/tmp --layers 2
 
-Beside them, on the 2-layer model, gguf-py's own whole-model path (``add_tensor`` for every
-tensor, then ``write_tensors_to_file``, as llama.cpp's converter calls it with --no-lazy)
-shows the buffering the streaming sink avoids. Every folder is removed at the end.
+Then Meta's folder of the same shapes (bench_convert.py's, one consolidated.00.pth): `convert
+LLAMA_DIR --to gguf` in one pass against the two runs it replaces (to the Hugging Face layout,
+then that folder to GGUF). Beside them, on the smallest model, gguf-py's own whole-model path
+(``add_tensor`` for every tensor, then ``write_tensors_to_file``, as llama.cpp's converter
+calls it with --no-lazy) shows the buffering the streaming sink avoids. Every folder is
+removed at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import bench_convert
 import bench_recover as common
 import sentencepiece
 import torch
@@ -84,6 +88,30 @@ def config(layers: int) -> dict[str, object]:
     }
 
 
+def meta_runs(root: Path, layers: int, anon: dict[tuple[str, int], int]) -> None:
+    """Meta's folder to GGUF in one pass, and the two runs it replaces."""
+    tokenizer = bench_convert.tokenizer_model(root / "spm")
+    state = bench_convert.whole_model(layers)
+    llama = bench_convert.write_meta(root / f"meta-{layers}", state, layers, 1, tokenizer)
+    del state
+    out, hf = root / "out", root / "meta-hf"
+    convert = [*EXE, "convert", str(llama)]
+    print(f"Meta's folder, {layers} layers: {common.size_of(llama) / GiB:.2f} GiB", flush=True)
+    runs = {
+        "convert LLAMA_DIR --to gguf (one pass)": [*convert, str(out), "--to", "gguf"],
+        "convert LLAMA_DIR (Hugging Face shards)": [*convert, str(hf)],
+        "  then convert HF_DIR --to gguf": [*EXE, "convert", str(hf), str(out), "--to", "gguf"],
+    }
+    for label, argv in runs.items():
+        run = common.measure([*argv, "-q", "--no-fsync"])
+        common.line(label, run)
+        anon[(label.strip(), layers)] = run.peak_anon
+        if "to gguf" in label:
+            shutil.rmtree(out)
+    shutil.rmtree(hf)
+    shutil.rmtree(llama.parent)
+
+
 def bench(root: Path, layers_list: Sequence[int]) -> None:
     started = time.monotonic()
     anon: dict[tuple[str, int], int] = {}
@@ -121,6 +149,7 @@ def bench(root: Path, layers_list: Sequence[int]) -> None:
             anon[(label, layers)] = run.peak_anon
             if "to gguf" in label:
                 shutil.rmtree(out)
+        meta_runs(root, layers, anon)
         if layers == min(layers_list):
             out.mkdir()
             script = [sys.executable, "-c", WHOLE_MODEL, str(hf), str(out / "model.gguf")]
@@ -135,7 +164,7 @@ def bench(root: Path, layers_list: Sequence[int]) -> None:
         for key in sorted({k for k, _ in anon}):
             a, b = anon[(key, low)], anon[(key, high)]
             print(
-                f"peak RssAnon {key:<36} {low} layers {a / GiB:.2f} GiB, {high} layers "
+                f"peak RssAnon {key:<40} {low} layers {a / GiB:.2f} GiB, {high} layers "
                 f"{b / GiB:.2f} GiB ({(b - a) / a:+.1%})"
             )
     print(f"\nbenchmark took {time.monotonic() - started:.0f} s")
@@ -149,6 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         common.HIDDEN, common.INTERMEDIATE, common.VOCAB = 256, 688, 2000
+        bench_convert.DIM, bench_convert.HIDDEN, bench_convert.VOCAB = 256, 768, 2000
     root = Path(tempfile.mkdtemp(prefix="bench-gguf-", dir=args.dir))
     print(
         f"GGUF benchmark, 7B-shaped (hidden {common.HIDDEN}, vocabulary {common.VOCAB}), "

@@ -490,16 +490,11 @@ def test_size_spellings_and_a_size_not_there(tokenizer: Path, tmp_path: Path) ->
 def test_one_convert_command_tells_metas_folder_from_a_hugging_face_one(
     tokenizer: Path, tmp_path: Path
 ) -> None:
-    """Meta's folder goes to the HF layout (not to GGUF in one pass, yet); the HF folder it
-    makes goes to GGUF, and what applies to Meta's folder only is refused for it."""
+    """Meta's folder goes to the HF layout or to GGUF in one pass; the HF folder it makes goes
+    to the same GGUF, and what applies to Meta's folder only is refused for it."""
     folder = meta.write_download(tmp_path / "llama", meta.LLAMA1, 2, tokenizer)
-    gguf_out = tmp_path / "gguf"
-    refused(
-        convert(folder, gguf_out, "--to", "gguf"),
-        gguf_out,
-        f"{folder}: is Meta's folder: --to gguf takes a Hugging Face folder; run "
-        "`belle-decrypt convert` without --to first, then `convert HF_DIR OUT_DIR --to gguf`",
-    )
+    gguf_out, one_pass = tmp_path / "gguf", tmp_path / "one-pass" / "gguf"
+    assert convert(folder, one_pass, "--to", "gguf", "-q").exit_code == 0
     hf = tmp_path / "hf"
     assert convert(folder, hf, "--to", "hf", "-q").exit_code == 0
     for flag in (["--bin"], ["--no-verify"], ["--llama-version", "1"], ["--max-shard-size", "1GB"]):
@@ -517,3 +512,4 @@ def test_one_convert_command_tells_metas_folder_from_a_hugging_face_one(
     done = convert(hf, gguf_out, "--to", "gguf", "-q")
     assert done.exit_code == 0, done.output
     assert listing(gguf_out) == ["gguf-f16.gguf"]
+    assert (gguf_out / "gguf-f16.gguf").read_bytes() == (one_pass / "gguf-f16.gguf").read_bytes()

@@ -1,15 +1,13 @@
-"""GGUF output (`recover --to gguf`, `convert HF_DIR OUT_DIR --to gguf`): llama.cpp (through
-llama-cpp-python) loads the file, its logits match transformers' on the Hugging Face output of
-the same model and its tokenizer gives sentencepiece's ids; gguf's reader lists exactly the
+"""GGUF output (`convert HF_DIR OUT_DIR --to gguf`, `recover --to gguf`): llama.cpp (through
+llama-cpp-python) loads the file, its logits match transformers' on the Hugging Face folder and
+its token ids AutoTokenizer's there (and sentencepiece's); gguf's reader lists exactly the
 tensors, shapes, types, values and keys docs/FORMAT.md section 9 gives; an unfinished file
-never has the final name; every refusal is one line."""
+never has the final name; every refusal is one line. The recipes, Meta's folder, LoRA
+adapters and the READMEs' rows are in test_gguf_recipes, _meta, _lora and _readme."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -20,27 +18,22 @@ import numpy as np
 import pytest
 import sentencepiece
 import torch
-from click.testing import Result
 from gguf import GGMLQuantizationType, GGUFReader, quants
 
 from belle_decrypt.tensors.journal import JOURNAL_NAME
-from tests import reference_recover as ref
-from tests import reference_recover_more, runner
 from tests import tinyllama as tiny
 from tests.conftest import listing
-from tests.tinytokenizer import BYTE_FALLBACK_VOCAB, tokenizer_model
-
-# The sentencepiece pieces, then added_tokens.json's [PAD], then one row with no piece.
-PIECES = BYTE_FALLBACK_VOCAB
-ROWS = PIECES + 2
-STRINGS = (
-    "Hello, world!",
-    "你好世界，这是一个测试。",  # noqa: RUF001
-    "llama 模型 runs 12345 on ollama",
+from tests.ggufcheck import (
+    PIECES,
+    ROWS,
+    assert_runs_like_transformers,
+    convert,
+    hf_folder,
+    run,
+    tokenizer_files,
 )
-# Largest |llama.cpp - transformers| logit allowed (logits are about ±1.5 here): float16
-# matrices lose nothing against the float16 model; Q8_0 rounds each weight to 1/254 of its block.
-TOLERANCE = {"f16": 0.01, "q8_0": 0.1}
+from tests.tinytokenizer import tokenizer_model
+
 F32, F16, Q8 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.Q8_0
 # docs/FORMAT.md section 9's table, written out: Hugging Face name -> llama.cpp name.
 EXPECTED_NAMES = {
@@ -91,82 +84,6 @@ EXPECTED_KEYS = {
     "tokenizer.ggml.add_bos_token",
     "tokenizer.ggml.add_eos_token",
 }
-
-
-def run(*args: str | Path) -> Result:
-    return runner.run(*args)
-
-
-def tokenizer_files(pad: bool = True) -> dict[str, bytes]:
-    """A real tokenizer.model and, like Alpaca's, a [PAD] appended by added_tokens.json."""
-    files = {
-        "tokenizer.model": tokenizer_model(),
-        "tokenizer_config.json": json.dumps({"pad_token": "[PAD]"}).encode(),
-    }
-    if pad:
-        files["added_tokens.json"] = json.dumps({"[PAD]": PIECES}).encode()
-    return files
-
-
-def hf_folder(folder: Path, rows: int = ROWS, seed: int = 1) -> tuple[Path, tiny.StateDict]:
-    """A tiny LLaMA in the Hugging Face layout with a real tokenizer."""
-    state = tiny.model(seed, vocab=rows)
-    tiny.write_folder(folder, state, "safetensors", tiny.config(rows), tokenizer_files())
-    return folder, state
-
-
-def convert(hf_dir: Path, out: Path, *options: str) -> Path:
-    """`convert HF_DIR OUT --to gguf OPTIONS`, checked to succeed; the GGUF file's path."""
-    result = run("convert", hf_dir, out, "--to", "gguf", *options)
-    assert result.exit_code == 0, result.output
-    (gguf,) = [p for p in out.iterdir() if p.suffix == ".gguf"]
-    return gguf
-
-
-def llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
-    """llama.cpp's logits for every position of ``ids``."""
-    from llama_cpp import Llama
-
-    llm = Llama(str(gguf), logits_all=True, n_ctx=32, n_threads=1, verbose=False)
-    llm.eval(ids)
-    logits = np.array(llm.scores[: len(ids)])
-    llm.close()
-    return logits
-
-
-def llama_tokens(gguf: Path, text: str) -> list[int]:
-    from llama_cpp import Llama
-
-    llm = Llama(str(gguf), vocab_only=True, verbose=False)
-    ids = llm.tokenize(text.encode(), add_bos=True)
-    llm.close()
-    return ids
-
-
-def transformers_logits(hf_dir: Path, ids: list[int]) -> np.ndarray:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    with torch.no_grad():
-        logits: np.ndarray = model(torch.tensor([ids])).logits[0].numpy()
-    return logits
-
-
-def reference_ids(hf_dir: Path, text: str) -> list[int]:
-    """LlamaTokenizer's ids: <s>, then sentencepiece's encoding of the text. (transformers 5
-    reads tokenizer.model only with protobuf installed, so its sentencepiece is called here.)"""
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
-    return [processor.bos_id(), *processor.encode(text)]
-
-
-def assert_runs_like_transformers(gguf: Path, hf_dir: Path, gguf_type: str) -> None:
-    ids = [1, 5, 300, 42, 7, PIECES - 1, PIECES, ROWS - 1]
-    got, want = llama_logits(gguf, ids), transformers_logits(hf_dir, ids)
-    assert got.shape == want.shape
-    assert float(np.abs(got - want).max()) <= TOLERANCE[gguf_type]
-    assert float(np.abs(want).max()) > 0.5  # the comparison is not between near-zeros
-    for text in STRINGS:
-        assert llama_tokens(gguf, text) == reference_ids(hf_dir, text), text
 
 
 def meta_to_hf(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -286,74 +203,6 @@ def test_q8_0_is_ggmls_block_quantization_in_row_chunks(
         # Half a step, plus the float16 rounding of the scale (127 steps x 2**-11).
         step = np.abs(values.float().numpy()).max() / 127
         assert np.abs(restored - values.float().numpy()).max() <= step * (0.5 + 127 / 2048)
-
-
-RECIPES = {"vicuna": ROWS, "vicuna-v0": ROWS, "ziya": ROWS + 5}
-
-
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_recover_to_gguf_runs_like_the_recovered_folder(recipe: str, tmp_path: Path) -> None:
-    """One pass from a diff to GGUF: the file llama.cpp runs is the model recover writes as
-    a Hugging Face folder (ziya: more rows than tokens, placeholders fill them)."""
-    rows = RECIPES[recipe]
-    base_rows = ROWS - 1 if recipe == "vicuna-v0" else ROWS
-    base = tiny.model(1, vocab=base_rows)
-    tuned = tiny.tuned({k: v.float() for k, v in base.items()}, 2, vocab=rows)
-    diff = ref.make_diff(recipe, tuned, base)
-    diff_dir = tiny.write_folder(
-        tmp_path / "diff", diff, "safetensors", tiny.config(rows), tokenizer_files()
-    )
-    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(base_rows))
-    hf_out, gguf_out = tmp_path / "hf-out", tmp_path / "gguf-out"
-    assert run("recover", diff_dir, base_dir, hf_out, "--recipe", recipe).exit_code == 0
-    result = run("recover", diff_dir, base_dir, gguf_out, "--recipe", recipe, "--to", "gguf")
-    assert result.exit_code == 0, result.output
-    assert listing(gguf_out) == [JOURNAL_NAME, "gguf-out-f16.gguf"]  # the GGUF file only
-    assert "written    gguf-out-f16.gguf" in result.stdout
-    gguf = gguf_out / "gguf-out-f16.gguf"
-    reader = GGUFReader(gguf)
-    assert len(reader.fields["tokenizer.ggml.tokens"].contents()) == rows
-    # The same tensors as converting the recovered folder afterwards.
-    converted = GGUFReader(convert(hf_out, tmp_path / "converted"))
-    for ours, theirs in zip(reader.tensors, converted.tensors, strict=True):
-        assert ours.name == theirs.name
-        assert np.array(ours.data).tobytes() == np.array(theirs.data).tobytes(), ours.name
-    ids = [1, 5, 300, 42, PIECES, rows - 1]
-    got, want = llama_logits(gguf, ids), transformers_logits(hf_out, ids)
-    assert float(np.abs(got - want).max()) <= TOLERANCE["f16"]
-
-
-def test_alpaca_sum_check_runs_before_the_gguf_gets_its_name(tmp_path: Path) -> None:
-    base = tiny.model(1, vocab=ROWS - 1)
-    tuned = tiny.tuned({k: v.float() for k, v in base.items()}, 2, vocab=ROWS)
-    diff = ref.make_diff("alpaca", tuned, base)
-    diff_dir = tiny.write_folder(
-        tmp_path / "diff", diff, "bin", tiny.config(ROWS, dtype="float32"), tokenizer_files()
-    )
-    base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(ROWS - 1))
-    out = tmp_path / "out"
-    args: list[str | Path] = [
-        "recover",
-        diff_dir,
-        base_dir,
-        out,
-        "--recipe",
-        "alpaca",
-        "--to",
-        "gguf",
-    ]
-    result = run(*args, "--expect-sum", "1.5")
-    assert result.exit_code == 1, result.output
-    assert "nothing written" in result.stderr
-    assert listing(out) == []
-    recovered = ref.recover("alpaca", diff, base)
-    total = float(sum(t.sum() for t in recovered.values()))
-    result = run(*args, "--expect-sum", str(total))
-    assert result.exit_code == 0, result.output
-    assert "matches" in result.stdout
-    tensors = {t.name: t for t in GGUFReader(out / "out-f16.gguf").tensors}
-    embedding = recovered["model.embed_tokens.weight"].half()
-    assert np.array_equal(np.array(tensors["token_embd.weight"].data), embedding.numpy())
 
 
 def test_a_llava_projector_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -500,110 +349,6 @@ def test_an_interrupted_gguf_never_has_its_final_name(
     assert listing(out) == [*journal, "out-f16.gguf"]
     assert run(*argv(clean)).exit_code == 0
     assert (out / "out-f16.gguf").read_bytes() == (clean / "out-f16.gguf").read_bytes()
-
-
-LATER = [("wizardlm", 101, False), ("zhixi", 100, False), ("zhixi-fp16", 100, False)]
-LATER += [("ultralm", 101, True), ("yulan", 110, False), ("tulu", 100, False)]
-
-
-@pytest.mark.parametrize(("recipe", "vocab", "pad"), LATER)
-def test_every_later_recipe_to_gguf_holds_the_recovered_folder(
-    recipe: str, vocab: int, pad: bool, tmp_path: Path
-) -> None:
-    """The later releases (docs/FORMAT.md section 3) in one pass: the GGUF file holds, byte
-    for byte, the tensors of converting the Hugging Face folder the same recover writes."""
-    from tests import test_recover_more as more
-
-    if recipe == "tulu":
-        base = tiny.model(1)
-        diff = ref.make_diff("tulu", tiny.tuned({k: v.float() for k, v in base.items()}, 2), base)
-        diff_dir = tiny.write_folder(tmp_path / "diff", diff, "bin", tiny.config(vocab))
-        base_dir = tiny.write_folder(tmp_path / "base", base, "bin", tiny.config(vocab))
-        expected = ref.recover("tulu", diff, base)
-    else:
-        diff_dir, base_dir, expected = more.release(tmp_path, recipe, vocab, pad=pad)
-    (diff_dir / "tokenizer.model").write_bytes(tokenizer_model(90, byte_fallback=False))
-    args: list[str | Path] = [diff_dir, base_dir]
-    extra = ["--recipe", recipe]
-    if recipe.startswith("zhixi"):  # the tiny model's own figure, not the 13B's
-        extra += ["--expect-sum", repr(reference_recover_more.naive_sum(expected))]
-    if recipe == "tulu":
-        extra += ["--expect-sum", repr(float(sum(t.double().sum() for t in expected.values())))]
-    hf_out, gguf_out = tmp_path / "hf", tmp_path / "gguf"
-    assert run("recover", *args, hf_out, *extra).exit_code == 0
-    result = run("recover", *args, gguf_out, *extra, "--to", "gguf", "--gguf-type", "q8_0")
-    assert result.exit_code == 0, result.output
-    assert listing(gguf_out) == [JOURNAL_NAME, "gguf-q8_0.gguf"]
-    ours = GGUFReader(gguf_out / "gguf-q8_0.gguf")
-    theirs = GGUFReader(convert(hf_out, tmp_path / "converted", "--gguf-type", "q8_0"))
-    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
-    for mine, other in zip(ours.tensors, theirs.tensors, strict=True):
-        assert np.array(mine.data).tobytes() == np.array(other.data).tobytes(), mine.name
-    assert len(ours.fields["tokenizer.ggml.tokens"].contents()) == vocab
-
-
-def test_llava_is_refused_in_one_line_by_recover_too(tmp_path: Path) -> None:
-    from tests import test_recover_more as more
-
-    diff_dir, base_dir, _ = more.release(tmp_path, "llava", 103)
-    (diff_dir / "tokenizer.model").write_bytes(tokenizer_model(90, byte_fallback=False))
-    out = tmp_path / "out"
-    result = run("recover", diff_dir, base_dir, out, "--recipe", "llava", "--to", "gguf")
-    assert result.exit_code == 2
-    assert result.stderr == (
-        f"belle-decrypt: error: {diff_dir}: holds model.mm_projector.bias, a multimodal (LLaVA) "
-        "projector: a llama GGUF has no place for it; run it with LLaVA's own tools, or "
-        "convert it with llama.cpp's LLaVA scripts\n"
-    )
-    assert listing(out) == []
-
-
-ROOT = Path(__file__).parents[1]
-ROW = re.compile(r"^\| [^|]+ \| `(belle-decrypt [^`]+)` \| `([^`]+\.gguf)` \|$", re.MULTILINE)
-
-
-def readme_rows(readme: Path) -> list[tuple[str, str]]:
-    """The (command, file) rows of the README's GGUF table."""
-    return ROW.findall(readme.read_text())
-
-
-def test_both_readmes_show_the_same_gguf_commands() -> None:
-    rows = readme_rows(ROOT / "README_en.md")
-    assert len(rows) == 3
-    assert readme_rows(ROOT / "README.md") == rows
-
-
-def test_every_readme_gguf_row_runs_as_written(tmp_path: Path) -> None:
-    """BELLE-7B-2M stands for what `decrypt` made (a Hugging Face folder), llama-7b-hf for the
-    converted base and the Vicuna diff for one made against it; each file runs in llama.cpp
-    like the model it holds."""
-    belle, _ = hf_folder(tmp_path / "BELLE-7B-2M", seed=3)
-    base = tiny.model(1, vocab=ROWS)
-    tiny.write_folder(tmp_path / "llama-7b-hf", base, "bin", tiny.config(ROWS), tokenizer_files())
-    tuned = tiny.tuned({k: v.float() for k, v in base.items()}, 2, vocab=ROWS)
-    diff = ref.make_diff("vicuna", tuned, base)
-    files = tokenizer_files()
-    tiny.write_folder(
-        tmp_path / "vicuna-7b-delta-v1.1", diff, "safetensors", tiny.config(ROWS), files
-    )
-    vicuna = tiny.write_folder(
-        tmp_path / "vicuna-reference",
-        ref.recover("vicuna", diff, base),
-        "safetensors",
-        tiny.config(ROWS),
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for command, file in readme_rows(ROOT / "README_en.md"):
-        argv = [sys.executable, "-m", "belle_decrypt", *shlex.split(command)[1:]]
-        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, (command, proc.stderr)
-        listed = [name for name in listing((tmp_path / file).parent) if name != JOURNAL_NAME]
-        assert listed == [Path(file).name], command
-        model = belle if "BELLE" in command else vicuna
-        ids = [1, 5, 300, 42, PIECES, ROWS - 1]
-        got, want = llama_logits(tmp_path / file, ids), transformers_logits(model, ids)
-        tolerance = TOLERANCE["q8_0" if "q8_0" in command else "f16"]
-        assert float(np.abs(got - want).max()) <= tolerance, command
 
 
 @pytest.mark.parametrize("command", ["convert", "recover"])

@@ -207,3 +207,24 @@ def test_billas_embedding_reader_is_metas_folder(tokenizer: Path, tmp_path: Path
             assert isinstance(only, MetaFolder)
             assert list(only.tensors) == [EMBED]
             assert tiny.same_bits(only.load(EMBED), expected)
+
+
+@pytest.mark.parametrize(("kind", "shards"), [("llama1", 4), ("llama2", 8)])
+def test_pieces_in_metas_layout_are_the_plain_join(
+    kind: str, shards: int, tokenizer: Path, tmp_path: Path
+) -> None:
+    """With ``hf_layout`` False (a conversion straight to GGUF), q and k are Meta's whole
+    tensors as they are, unpermuted; the rest as in the HF layout."""
+    model = tiny_model(kind, shards)
+    path = meta.write_download(tmp_path / "llama", model, shards, tokenizer)
+    whole = meta.whole_model(model)
+    expected = meta.reference_hf(whole, model)
+    for n in range(meta.LAYERS):
+        for hf, own in (("q_proj", "wq"), ("k_proj", "wk")):
+            name = f"model.layers.{n}.self_attn.{hf}.weight"
+            expected[name] = whole[f"layers.{n}.attention.{own}.weight"]
+    with MetaFolder.open_meta(path, "LLAMA_DIR") as folder:
+        folder.hf_layout = False
+        for name, tensor in expected.items():
+            got, _ = joined(folder, name, 1000)
+            assert tiny.same_bits(got, tensor), name

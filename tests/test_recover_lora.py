@@ -436,18 +436,6 @@ def test_recipe_with_an_adapter_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_to_gguf_with_an_adapter_is_refused(tmp_path: Path) -> None:
-    base = base_folder(tmp_path)
-    adapter = tl.save_adapter(tmp_path / "adapter", lora_state(), CONFIG)
-    out = tmp_path / "out"
-    refused(
-        run(adapter, base, out, "--to", "gguf"),
-        out,
-        "--to gguf does not take this recipe's own model files yet (LoRA adapters); merge into "
-        "a Hugging Face folder first",
-    )
-
-
 def test_second_run_keeps_the_shards(tmp_path: Path) -> None:
     base = base_folder(tmp_path)
     adapter = tl.peft_adapter(base, tmp_path / "a", 3, **PEFT_CASES["guanaco"])

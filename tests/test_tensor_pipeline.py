@@ -389,7 +389,7 @@ def test_a_sinks_bind_and_verify_are_the_pipelines_hooks(
     assert recover(tmp_path, MeanRecipe(), fmt="lines", output_type="t") == [WRITTEN]
     (context,) = sink.contexts
     diff, base = tmp_path / "diff", tmp_path / "base"
-    assert (context.out_dir, context.tokenizer_dirs) == (tmp_path / "out", (diff, base))
+    assert (context.out_dir, context.folder, context.files) == (tmp_path / "out", diff, {})
     assert (context.config_path, context.output_type, context.hf_layout) == (
         base / "config.json",
         "t",
@@ -406,3 +406,21 @@ def test_a_sinks_bind_and_verify_are_the_pipelines_hooks(
     with pytest.raises(OutputError, match="reads back wrong"):
         recover(tmp_path / "again", MeanRecipe(), fmt="lines")
     assert [p.name for p in (tmp_path / "again" / "out").iterdir()] == []
+
+
+def test_a_self_contained_sink_is_bound_to_the_files_a_recipe_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipe's own model files (``model_files``: LoRA's merged config) are what a sink that
+    carries the model's description is bound to, and none of them goes beside its file."""
+    sink = LinesSink()
+    monkeypatch.setitem(SINKS, "lines", lambda max_size: sink)
+    made = {"config.json": b'{"vocab_size": 3}\n', "tokenizer_config.json": b"{}"}
+    assert recover(tmp_path, MakingRecipe(made=made), fmt="lines") == [WRITTEN]
+    (context,) = sink.contexts
+    assert (context.config, context.files) == ({"vocab_size": 3}, made)
+    assert context.config_path == tmp_path / "base" / "config.json"  # where a refusal points
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".belle-recover.json",
+        "model.txt",
+    ]

@@ -48,11 +48,13 @@ GGUF_TYPE_HELP = "GGUF matrices: f16 [default] or q8_0 (K-quants: llama-quantize
 def convert(input_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     """Convert Meta's LLaMA-1/2 files in INPUT_DIR (a size folder, or the download's root
     with --size) to the Hugging Face layout in OUT_DIR: bit for bit, checked, resumable; or a
-    Hugging Face LLaMA folder (what decrypt or recover made) to one GGUF file (--to gguf).
+    Hugging Face LLaMA folder (what decrypt or recover made), or Meta's files, to one GGUF
+    file (--to gguf).
 
     \b
     Example:
       belle-decrypt convert llama/7B/ llama-7b-hf/
+      belle-decrypt convert llama/7B/ llama-7b-gguf/ --to gguf
       belle-decrypt convert BELLE-7B-2M/ belle-7b-gguf/ --to gguf
     """
     from belle_decrypt.checks.keyid import is_meta_folder
@@ -60,12 +62,6 @@ def convert(input_dir: Path, out_dir: Path, quiet: bool, **options: Any) -> None
     with user_errors(writing=True):
         if options["size"] is None and not is_meta_folder(input_dir) and _holds_hf(input_dir):
             hf_run(input_dir, out_dir, quiet, **options)
-        elif options["to"] == "gguf":
-            raise InputError(
-                "is Meta's folder: --to gguf takes a Hugging Face folder; run `belle-decrypt "
-                "convert` without --to first, then `convert HF_DIR OUT_DIR --to gguf`",
-                input_dir,
-            )
         else:
             convert_run(input_dir, out_dir, quiet, **options)
 
@@ -140,9 +136,11 @@ def convert_run(
     if outcome.copied:
         say(f"wrote      {', '.join(outcome.copied)}", quiet)
     shards = len(outcome.shards)
+    made = f"{out_dir}: {shards} shard{'s' * (shards != 1)},"
+    if job.sink.self_contained:  # one GGUF file
+        made = f"{out_dir / outcome.shards[0].name}:"
     say(
-        f"converted  {out_dir}: {shards} shard{'s' * (shards != 1)}, "
-        f"{human_size(outcome.written)} written in {outcome.seconds:.1f} s",
+        f"converted  {made} {human_size(outcome.written)} written in {outcome.seconds:.1f} s",
         quiet,
     )
 

@@ -1,11 +1,14 @@
-"""``convert``: Meta's LLaMA files to the Hugging Face layout, as a recipe of the tensor run.
+"""``convert``: Meta's LLaMA files to the Hugging Face layout (or one GGUF file), as a recipe of
+the tensor run.
 
 A conversion is a run whose recipe passes each tensor of Meta's folder through as the source
 gives it (slices joined, q and k permuted: :mod:`~belle_decrypt.tensors.sources.meta`), in
 Meta's dtype, with the same shard plan and writer, pending names, journal, resume and finish
 as ``recover``. Its config.json, generation_config.json and tokenizer files are not copied
-but made from Meta's files (the recipe's ``generated`` hook); ``tokenizer.model`` is copied.
-docs/FORMAT.md section 8 states the rules.
+but made from Meta's files (the recipe's ``model_files`` hook); ``tokenizer.model`` is copied.
+With ``--to gguf`` the GGUF sink takes its config and tokenizer from those same files, and q
+and k come in Meta's own layout, which GGUF stores (nothing permuted there and back).
+docs/FORMAT.md sections 8 and 9 state the rules.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from belle_decrypt.recipes.sentencepiece import tokenizer_json
 from belle_decrypt.tensors.options import Options
 from belle_decrypt.tensors.protocol import BASE, DIFF, Item, SourceKind, SumRule, TensorSource
 from belle_decrypt.tensors.run import Recovery
+from belle_decrypt.tensors.sinks.ggufsink import GGUF
 from belle_decrypt.tensors.sources.meta import MetaFolder
 from belle_decrypt.tensors.sources.metafiles import POSITIONS
 
@@ -146,6 +150,8 @@ def prepare_conversion(
     except BaseException:
         folder.close()
         raise
+    # GGUF stores q and k in Meta's layout: handed as they are, not permuted there and back.
+    folder.hf_layout = options.fmt != GGUF
     sources: dict[str, TensorSource] = {DIFF: folder, BASE: folder}
     recipe = PassThrough(folder.dtype)
     return Recovery.prepare_opened(recipe, None, sources, out_dir, options, folder.listed)

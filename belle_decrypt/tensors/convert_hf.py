@@ -25,6 +25,7 @@ from belle_decrypt.streams.output import (
     remove_stale_temps,
 )
 from belle_decrypt.tensors.buffers import BufferPool
+from belle_decrypt.tensors.copies import describing
 from belle_decrypt.tensors.journal import HashingWriter
 from belle_decrypt.tensors.llama import state_dict_key
 from belle_decrypt.tensors.protocol import DIFF, Item, Shard, SinkContext, TensorSource
@@ -83,8 +84,11 @@ class Conversion:
         try:
             sink = GgufSink()
             config_path = source.path / "config.json"
+            files = {path.name: path for path in describing(source)}
             sink.bind(
-                SinkContext(out_dir, source.config, config_path, (source.path,), options.gguf_type)
+                SinkContext(
+                    out_dir, source.config, config_path, files, source.path, options.gguf_type
+                )
             )
             names = sorted(source.tensors, key=state_dict_key)
             items = [

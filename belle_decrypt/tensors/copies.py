@@ -1,13 +1,16 @@
 """The files that describe the recovered model (config and tokenizer), copied to OUT_DIR as
-they are: the diff's, or the base's for a diff downloaded with its weights only."""
+they are: the diff's, or the base's for a diff downloaded with its weights only, or those a
+recipe decides itself; the same files are what a self-contained sink (GGUF) is bound to."""
 
 from __future__ import annotations
 
 import filecmp
 import fnmatch
+import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.streams.output import AtomicFile
@@ -17,9 +20,13 @@ from belle_decrypt.tensors.protocol import (
     DIFF,
     MakesModelFiles,
     Recipe,
+    Rotary,
     Sink,
+    SinkContext,
     TensorSource,
 )
+
+TOKENIZER_MODEL = "tokenizer.model"
 
 COPIED = (
     "config.json",
@@ -69,24 +76,69 @@ def model_files(diff: TensorSource, base: TensorSource, warnings: list[str]) -> 
 
 
 def output_files(
-    recipe: Recipe, sink: Sink, sources: Mapping[str, TensorSource], warnings: list[str]
-) -> tuple[list[Path], dict[str, bytes]]:
-    """The files to copy beside the weights and the files to write (name: bytes): none for a
-    sink that carries the model's description itself (GGUF), the recipe's own where it makes
-    them (:class:`~belle_decrypt.tensors.protocol.MakesModelFiles`), else :func:`model_files`.
-    A self-contained sink cannot yet take a recipe's own files: refused with the two-run way."""
+    recipe: Recipe,
+    sink: Sink,
+    sources: Mapping[str, TensorSource],
+    out_dir: Path,
+    output_type: str | None,
+    warnings: list[str],
+) -> tuple[list[Path], dict[str, bytes], SinkContext]:
+    """The files to copy beside the weights, the files to write (name: bytes), and what the
+    sink is bound to. A recipe that makes its own files
+    (:class:`~belle_decrypt.tensors.protocol.MakesModelFiles`) decides them, for both: a sink
+    that carries the model's description itself (GGUF) takes its config and tokenizer from
+    exactly the files a Hugging Face output would get, and none go beside it. Else the diff's
+    are copied (:func:`model_files`), and such a sink takes the tokenizer from the first of
+    the diff and the base that has a ``tokenizer.model``."""
+    diff, base = sources[DIFF], sources[BASE]
+    layouts = [s.hf_layout for s in sources.values() if isinstance(s, Rotary)]
     if isinstance(recipe, MakesModelFiles):
-        if sink.self_contained:
-            raise InputError(
-                f"--to {sink.fmt} does not take this recipe's own model files yet "
-                "(LoRA adapters); merge into a Hugging Face folder first, then run "
-                f"`belle-decrypt convert MERGED_DIR OUT_DIR --to {sink.fmt}`",
-                sources[DIFF].path,
-            )
-        return recipe.model_files(sources)
+        copies, made = recipe.model_files(sources)
+        files: dict[str, Path | bytes] = {p.name: p for p in copies}
+        files.update(made)
+        entry = files.get("config.json")
+        config_path = entry if isinstance(entry, Path) else base.path / "config.json"
+        context = SinkContext(
+            out_dir,
+            _config(entry, config_path, base),
+            config_path,
+            files,
+            diff.path,
+            output_type,
+            all(layouts),
+        )
+        return ([], {}, context) if sink.self_contained else (copies, made, context)
+    described = diff if diff.config is not None else base
+    tokenizer: dict[str, Path | bytes] = {}
+    for source in (diff, base):
+        tokenizer = {p.name: p for p in describing(source)}
+        if TOKENIZER_MODEL in tokenizer:
+            break
+    context = SinkContext(
+        out_dir,
+        described.config,
+        described.path / "config.json",
+        tokenizer if TOKENIZER_MODEL in tokenizer else {},
+        diff.path,
+        output_type,
+        all(layouts),
+    )
     if sink.self_contained:
-        return [], {}
-    return model_files(sources[DIFF], sources[BASE], warnings), {}
+        return [], {}, context
+    return model_files(diff, base, warnings), {}, context
+
+
+def _config(entry: Path | bytes | None, path: Path, base: TensorSource) -> dict[str, Any] | None:
+    """The config.json a recipe decided (made, or a file to copy), as a document."""
+    if entry is None:
+        return base.config
+    try:
+        doc = json.loads(entry if isinstance(entry, bytes) else entry.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read it as JSON ({exc}); download it again", path) from exc
+    if not isinstance(doc, dict):
+        raise InputError("is not a JSON object; download it again", path)
+    return doc
 
 
 def write_output_files(

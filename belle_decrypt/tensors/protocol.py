@@ -194,6 +194,15 @@ class Checksummed(Protocol):
 
 
 @runtime_checkable
+class Rotary(Protocol):
+    """A source that can hand q and k in Meta's interleaved rotary layout instead of the
+    Hugging Face one (Meta's folder: its own layout, nothing permuted). Only a run that passes
+    every tensor through to a format stored in Meta's layout (GGUF) asks for it."""
+
+    hf_layout: bool
+
+
+@runtime_checkable
 class MakesModelFiles(Protocol):
     """A recipe that decides the files describing the output itself, instead of copying the
     diff's config and tokenizer files (:mod:`~belle_decrypt.tensors.copies`): a LoRA merge
@@ -276,14 +285,17 @@ class SinkContext:
     """The model's config.json: the diff's, else the base's (None: neither has one)."""
     config_path: Path
     """Where ``config`` was read (messages name it)."""
-    tokenizer_dirs: tuple[Path, ...]
-    """Folders to take a tokenizer from, first match wins: the diff's (or adapter's), then
-    the base's."""
+    files: Mapping[str, Path | bytes]
+    """The files describing the output by name (``tokenizer.model``, ``added_tokens.json``,
+    ...): a file's path, or the bytes a recipe made (:class:`MakesModelFiles`); the same
+    files a Hugging Face output gets beside its shards (``tensors.copies.described``)."""
+    folder: Path
+    """The folder a refusal about them names (DIFF_DIR, or convert's input)."""
     output_type: str | None = None
     """The element type asked for (``--gguf-type``); None: the format's default."""
     hf_layout: bool = True
     """Whether q and k come in the Hugging Face rotary layout (False: Meta's interleaved one,
-    as a source reading Meta's files gives them)."""
+    as a source reading Meta's files hands them when asked: :class:`Rotary`)."""
 
 
 class Sink(Protocol):

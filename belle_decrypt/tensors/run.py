@@ -57,7 +57,6 @@ from belle_decrypt.tensors.protocol import (
     Item,
     Recipe,
     Shard,
-    SinkContext,
     SourceKind,
     TensorSource,
 )
@@ -179,25 +178,21 @@ class Recovery:
     def _check(self) -> None:
         self.recipe.check(self.sources)
         self.items = self.recipe.plan(self.sources)
-        self.copies, self.generated = output_files(
-            self.recipe, self.sink, self.sources, self.warnings
+        self.copies, self.generated, context = output_files(
+            self.recipe,
+            self.sink,
+            self.sources,
+            self.out_dir,
+            self.options.output_type,
+            self.warnings,
         )
-        base = self.sources[BASE]
-        described = self.diff if self.diff.config is not None else base
-        self.sink.bind(
-            SinkContext(
-                self.out_dir,
-                described.config,
-                described.path / "config.json",
-                (self.diff.path, base.path),
-                self.options.output_type,
-            )
-        )
+        self.sink.bind(context)
         self.shards = self.sink.plan(self.items)
         self.pool = BufferPool(max((item.nbytes for item in self.items), default=0))
         if self.options.manifest is not None:
             self.manifest_entries += listed_files(self.options.manifest, self.diff)
         if self.expected_sum is not None:
+            described = self.diff if self.diff.config is not None else self.sources[BASE]
             self.inv_freq_sum = float(rotary_inv_freq(described).sum())
         prepare_output_dir(self.out_dir)
         remove_stale_temps(self.out_dir)

@@ -1,4 +1,4 @@
-"""The tokenizer a llama GGUF carries, read from a folder's ``tokenizer.model``.
+"""The tokenizer a llama GGUF carries, read from ``tokenizer.model`` and the files beside it.
 
 llama.cpp's LLaMA tokenizer is sentencepiece's: every piece with its score and type, the
 special ids, then the pieces ``added_tokens.json`` appends (Alpaca's ``[PAD]``). The token
@@ -10,6 +10,7 @@ llama.cpp's own converter writes them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,26 +46,20 @@ class Vocab:
         self.types.append(kind)
 
 
-def tokenizer_folder(*candidates: Path) -> Path | None:
-    """The first folder holding a ``tokenizer.model`` (the diff's or adapter's, then the base's)."""
-    for folder in candidates:
-        if (folder / TOKENIZER_MODEL).is_file():
-            return folder
-    return None
-
-
-def read_vocab(folder: Path, rows: int) -> Vocab:
-    """The vocabulary of ``folder`` for an embedding of ``rows`` rows.
+def read_vocab(files: Mapping[str, Path | bytes], rows: int, folder: Path) -> Vocab:
+    """The vocabulary of the tokenizer ``files`` (by name: a file's path, or bytes a recipe
+    made, named as in ``folder`` by a refusal) for an embedding of ``rows`` rows.
 
     Refused (exit 2): no ``tokenizer.model``, one sentencepiece cannot read, or more pieces
     than rows (the tokenizer belongs to another model).
     """
     from sentencepiece import SentencePieceProcessor
 
-    path = folder / TOKENIZER_MODEL
+    entry = files[TOKENIZER_MODEL]
+    path = entry if isinstance(entry, Path) else folder / TOKENIZER_MODEL
     processor = SentencePieceProcessor()
     try:
-        processor.LoadFromSerializedProto(path.read_bytes())
+        processor.LoadFromSerializedProto(entry if isinstance(entry, bytes) else path.read_bytes())
     except OSError as exc:
         raise InputError(
             f"cannot read the tokenizer: {exc.strerror or exc}; a GGUF file carries its "
@@ -82,7 +77,7 @@ def read_vocab(folder: Path, rows: int) -> Vocab:
         vocab.append(
             processor.IdToPiece(token_id), processor.GetScore(token_id), _kind(processor, token_id)
         )
-    for _, piece in _added_tokens(folder, len(vocab.tokens)):
+    for _, piece in _added_tokens(files, folder, len(vocab.tokens)):
         vocab.append(piece, ADDED_SCORE, USER_DEFINED)
     if len(vocab.tokens) > rows:
         raise InputError(
@@ -100,7 +95,7 @@ def read_vocab(folder: Path, rows: int) -> Vocab:
     ):
         if 0 <= token_id < rows:
             vocab.special[name] = token_id
-    _apply_tokenizer_config(folder, vocab)
+    _apply_tokenizer_config(files, folder, vocab)
     return vocab
 
 
@@ -117,11 +112,12 @@ def _kind(processor: Any, token_id: int) -> int:
     return NORMAL
 
 
-def _added_tokens(folder: Path, first: int) -> list[tuple[int, str]]:
+def _added_tokens(
+    files: Mapping[str, Path | bytes], folder: Path, first: int
+) -> list[tuple[int, str]]:
     """The pieces ``added_tokens.json`` appends, in id order from ``first``; ids inside the
     sentencepiece vocabulary rename nothing and are skipped, a gap is refused."""
-    path = folder / ADDED_TOKENS
-    doc = _json(path)
+    path, doc = _json(files, folder, ADDED_TOKENS)
     if doc is None:
         return []
     if not isinstance(doc, dict) or not all(
@@ -140,9 +136,9 @@ def _added_tokens(folder: Path, first: int) -> list[tuple[int, str]]:
     return added
 
 
-def _apply_tokenizer_config(folder: Path, vocab: Vocab) -> None:
+def _apply_tokenizer_config(files: Mapping[str, Path | bytes], folder: Path, vocab: Vocab) -> None:
     """``add_bos_token`` / ``add_eos_token`` and a ``[PAD]``-style pad token, where given."""
-    doc = _json(folder / TOKENIZER_CONFIG)
+    _, doc = _json(files, folder, TOKENIZER_CONFIG)
     if not isinstance(doc, dict):
         return
     for key, attr in (("add_bos_token", "add_bos"), ("add_eos_token", "add_eos")):
@@ -155,15 +151,18 @@ def _apply_tokenizer_config(folder: Path, vocab: Vocab) -> None:
         vocab.special["pad"] = vocab.tokens.index(pad)
 
 
-def _json(path: Path) -> Any:
-    """A JSON file's document, None when absent; refused when unreadable."""
+def _json(files: Mapping[str, Path | bytes], folder: Path, name: str) -> tuple[Path, Any]:
+    """The file ``name``'s path (as a refusal names it) and its JSON document (None when
+    absent); refused when unreadable."""
+    entry = files.get(name)
+    path = entry if isinstance(entry, Path) else folder / name
+    if entry is None:
+        return path, None
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
+        text = entry.decode() if isinstance(entry, bytes) else path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read: {exc}; download it again", path) from exc
     try:
-        return json.loads(text)
+        return path, json.loads(text)
     except ValueError as exc:
         raise InputError(f"is not valid JSON ({exc}); download it again", path) from exc

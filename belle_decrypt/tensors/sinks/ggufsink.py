@@ -1,6 +1,6 @@
 """A GGUF file (what llama.cpp and ollama run) as the output of a run, written tensor by tensor.
 
-``bind`` takes the model's config, the tokenizer's folders and the q/k layout from the run;
+``bind`` takes the model's config, the tokenizer's files and the q/k layout from the run;
 ``plan`` maps the output tensors to llama.cpp's names and types, reads the figures and the
 tokenizer (``tokenizer.model``) and refuses what a llama GGUF cannot hold, all before anything
 is written. ``write`` streams the file with the ``gguf`` package's writer: header, metadata
@@ -36,7 +36,7 @@ from belle_decrypt.tensors.sinks.gguf_model import (
     stored_shape,
     stored_size,
 )
-from belle_decrypt.tensors.sinks.gguf_vocab import Vocab, read_vocab, tokenizer_folder
+from belle_decrypt.tensors.sinks.gguf_vocab import TOKENIZER_MODEL, Vocab, read_vocab
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,7 +82,7 @@ class GgufSink:
         self.vocab = Vocab()
 
     def bind(self, context: SinkContext) -> None:
-        """Take the config, the tokenizer's folders, the q/k layout and ``--gguf-type``."""
+        """Take the config, the tokenizer's files, the q/k layout and ``--gguf-type``."""
         gguf_type = context.output_type or F16
         if gguf_type not in GGUF_TYPES:
             raise InputError(f"--gguf-type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
@@ -95,14 +95,13 @@ class GgufSink:
             raise AssertionError("GgufSink.plan before bind")
         shapes = mapped({item.name: item.shape for item in items}, context.config_path.parent)
         self.figures = fig = figures(shapes, context.config or {}, context.config_path)
-        folder = tokenizer_folder(*context.tokenizer_dirs)
-        if folder is None:
+        if TOKENIZER_MODEL not in context.files:
             raise InputError(
                 "has no tokenizer.model (nor has any input folder): a GGUF file carries its "
                 "tokenizer; put the release's tokenizer.model in it",
-                context.tokenizer_dirs[0],
+                context.folder,
             )
-        self.vocab = read_vocab(folder, fig.vocab_size)
+        self.vocab = read_vocab(context.files, fig.vocab_size, context.folder)
         kept = []
         for item in items:
             name = gguf_name(item.name)

@@ -82,6 +82,9 @@ class MetaFolder(WeightFolder):
         self.listed: list[Listed] = []
         """Each weight file's checksums to check while it is read (checklist.chk's md5,
         Meta's published SHA-256 where the file is known)."""
+        self.hf_layout = True
+        """q and k permuted to the Hugging Face layout as they are loaded (False: Meta's
+        layout as it is, for a conversion straight to GGUF: protocol.Rotary)."""
         self._slices: list[dict[str, torch.Tensor]] = []
 
     @classmethod
@@ -345,20 +348,21 @@ class MetaFolder(WeightFolder):
 
     def load(self, name: str) -> torch.Tensor:
         """The HF tensor ``name``: Meta's slices joined (q and k permuted from Meta's
-        interleaved rotary pairs to HF's halves), in a new tensor. Only elements move: the
-        bits are Meta's. A tensor that needs neither (replicated, or the only file's
-        unpermuted) is the mapped one itself. Each file's size is checked first, as the
-        Hugging Face folder's ``load`` does."""
+        interleaved rotary pairs to HF's halves, unless :attr:`hf_layout` is False), in a new
+        tensor. Only elements move: the bits are Meta's. A tensor that needs neither
+        (replicated, or the only file's unpermuted) is the mapped one itself. Each file's size
+        is checked first, as the Hugging Face folder's ``load`` does."""
         tm = import_torch()
         info, part = self.tensors[name], self.parts[name]
         for file in self.files:
             self._check_size(file)
         slices = [handle[part.meta] for handle in self._slices]
-        if part.dim is None or (len(slices) == 1 and not part.heads):
+        permuted = bool(part.heads) and self.hf_layout
+        if part.dim is None or (len(slices) == 1 and not permuted):
             return slices[0]
         out: torch.Tensor = tm.empty(info.shape, dtype=getattr(tm, info.dtype))
         try:
-            if part.heads:
+            if permuted:
                 half = self.params.head_dim // 2
                 start = 0
                 for piece in slices:
@@ -378,13 +382,13 @@ class MetaFolder(WeightFolder):
         return out
 
     def pieces(self, name: str, take: TakeBuffer) -> Iterator[Piece]:
-        """The HF tensor ``name``'s bytes in order, a few MiB at a time, never joined whole (a
-        :class:`~belle_decrypt.tensors.protocol.Pieced` source;
+        """The HF tensor ``name``'s bytes in order (q and k as :attr:`hf_layout` says), a few
+        MiB at a time, never joined whole (a :class:`~belle_decrypt.tensors.protocol.Pieced` source;
         :func:`~belle_decrypt.tensors.sources.metapieces.joined_pieces` says how). Each file's
         size is checked before each piece."""
         info, part = self.tensors[name], self.parts[name]
         slices = [handle[part.meta] for handle in self._slices]
-        heads = self.params.head_dim if part.heads else 0
+        heads = self.params.head_dim if part.heads and self.hf_layout else 0
         try:
             yield from joined_pieces(slices, part.dim, heads, info, take, self._check_sizes)
         except RuntimeError as exc:
