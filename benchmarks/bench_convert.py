@@ -5,14 +5,17 @@ Makes a LLaMA-7B-shaped model in Meta's layout (float16, dim 4096, 32 heads, int
 files by Meta's slicing rules, with params.json, checklist.chk and a tokenizer.model, then
 times each run as a child process, sampling /proc/PID/status every 10 ms:
 
-    python benchmarks/bench_convert.py                  # in /tmp, 4 layers
-    python benchmarks/bench_convert.py --dir /var/tmp --layers 8
+    python benchmarks/bench_convert.py                  # in /tmp, 8 layers, 1 2 4 8 files
+    python benchmarks/bench_convert.py --dir /var/tmp --layers 2 --shards 1 8
 
 "plain copy" reads every input file once and writes the same number of bytes; "md5" is
 ``md5sum`` of the inputs alone. `convert --no-verify` should stay within 1.5x the copy, and
 `convert` (md5 of every file against checklist.chk, in a thread beside it) within 1.2x the
-md5. Beside them, transformers' conversion logic (every file loaded whole, joined, permuted,
-saved) runs on the 1- and 8-file models. Every folder is removed at the end; --no-fsync.
+md5; its peak RssAnon should not grow with the number of files. Beside them, transformers'
+conversion logic (every file loaded whole, joined, permuted, saved) runs on the 1- and 8-file
+models (--no-transformers leaves it out: at 8 layers it holds about 8 GiB). Each line gives
+the load average (/proc/loadavg, 1 minute) when it ended: the machine's other work shows
+there. Every folder is removed at the end; --no-fsync.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
-from bench_recover import GiB, Run, line, measure  # noqa: E402
+from bench_recover import GiB, Run, measure  # noqa: E402
 
 from tests.reference_meta import tokenizer_model  # noqa: E402
 
@@ -79,6 +82,17 @@ for name in files[0]:
     state[name] = whole.clone()
 save_file(state, str(out / "model.safetensors"))
 """
+
+
+def line(label: str, run: Run, against: tuple[str, Run] | None = None) -> None:
+    """One measured run: time, peak memory, the ratio to a reference run, the load."""
+    ratio = f"  {run.seconds / against[1].seconds:4.2f}x the {against[0]}" if against else ""
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(
+        f"{label:<56} {run.seconds:6.1f} s   RssAnon {run.peak_anon / GiB:5.2f} GiB   "
+        f"VmRSS {run.peak_rss / GiB:5.2f} GiB{ratio:<17}  load {load}",
+        flush=True,
+    )
 
 
 def whole_model(layers: int) -> dict[str, torch.Tensor]:
@@ -134,12 +148,12 @@ def write_meta(
     return folder
 
 
-def bench(root: Path, layers: int, shard_counts: list[int]) -> None:
+def bench(root: Path, layers: int, shard_counts: list[int], transformers: bool) -> None:
     tokenizer = tokenizer_model(root / "spm")
     state = whole_model(layers)
     size = sum(t.numel() * 2 for t in state.values())
     print(f"model: {layers} layers, {size / GiB:.2f} GiB of weights\n", flush=True)
-    peaks: dict[int, Run] = {}
+    peaks: dict[str, list[int]] = {"--no-verify": [], "checked": []}
     for shards in shard_counts:
         download = root / f"meta-{shards}"
         folder = write_meta(download, state, layers, shards, tokenizer)
@@ -154,39 +168,45 @@ def bench(root: Path, layers: int, shard_counts: list[int]) -> None:
         line("  plain copy (read the files, write as many bytes)", copy)
         line("  md5sum of the files", md5)
         for extra, label, against in (
-            (["--no-verify"], "  convert --no-verify", copy),
-            ([], "  convert (checklist.chk md5 beside it)", md5),
+            (["--no-verify"], "  convert --no-verify", ("copy", copy)),
+            ([], "  convert (checklist.chk md5 beside it)", ("md5", md5)),
         ):
             run = measure([*EXE, str(folder), str(out), "-q", "--no-fsync", *extra])
             line(label, run, against)
-            if not extra:
-                peaks[shards] = run
+            peaks["--no-verify" if extra else "checked"].append(run.peak_anon)
             shutil.rmtree(out)
         if shards == shard_counts[0]:
             run = measure([*EXE, str(folder), str(out), "-q", "--no-fsync", "--no-verify", "--bin"])
-            line("  convert --no-verify --bin (2GB shards)", run, copy)
+            line("  convert --no-verify --bin (2GB shards)", run, ("copy", copy))
             shutil.rmtree(out)
-        if shards in (1, 8):
+        if transformers and shards in (1, 8):
             out.mkdir()
             run = measure([sys.executable, "-c", TRANSFORMERS, str(folder), str(out)])
-            line("  transformers' conversion logic (whole files in memory)", run, copy)
+            line("  transformers' conversion logic (whole files in memory)", run, ("copy", copy))
             shutil.rmtree(out)
         shutil.rmtree(download)
         print(flush=True)
-    low = min(r.peak_anon for r in peaks.values())
-    high = max(r.peak_anon for r in peaks.values())
-    print(
-        f"convert peak RssAnon over {', '.join(map(str, peaks))} files: {low / GiB:.2f} to "
-        f"{high / GiB:.2f} GiB ({(high - low) / low:+.1%})"
-    )
+    for label, anon in peaks.items():
+        low, high = min(anon), max(anon)
+        print(
+            f"convert ({label}) peak RssAnon over {', '.join(map(str, shard_counts))} files: "
+            f"{low / GiB:.2f} to {high / GiB:.2f} GiB ({(high - low) / low:+.1%})"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="Where to make the files.")
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--no-transformers", action="store_true", help="Leave out transformers' conversion."
+    )
     args = parser.parse_args()
+    # The convert runs are of this tree's belle_decrypt, whatever is installed.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])
+    )
     root = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=args.dir))
     started = time.monotonic()
     print(
@@ -195,7 +215,7 @@ def main() -> None:
         flush=True,
     )
     try:
-        bench(root, args.layers, args.shards)
+        bench(root, args.layers, args.shards, not args.no_transformers)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"benchmark took {time.monotonic() - started:.0f} s")

@@ -31,7 +31,7 @@ from belle_decrypt.recipes.lora import lora_recipe
 from belle_decrypt.recipes.more import EMBEDDING_SUM, EmbeddingRecipe, PadTokenRecipe
 from belle_decrypt.tensors.protocol import Recipe
 from belle_decrypt.tensors.sources.adapter import AdapterKind
-from belle_decrypt.tensors.sources.metaembed import MetaEmbedding
+from belle_decrypt.tensors.sources.meta import MetaEmbedding
 from belle_decrypt.tensors.sumcheck import PROMOTED_TOTAL
 
 RECIPES: dict[str, Recipe] = {

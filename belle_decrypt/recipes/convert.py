@@ -66,6 +66,11 @@ class PassThrough:
         """The source's tensor as it is (already joined and permuted)."""
         return tensors[BASE]
 
+    def forwarded(self, item: Item) -> tuple[str, str] | None:
+        """Every item is its base tensor as it is (:class:`~belle_decrypt.tensors.protocol.
+        Forwards`): the sink writes Meta's slices joined piece by piece, never whole."""
+        return BASE, item.reads[0][1].name
+
     def model_files(
         self, sources: Mapping[str, TensorSource]
     ) -> tuple[list[Path], dict[str, bytes]]:

@@ -5,9 +5,9 @@ section 3, 3.8); the others are plain rows of the catalogue.
   base's does not (:class:`PadTokenRecipe`);
 - BiLLa publishes full weights with only ``model.embed_tokens.weight`` disguised: its base
   needs only that embedding (an HF base, or Meta's ``tok_embeddings`` through
-  :mod:`~belle_decrypt.tensors.sources.metaembed`), every other tensor passes through as
-  published, no "is this a diff" check applies, and its published sum is the float32
-  embedding's (:class:`EmbeddingRecipe`, :class:`EmbeddingSum`).
+  :meth:`~belle_decrypt.tensors.sources.meta.MetaFolder.open_embedding`), every other tensor
+  passes through as published, no "is this a diff" check applies, and its published sum is
+  the float32 embedding's (:class:`EmbeddingRecipe`, :class:`EmbeddingSum`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from belle_decrypt.recipes.additive import (
 from belle_decrypt.tensors.buffers import Scratch, shaped
 from belle_decrypt.tensors.llama import VOCAB_TENSORS, state_dict_key
 from belle_decrypt.tensors.protocol import BASE, DIFF, Item, TensorSource
-from belle_decrypt.tensors.sources.metaembed import EMBED, META_FILE
+from belle_decrypt.tensors.sources.meta import EMBED
+from belle_decrypt.tensors.sources.metafiles import FIRST_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +120,7 @@ class EmbeddingRecipe(AdditiveRecipe):
         if raw is None:
             raise base.fail(
                 f"holds no {EMBED}; pass LLaMA-7B converted to the Hugging Face layout, or "
-                f"Meta's {META_FILE}"
+                f"Meta's {FIRST_FILE}"
             )
         if len(published.shape) != 2 or len(raw.shape) != 2 or published.shape[1] != raw.shape[1]:
             raise diff.fail(

@@ -145,5 +145,13 @@ class HashingWriter:
         self.count += len(view)
         return len(view)
 
+    def write_unhashed(self, data: bytes | memoryview) -> int:
+        """Write all of ``data`` without hashing it: the caller hashes the same bytes, in the
+        same order, into ``sha256`` itself (in another thread, beside the write)."""
+        view = memoryview(data)
+        self.sink.write(view)
+        self.count += len(view)
+        return len(view)
+
     def flush(self) -> None:
         """Nothing is buffered here."""

@@ -15,7 +15,7 @@ progress, Ctrl-C and the atomic finish. Nothing here imports a concrete source, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -238,6 +238,42 @@ ChooseRecipe = Callable[[str | None, Path], tuple[Recipe, str | None]]
 release name it was recognised from (None: given)."""
 Produce = Callable[[Item, "torch.Tensor"], "torch.Tensor"]
 """Computes an item's output tensor into the given buffer (or returns an input as it is)."""
+Piece = tuple["torch.Tensor", "torch.Tensor | None"]
+"""A contiguous piece of a tensor's bytes, in order, and the byte buffer it was made in (taken
+from the caller's ``take``; None: a view of a mapped input, nothing to give back)."""
+TakeBuffer = Callable[[], "torch.Tensor"]
+"""A free byte buffer (uint8) to make one piece in; its size bounds the piece."""
+
+
+@runtime_checkable
+class Pieced(Protocol):
+    """A source that can give a tensor as pieces of its bytes in order instead of whole
+    (Meta's folder: slices joined and q/k permuted a few MiB at a time), so that a sink that
+    writes the pieces as they come never holds the joined tensor."""
+
+    def pieces(self, name: str, take: TakeBuffer) -> Iterator[Piece]:
+        """The tensor ``name``'s bytes as pieces, each made in a buffer from ``take`` or a
+        view of the mapped file."""
+
+
+@runtime_checkable
+class Forwards(Protocol):
+    """A recipe some of whose output tensors are an input as it is (``convert``): those may
+    be written as their source's pieces, never whole."""
+
+    def forwarded(self, item: Item) -> tuple[str, str] | None:
+        """The role and name of the input ``item`` is as it is, or None (computed)."""
+
+
+@runtime_checkable
+class PiecedProduce(Protocol):
+    """A :data:`Produce` that can also give an item as pieces (the run's, for a recipe that
+    :class:`Forwards` an input of a :class:`Pieced` source); a sink may use either."""
+
+    def __call__(self, item: Item, out: torch.Tensor) -> torch.Tensor: ...
+
+    def pieces(self, item: Item, take: TakeBuffer) -> Iterator[Piece] | None:
+        """The item's bytes as pieces, or None: only whole, through ``__call__``."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from belle_decrypt.tensors.journal import (
 from belle_decrypt.tensors.listed import Listed, ManifestHasher, listed_files
 from belle_decrypt.tensors.llama import rotary_inv_freq
 from belle_decrypt.tensors.options import KEPT, WRITTEN, Options, Outcome, ShardResult
+from belle_decrypt.tensors.produce import Producer
 from belle_decrypt.tensors.protocol import (
     BASE,
     DIFF,
@@ -95,6 +96,7 @@ class Recovery:
         self.manifest_entries: list[Listed] = []
         self.pool = BufferPool(0)
         self.scratch = Scratch()
+        self.producer = Producer(self._produce, recipe, sources, not options.allow_nonfinite)
         self.inv_freq_sum = 0.0
         self.warnings: list[str] = []
 
@@ -331,7 +333,7 @@ class Recovery:
         with atomic as handle:
             out = HashingWriter(handle, str(self.out_dir / shard.name))
             try:
-                self.sink.write(shard, out, self._produce, on_bytes, on_tensor, self.pool)
+                self.sink.write(shard, out, self.producer, on_bytes, on_tensor, self.pool)
                 handle.flush()
             except OSError as exc:
                 raise OutputError(

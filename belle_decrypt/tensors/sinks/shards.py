@@ -17,14 +17,15 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
-from belle_decrypt.tensors.buffers import BufferPool, shaped
+from belle_decrypt.tensors.buffers import BufferPool, one_thread, shaped
 from belle_decrypt.tensors.journal import HashingWriter
-from belle_decrypt.tensors.protocol import Item, Produce, Shard, SinkContext
+from belle_decrypt.tensors.protocol import Item, PiecedProduce, Produce, Shard, SinkContext
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +36,10 @@ DEFAULT_MAX_SHARD = "2GB"
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.index.json")
 # Bytes written between two progress reports and cancellation checks.
 WRITE_CHUNK = 32 * 1024 * 1024
+# A piece of a tensor given in pieces (Meta's joined slices), and how many are in flight: the
+# memory a conversion holds besides the mapped files, whatever the number of Meta's files.
+PIECE_SIZE = 4 * 1024 * 1024
+PIECE_BUFFERS = 4
 # Room for a --bin shard's zip records and pickle beside its tensor data.
 BIN_OVERHEAD = 64 * 1024
 _DTYPE_NAMES = {
@@ -211,8 +216,11 @@ def write_shard(
     """Compute each tensor of ``shard`` with ``produce`` and write the file to ``out``.
 
     ``on_tensor`` sees every recovered tensor (the integrity sum); ``on_bytes`` is called after
-    each tensor (a place to stop on Ctrl-C). Safetensors shards are computed into ``pool``'s
-    buffers and written by a thread; a --bin shard needs its own tensors for torch.save.
+    each tensor or piece (a place to stop on Ctrl-C). Safetensors shards are computed into
+    ``pool``'s buffers and written by a thread; an item ``produce`` gives as pieces
+    (:class:`~belle_decrypt.tensors.protocol.PiecedProduce`: only when nothing needs the whole
+    tensor) is written piece by piece from a few small buffers. A --bin shard needs its own
+    tensors for torch.save.
     """
     tm = import_torch()
     if fmt == BIN:
@@ -231,16 +239,22 @@ def write_shard(
     header = safetensors_header(shard.items)
     out.write(len(header).to_bytes(8, "little"))
     out.write(header)
-    writer = BackgroundWriter(out, pool)
+    writer = BackgroundWriter(out)
+    pieced = produce if isinstance(produce, PiecedProduce) else None
+    small = BufferPool(PIECE_SIZE, PIECE_BUFFERS)
     try:
         for item in shard.items:
+            parts = pieced.pieces(item, partial(small.take, writer.check)) if pieced else None
+            if parts is not None:
+                _write_pieces(item, parts, writer, small, on_bytes)
+                continue
             flat = pool.take(writer.check)
             tensor = _computed(item, produce(item, shaped(flat, item.shape, item.dtype)), on_tensor)
             if tensor.data_ptr() != flat.data_ptr():  # an input written as it is
                 pool.give_back(flat)
                 writer.put((tensor, None))
             else:
-                writer.put((tensor, flat))
+                writer.put((tensor, partial(pool.give_back, flat)))
             del tensor
             on_bytes(item.nbytes)
         writer.close()
@@ -248,80 +262,139 @@ def write_shard(
         writer.abort()
 
 
-class BackgroundWriter:
-    """Writes (and hashes) one tensor in a thread while the main thread computes the next.
+def _write_pieces(
+    item: Item,
+    parts: Iterator[tuple[torch.Tensor, torch.Tensor | None]],
+    writer: BackgroundWriter,
+    pool: BufferPool,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """Queue an item's pieces for writing as they are made, each buffer back to ``pool`` once
+    written; they must add up to the item's bytes in its dtype."""
+    done = 0
+    with one_thread():
+        for tensor, buffer in parts:
+            if str(tensor.dtype) != f"torch.{item.dtype}" or not tensor.is_contiguous():
+                raise AssertionError(f"{item.name}: a piece of {tensor.dtype}, not contiguous")
+            count = tensor.numel() * tensor.element_size()
+            done += count
+            writer.put((tensor, None if buffer is None else partial(pool.give_back, buffer)))
+            del tensor, buffer
+            on_bytes(count)
+    if done != item.nbytes:
+        raise AssertionError(f"{item.name}: pieces of {done} bytes, not {item.nbytes}")
 
-    torch's arithmetic, hashlib and write() all release the GIL, so the two overlap on two
-    cores. Each written tensor's buffer goes back to the pool, also when writing it failed.
-    An error in the thread (a full disk) is raised in the main thread at the next ``put``,
-    ``close``, or wait for a buffer (``check``).
+
+Job = tuple["torch.Tensor", Callable[[], None] | None]
+"""A tensor to write and what to call once it is written (its buffer back to a pool)."""
+
+
+class _Queued:
+    """A job shared by the hashing and the writing thread: its buffer goes back once both
+    are done with it."""
+
+    def __init__(self, job: Job) -> None:
+        self.tensor: torch.Tensor | None = job[0]
+        self.written = job[1]
+        self.left = 2
+        self.lock = threading.Lock()
+
+    def done(self) -> None:
+        with self.lock:
+            self.left -= 1
+            last = self.left == 0
+        if last:
+            self.tensor = None
+            if self.written is not None:
+                self.written()
+
+
+class BackgroundWriter:
+    """Writes each tensor in one thread and hashes it (the shard's SHA-256) in another, while
+    the main thread computes the next.
+
+    torch's arithmetic, hashlib and write() all release the GIL, so the three overlap; the
+    hash and the write each cost about as much as a plain copy, so they are not done one
+    after the other. Each job is a tensor and what to call once it is written and hashed (its
+    buffer back to a pool), also when that failed. An error in a thread (a full disk) is
+    raised in the main thread at the next ``put``, ``close``, or wait for a buffer
+    (``check``).
     """
 
-    def __init__(self, out: HashingWriter, pool: BufferPool) -> None:
+    def __init__(self, out: HashingWriter) -> None:
         self.out = out
-        self.pool = pool
-        self.queue: queue.Queue[tuple[torch.Tensor, torch.Tensor | None] | None] = queue.Queue(
-            maxsize=1
-        )
         self.error: BaseException | None = None
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._work, name="recover-write", daemon=True)
-        self.thread.start()
+        self.queues: list[queue.Queue[_Queued | None]] = []
+        self.threads: list[threading.Thread] = []
+        for name, step in (("write", out.write_unhashed), ("hash", out.sha256.update)):
+            jobs: queue.Queue[_Queued | None] = queue.Queue(maxsize=PIECE_BUFFERS)
+            thread = threading.Thread(
+                target=self._work, args=(jobs, step), name=f"recover-{name}", daemon=True
+            )
+            self.queues.append(jobs)
+            self.threads.append(thread)
+            thread.start()
 
-    def _work(self) -> None:
+    def _work(
+        self, jobs: queue.Queue[_Queued | None], step: Callable[[memoryview], object]
+    ) -> None:
         while True:
-            job = self.queue.get()
+            job = jobs.get()
             if job is None:
                 return
-            tensor, buffer = job
             try:
-                for piece in tensor_chunks(tensor):
+                assert job.tensor is not None
+                for piece in tensor_chunks(job.tensor):
                     if self.stopping.is_set():
                         return
-                    self.out.write(piece)
+                    step(piece)
             except BaseException as exc:
                 self.error = exc
                 return
             finally:
-                del tensor, job
-                if buffer is not None:
-                    self.pool.give_back(buffer)
+                job.done()
+                del job
 
     def check(self) -> None:
-        """Raise the thread's error, or say that it stopped, if it did."""
+        """Raise a thread's error, or say that one stopped, if it did."""
         if self.error is not None:
             raise self.error
-        if not self.thread.is_alive():
+        if not all(thread.is_alive() for thread in self.threads):
             raise OSError("the writing thread stopped")
 
-    def put(self, job: tuple[torch.Tensor, torch.Tensor | None] | None) -> None:
-        """Queue a tensor to write and its pool buffer (None: the end) once the thread has
-        room; waits in short steps so that Ctrl-C is seen."""
-        while True:
-            self.check()
-            try:
-                self.queue.put(job, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+    def put(self, job: Job | None) -> None:
+        """Queue a tensor to write and what to call once it is written (None: the end) once
+        the threads have room; waits in short steps so that Ctrl-C is seen."""
+        shared = None if job is None else _Queued(job)
+        for jobs in self.queues:
+            while True:
+                self.check()
+                try:
+                    jobs.put(shared, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
     def close(self) -> None:
-        """Wait until every queued tensor is written; raise the thread's error if any."""
+        """Wait until every queued tensor is written and hashed; raise a thread's error."""
         self.put(None)
-        while self.thread.is_alive():
-            self.thread.join(0.1)
+        for thread in self.threads:
+            while thread.is_alive():
+                thread.join(0.1)
         if self.error is not None:
             raise self.error
 
     def abort(self) -> None:
-        """Stop the thread (after an error or an interrupt here) and wait for it."""
+        """Stop the threads (after an error or an interrupt here) and wait for them."""
         self.stopping.set()
-        while self.thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self.queue.get_nowait()
-            with contextlib.suppress(queue.Full):
-                self.queue.put_nowait(None)
-            self.thread.join(0.1)
+        for jobs, thread in zip(self.queues, self.threads, strict=True):
+            while thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    jobs.get_nowait()
+                with contextlib.suppress(queue.Full):
+                    jobs.put_nowait(None)
+                thread.join(0.1)
 
 
 def _computed(

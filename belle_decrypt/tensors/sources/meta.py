@@ -4,16 +4,17 @@ A Meta folder holds ``consolidated.NN.pth`` (one model-parallel slice of each we
 file), ``params.json`` and ``checklist.chk``, with ``tokenizer.model`` beside it or one level
 up. :class:`MetaFolder` offers what the Hugging Face folder offers, under the HF names: each
 tensor's joined shape and Meta's dtype, ``load(name)`` joining the slices from the mapped files
-and applying the q/k permutation (one tensor at a time, never the whole model), and the config
-an HF conversion would have. The files are mapped and leased as the Hugging Face folder's are
-(:class:`~belle_decrypt.tensors.sources.hfdir.WeightFolder`). docs/FORMAT.md section 8 states
-every rule used here.
+and applying the q/k permutation (one tensor at a time, never the whole model), ``pieces(name,
+take)`` giving the same bytes a few MiB at a time (``convert``: no joined tensor held whole),
+and the config an HF conversion would have. The files are mapped and leased as the Hugging
+Face folder's are (:class:`~belle_decrypt.tensors.sources.hfdir.WeightFolder`). docs/FORMAT.md
+section 8 states every rule used here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,18 +24,18 @@ from belle_decrypt.checks.manifest import ManifestEntry
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.tensors.listed import Listed
-from belle_decrypt.tensors.llama import state_dict_key
-from belle_decrypt.tensors.protocol import TensorInfo
+from belle_decrypt.tensors.llama import VOCAB_TENSORS, state_dict_key
+from belle_decrypt.tensors.protocol import Piece, TakeBuffer, TensorInfo
 from belle_decrypt.tensors.sources.hfdir import WeightFolder
 from belle_decrypt.tensors.sources.leases import LEASES
 from belle_decrypt.tensors.sources.metafiles import (
     CHECKLIST,
+    FIRST_FILE,
     PARAMS,
     ROPE_FREQS,
     SHARD_RE,
-    TOKENIZER,
-    TOKENIZER_CHECKLIST,
     Params,
+    check_small_files,
     expected_shapes,
     find_tokenizer,
     hf_name,
@@ -42,11 +43,15 @@ from belle_decrypt.tensors.sources.metafiles import (
     published_sha256,
     read_checklist,
     read_params,
+    refuse_llama2_params,
     size_folder,
 )
+from belle_decrypt.tensors.sources.metapieces import joined_pieces
 
 if TYPE_CHECKING:
     import torch
+
+EMBED, META_EMBED = VOCAB_TENSORS[0], "tok_embeddings.weight"
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,19 @@ class MetaFolder(WeightFolder):
             raise
         return folder
 
+    @classmethod
+    def open_embedding(cls, path: Path, role: str) -> MetaFolder:
+        """Only the embedding of LLaMA-7B, under its HF name (BiLLa's base, docs/FORMAT.md
+        3.8): Meta's folder of one ``consolidated.00.pth``, or a single torch checkpoint file
+        holding Meta's or the HF embedding. Nothing else of the folder is read or checked."""
+        folder = cls(path, role)
+        try:
+            folder._open_embedding()
+        except BaseException:
+            folder.close()
+            raise
+        return folder
+
     def __enter__(self) -> MetaFolder:
         return self
 
@@ -130,7 +148,7 @@ class MetaFolder(WeightFolder):
         self.checklist = read_checklist(self.path / CHECKLIST, self.fail)
         self.files = self._shards()
         if verify:
-            self._check_small_files()
+            check_small_files(self.path, self.tokenizer, self.checklist, self.fail)
         for file in self.files:
             self._slices.append(self._map(file))
         self._map_names()
@@ -144,6 +162,39 @@ class MetaFolder(WeightFolder):
         if verify:
             published = published_sha256(self.params, self.version, vocab, len(self.files))
             self.listed = listed_checksums(self.files, self.checklist, published)
+
+    def _open_embedding(self) -> None:
+        file = self.path
+        if not file.is_file():
+            found = sorted(self.path.glob("consolidated.*.pth"))
+            if len(found) != 1:
+                raise self.fail(
+                    f"holds {len(found)} consolidated.*.pth files: BiLLa was made from "
+                    f"LLaMA-7B (one file); pass LLaMA-7B's folder or its {FIRST_FILE}"
+                )
+            file = found[0]
+            refuse_llama2_params(self.path / PARAMS, self.fail)
+        self._check_entry(file)
+        self._read_file(file)
+        info = self.tensors.get(META_EMBED) or self.tensors.get(EMBED)
+        if info is None:
+            raise self.fail(
+                f"holds neither {META_EMBED} (Meta's) nor {EMBED}: pass LLaMA-7B's "
+                f"{FIRST_FILE} or its Hugging Face folder",
+                file,
+            )
+        if info.dtype == "bfloat16":
+            raise self.fail(
+                f"its {info.name} is bfloat16: this is LLaMA-2, but BiLLa was made from "
+                "LLaMA-1 (float16); pass LLaMA-1 7B",
+                file,
+            )
+        handle = self._handles.pop(file)
+        tensor = handle[info.name] if isinstance(handle, dict) else handle.tensor(info)
+        self._slices = [{info.name: tensor}]
+        self.parts = {EMBED: Part(info.name, None, 0)}
+        self.tensors = {EMBED: TensorInfo(EMBED, info.dtype, info.shape, file)}
+        self.files, self.dtype = (file,), info.dtype
 
     def _shards(self) -> tuple[Path, ...]:
         numbers = {}
@@ -166,24 +217,6 @@ class MetaFolder(WeightFolder):
                     self.path / f"consolidated.{number:02d}.pth",
                 )
         return tuple(numbers[n] for n in sorted(numbers))
-
-    def _check_small_files(self) -> None:
-        """params.json against checklist.chk and tokenizer.model against its checklist."""
-        if PARAMS in self.checklist:
-            self._check_md5(self.path / PARAMS, self.checklist[PARAMS])
-        listing = self.tokenizer.parent / TOKENIZER_CHECKLIST
-        tokenizer_list = read_checklist(listing, self.fail)
-        if TOKENIZER in tokenizer_list:
-            self._check_md5(self.tokenizer, tokenizer_list[TOKENIZER])
-
-    def _check_md5(self, path: Path, entry: ManifestEntry) -> None:
-        digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
-        if digest != entry.digest:
-            raise self.fail(
-                f"md5 {digest} differs from {entry.digest} ({entry.where}): the download is "
-                "damaged; download it again (or pass --no-verify)",
-                path,
-            )
 
     def _map(self, file: Path) -> dict[str, torch.Tensor]:
         """One file mapped (weights_only) and leased, as the Hugging Face folder's ``.bin``."""
@@ -348,6 +381,27 @@ class MetaFolder(WeightFolder):
             ) from exc
         return out
 
+    def pieces(self, name: str, take: TakeBuffer) -> Iterator[Piece]:
+        """The HF tensor ``name``'s bytes in order (q and k as :attr:`hf_layout` says), a few
+        MiB at a time, never joined whole (a :class:`~belle_decrypt.tensors.protocol.Pieced` source;
+        :func:`~belle_decrypt.tensors.sources.metapieces.joined_pieces` says how). Each file's
+        size is checked before each piece."""
+        info, part = self.tensors[name], self.parts[name]
+        slices = [handle[part.meta] for handle in self._slices]
+        heads = self.params.head_dim if part.heads and self.hf_layout else 0
+        try:
+            yield from joined_pieces(slices, part.dim, heads, info, take, self._check_sizes)
+        except RuntimeError as exc:
+            raise self.fail(
+                f"cannot read {part.meta} ({str(exc).splitlines()[0]}): truncated or damaged; "
+                "download it again",
+                self.files[0],
+            ) from exc
+
+    def _check_sizes(self) -> None:
+        for file in self.files:
+            self._check_size(file)
+
 
 class MetaKind:
     """Meta's folder as a :class:`~belle_decrypt.tensors.protocol.SourceKind`."""
@@ -368,3 +422,20 @@ class MetaKind:
                 path,
             )
         return MetaFolder.open_meta(path, role)
+
+
+class MetaEmbedding:
+    """:meth:`MetaFolder.open_embedding` as a
+    :class:`~belle_decrypt.tensors.protocol.SourceKind`: a single file, or a folder with
+    ``consolidated.*.pth`` files. Not among the pipeline's own kinds: BiLLa's recipes offer it
+    through their ``base_kinds``."""
+
+    name = "meta-embedding"
+
+    def recognises(self, path: Path) -> bool:
+        """A file, or a folder holding Meta's ``consolidated.*.pth``."""
+        return path.is_file() or (path.is_dir() and any(path.glob("consolidated.*.pth")))
+
+    def open(self, path: Path, role: str) -> MetaFolder:
+        """The checkpoint's embedding, opened and checked."""
+        return MetaFolder.open_embedding(path, role)

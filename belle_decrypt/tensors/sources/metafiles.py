@@ -7,6 +7,7 @@ weight file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from belle_decrypt.ground.errors import InputError
 from belle_decrypt.tensors.listed import Listed
 
 PARAMS, CHECKLIST = "params.json", "checklist.chk"
+FIRST_FILE = "consolidated.00.pth"
+# LLaMA-2's params.json says norm_eps 1e-05 (LLaMA-1: 1e-06).
+LLAMA2_NORM_EPS = 1e-05
 TOKENIZER, TOKENIZER_CHECKLIST = "tokenizer.model", "tokenizer_checklist.chk"
 SHARD_RE = META_SHARD_RE
 ROPE_FREQS = "rope.freqs"
@@ -195,6 +199,44 @@ def read_params(path: Path, fail: Fail) -> Params:
             path,
         )
     return params
+
+
+def refuse_llama2_params(path: Path, fail: Fail) -> None:
+    """Refuse a params.json that says LLaMA-2 (its norm_eps) as a base of BiLLa, which reads
+    nothing else of it (a missing one is no refusal: a lone checkpoint has none)."""
+    if not path.is_file():
+        return
+    try:
+        doc: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot read {PARAMS}: {exc}", path) from exc
+    if isinstance(doc, dict) and doc.get("norm_eps") == LLAMA2_NORM_EPS:
+        raise fail(
+            f"{PARAMS} says norm_eps 1e-05: this is LLaMA-2, but BiLLa was made from LLaMA-1 "
+            "(1e-06); pass LLaMA-1 7B",
+            path,
+        )
+
+
+def check_small_files(
+    folder: Path, tokenizer: Path, checklist: dict[str, ManifestEntry], fail: Fail
+) -> None:
+    """params.json against checklist.chk and tokenizer.model against its checklist."""
+    if PARAMS in checklist:
+        _check_md5(folder / PARAMS, checklist[PARAMS], fail)
+    tokenizer_list = read_checklist(tokenizer.parent / TOKENIZER_CHECKLIST, fail)
+    if TOKENIZER in tokenizer_list:
+        _check_md5(tokenizer, tokenizer_list[TOKENIZER], fail)
+
+
+def _check_md5(path: Path, entry: ManifestEntry, fail: Fail) -> None:
+    digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    if digest != entry.digest:
+        raise fail(
+            f"md5 {digest} differs from {entry.digest} ({entry.where}): the download is "
+            "damaged; download it again (or pass --no-verify)",
+            path,
+        )
 
 
 def find_tokenizer(folder: Path, fail: Fail) -> Path:
