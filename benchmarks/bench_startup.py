@@ -133,10 +133,12 @@ def cases(paths: dict[str, Path], out: Path) -> list[tuple[str, list[str], bool]
     ]
 
 
-def bench(root: Path, trees: Sequence[Path], repeats: int, layers: int) -> None:
+def bench(
+    root: Path, trees: Sequence[Path], repeats: int, layers: int, only: Sequence[str]
+) -> None:
     paths = make_inputs(root, layers)
     out = root / "out"
-    plan = cases(paths, out)
+    plan = [case for case in cases(paths, out) if not only or any(w in case[0] for w in only)]
     times: dict[tuple[str, Path | None], list[float]] = {}
     before = load()
     for number in range(repeats + 1):  # the first round warms the page cache, untimed
@@ -162,6 +164,7 @@ def main() -> None:
     parser.add_argument("--tree", action="append", type=Path, help="A checkout to run [.].")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--only", nargs="+", default=[], help="Cases whose label holds a word.")
     parser.add_argument("--smoke", action="store_true", help="Tiny shapes: check the script.")
     args = parser.parse_args()
     if args.smoke:
@@ -172,7 +175,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-startup-", dir=args.dir))
     print(f"start-up benchmark, {os.cpu_count()} CPUs, torch {torch.__version__}", flush=True)
     try:
-        bench(root, trees, args.repeats, args.layers)
+        bench(root, trees, args.repeats, args.layers, args.only)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -6,9 +6,9 @@ without it: the diff files ``--manifest`` lists, and the ``consolidated.NN.pth``
 Meta's folder that its ``checklist.chk`` lists (with the published SHA-256 where the table of
 docs/FORMAT.md section 8 may apply). So :func:`plan_recover` and :func:`plan_convert` list them
 from the folders alone, and :class:`HeadStart` hashes them in a thread from the first moment,
-after asking the kernel to read the first weight file of each input ahead. hashlib and reads
-release the GIL, so the hashing goes on while the main thread imports torch and opens the
-folders.
+after asking the kernel to read the start of each input's first weight file ahead. hashlib and
+reads release the GIL, so the hashing goes on while the main thread imports torch and opens
+the folders.
 
 The run's hasher takes a digest from here only for the same file (device, inode, size and
 modification time unchanged since it was hashed) and waits for one under way; a file the head
@@ -45,6 +45,9 @@ CHUNK = 32 * 1024 * 1024
 META_FILE = re.compile(r"consolidated\.(\d+)\.pth")
 # LLaMA-2's params.json says norm_eps 1e-05: the published LLaMA-1 SHA-256 cannot apply.
 LLAMA2_NORM_EPS = 1e-05
+# What is read ahead of each input's first weight file: its first tensors (LLaMA-7B's
+# embedding is 250 MB); more would only compete with the hashing for the disk.
+READ_AHEAD = 256 * 1024 * 1024
 WEIGHTS = re.compile(r".*\.safetensors|pytorch_model.*\.bin|consolidated\.\d+\.pth")
 
 
@@ -220,7 +223,8 @@ class HeadStart:
 
 
 def _read_ahead(path: Path) -> None:
-    """Ask the kernel to read ``path`` into the page cache (where it can be asked)."""
+    """Ask the kernel to read the start of ``path`` into the page cache (where it can be
+    asked): on a cold cache the run's first tensors are then on their way during the import."""
     if not hasattr(os, "posix_fadvise"):
         return
     try:
@@ -228,7 +232,7 @@ def _read_ahead(path: Path) -> None:
     except OSError:
         return
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(fd, 0, READ_AHEAD, os.POSIX_FADV_WILLNEED)
     except OSError:
         pass
     finally:
