@@ -161,6 +161,14 @@ def test_metas_files_are_planned_with_the_checks_the_run_makes(
     assert plan_convert(tmp_path, None, verify=False).planned == []
     (tmp_path / "params.json").write_text("not json")
     assert plan_meta(tmp_path) == []  # the run says what is wrong, not the head start
+    (tmp_path / "params.json").unlink()
+    os.symlink("checklist.chk", tmp_path / "params.json")
+    (tmp_path / "checklist.chk").unlink()
+    os.symlink("params.json", tmp_path / "checklist.chk")
+    os.symlink("loop-b", tmp_path / "loop-a")
+    os.symlink("loop-a", tmp_path / "loop-b")
+    assert plan_meta(tmp_path) == []
+    assert plan_convert(tmp_path, None, verify=True).ahead == [tmp_path / names[0]]
 
 
 def interrupted(argv: list[str | Path]) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -61,12 +61,20 @@ def identity(path: Path) -> Key | None:
 
 
 def _listing(folder: Path) -> list[Path]:
-    """The regular files in ``folder`` (none when it cannot be read)."""
+    """The regular files in ``folder`` (none when it cannot be read; an entry that cannot be
+    looked at, a symbolic link loop, left out: the run names it)."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:
         return []
-    return [Path(entry.path) for entry in entries if entry.is_file()]
+    return [Path(entry.path) for entry in entries if _is_file(entry)]
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _fail(message: str, path: Path | None = None) -> InputError:
@@ -95,7 +103,7 @@ def plan_meta(folder: Path) -> list[Planned]:
     try:
         params = read_params(folder / PARAMS, _fail)
         checklist = read_checklist(folder / CHECKLIST, _fail)
-    except BelleError:
+    except (BelleError, OSError, ValueError):
         return []
     files = [path for path in _listing(folder) if META_FILE.fullmatch(path.name)]
     files.sort(key=lambda path: int(path.name.split(".")[1]))
@@ -139,7 +147,7 @@ def plan_convert(llama_dir: Path, size: str | None, verify: bool) -> HeadStart:
     if size is not None:
         try:
             llama_dir = size_folder(llama_dir, size, "LLAMA_DIR")
-        except BelleError:
+        except (BelleError, OSError):
             return HeadStart([], [])
     return HeadStart(plan_meta(llama_dir) if verify else [], first_weights(llama_dir))
 
