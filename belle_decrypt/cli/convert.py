@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -121,16 +122,21 @@ def convert_run(
     **arguments: Any,
 ) -> None:
     """Check, convert with a bar per shard and an overall one, then the summary."""
-    from belle_decrypt.recipes.convert import describe, prepare_conversion
+    from belle_decrypt.tensors.headstart import plan_convert
     from belle_decrypt.tensors.options import Options
 
     options = Options.parse(recipe=None, manifests=(), expect_sum=None, **arguments)
     version = int(llama_version) if llama_version is not None else None
-    with prepare_conversion(
-        llama_dir, out_dir, options, size=size, version=version, verify=not no_verify
-    ) as job:
-        say(f"model      {describe(job)}", quiet)
-        outcome = run_tensors(job, quiet)
+    # checklist.chk's md5 begins while torch is imported (by the import and prepare below).
+    with plan_convert(llama_dir, size, not no_verify) as head_start:
+        from belle_decrypt.recipes.convert import describe, prepare_conversion
+
+        options = dataclasses.replace(options, head_start=head_start)
+        with prepare_conversion(
+            llama_dir, out_dir, options, size=size, version=version, verify=not no_verify
+        ) as job:
+            say(f"model      {describe(job)}", quiet)
+            outcome = run_tensors(job, quiet)
     if outcome.manifest_checked:
         say(f"checked    {outcome.manifest_checked} files against Meta's checksums", quiet)
     if outcome.copied:

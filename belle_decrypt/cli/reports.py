@@ -3,6 +3,7 @@ lines, from the library's results (messages, bars and exit codes are :mod:`conso
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,6 +24,7 @@ from belle_decrypt.cli.console import (
     say,
     warn,
 )
+from belle_decrypt.ground.errors import BelleError
 from belle_decrypt.ground.states import Verified
 
 if TYPE_CHECKING:
@@ -258,24 +260,33 @@ def recover_run(
     ``then``: adapters chained after DIFF_DIR; ``arguments`` are the command line's options
     (see ``tensors.options.Options.parse``)."""
     from belle_decrypt.recipes.catalogue import choose
+    from belle_decrypt.tensors.headstart import plan_recover
     from belle_decrypt.tensors.options import Options
-    from belle_decrypt.tensors.protocol import Described
-    from belle_decrypt.tensors.run import Recovery
 
     options = Options.parse(**arguments)
     for ignored in options.manifest.ignored if options.manifest is not None else ():
         warn(ignored.message)
-    chooser = functools.partial(
-        choose, expect_sum=options.expect_sum is not None, tail=(str(base_dir), str(out_dir))
-    )
-    with Recovery.prepare(diff_dir, base_dir, out_dir, options, chooser, then=then) as job:
-        for warning in job.warnings:
-            warn(warning)
-        how = f"recognised from {job.recognised}" if job.recognised else "given"
-        say(f"recipe     {job.recipe.name} ({how})", quiet)
-        for line in job.diff.describe() if isinstance(job.diff, Described) else ():
-            say(f"adapter    {line}", quiet)
-        outcome = run_tensors(job, quiet)
+    try:  # Meta's folder is hashed as a base only by a recipe that reads all of it (not BiLLa)
+        whole_base = not choose(options.recipe, diff_dir)[0].base_kinds
+    except (BelleError, OSError, RuntimeError):
+        whole_base = False  # prepare says why, in its own order
+    # The checksums begin while torch is imported (by the imports and prepare below).
+    with plan_recover(diff_dir, then, base_dir, options.manifest, whole_base) as head_start:
+        from belle_decrypt.tensors.protocol import Described
+        from belle_decrypt.tensors.run import Recovery
+
+        options = dataclasses.replace(options, head_start=head_start)
+        chooser = functools.partial(
+            choose, expect_sum=options.expect_sum is not None, tail=(str(base_dir), str(out_dir))
+        )
+        with Recovery.prepare(diff_dir, base_dir, out_dir, options, chooser, then=then) as job:
+            for warning in job.warnings:
+                warn(warning)
+            how = f"recognised from {job.recognised}" if job.recognised else "given"
+            say(f"recipe     {job.recipe.name} ({how})", quiet)
+            for line in job.diff.describe() if isinstance(job.diff, Described) else ():
+                say(f"adapter    {line}", quiet)
+            outcome = run_tensors(job, quiet)
     if outcome.copied:
         say(f"copied     {', '.join(outcome.copied)}", quiet)
     if outcome.manifest_checked:

@@ -7,6 +7,7 @@
   the way, free space) and ``Recovery.run`` (each file under a pending name, journalled; the
   manifest thread, ``listed``; the sum check, ``sumcheck``; the config and tokenizer files,
   ``copies``; the atomic finish, index last).
+- ``headstart``: the checksums the run checks beside itself, begun before torch's import.
 - ``journal``, ``buffers``, ``options``, ``llama`` (LLaMA's tensor names): shared by all.
 
 A new source, recipe or sink touches no module here but the list that names it: see

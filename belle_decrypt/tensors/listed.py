@@ -4,7 +4,9 @@ while the shards are computed, so that a damaged download fails the run before t
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from belle_decrypt.checks.manifest import Manifest, ManifestEntry
 from belle_decrypt.ground.errors import ChecksumError, ManifestError
@@ -40,12 +42,22 @@ def whose(entry: ManifestEntry) -> str:
     return "the model card's"
 
 
+class Hashed(Protocol):
+    """Digests taken before the run (:class:`belle_decrypt.tensors.headstart.HeadStart`)."""
+
+    def digests(
+        self, path: Path, algorithms: Sequence[str], stopping: Callable[[], bool]
+    ) -> dict[str, str] | None:
+        """``path``'s digests in ``algorithms``, or None: hash it yourself."""
+
+
 class ManifestHasher:
     """The listed diff files hashed (md5 and/or SHA-256, as listed), one after another in a
-    thread beside the recovery."""
+    thread beside the recovery; a file the ``head_start`` hashed already is not read again."""
 
-    def __init__(self, entries: list[Listed]) -> None:
+    def __init__(self, entries: list[Listed], head_start: Hashed | None = None) -> None:
         self.entries = entries
+        self.head_start = head_start
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._work, name="recover-md5", daemon=True)
@@ -63,7 +75,12 @@ class ManifestHasher:
         try:
             for path, entries in self.entries:
                 algorithms = sorted({entry.algorithm for entry in entries})
-                actual = hash_file(path, algorithms, on_progress=check_stop)
+                early = self.head_start
+                actual = early.digests(path, algorithms, self.stopping.is_set) if early else None
+                if self.stopping.is_set():
+                    return
+                if actual is None:
+                    actual = hash_file(path, algorithms, on_progress=check_stop)
                 for entry in entries:
                     if actual[entry.algorithm] != entry.digest:
                         self.failure = ChecksumError(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from belle_decrypt.checks.manifest import Manifest
 from belle_decrypt.ground.errors import InputError
+from belle_decrypt.tensors.listed import Hashed
 from belle_decrypt.tensors.sinks.ggufsink import GGUF
 from belle_decrypt.tensors.sinks.shards import BIN, DEFAULT_MAX_SHARD, SAFETENSORS, parse_size
 from belle_decrypt.tensors.sumcheck import SumCheck
@@ -29,6 +30,8 @@ class Options:
     allow_nonfinite: bool = False
     output_type: str | None = None
     """The element type asked for (``--gguf-type``); None: the format's default."""
+    head_start: Hashed | None = field(default=None, compare=False)
+    """Checksums begun before the run (:mod:`~belle_decrypt.tensors.headstart`), if any."""
 
     @classmethod
     def parse(

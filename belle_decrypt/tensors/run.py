@@ -270,7 +270,7 @@ class Recovery:
     ) -> Outcome:
         """Recover every shard, check, then put everything under its final name."""
         started = time.monotonic()
-        hasher = ManifestHasher(self.manifest_entries)
+        hasher = ManifestHasher(self.manifest_entries, self.options.head_start)
         hasher.start()
         sums: Sums = []
         results = []
