@@ -233,19 +233,36 @@ def write_shard(
     out.write(header)
     writer = BackgroundWriter(out, pool)
     try:
-        for item in shard.items:
-            flat = pool.take(writer.check)
-            tensor = _computed(item, produce(item, shaped(flat, item.shape, item.dtype)), on_tensor)
-            if tensor.data_ptr() != flat.data_ptr():  # an input written as it is
-                pool.give_back(flat)
-                writer.put((tensor, None))
-            else:
-                writer.put((tensor, flat))
-            del tensor
-            on_bytes(item.nbytes)
-        writer.close()
+        with threads_beside_writer():
+            for item in shard.items:
+                flat = pool.take(writer.check)
+                tensor = produce(item, shaped(flat, item.shape, item.dtype))
+                tensor = _computed(item, tensor, on_tensor)
+                if tensor.data_ptr() != flat.data_ptr():  # an input written as it is
+                    pool.give_back(flat)
+                    writer.put((tensor, None))
+                else:
+                    writer.put((tensor, flat))
+                del tensor
+                on_bytes(item.nbytes)
+            writer.close()
     finally:
         writer.abort()
+
+
+@contextlib.contextmanager
+def threads_beside_writer() -> Iterator[None]:
+    """torch computes with one intra-op thread fewer (at least one) while the writing thread
+    hashes and writes: on two cores, a second intra-op thread and the writer fight for one
+    core, and every parallel region then waits for a thread the scheduler has put aside
+    (the LoRA merge measured 2-5x slower under load, benchmarks/bench_lora.py)."""
+    tm = import_torch()
+    before = tm.get_num_threads()
+    tm.set_num_threads(max(1, before - 1))
+    try:
+        yield
+    finally:
+        tm.set_num_threads(before)
 
 
 class BackgroundWriter:
