@@ -1,6 +1,6 @@
 """The LoRA merge's fast paths change no bit and no refusal: the NaN/Inf screen finds every
 damaged tensor with its exact count, the scale folded into A and the block-wise rounding equal
-PEFT 0.21's own order (``w += (B.float() @ A.float()) * scale``, FORMAT.md section 11) on
+PEFT 0.21's own order (``w += (B.float() @ A.float()) * scale``, docs/FORMAT.md section 10) on
 many shapes, the adapter's SHA-256 hashed in a thread gives the same name, and torch's
 threads come back after a shard."""
 
@@ -71,8 +71,8 @@ def test_a_nonfinite_value_in_a_strided_or_empty_tensor() -> None:
 def peft_merge(
     weight: torch.Tensor, pairs: list[tuple[str, torch.Tensor, torch.Tensor, float]]
 ) -> torch.Tensor:
-    """PEFT 0.21's order, written from section 11: a Linear layer ``w += d32`` in place (one
-    rounding), embedding LoRA ``w += d32.T.to(w.dtype)`` (two)."""
+    """PEFT 0.21's order, written from docs/FORMAT.md section 10: a Linear layer ``w += d32``
+    in place (one rounding), embedding LoRA ``w += d32.T.to(w.dtype)`` (two)."""
     merged = weight.clone()
     for kind, a, b, scale in pairs:
         delta = (b.float() @ a.float()) * scale

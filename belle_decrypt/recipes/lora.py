@@ -267,9 +267,9 @@ def add_rounded(
     current: torch.Tensor, product: torch.Tensor, out: torch.Tensor, scratch: Scratch
 ) -> None:
     """``out = (current.float() + product)`` rounded to ``out``'s dtype, as PEFT's in-place
-    ``w += d32`` rounds (section 11), a block of rows at a time: the float32 sum of a block
-    stays in the cache and the whole tensor's is never made (each element alone decides its
-    result, so the blocks change no bit)."""
+    ``w += d32`` rounds (docs/FORMAT.md section 10), a block of rows at a time: the float32
+    sum of a block stays in the cache and the whole tensor's is never made (each element
+    alone decides its result, so the blocks change no bit)."""
     rows = max(1, ADD_BLOCK // max(1, current.shape[1]))
     for start in range(0, current.shape[0], rows):
         stop = min(start + rows, current.shape[0])
