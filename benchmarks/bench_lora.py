@@ -17,15 +17,17 @@ the import and the adapter's load. What the merge does beyond the floor (import 
 the adapter and the output, check it for NaN/Inf, widen and round every changed weight) is
 what the ratio shows. Beside them, PEFT's ``merge_and_unload`` (load the whole model, resize
 its vocabulary, load the adapter, merge, save) on the 2-layer model, which fits. Each line
-ends with the 1-minute load average when it finished: on a shared machine, figures taken
-under load are not quiet figures. Every folder is removed at the end; recover runs with
---no-fsync.
+ends with the CPU seconds its process used (user + system; not for the products, timed
+inside) and the 1-minute load average when it finished: on a shared machine, figures taken
+under load are not quiet figures, and the CPU time is the steadier of the two. Every folder
+is removed at the end; recover runs with --no-fsync.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import tempfile
@@ -171,13 +173,23 @@ def output_size(layers: int) -> int:
     return total
 
 
-def line(label: str, run: Run, floor: Run | None = None) -> None:
-    """One figure: time, peak memory, the ratio to the floor, the load average now."""
+def timed(argv: Sequence[str]) -> tuple[Run, float]:
+    """:func:`measure`'s run and the CPU seconds (user + system) the child used: less
+    sensitive than the wall time to other jobs on a shared machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = measure(argv)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return run, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def line(label: str, run: Run, floor: Run | None = None, cpu: float | None = None) -> None:
+    """One figure: time, peak memory, the ratio to the floor, CPU time, the load average."""
     ratio = f"  {run.seconds / floor.seconds:4.2f}x the floor" if floor else ""
+    used = f"  cpu {cpu:5.1f} s" if cpu is not None else ""
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
     print(
         f"{label:<58} {run.seconds:6.1f} s   RssAnon {run.peak_anon / GiB:5.2f} GiB   "
-        f"VmRSS {run.peak_rss / GiB:5.2f} GiB{ratio}   (load {load})",
+        f"VmRSS {run.peak_rss / GiB:5.2f} GiB{ratio}{used}   (load {load})",
         flush=True,
     )
 
@@ -188,7 +200,8 @@ def size_of(folder: Path) -> int:
 
 def bench(root: Path, layers_list: Sequence[int]) -> None:
     started = time.monotonic()
-    line("python -c 'import torch'", measure([sys.executable, "-c", "import torch"]))
+    imported, cpu = timed([sys.executable, "-c", "import torch"])
+    line("python -c 'import torch'", imported, None, cpu)
     anon: dict[int, int] = {}
     for layers in layers_list:
         base, adapter, out = root / f"base-{layers}", root / f"adapter-{layers}", root / "out"
@@ -205,10 +218,10 @@ def bench(root: Path, layers_list: Sequence[int]) -> None:
         copy_argv = [sys.executable, "-c", COPY, f"{base},{adapter}", str(out), str(total)]
         for warm in (True, False):
             out.mkdir()
-            copy = measure(copy_argv)
+            copy, cpu = timed(copy_argv)
             shutil.rmtree(out)
             if not warm:
-                line("plain copy (read base + adapter, write the output's bytes)", copy)
+                line("plain copy (read base + adapter, write the output's bytes)", copy, None, cpu)
         timing = root / "products-seconds"
         products = measure(
             [sys.executable, "-c", PRODUCTS, str(adapter), str(timing), str(ALPHA / RANK)]
@@ -220,16 +233,16 @@ def bench(root: Path, layers_list: Sequence[int]) -> None:
         )
         floor = Run(copy.seconds + seconds, 0, 0)
         print(f"{'floor: the copy + the products':<58} {floor.seconds:6.1f} s")
-        run = measure([*EXE, str(adapter), str(base), str(out), "-q", "--no-fsync"])
-        line("recover ADAPTER BASE OUT (default 2GB shards)", run, floor)
+        run, cpu = timed([*EXE, str(adapter), str(base), str(out), "-q", "--no-fsync"])
+        line("recover ADAPTER BASE OUT (default 2GB shards)", run, floor, cpu)
         anon[layers] = run.peak_anon
         shutil.rmtree(out)
         if layers == min(layers_list):
             out.mkdir()
-            peft = measure(
+            peft, cpu = timed(
                 [sys.executable, "-c", PEFT, str(base), str(adapter), str(out), str(ROWS)]
             )
-            line("PEFT 0.21 merge_and_unload (whole model)", peft, floor)
+            line("PEFT 0.21 merge_and_unload (whole model)", peft, floor, cpu)
             shutil.rmtree(out)
         shutil.rmtree(adapter)
         shutil.rmtree(base)
