@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import torch
@@ -160,3 +160,49 @@ def test_torch_threads_come_back_after_a_shard() -> None:
     with threads_beside_writer():
         assert torch.get_num_threads() == max(1, before - 1)
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("rank", "alpha", "rslora", "dtype"),
+    [
+        (64, 128, False, torch.float16),  # scale 2: folded into A
+        (64, 16, True, torch.float16),  # rslora 16 / 8 = 2: folded
+        (16, 7, False, torch.float16),  # 0.4375: applied to the product
+        (8, 32, False, torch.bfloat16),  # bfloat16 A and B: never folded
+    ],
+)
+def test_peft_merges_a_wide_layer_as_the_recipe_does(
+    rank: int, alpha: int, rslora: bool, dtype: torch.dtype
+) -> None:
+    """PEFT 0.21 itself on a layer wider than the tiny models' (adapter weights rounded to the
+    file's dtype and loaded as PEFT loads them: autocast to float32)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(rank + alpha)
+    linear = torch.nn.Linear(1536, 2048, bias=False).to(dtype)
+    weight = linear.weight.detach().clone()
+    model = torch.nn.Sequential()
+    model.add_module("q_proj", linear)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        use_rslora=rslora,
+        target_modules=["q_proj"],
+        init_lora_weights=False,
+    )
+    peft_model: Any = get_peft_model(model, config)
+    layer = peft_model.base_model.model.q_proj
+    with torch.no_grad():
+        for part in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+            part.normal_(0, 0.02)
+            part.copy_(part.to(dtype).float())
+    a = layer.lora_A["default"].weight.detach().to(dtype)
+    b = layer.lora_B["default"].weight.detach().to(dtype)
+    step = Step(LINEAR, ("a", "b"), layer.scaling["default"])
+    layer.merge()
+    merged = layer.base_layer.weight.detach()
+    item = LoraItem("w", str(dtype).removeprefix("torch."), (2048, 1536), (), (step,))
+    tensors = {BASE: weight, f"{DIFF}:a": a, f"{DIFF}:b": b}
+    out = torch.empty(2048, 1536, dtype=dtype)
+    got = LoraRecipe().combine(item, tensors, out, Scratch())
+    assert torch.equal(got.view(torch.int16), merged.view(torch.int16))
