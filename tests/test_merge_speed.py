@@ -6,6 +6,7 @@ threads come back after a shard."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from pathlib import Path
@@ -17,9 +18,10 @@ import torch
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.recipes import lora
 from belle_decrypt.recipes.lora import EMBEDDING, LINEAR, LoraItem, LoraRecipe, Step
-from belle_decrypt.tensors.buffers import Scratch
+from belle_decrypt.tensors.buffers import BufferPool, Scratch
+from belle_decrypt.tensors.journal import HashingWriter
 from belle_decrypt.tensors.protocol import BASE, DIFF, TensorInfo, TensorSource
-from belle_decrypt.tensors.sinks.shards import threads_beside_writer
+from belle_decrypt.tensors.sinks.shards import BackgroundWriter, threads_beside_writer
 from belle_decrypt.tensors.sources import check_finite
 from belle_decrypt.tensors.sources.adapter import FileDigest, hash_sha256
 
@@ -206,3 +208,33 @@ def test_peft_merges_a_wide_layer_as_the_recipe_does(
     out = torch.empty(2048, 1536, dtype=dtype)
     got = LoraRecipe().combine(item, tensors, out, Scratch())
     assert torch.equal(got.view(torch.int16), merged.view(torch.int16))
+
+
+def test_the_writer_hashes_in_a_thread_every_byte_in_order(tmp_path: Path) -> None:
+    tensors = [torch.randn(n, 1000) for n in (1, 3000, 17)]
+    with open(tmp_path / "shard", "wb") as handle:
+        out = HashingWriter(handle, "shard")
+        out.write(b"header")
+        writer = BackgroundWriter(out, BufferPool(0))
+        for tensor in tensors:
+            writer.put((tensor, None))
+        writer.close()
+    data = (tmp_path / "shard").read_bytes()
+    assert data == b"header" + b"".join(t.numpy().tobytes() for t in tensors)
+    assert out.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert out.count == len(data)
+
+
+def test_a_hashing_failure_stops_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: HashingWriter, data: bytes | memoryview) -> None:
+        raise OSError("hash failed")
+
+    monkeypatch.setattr(HashingWriter, "hash", broken)
+    with open(tmp_path / "shard", "wb") as handle:
+        writer = BackgroundWriter(HashingWriter(handle, "shard"), BufferPool(0))
+        with pytest.raises(OSError, match="hash failed"):
+            writer.put((torch.ones(10), None))
+            writer.close()
+        writer.abort()

@@ -266,12 +266,13 @@ def threads_beside_writer() -> Iterator[None]:
 
 
 class BackgroundWriter:
-    """Writes (and hashes) one tensor in a thread while the main thread computes the next.
+    """Writes (and hashes, in a second thread) one tensor while the main thread computes the
+    next.
 
-    torch's arithmetic, hashlib and write() all release the GIL, so the two overlap on two
-    cores. Each written tensor's buffer goes back to the pool, also when writing it failed.
-    An error in the thread (a full disk) is raised in the main thread at the next ``put``,
-    ``close``, or wait for a buffer (``check``).
+    torch's arithmetic, hashlib and write() all release the GIL, so the three overlap. Each
+    written tensor's buffer goes back to the pool, also when writing it failed. An error in
+    the thread (a full disk) is raised in the main thread at the next ``put``, ``close``, or
+    wait for a buffer (``check``).
     """
 
     def __init__(self, out: HashingWriter, pool: BufferPool) -> None:
@@ -291,18 +292,39 @@ class BackgroundWriter:
             if job is None:
                 return
             tensor, buffer = job
+            hashing: threading.Thread | None = None
             try:
-                for piece in tensor_chunks(tensor):
+                pieces = list(tensor_chunks(tensor))
+                # The tensor's bytes are hashed in a thread of their own while this one writes
+                # them: the main thread waits on the slower of the two, not on their sum.
+                hashing = threading.Thread(
+                    target=self._hash, args=(pieces,), name="recover-hash", daemon=True
+                )
+                hashing.start()
+                for piece in pieces:
                     if self.stopping.is_set():
                         return
-                    self.out.write(piece)
+                    self.out.write_unhashed(piece)
             except BaseException as exc:
                 self.error = exc
                 return
             finally:
+                while hashing is not None and hashing.is_alive():
+                    hashing.join(0.1)
                 del tensor, job
                 if buffer is not None:
                     self.pool.give_back(buffer)
+
+    def _hash(self, pieces: list[memoryview]) -> None:
+        """Hash one tensor's pieces in order (the writing thread waits for it to end)."""
+        try:
+            for piece in pieces:
+                if self.stopping.is_set():
+                    return
+                self.out.hash(piece)
+        except BaseException as exc:
+            self.error = exc
+            self.stopping.set()
 
     def check(self) -> None:
         """Raise the thread's error, or say that it stopped, if it did."""
