@@ -9,17 +9,25 @@ extended 49954 rows. Each run is a child process whose /proc/PID/status is sampl
     python benchmarks/bench_lora.py --dir /var/tmp --layers 2
 
 The floor is measured in the same run: a plain copy (read the base and the adapter once, write
-as many bytes as the output holds) plus the float32 products alone (every ``B.float() @
-A.float()`` of the adapter, timed inside its process: no import, no load). Beside them, PEFT's
-``merge_and_unload`` (load the whole model, resize its vocabulary, load the adapter, merge,
-save) on the 2-layer model, which fits. Every folder is removed at the end; recover runs with
---no-fsync.
+as many bytes as the output holds; no hash) plus the float32 products alone: for each of the
+adapter's 7 x layers pairs, A and B widened to float32, ``B @ A`` and the scale, into float32
+buffers reused from pair to pair (as the merge computes them: no fresh memory whose page
+faults would pad the floor), with torch's default threads, timed inside its process after
+the import and the adapter's load. What the merge does beyond the floor (import torch, hash
+the adapter and the output, check it for NaN/Inf, widen and round every changed weight) is
+what the ratio shows. Beside them, PEFT's ``merge_and_unload`` (load the whole model, resize
+its vocabulary, load the adapter, merge, save) on the 2-layer model, which fits. Each line
+ends with the CPU seconds its process used (user + system; not for the products, timed
+inside) and the 1-minute load average when it finished: on a shared machine, figures taken
+under load are not quiet figures, and the CPU time is the steadier of the two. Every folder
+is removed at the end; recover runs with --no-fsync.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import tempfile
@@ -28,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from bench_recover import HIDDEN, INTERMEDIATE, VOCAB, GiB, Run, line, measure, names, write_model
+from bench_recover import HIDDEN, INTERMEDIATE, VOCAB, GiB, Run, measure, names, write_model
 
 RANK, ALPHA, ROWS = 64, 128, 49954
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
@@ -58,12 +66,23 @@ with open(out / "copy.bin", "wb") as dst:
 PRODUCTS = """
 import sys, time, torch
 state = torch.load(sys.argv[1] + "/adapter_model.bin", mmap=True, weights_only=True)
+scale = float(sys.argv[3])
+reused = {}
+def buffer(slot, shape):
+    size = shape[0] * shape[1]
+    if slot not in reused or reused[slot].numel() < size:
+        reused[slot] = torch.empty(size)
+    return reused[slot][:size].view(shape)
 started = time.monotonic()
 for name in sorted(state):
     if name.endswith("lora_A.weight"):
-        a = state[name].float()
-        b = state[name.replace("lora_A", "lora_B")].float()
-        (b @ a).mul_(2.0)
+        a, b = state[name], state[name.replace("lora_A", "lora_B")]
+        a32, b32 = buffer("a", a.shape), buffer("b", b.shape)
+        a32.copy_(a)
+        b32.copy_(b)
+        product = buffer("product", (b.shape[0], a.shape[1]))
+        torch.matmul(b32, a32, out=product)
+        product.mul_(scale)
 open(sys.argv[2], "w").write(str(time.monotonic() - started))
 """
 
@@ -154,13 +173,35 @@ def output_size(layers: int) -> int:
     return total
 
 
+def timed(argv: Sequence[str]) -> tuple[Run, float]:
+    """:func:`measure`'s run and the CPU seconds (user + system) the child used: less
+    sensitive than the wall time to other jobs on a shared machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = measure(argv)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return run, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def line(label: str, run: Run, floor: Run | None = None, cpu: float | None = None) -> None:
+    """One figure: time, peak memory, the ratio to the floor, CPU time, the load average."""
+    ratio = f"  {run.seconds / floor.seconds:4.2f}x the floor" if floor else ""
+    used = f"  cpu {cpu:5.1f} s" if cpu is not None else ""
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    print(
+        f"{label:<58} {run.seconds:6.1f} s   RssAnon {run.peak_anon / GiB:5.2f} GiB   "
+        f"VmRSS {run.peak_rss / GiB:5.2f} GiB{ratio}{used}   (load {load})",
+        flush=True,
+    )
+
+
 def size_of(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir())
 
 
 def bench(root: Path, layers_list: Sequence[int]) -> None:
     started = time.monotonic()
-    line("python -c 'import torch'", measure([sys.executable, "-c", "import torch"]))
+    imported, cpu = timed([sys.executable, "-c", "import torch"])
+    line("python -c 'import torch'", imported, None, cpu)
     anon: dict[int, int] = {}
     for layers in layers_list:
         base, adapter, out = root / f"base-{layers}", root / f"adapter-{layers}", root / "out"
@@ -177,29 +218,31 @@ def bench(root: Path, layers_list: Sequence[int]) -> None:
         copy_argv = [sys.executable, "-c", COPY, f"{base},{adapter}", str(out), str(total)]
         for warm in (True, False):
             out.mkdir()
-            copy = measure(copy_argv)
+            copy, cpu = timed(copy_argv)
             shutil.rmtree(out)
             if not warm:
-                line("plain copy (read base + adapter, write the output's bytes)", copy)
+                line("plain copy (read base + adapter, write the output's bytes)", copy, None, cpu)
         timing = root / "products-seconds"
-        products = measure([sys.executable, "-c", PRODUCTS, str(adapter), str(timing)])
+        products = measure(
+            [sys.executable, "-c", PRODUCTS, str(adapter), str(timing), str(ALPHA / RANK)]
+        )
         seconds = float(timing.read_text())
         line(
-            "float32 products alone (B.float() @ A.float())",
+            "float32 products alone (B.float() @ A.float() * scale)",
             Run(seconds, products.peak_anon, products.peak_rss),
         )
         floor = Run(copy.seconds + seconds, 0, 0)
-        run = measure([*EXE, str(adapter), str(base), str(out), "-q", "--no-fsync"])
-        line("recover ADAPTER BASE OUT (default 2GB shards)", run, floor)
-        print("  (ratio: to the copy + the products)")
+        print(f"{'floor: the copy + the products':<58} {floor.seconds:6.1f} s")
+        run, cpu = timed([*EXE, str(adapter), str(base), str(out), "-q", "--no-fsync"])
+        line("recover ADAPTER BASE OUT (default 2GB shards)", run, floor, cpu)
         anon[layers] = run.peak_anon
         shutil.rmtree(out)
         if layers == min(layers_list):
             out.mkdir()
-            peft = measure(
+            peft, cpu = timed(
                 [sys.executable, "-c", PEFT, str(base), str(adapter), str(out), str(ROWS)]
             )
-            line("PEFT 0.21 merge_and_unload (whole model)", peft, floor)
+            line("PEFT 0.21 merge_and_unload (whole model)", peft, floor, cpu)
             shutil.rmtree(out)
         shutil.rmtree(adapter)
         shutil.rmtree(base)

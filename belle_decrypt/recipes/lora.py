@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 FROM_BASE = ("generation_config.json",)
 """The base's files that describe the merged model besides config and tokenizer."""
 WHOLE, LINEAR, EMBEDDING = "whole", "linear", "embedding"
+ADD_BLOCK = 1 << 20
+"""Elements of the float32 sum made at a time (4 MiB: a block that stays in the cache)."""
 
 
 @dataclass(frozen=True)
@@ -194,18 +197,18 @@ class LoraRecipe:
             a, b = (tensors[f"{DIFF}:{n}"] for n in step.names)
             a32 = scratch.converted("a", a, "float32")
             b32 = scratch.converted("b", b, "float32")
+            folded = folds_exactly(a, b, step.scale)
+            if folded:
+                a32.mul_(step.scale)
             product = scratch.empty("product", (b.shape[0], a.shape[1]), "float32")
             tm.matmul(b32, a32, out=product)
+            if not folded:
+                product.mul_(step.scale)
             if step.kind == EMBEDDING:
-                scaled = product.t()
-                scaled.mul_(step.scale)
-                cast = scratch.converted("cast", scaled, dtype)
+                cast = scratch.converted("cast", product.t(), dtype)
                 tm.add(current, cast, out=out)
             else:
-                product.mul_(step.scale)
-                total = scratch.converted("total", current, "float32")  # w.float()
-                total.add_(product)
-                out.copy_(total)
+                add_rounded(current, product, out, scratch)
             current = out
         assert current is not None
         return current
@@ -240,6 +243,40 @@ class LoraRecipe:
             made.update({name: meta_made[name] for name in names})
             copies = tokenizer if own else meta_copies
         return copies, made
+
+
+def folds_exactly(a: torch.Tensor, b: torch.Tensor, scale: float) -> bool:
+    """Whether ``(B @ (A * scale))`` is ``(B @ A) * scale`` bit for bit, whatever order the
+    matrix product sums in: true for float16 A and B and a scale 2**k, -64 <= k <= 64.
+
+    Multiplying by 2**k is exact and commutes with every float32 rounding while no value
+    leaves the normal range. Products of float16 values are exact in float32 and multiples of
+    2**-48, so every partial sum is 0 or at least 2**-48 in magnitude, and below
+    rank * 2**33 (rank < 2**16 here): scaled by 2**k they stay normal. One pass over the
+    product saved (the usual scales, alpha/r = 2, 4, 1/4, are powers of two)."""
+    mantissa, exponent = math.frexp(scale)
+    return (
+        mantissa == 0.5
+        and -64 <= exponent - 1 <= 64
+        and a.dtype == b.dtype == import_torch().float16
+        and a.shape[0] < 1 << 16
+    )
+
+
+def add_rounded(
+    current: torch.Tensor, product: torch.Tensor, out: torch.Tensor, scratch: Scratch
+) -> None:
+    """``out = (current.float() + product)`` rounded to ``out``'s dtype, as PEFT's in-place
+    ``w += d32`` rounds (docs/FORMAT.md section 10), a block of rows at a time: the float32
+    sum of a block stays in the cache and the whole tensor's is never made (each element
+    alone decides its result, so the blocks change no bit)."""
+    rows = max(1, ADD_BLOCK // max(1, current.shape[1]))
+    for start in range(0, current.shape[0], rows):
+        stop = min(start + rows, current.shape[0])
+        total = scratch.empty("total", (stop - start, current.shape[1]), "float32")
+        total.copy_(current[start:stop])  # w.float()
+        total.add_(product[start:stop])
+        out[start:stop].copy_(total)
 
 
 def _chain(sources: Mapping[str, TensorSource]) -> AdapterChain:

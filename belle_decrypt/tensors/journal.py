@@ -135,21 +135,22 @@ class HashingWriter:
     def write(self, data: bytes | memoryview) -> int:
         """Write all of ``data`` and hash it; a failure is kept, for a caller (torch.save)
         that wraps it in an error of its own."""
+        self.hash(data)
+        return self.write_unhashed(data)
+
+    def hash(self, data: bytes | memoryview) -> None:
+        """Hash ``data`` without writing it: a thread may hash a piece while another writes
+        it with :meth:`write_unhashed`, as long as every piece is hashed in file order."""
+        self.sha256.update(memoryview(data))
+
+    def write_unhashed(self, data: bytes | memoryview) -> int:
+        """Write all of ``data`` (hashed by :meth:`hash`); a failure is kept, as by write."""
         view = memoryview(data)
-        self.sha256.update(view)
         try:
             self.sink.write(view)
         except Exception as exc:
             self.failure = exc
             raise
-        self.count += len(view)
-        return len(view)
-
-    def write_unhashed(self, data: bytes | memoryview) -> int:
-        """Write all of ``data`` without hashing it: the caller hashes the same bytes, in the
-        same order, into ``sha256`` itself (in another thread, beside the write)."""
-        view = memoryview(data)
-        self.sink.write(view)
         self.count += len(view)
         return len(view)
 

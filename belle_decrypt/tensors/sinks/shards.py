@@ -243,21 +243,24 @@ def write_shard(
     pieced = produce if isinstance(produce, PiecedProduce) else None
     small = BufferPool(PIECE_SIZE, PIECE_BUFFERS)
     try:
-        for item in shard.items:
-            parts = pieced.pieces(item, partial(small.take, writer.check)) if pieced else None
-            if parts is not None:
-                _write_pieces(item, parts, writer, small, on_bytes)
-                continue
-            flat = pool.take(writer.check)
-            tensor = _computed(item, produce(item, shaped(flat, item.shape, item.dtype)), on_tensor)
-            if tensor.data_ptr() != flat.data_ptr():  # an input written as it is
-                pool.give_back(flat)
-                writer.put((tensor, None))
-            else:
-                writer.put((tensor, partial(pool.give_back, flat)))
-            del tensor
-            on_bytes(item.nbytes)
-        writer.close()
+        with threads_beside_writer():
+            for item in shard.items:
+                parts = pieced.pieces(item, partial(small.take, writer.check)) if pieced else None
+                if parts is not None:
+                    _write_pieces(item, parts, writer, small, on_bytes)
+                    continue
+                flat = pool.take(writer.check)
+                tensor = _computed(
+                    item, produce(item, shaped(flat, item.shape, item.dtype)), on_tensor
+                )
+                if tensor.data_ptr() != flat.data_ptr():  # an input written as it is
+                    pool.give_back(flat)
+                    writer.put((tensor, None))
+                else:
+                    writer.put((tensor, partial(pool.give_back, flat)))
+                del tensor
+                on_bytes(item.nbytes)
+            writer.close()
     finally:
         writer.abort()
 
@@ -283,6 +286,21 @@ def _write_pieces(
             on_bytes(count)
     if done != item.nbytes:
         raise AssertionError(f"{item.name}: pieces of {done} bytes, not {item.nbytes}")
+
+
+@contextlib.contextmanager
+def threads_beside_writer() -> Iterator[None]:
+    """torch computes with one intra-op thread fewer (at least one) while the writing threads
+    hash and write: on two cores, a second intra-op thread and the writer fight for one
+    core, and every parallel region then waits for a thread the scheduler has put aside
+    (the LoRA merge measured 2-5x slower under load, benchmarks/bench_lora.py)."""
+    tm = import_torch()
+    before = tm.get_num_threads()
+    tm.set_num_threads(max(1, before - 1))
+    try:
+        yield
+    finally:
+        tm.set_num_threads(before)
 
 
 Job = tuple["torch.Tensor", Callable[[], None] | None]
@@ -327,7 +345,7 @@ class BackgroundWriter:
         self.stopping = threading.Event()
         self.queues: list[queue.Queue[_Queued | None]] = []
         self.threads: list[threading.Thread] = []
-        for name, step in (("write", out.write_unhashed), ("hash", out.sha256.update)):
+        for name, step in (("write", out.write_unhashed), ("hash", out.hash)):
             jobs: queue.Queue[_Queued | None] = queue.Queue(maxsize=PIECE_BUFFERS)
             thread = threading.Thread(
                 target=self._work, args=(jobs, step), name=f"recover-{name}", daemon=True

@@ -11,11 +11,13 @@ are every adapter's, the second adapter's and later ones named ``NAME (adapter 2
 from __future__ import annotations
 
 import fnmatch
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from belle_decrypt.ground.cancel import Cancelled, CancelToken
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.streams.hashing import hash_file
 from belle_decrypt.tensors.protocol import TensorInfo
@@ -86,14 +88,22 @@ class Adapter:
         self.position = position
         self.role = "ADAPTER_DIR" if position == 1 else f"ADAPTER_DIR {position}"
         self.config: AdapterConfig = read_config(path)
-        self.weights = AdapterWeights.open(path, self.role)
+        # Only an adapter_model.bin is ever recognised by its hash: begin hashing it at once,
+        # beside the weights' load (torch's import the first time).
+        bin_only = not (path / ADAPTER_SAFETENSORS).exists() and (path / ADAPTER_BIN).is_file()
+        self.digest = FileDigest(path / ADAPTER_BIN) if bin_only else None
         self.loras: dict[str, Lora] = {}
         self.replaced: dict[str, TensorInfo] = {}
         self.known: Known | None = None
         try:
+            self.weights = AdapterWeights.open(path, self.role)
+        except BaseException:
+            self.close_digest()
+            raise
+        try:
             self._sort_tensors()
         except BaseException:
-            self.weights.close()
+            self.close()
             raise
 
     @property
@@ -197,8 +207,63 @@ class Adapter:
         """Name the adapter when its ``adapter_model.bin`` has a published SHA-256 (all of
         them carry a Chinese-LLaMA-Alpaca vocabulary: no other adapter is hashed)."""
         if self.known is None and self.file.name == ADAPTER_BIN and self.rows in CHINESE_ROWS:
-            digest = hash_file(self.file, ("sha256",))["sha256"]
-            self.known = KNOWN.get(digest)
+            digest = self.digest
+            sha256 = digest.result() if digest is not None else hash_sha256(self.file)
+            self.known = KNOWN.get(sha256)
+        self.close_digest()
+
+    def close_digest(self) -> None:
+        """Stop the hashing begun at the start if it still runs (its result is not needed)."""
+        if self.digest is not None:
+            self.digest.stop()
+
+    def close(self) -> None:
+        """Stop the hashing and release the weight file."""
+        self.close_digest()
+        self.weights.close()
+
+
+def hash_sha256(path: Path, cancel: CancelToken | None = None) -> str:
+    """The file's SHA-256."""
+    return hash_file(path, ("sha256",), cancel=cancel)["sha256"]
+
+
+class FileDigest:
+    """One file's SHA-256, computed in a thread started at once (hashlib releases the GIL, so
+    it runs beside whatever the main thread does); :meth:`result` waits for it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cancel = CancelToken()
+        self.sha256: str | None = None
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="adapter-sha256", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        try:
+            self.sha256 = hash_sha256(self.path, self.cancel)
+        except Cancelled:
+            return
+        except BaseException as exc:  # raised in the main thread, by result()
+            self.failure = exc
+
+    def result(self) -> str:
+        """The digest; an error reading the file is raised here, as a hash in this thread
+        would raise it. Waits in short steps, so that Ctrl-C is seen."""
+        while self.thread.is_alive():
+            self.thread.join(0.1)
+        if self.failure is not None:
+            raise self.failure
+        if self.sha256 is None:  # stopped before: hash here
+            return hash_sha256(self.path)
+        return self.sha256
+
+    def stop(self) -> None:
+        """Stop hashing (within a chunk) and wait for the thread."""
+        self.cancel.cancel()
+        while self.thread.is_alive():
+            self.thread.join(0.1)
 
 
 def tokenizer_file(path: Path) -> bool:
@@ -242,7 +307,7 @@ class AdapterChain:
     def close(self) -> None:
         """Release every adapter's file."""
         for adapter in self.adapters:
-            adapter.weights.close()
+            adapter.close()
 
 
 class AdapterKind:
@@ -268,6 +333,6 @@ class AdapterKind:
                 adapters.append(Adapter(folder, position))
         except BaseException:
             for adapter in adapters:
-                adapter.weights.close()
+                adapter.close()
             raise
         return AdapterChain(adapters)
