@@ -137,6 +137,12 @@ def write_meta(
         torch.save(part, folder / f"consolidated.{number:02d}.pth")
     params = {"dim": DIM, "multiple_of": 256, "n_heads": HEADS, "n_layers": layers}
     (folder / "params.json").write_text(json.dumps({**params, "norm_eps": 1e-6, "vocab_size": -1}))
+    md5_list(folder, folder / "checklist.chk")
+    return folder
+
+
+def md5_list(folder: Path, target: Path) -> Path:
+    """An md5sum-style list of ``folder``'s files (Meta's checklist.chk, a model card's list)."""
     lines = []
     for path in sorted(folder.iterdir()):
         digest = hashlib.md5()
@@ -144,8 +150,8 @@ def write_meta(
             while block := handle.read(16 << 20):
                 digest.update(block)
         lines.append(f"{digest.hexdigest()}  {path.name}\n")
-    (folder / "checklist.chk").write_text("".join(lines))
-    return folder
+    target.write_text("".join(lines))
+    return target
 
 
 def bench(root: Path, layers: int, shard_counts: list[int], transformers: bool) -> None:

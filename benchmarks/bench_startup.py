@@ -22,7 +22,6 @@ a before/after pair is measured in one run on the same machine:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import statistics
@@ -63,19 +62,6 @@ def timed(argv: Sequence[str], tree: Path | None) -> float:
     return seconds
 
 
-def md5_list(folder: Path, target: Path) -> Path:
-    """An md5sum-style list of ``folder``'s files, as a model card gives it."""
-    lines = []
-    for path in sorted(folder.iterdir()):
-        digest = hashlib.md5()
-        with open(path, "rb") as handle:
-            while block := handle.read(16 << 20):
-                digest.update(block)
-        lines.append(f"{digest.hexdigest()}  {path.name}\n")
-    target.write_text("".join(lines))
-    return target
-
-
 def make_inputs(root: Path, layers: int) -> dict[str, Path]:
     """The folders the runs read: a tiny pair, a 7B-shaped pair with a manifest, Meta's."""
     tiny_base, tiny_diff = root / "tiny-base", root / "tiny-diff"
@@ -87,7 +73,7 @@ def make_inputs(root: Path, layers: int) -> dict[str, Path]:
     base, diff = root / "base", root / "diff"
     bench_recover.write_model(base, layers, torch.float16, 0.02, 1.0, 0, "bin")
     bench_recover.write_model(diff, layers, torch.float16, 0.001, 0.0, 0, "safetensors")
-    manifest = md5_list(diff, root / "diff.md5")
+    manifest = bench_convert.md5_list(diff, root / "diff.md5")
     state = bench_convert.whole_model(layers)
     meta = bench_convert.write_meta(root / "llama", state, layers, 1, tokenizer_model(root / "spm"))
     return {

@@ -74,6 +74,11 @@ def llama2(shards: int) -> Tiny:
     return Tiny(2, 16, 8, torch.bfloat16) if shards == 8 else Tiny(2, 8, 4, torch.bfloat16)
 
 
+def tiny_model(kind: str, files: int) -> Tiny:
+    """The tiny LLaMA-1 model, or the LLaMA-2 one (grouped k/v) for ``files`` files."""
+    return LLAMA1 if kind == "llama1" else llama2(files)
+
+
 def whole_model(tiny: Tiny, seed: int = 0) -> StateDict:
     """Random weights with Meta's names, in Meta's dtype (norms near 1, like LLaMA's)."""
     gen = torch.Generator().manual_seed(seed)

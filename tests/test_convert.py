@@ -24,10 +24,6 @@ MODELS = [("llama1", n) for n in SHARDS] + [("llama2", n) for n in SHARDS]
 RECIPES = ("vicuna", "vicuna-v0", "ziya", "alpaca", "tulu")
 
 
-def tiny_model(kind: str, shards: int) -> meta.Tiny:
-    return meta.LLAMA1 if kind == "llama1" else meta.llama2(shards)
-
-
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return meta.tokenizer_model(tmp_path_factory.mktemp("spm"))
@@ -52,7 +48,7 @@ def refused(result: Result, out: Path, message: str, code: int = 2) -> None:
 def test_convert_is_the_reference_bit_for_bit(
     kind: str, shards: int, tokenizer: Path, tmp_path: Path
 ) -> None:
-    model = tiny_model(kind, shards)
+    model = meta.tiny_model(kind, shards)
     folder = meta.write_download(tmp_path / "llama", model, shards, tokenizer)
     out = tmp_path / "hf"
     result = convert(folder, out, "--max-shard-size", "100KB", "-q")
@@ -80,7 +76,7 @@ def test_transformers_runs_it_like_metas_model(
     the q/k permutation are far off: the permutation goes the right way."""
     from transformers import LlamaForCausalLM
 
-    model = tiny_model(kind, shards)
+    model = meta.tiny_model(kind, shards)
     whole = meta.whole_model(model)
     out = tmp_path / "hf"
     assert (

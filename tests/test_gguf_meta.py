@@ -38,10 +38,6 @@ STRINGS = (
 RELATIVE_TOLERANCE = 5e-3
 
 
-def tiny_model(kind: str, files: int) -> meta.Tiny:
-    return meta.LLAMA1 if kind == "llama1" else meta.llama2(files)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return meta.tokenizer_model(tmp_path_factory.mktemp("spm"))
@@ -80,7 +76,7 @@ def two_ways(folder: Path, root: Path, *options: str) -> tuple[Path, Path, Path]
 def test_metas_files_to_gguf_are_the_hf_paths_file_and_run_like_it(
     kind: str, files: int, tokenizer: Path, tmp_path: Path
 ) -> None:
-    folder = meta.write_download(tmp_path / "llama", tiny_model(kind, files), files, tokenizer)
+    folder = meta.write_download(tmp_path / "llama", meta.tiny_model(kind, files), files, tokenizer)
     gguf, through_hf, hf = two_ways(folder, tmp_path)
     assert gguf.name == "tiny-f16.gguf"
     assert listing(gguf.parent) == [JOURNAL_NAME, gguf.name]  # no config, no tokenizer files

@@ -36,10 +36,6 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return meta.tokenizer_model(tmp_path_factory.mktemp("spm"))
 
 
-def tiny_model(kind: str, shards: int) -> meta.Tiny:
-    return meta.LLAMA1 if kind == "llama1" else meta.llama2(shards)
-
-
 def joined(folder: MetaFolder, name: str, size: int) -> tuple[torch.Tensor, int]:
     """The tensor's pieces end to end, each checked to lie in its own buffer; and how many."""
     info = folder.tensors[name]
@@ -66,7 +62,7 @@ def joined(folder: MetaFolder, name: str, size: int) -> tuple[torch.Tensor, int]
 def test_pieces_end_to_end_are_the_reference_join(
     kind: str, shards: int, tokenizer: Path, tmp_path: Path
 ) -> None:
-    model = tiny_model(kind, shards)
+    model = meta.tiny_model(kind, shards)
     path = meta.write_download(tmp_path / "llama", model, shards, tokenizer)
     expected = meta.reference_hf(meta.whole_model(model), model)
     with MetaFolder.open_meta(path, "LLAMA_DIR") as folder:
@@ -215,7 +211,7 @@ def test_pieces_in_metas_layout_are_the_plain_join(
 ) -> None:
     """With ``hf_layout`` False (a conversion straight to GGUF), q and k are Meta's whole
     tensors as they are, unpermuted; the rest as in the HF layout."""
-    model = tiny_model(kind, shards)
+    model = meta.tiny_model(kind, shards)
     path = meta.write_download(tmp_path / "llama", model, shards, tokenizer)
     whole = meta.whole_model(model)
     expected = meta.reference_hf(whole, model)

@@ -374,12 +374,16 @@ class MetaFolder(WeightFolder):
             else:
                 tm.cat(slices, dim=part.dim, out=out)
         except RuntimeError as exc:
-            raise self.fail(
-                f"cannot read {part.meta} ({str(exc).splitlines()[0]}): truncated or damaged; "
-                "download it again",
-                self.files[0],
-            ) from exc
+            raise self._damaged(part, exc) from exc
         return out
+
+    def _damaged(self, part: Part, exc: RuntimeError) -> InputError:
+        """The line for a tensor torch could not read from the mapped files."""
+        return self.fail(
+            f"cannot read {part.meta} ({str(exc).splitlines()[0]}): truncated or damaged; "
+            "download it again",
+            self.files[0],
+        )
 
     def pieces(self, name: str, take: TakeBuffer) -> Iterator[Piece]:
         """The HF tensor ``name``'s bytes in order (q and k as :attr:`hf_layout` says), a few
@@ -392,11 +396,7 @@ class MetaFolder(WeightFolder):
         try:
             yield from joined_pieces(slices, part.dim, heads, info, take, self._check_sizes)
         except RuntimeError as exc:
-            raise self.fail(
-                f"cannot read {part.meta} ({str(exc).splitlines()[0]}): truncated or damaged; "
-                "download it again",
-                self.files[0],
-            ) from exc
+            raise self._damaged(part, exc) from exc
 
     def _check_sizes(self) -> None:
         for file in self.files:
