@@ -18,10 +18,10 @@ import torch
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.recipes import lora
 from belle_decrypt.recipes.lora import EMBEDDING, LINEAR, LoraItem, LoraRecipe, Step
-from belle_decrypt.tensors.buffers import Scratch
+from belle_decrypt.tensors.buffers import Scratch, threads_beside_writer
 from belle_decrypt.tensors.journal import HashingWriter
 from belle_decrypt.tensors.protocol import BASE, DIFF, TensorInfo, TensorSource
-from belle_decrypt.tensors.sinks.shards import BackgroundWriter, threads_beside_writer
+from belle_decrypt.tensors.sinks.shards import BackgroundWriter
 from belle_decrypt.tensors.sources import check_finite
 from belle_decrypt.tensors.sources.adapter import FileDigest, hash_sha256
 

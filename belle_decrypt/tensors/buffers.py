@@ -90,14 +90,27 @@ class Scratch:
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """torch's worker threads off while bytes are only moved (Meta's slices joined in
-    pieces): they would spin against the writing thread for the cores, several times slower
-    than one thread copying (measured: a 7B conversion from 8 files 5.6 s against 12.6 s)."""
+def _torch_threads(fewer: Callable[[int], int]) -> Iterator[None]:
+    """torch's intra-op thread count set to ``fewer(count now)`` for the block, then back."""
     tm = import_torch()
     before = tm.get_num_threads()
-    tm.set_num_threads(1)
+    tm.set_num_threads(fewer(before))
     try:
         yield
     finally:
         tm.set_num_threads(before)
+
+
+def one_thread() -> contextlib.AbstractContextManager[None]:
+    """torch's worker threads off while bytes are only moved (Meta's slices joined in
+    pieces): they would spin against the writing thread for the cores, several times slower
+    than one thread copying (measured: a 7B conversion from 8 files 5.6 s against 12.6 s)."""
+    return _torch_threads(lambda _: 1)
+
+
+def threads_beside_writer() -> contextlib.AbstractContextManager[None]:
+    """torch computes with one intra-op thread fewer (at least one) while the writing threads
+    hash and write: on two cores, a second intra-op thread and the writer fight for one
+    core, and every parallel region then waits for a thread the scheduler has put aside
+    (the LoRA merge measured 2-5x slower under load, benchmarks/bench_lora.py)."""
+    return _torch_threads(lambda before: max(1, before - 1))

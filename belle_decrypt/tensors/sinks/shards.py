@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
-from belle_decrypt.tensors.buffers import BufferPool, one_thread, shaped
+from belle_decrypt.tensors.buffers import BufferPool, one_thread, shaped, threads_beside_writer
 from belle_decrypt.tensors.journal import HashingWriter
 from belle_decrypt.tensors.protocol import Item, PiecedProduce, Produce, Shard, SinkContext
 
@@ -286,21 +286,6 @@ def _write_pieces(
             on_bytes(count)
     if done != item.nbytes:
         raise AssertionError(f"{item.name}: pieces of {done} bytes, not {item.nbytes}")
-
-
-@contextlib.contextmanager
-def threads_beside_writer() -> Iterator[None]:
-    """torch computes with one intra-op thread fewer (at least one) while the writing threads
-    hash and write: on two cores, a second intra-op thread and the writer fight for one
-    core, and every parallel region then waits for a thread the scheduler has put aside
-    (the LoRA merge measured 2-5x slower under load, benchmarks/bench_lora.py)."""
-    tm = import_torch()
-    before = tm.get_num_threads()
-    tm.set_num_threads(max(1, before - 1))
-    try:
-        yield
-    finally:
-        tm.set_num_threads(before)
 
 
 Job = tuple["torch.Tensor", Callable[[], None] | None]
