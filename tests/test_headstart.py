@@ -123,6 +123,27 @@ def test_a_file_changed_after_it_was_hashed_is_hashed_again(tmp_path: Path) -> N
         assert early.digests(path, ["md5"], lambda: False) is None
 
 
+def test_several_files_are_hashed_two_at_a_time_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(headstart, "hash_file", counting(calls))
+    paths = []
+    for number in range(5):
+        path = tmp_path / f"consolidated.{number:02d}.pth"
+        path.write_bytes(os.urandom(1000 + number))
+        paths.append(path)
+    early = HeadStart([(path, ("md5", "sha256")) for path in paths], [])
+    assert len(early.threads) == headstart.HASH_THREADS == 2
+    with early:
+        for path in reversed(paths):
+            assert early.digests(path, ["sha256"], lambda: False) == {
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()
+            }
+    assert sorted(calls) == paths
+    assert len(HeadStart([(paths[0], ("md5",))], []).threads) == 1
+
+
 def test_a_mismatch_found_from_the_head_start_is_the_runs_line(tmp_path: Path) -> None:
     diff_dir, base_dir, _ = release(tmp_path, "vicuna", "bin-sharded")
     shard = diff_dir / "pytorch_model-00002-of-00002.bin"

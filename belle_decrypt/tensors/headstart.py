@@ -48,6 +48,8 @@ LLAMA2_NORM_EPS = 1e-05
 # What is read ahead of each input's first weight file: its first tensors (LLaMA-7B's
 # embedding is 250 MB); more would only compete with the hashing for the disk.
 READ_AHEAD = 256 * 1024 * 1024
+# Files hashed at once (where there are that many).
+HASH_THREADS = 2
 WEIGHTS = re.compile(r".*\.safetensors|pytorch_model.*\.bin|consolidated\.\d+\.pth")
 
 
@@ -164,7 +166,17 @@ class HeadStart:
         self.finished = False
         self.condition = threading.Condition()
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._work, name="head-start", daemon=True)
+        self.queue = [
+            (path, key, algorithms) for path, key, algorithms in self.planned if key is not None
+        ]
+        # Two files hashed at once where there are two: md5 runs at one core's speed, and on a
+        # many-file folder the second core would otherwise wait for the run's own work.
+        count = min(HASH_THREADS, max(1, len(self.queue)))
+        self.threads = [
+            threading.Thread(target=self._work, args=(n == 0,), name="head-start", daemon=True)
+            for n in range(count)
+        ]
+        self.working = count
 
     def __enter__(self) -> HeadStart:
         self.start()
@@ -176,27 +188,32 @@ class HeadStart:
     def start(self) -> None:
         """Begin (nothing to do without files)."""
         if self.keys or self.ahead:
-            self.thread.start()
+            for thread in self.threads:
+                thread.start()
         else:
             self.finished = True
 
     def stop(self) -> None:
         """Stop within a read and wait for the thread."""
         self.stopping.set()
-        if self.thread.is_alive():
-            self.thread.join()
+        for thread in self.threads:
+            if thread.is_alive():
+                thread.join()
 
     def _check_stop(self, count: int) -> None:
         if self.stopping.is_set():
             raise InterruptedError
 
-    def _work(self) -> None:
+    def _work(self, reads_ahead: bool) -> None:
         try:
-            for path in self.ahead:
-                _read_ahead(path)
-            for path, key, algorithms in self.planned:
-                if key is None:
-                    continue
+            if reads_ahead:
+                for path in self.ahead:
+                    _read_ahead(path)
+            while True:
+                with self.condition:
+                    if not self.queue:
+                        return
+                    path, key, algorithms = self.queue.pop(0)
                 try:
                     digests = hash_file(path, algorithms, on_progress=self._check_stop, chunk=CHUNK)
                 except OSError:
@@ -209,7 +226,8 @@ class HeadStart:
             pass
         finally:
             with self.condition:
-                self.finished = True
+                self.working -= 1
+                self.finished = self.working == 0
                 self.condition.notify_all()
 
     def digests(
