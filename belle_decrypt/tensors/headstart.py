@@ -40,7 +40,8 @@ from belle_decrypt.tensors.sources.metafiles import (
 Key = tuple[int, int, int, int]
 Planned = tuple[Path, tuple[str, ...]]
 """A file to hash and the algorithms (sorted)."""
-# Larger reads than the run's hasher: fewer hand-overs of the GIL with the import beside it.
+# Larger reads than the run's hasher: fewer hand-overs of the GIL with the import beside it;
+# shared by the threads, so that memory is the same for one file or many.
 CHUNK = 32 * 1024 * 1024
 META_FILE = re.compile(r"consolidated\.(\d+)\.pth")
 # LLaMA-2's params.json says norm_eps 1e-05: the published LLaMA-1 SHA-256 cannot apply.
@@ -177,6 +178,7 @@ class HeadStart:
             for n in range(count)
         ]
         self.working = count
+        self.chunk = CHUNK // count
 
     def __enter__(self) -> HeadStart:
         self.start()
@@ -215,7 +217,9 @@ class HeadStart:
                         return
                     path, key, algorithms = self.queue.pop(0)
                 try:
-                    digests = hash_file(path, algorithms, on_progress=self._check_stop, chunk=CHUNK)
+                    digests = hash_file(
+                        path, algorithms, on_progress=self._check_stop, chunk=self.chunk
+                    )
                 except OSError:
                     continue  # the run hashes it itself and says what is wrong
                 if identity(path) == key:
