@@ -1,0 +1,95 @@
+"""The threads this round added, under faults: convert's pieces from several Meta files and
+its two head-start hash threads, the shard writer's hash thread, and the LoRA merge's adapter
+digest thread. A write that fails mid-file (a file-size limit) is one line and exit 1 with
+nothing under a final name; a closed or full stdout changes nothing but one warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import faults
+from tests import reference_meta as meta
+from tests import tinylora as tl
+from tests.conftest import listing
+from tests.test_closed_stdout import HOW, cli, lost, run_lost
+from tests.test_recover_faults import limited
+from tests.test_recover_lora import chinese_base
+
+CANNOT_WRITE = (
+    "cannot write: File too large; nothing written (check the free space and permissions of "
+    "the output folder)"
+)
+
+
+@pytest.fixture(scope="module")
+def download(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LLaMA-2 download in two files: convert joins each tensor in pieces, and the head
+    start hashes the two files in two threads."""
+    root = tmp_path_factory.mktemp("meta")
+    tokenizer = meta.tokenizer_model(root / "spm")
+    return meta.write_download(root / "llama", meta.llama2(2), 2, tokenizer)
+
+
+def lora_inputs(root: Path) -> tuple[Path, Path]:
+    """A Chinese-Alpaca-shaped adapter (its SHA-256 hashed in a thread) and its base."""
+    base, _ = chinese_base(root)
+    adapter = root / "chinese-alpaca-lora-7b"
+    tl.chinese_adapter(adapter, 7, 120, tokenizer=b"Chinese tokenizer")
+    return adapter, base
+
+
+def largest_weights(out: Path) -> Path:
+    """The largest weight file a clean run wrote."""
+    return max(out.glob("*.safetensors"), key=lambda p: p.stat().st_size)
+
+
+def assert_refused_mid_file(args: list[str | Path], out: Path, clean: Path) -> None:
+    """Run ``args`` with a file-size limit of half the largest file ``clean`` holds."""
+    target = largest_weights(clean)
+    proc = faults.run_cli(*args, preexec_fn=limited(target.stat().st_size // 2))
+    assert proc.returncode == 1, proc.stderr
+    assert faults.one_error(proc.stderr) == f"{out / target.name}: {CANNOT_WRITE}"
+    assert [name for name in listing(out) if not name.startswith(".belle-")] == []
+    assert faults.temps(out) == []
+
+
+def test_convert_in_pieces_stops_on_a_failed_write(download: Path, tmp_path: Path) -> None:
+    clean = tmp_path / "clean"
+    assert faults.run_cli("convert", download, clean, "-q").returncode == 0
+    out = tmp_path / "out"
+    assert_refused_mid_file(["convert", download, out], out, clean)
+
+
+def test_a_lora_merge_stops_on_a_failed_write(tmp_path: Path) -> None:
+    adapter, base = lora_inputs(tmp_path)
+    clean = tmp_path / "clean"
+    assert faults.run_cli("recover", adapter, base, clean, "-q").returncode == 0
+    out = tmp_path / "out"
+    assert_refused_mid_file(["recover", adapter, base, out], out, clean)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_convert_does_the_work_without_stdout(download: Path, tmp_path: Path, how: str) -> None:
+    clean = tmp_path / "clean"
+    assert faults.run_cli("convert", download, clean, "-q").returncode == 0
+    out = tmp_path / "out"
+    proc = run_lost(cli("convert", download, out), how)
+    assert (proc.returncode, proc.stderr) == (0, lost(how))
+    assert listing(out) == listing(clean)
+    for name in listing(clean):
+        assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_lora_merge_does_the_work_without_stdout(tmp_path: Path, how: str) -> None:
+    adapter, base = lora_inputs(tmp_path)
+    clean = tmp_path / "clean"
+    assert faults.run_cli("recover", adapter, base, clean, "-q").returncode == 0
+    out = tmp_path / "out"
+    proc = run_lost(cli("recover", adapter, base, out), how)
+    assert (proc.returncode, proc.stderr) == (0, lost(how))
+    assert listing(out) == listing(clean)
+    for name in listing(clean):
+        assert (out / name).read_bytes() == (clean / name).read_bytes(), name
