@@ -1,10 +1,13 @@
 """The threads this round added, under faults: convert's pieces from several Meta files and
 its two head-start hash threads, the shard writer's hash thread, and the LoRA merge's adapter
 digest thread. A write that fails mid-file (a file-size limit) is one line and exit 1 with
-nothing under a final name; a closed or full stdout changes nothing but one warning."""
+nothing under a final name; a closed or full stdout changes nothing but one warning; a FIFO
+where a hashed file should be is refused in one line, never waited on."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,41 @@ def test_a_lora_merge_does_the_work_without_stdout(tmp_path: Path, how: str) -> 
     assert listing(out) == listing(clean)
     for name in listing(clean):
         assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+def fifo_in_place_of(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def not_regular(path: Path, role: str) -> str:
+    return (
+        f"{path}: ({role}) is not a regular file (a FIFO, socket or device); remove it, or put "
+        "the downloaded file in its place"
+    )
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_fifo_among_metas_files_is_refused_not_hashed(
+    download: Path, tmp_path: Path, verify: bool
+) -> None:
+    shutil.copytree(download.parent, tmp_path / "llama")
+    folder = tmp_path / "llama" / download.name
+    fifo_in_place_of(folder / "consolidated.01.pth")
+    out = tmp_path / "out"
+    proc = faults.run_cli("convert", folder, out, *([] if verify else ["--no-verify"]), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert faults.one_error(proc.stderr) == not_regular(folder / "consolidated.01.pth", "LLAMA_DIR")
+    assert listing(out) == []
+
+
+def test_a_fifo_as_the_adapters_weights_is_refused_not_hashed(tmp_path: Path) -> None:
+    adapter, base = lora_inputs(tmp_path)
+    fifo_in_place_of(adapter / "adapter_model.bin")
+    out = tmp_path / "out"
+    proc = faults.run_cli("recover", adapter, base, out, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert faults.one_error(proc.stderr) == not_regular(
+        adapter / "adapter_model.bin", "ADAPTER_DIR"
+    )
+    assert listing(out) == []
