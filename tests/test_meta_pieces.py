@@ -155,7 +155,7 @@ from belle_decrypt.tensors import journal
 from belle_decrypt.tensors.sinks import shards
 from belle_decrypt.cli import commands as cli
 shards.PIECE_SIZE = 1000
-written = journal.HashingWriter.write_unhashed
+written = journal.ShardWriter.write
 calls = []
 def slow(self, data):
     calls.append(1)
@@ -165,7 +165,7 @@ def slow(self, data):
         os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.2)
     return written(self, data)
-journal.HashingWriter.write_unhashed = slow
+journal.ShardWriter.write = slow
 cli.main()
 """
 

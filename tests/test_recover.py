@@ -8,7 +8,6 @@ import os
 import pickle
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -632,33 +631,6 @@ def record(self, *args, **kwargs):
 journal.Journal.record = record
 cli.main()
 """
-
-
-def test_kill_9_then_rerun_keeps_the_verified_shards(tmp_path: Path) -> None:
-    diff_dir, base_dir, expected = release(tmp_path, "ziya", "bin-sharded")
-    out = tmp_path / "out"
-    args = [str(diff_dir), str(base_dir), str(out), "--recipe", "ziya", "--max-shard-size", "60KB"]
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER, "recover", *args], capture_output=True, text=True
-    )
-    assert killed.returncode == -signal.SIGKILL
-    assert listing(out) == [
-        ".belle-pending.model-00001-of-00004.safetensors",
-        ".belle-pending.model-00002-of-00004.safetensors",
-        ".belle-recover.json",
-    ]
-    (out / ".belle-pending.model-00002-of-00004.safetensors").write_bytes(b"damaged")
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    statuses = [line.split()[:2] for line in result.stdout.splitlines()[1:5]]
-    assert statuses == [
-        ["kept", "model-00001-of-00004.safetensors"],
-        ["written", "model-00002-of-00004.safetensors"],
-        ["written", "model-00003-of-00004.safetensors"],
-        ["written", "model-00004-of-00004.safetensors"],
-    ]
-    assert not any(name.startswith(".belle-pending") for name in listing(out))
-    assert_recovered(out, expected)
 
 
 def test_changed_input_is_not_resumed(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -141,11 +140,15 @@ def test_a_huge_shard_size_is_a_usage_error(text: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda entry: {"sha256": entry["sha256"]},
-        lambda entry: [entry["sha256"], entry["sums"]],
-        lambda entry: {"sha256": 5, "sums": entry["sums"]},
-        lambda entry: {"sha256": entry["sha256"], "sums": ["x"]},
-        lambda entry: {"sha256": entry["sha256"], "sums": {"a": 1}},
+        lambda entry: {"file": entry["file"]},
+        lambda entry: [entry["file"], entry["sums"]],
+        lambda entry: {"file": 5, "sums": entry["sums"]},
+        lambda entry: {"file": entry["file"][:3], "sums": entry["sums"]},
+        lambda entry: {"file": [*entry["file"][:3], -1], "sums": entry["sums"]},
+        lambda entry: {"file": [*entry["file"][:3], True], "sums": entry["sums"]},
+        lambda entry: {"sha256": "0" * 64, "sums": entry["sums"]},
+        lambda entry: {"file": entry["file"], "sums": ["x"]},
+        lambda entry: {"file": entry["file"], "sums": {"a": 1}},
     ],
 )
 def test_a_damaged_journal_entry_starts_afresh(
@@ -310,10 +313,10 @@ def test_a_rerun_with_another_plan_removes_the_dead_runs_pending_shards(
     assert [n for n in listing(out) if n.startswith(".belle-pending.")] == []
 
 
-def test_a_pending_shard_renamed_by_another_run_counts_as_done(
+def test_a_pending_shard_renamed_by_another_run_is_computed_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from belle_decrypt.tensors import run as recover_run
+    from belle_decrypt.tensors.journal import FileIdentity
 
     diff_dir, base_dir, expected = release(tmp_path, "vicuna")
     out = tmp_path / "out"
@@ -322,19 +325,19 @@ def test_a_pending_shard_renamed_by_another_run_counts_as_done(
         [sys.executable, "-c", KILLER, "recover", *args], capture_output=True, text=True
     )
     assert killed.returncode == -signal.SIGKILL
-    from belle_decrypt.streams.hashing import hash_file
+    identity_of = FileIdentity.of
 
-    def other_run_renames_first(path: Path, *rest: Any, **options: Any) -> dict[str, str]:
-        # The other run finishes between this run's look at the pending file and its read.
-        if path.name.startswith(".belle-pending."):
+    def other_run_renames_first(path: Path) -> FileIdentity | None:
+        # The other run finishes between this run's look at the final name and the pending.
+        if path.name == ".belle-pending.model-00002-of-00004.safetensors":
             os.replace(path, path.with_name(path.name.removeprefix(".belle-pending.")))
-        return hash_file(path, *rest, **options)
+        return identity_of(path)
 
-    monkeypatch.setattr(recover_run, "hash_file", other_run_renames_first)
+    monkeypatch.setattr(FileIdentity, "of", other_run_renames_first)
     result = runner.run("recover", *args)
     assert result.exit_code == 0, result.output
     statuses = [line.split()[0] for line in result.stdout.splitlines()[1:5]]
-    assert statuses == ["kept", "kept", "written", "written"]
+    assert statuses == ["kept", "written", "written", "written"]
     assert_recovered(out, expected)
 
 

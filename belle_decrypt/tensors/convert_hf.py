@@ -26,7 +26,7 @@ from belle_decrypt.streams.output import (
 )
 from belle_decrypt.tensors.buffers import BufferPool
 from belle_decrypt.tensors.copies import describing
-from belle_decrypt.tensors.journal import HashingWriter
+from belle_decrypt.tensors.journal import ShardWriter
 from belle_decrypt.tensors.llama import state_dict_key
 from belle_decrypt.tensors.protocol import DIFF, Item, Shard, SinkContext, TensorSource
 from belle_decrypt.tensors.sinks.ggufsink import GGUF, GgufSink
@@ -141,7 +141,7 @@ class Conversion:
 
         atomic = AtomicFile(path, fsync=self.fsync)
         with atomic as handle:
-            out = HashingWriter(handle, str(path))
+            out = ShardWriter(handle, str(path))
             try:
                 self.sink.write(self.shard, out, produce, on_bytes, lambda item, t: None, self.pool)
                 handle.flush()

@@ -1,18 +1,18 @@
 """The journal in OUT_DIR: what a run was asked to do and which shards it finished.
 
 It records the inputs' fingerprints (path, size, modification time of every weight file of
-both folders), the recipe and the output layout, and for each finished shard its SHA-256 and
-the float32 sums of its tensors. A later run with the same fingerprint keeps every shard whose
-bytes still hash to the recorded SHA-256 and computes only the others.
+both folders), the recipe and the output layout, and for each finished shard the identity of
+the file it wrote (:class:`FileIdentity`) and the float32 sums of its tensors. A later run with
+the same fingerprint keeps every shard whose file is still the one recorded, without reading
+it, and computes only the others.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,7 +22,8 @@ from belle_decrypt.streams.output import AtomicFile, WriteBehind
 
 JOURNAL_NAME = ".belle-recover.json"
 PENDING_PREFIX = ".belle-pending."
-VERSION = 1
+VERSION = 2
+"""1 recorded a SHA-256 of each shard; such a journal starts afresh."""
 
 
 def pending_name(final_name: str) -> str:
@@ -41,7 +42,7 @@ def fingerprint(files: list[Path]) -> list[list[object]]:
 
 @dataclass
 class Journal:
-    """The run's identity (``key``) and the finished shards: name -> {sha256, sums}."""
+    """The run's identity (``key``) and the finished shards: name -> {file, sums}."""
 
     path: Path
     key: dict[str, Any]
@@ -69,10 +70,21 @@ class Journal:
         journal.complete = doc.get("complete") is True
         return journal
 
-    def record(self, name: str, sha256: str, sums: list[float], *, fsync: bool) -> None:
-        """Note a finished shard and save the journal atomically."""
-        self.shards[name] = {"sha256": sha256, "sums": sums}
+    def record(self, name: str, file: FileIdentity, sums: list[float], *, fsync: bool) -> None:
+        """Note a finished shard (its committed file) and save the journal atomically."""
+        self.shards[name] = {"file": file.to_json(), "sums": sums}
         self.save(fsync=fsync)
+
+    def identity(self, name: str) -> FileIdentity | None:
+        """The recorded identity of a finished shard's file, or None."""
+        entry = self.shards.get(name)
+        return None if entry is None else FileIdentity.parse(entry["file"])
+
+    def moved(self, name: str, file: FileIdentity) -> None:
+        """Note a finished shard's file under its new name (a rename changes its change
+        time); saved with the next save."""
+        if name in self.shards:
+            self.shards[name]["file"] = file.to_json()
 
     def forget(self, name: str) -> None:
         """Drop a shard whose file no longer matches (saved with the next record)."""
@@ -99,16 +111,59 @@ class Journal:
 
 
 def _valid_entry(entry: object) -> bool:
-    """Whether a finished shard's entry is ``{"sha256": 64 hex digits, "sums": [numbers]}``."""
+    """Whether a finished shard's entry is ``{"file": identity, "sums": [numbers]}``."""
     if not isinstance(entry, dict):
         return False
-    digest, sums = entry.get("sha256"), entry.get("sums")
+    sums = entry.get("sums")
     return (
-        isinstance(digest, str)
-        and re.fullmatch(r"[0-9a-f]{64}", digest) is not None
+        FileIdentity.parse(entry.get("file")) is not None
         and isinstance(sums, list)
         and all(isinstance(s, int | float) and not isinstance(s, bool) for s in sums)
     )
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """A committed file as the file system knows it: inode, size, modification and change
+    times (nanoseconds).
+
+    Whatever changes the file through the file system changes one of them: a write or a
+    truncate (size, both times; ``touch -d`` restores the modification time, not the change
+    time), a rename or a new link (change time), a copy or a replacement (inode). The shard
+    was fsynced before it was recorded (unless --no-fsync), so a file that still matches is
+    the one written, and a re-run keeps it without reading it; one that does not is computed
+    again. Git's index trusts the same fields; the journal's input fingerprint trusts fewer.
+    """
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity | None:
+        """The identity of the regular file at ``path`` (not followed through a link), or
+        None if there is none."""
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return cls(info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+    @classmethod
+    def parse(cls, value: object) -> FileIdentity | None:
+        """An identity from its journal form (four non-negative integers), else None."""
+        if not isinstance(value, list) or len(value) != 4:
+            return None
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+            return None
+        return cls(*value)
+
+    def to_json(self) -> list[int]:
+        """The journal form: ``[inode, size, mtime_ns, ctime_ns]``."""
+        return [self.inode, self.size, self.mtime_ns, self.ctime_ns]
 
 
 def write_small_file(path: Path, data: bytes, *, fsync: bool) -> None:
@@ -119,8 +174,8 @@ def write_small_file(path: Path, data: bytes, *, fsync: bool) -> None:
         atomic.commit()
 
 
-class HashingWriter:
-    """A file object that hashes what goes through it (SHA-256) on the way to ``handle``.
+class ShardWriter:
+    """A file object that counts what goes through it on the way to ``handle``.
 
     Writes go through the engine's write-behind, which drops written pages from the page
     cache as it goes, so that a many-GB output does not push the inputs out of it.
@@ -128,23 +183,12 @@ class HashingWriter:
 
     def __init__(self, handle: BinaryIO, label: str) -> None:
         self.sink = WriteBehind(handle, label)
-        self.sha256 = hashlib.sha256()
         self.count = 0
         self.failure: Exception | None = None
 
     def write(self, data: bytes | memoryview) -> int:
-        """Write all of ``data`` and hash it; a failure is kept, for a caller (torch.save)
-        that wraps it in an error of its own."""
-        self.hash(data)
-        return self.write_unhashed(data)
-
-    def hash(self, data: bytes | memoryview) -> None:
-        """Hash ``data`` without writing it: a thread may hash a piece while another writes
-        it with :meth:`write_unhashed`, as long as every piece is hashed in file order."""
-        self.sha256.update(memoryview(data))
-
-    def write_unhashed(self, data: bytes | memoryview) -> int:
-        """Write all of ``data`` (hashed by :meth:`hash`); a failure is kept, as by write."""
+        """Write all of ``data``; a failure is kept, for a caller (torch.save) that wraps it
+        in an error of its own."""
         view = memoryview(data)
         try:
             self.sink.write(view)

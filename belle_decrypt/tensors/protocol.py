@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from belle_decrypt.tensors.buffers import BufferPool, Scratch
-    from belle_decrypt.tensors.journal import HashingWriter
+    from belle_decrypt.tensors.journal import ShardWriter
 
 DIFF, BASE = "diff", "base"
 """The roles of recover's two inputs (DIFF_DIR and BASE_DIR), as recipes name them."""
@@ -330,7 +330,7 @@ class Sink(Protocol):
     def write(
         self,
         shard: Shard,
-        out: HashingWriter,
+        out: ShardWriter,
         produce: Produce,
         on_bytes: Callable[[int], None],
         on_tensor: Callable[[Item, torch.Tensor], None],

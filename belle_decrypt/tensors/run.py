@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 from belle_decrypt.ground.cancel import CancelToken, check
 from belle_decrypt.ground.errors import ChecksumError, InputError, ManifestError, OutputError
 from belle_decrypt.ground.platform_io import fsync_dir
-from belle_decrypt.streams.hashing import hash_file
 from belle_decrypt.streams.output import (
     AtomicFile,
     check_free_space,
@@ -39,8 +38,9 @@ from belle_decrypt.tensors.copies import output_files, write_output_files
 from belle_decrypt.tensors.journal import (
     JOURNAL_NAME,
     PENDING_PREFIX,
-    HashingWriter,
+    FileIdentity,
     Journal,
+    ShardWriter,
     fingerprint,
     pending_name,
     write_small_file,
@@ -331,7 +331,7 @@ class Recovery:
         # Named after the shard (an interrupt names it), committed to its pending name.
         atomic = AtomicFile(self.out_dir / shard.name, fsync=fsync)
         with atomic as handle:
-            out = HashingWriter(handle, str(self.out_dir / shard.name))
+            out = ShardWriter(handle, str(self.out_dir / shard.name))
             try:
                 self.sink.write(shard, out, self.producer, on_bytes, on_tensor, self.pool)
                 handle.flush()
@@ -344,32 +344,25 @@ class Recovery:
             self.sink.verify(shard, atomic.temp)
             atomic.commit(self.out_dir / pending_name(shard.name))
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
-        self.journal.record(shard.name, out.sha256.hexdigest(), shard_sums, fsync=fsync)
+        written = FileIdentity.of(self.out_dir / pending_name(shard.name))
+        if written is not None:  # else gone already: another run into OUT_DIR renamed it
+            self.journal.record(shard.name, written, shard_sums, fsync=fsync)
         return WRITTEN, out.count
 
     def _kept(self, shard: Shard, advance: Callable[[int], None]) -> int | None:
-        """The size of an earlier run's file for ``shard`` if it is there and hashes as
-        journalled, else None."""
+        """The size of an earlier run's file for ``shard`` if it is there and still the file
+        the journal recorded (:class:`~belle_decrypt.tensors.journal.FileIdentity`), else
+        None."""
         assert self.journal is not None
-        recorded = self.journal.shards.get(shard.name)
+        recorded = self.journal.identity(shard.name)
         if recorded is None:
             return None
         # The final name again last: another run into OUT_DIR may rename the pending file
-        # between the two looks, and then its final file is the one to verify.
+        # between the two looks (a rename is a new identity: then the shard is computed).
         for name in (shard.name, pending_name(shard.name), shard.name):
-            done = 0
-
-            def counted(count: int) -> None:
-                nonlocal done
-                done += count
-                advance(count)
-
-            try:
-                digest = hash_file(self.out_dir / name, ("sha256",), on_progress=counted)
-            except OSError:  # gone, or not a regular readable file: not this shard
-                continue
-            if digest["sha256"] == recorded.get("sha256"):
-                return done
+            if FileIdentity.of(self.out_dir / name) == recorded:
+                advance(recorded.size)
+                return recorded.size
         return None
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
@@ -426,6 +419,10 @@ class Recovery:
                 os.replace(self.out_dir / pending_name(shard.name), self.out_dir / shard.name)
         if fsync:
             fsync_dir(self.out_dir)
+        for shard in self.shards:  # a rename is a new change time: the journal follows it
+            final = FileIdentity.of(self.out_dir / shard.name)
+            if final is not None:
+                self.journal.moved(shard.name, final)
         index = self.sink.index(self.shards)
         if index is not None:
             target = self.out_dir / index[0]

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from belle_decrypt.tensors.journal import HashingWriter
+    from belle_decrypt.tensors.journal import ShardWriter
 
 GGUF = "gguf"
 WRITE_CHUNK = 32 * 1024 * 1024
@@ -135,7 +135,7 @@ class GgufSink:
     def write(
         self,
         shard: Shard,
-        out: HashingWriter,
+        out: ShardWriter,
         produce: Produce,
         on_bytes: Callable[[int], None],
         on_tensor: Callable[[Item, torch.Tensor], None],

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.ground.torchload import import_torch
 from belle_decrypt.tensors.buffers import BufferPool, one_thread, shaped, threads_beside_writer
-from belle_decrypt.tensors.journal import HashingWriter
+from belle_decrypt.tensors.journal import ShardWriter
 from belle_decrypt.tensors.protocol import Item, PiecedProduce, Produce, Shard, SinkContext
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class ShardSink:
     def write(
         self,
         shard: Shard,
-        out: HashingWriter,
+        out: ShardWriter,
         produce: Produce,
         on_bytes: Callable[[int], None],
         on_tensor: Callable[[Item, torch.Tensor], None],
@@ -207,7 +207,7 @@ def tensor_chunks(tensor: torch.Tensor) -> Iterator[memoryview]:
 def write_shard(
     shard: Shard,
     fmt: str,
-    out: HashingWriter,
+    out: ShardWriter,
     produce: Produce,
     on_bytes: Callable[[int], None],
     on_tensor: Callable[[Item, torch.Tensor], None],
@@ -292,112 +292,78 @@ Job = tuple["torch.Tensor", Callable[[], None] | None]
 """A tensor to write and what to call once it is written (its buffer back to a pool)."""
 
 
-class _Queued:
-    """A job shared by the hashing and the writing thread: its buffer goes back once both
-    are done with it."""
-
-    def __init__(self, job: Job) -> None:
-        self.tensor: torch.Tensor | None = job[0]
-        self.written = job[1]
-        self.left = 2
-        self.lock = threading.Lock()
-
-    def done(self) -> None:
-        with self.lock:
-            self.left -= 1
-            last = self.left == 0
-        if last:
-            self.tensor = None
-            if self.written is not None:
-                self.written()
-
-
 class BackgroundWriter:
-    """Writes each tensor in one thread and hashes it (the shard's SHA-256) in another, while
-    the main thread computes the next.
+    """Writes each tensor in a thread of its own while the main thread computes the next.
 
-    torch's arithmetic, hashlib and write() all release the GIL, so the three overlap; the
-    hash and the write each cost about as much as a plain copy, so they are not done one
-    after the other. Each job is a tensor and what to call once it is written and hashed (its
-    buffer back to a pool), also when that failed. An error in a thread (a full disk) is
-    raised in the main thread at the next ``put``, ``close``, or wait for a buffer
-    (``check``).
+    torch's arithmetic and write() both release the GIL, so the two overlap. Each job is a
+    tensor and what to call once it is written (its buffer back to a pool), also when that
+    failed. An error in the thread (a full disk) is raised in the main thread at the next
+    ``put``, ``close``, or wait for a buffer (``check``).
     """
 
-    def __init__(self, out: HashingWriter) -> None:
+    def __init__(self, out: ShardWriter) -> None:
         self.out = out
         self.error: BaseException | None = None
         self.stopping = threading.Event()
-        self.queues: list[queue.Queue[_Queued | None]] = []
-        self.threads: list[threading.Thread] = []
-        for name, step in (("write", out.write_unhashed), ("hash", out.hash)):
-            jobs: queue.Queue[_Queued | None] = queue.Queue(maxsize=PIECE_BUFFERS)
-            thread = threading.Thread(
-                target=self._work, args=(jobs, step), name=f"recover-{name}", daemon=True
-            )
-            self.queues.append(jobs)
-            self.threads.append(thread)
-            thread.start()
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=PIECE_BUFFERS)
+        self.thread = threading.Thread(target=self._work, name="recover-write", daemon=True)
+        self.thread.start()
 
-    def _work(
-        self, jobs: queue.Queue[_Queued | None], step: Callable[[memoryview], object]
-    ) -> None:
+    def _work(self) -> None:
         while True:
-            job = jobs.get()
+            job = self.jobs.get()
             if job is None:
                 return
+            tensor, written = job
+            del job
             try:
-                assert job.tensor is not None
-                for piece in tensor_chunks(job.tensor):
+                for piece in tensor_chunks(tensor):
                     if self.stopping.is_set():
                         return
-                    step(piece)
+                    self.out.write(piece)
             except BaseException as exc:
                 self.error = exc
                 return
             finally:
-                job.done()
-                del job
+                del tensor
+                if written is not None:
+                    written()
 
     def check(self) -> None:
-        """Raise a thread's error, or say that one stopped, if it did."""
+        """Raise the thread's error, or say that it stopped, if it did."""
         if self.error is not None:
             raise self.error
-        if not all(thread.is_alive() for thread in self.threads):
+        if not self.thread.is_alive():
             raise OSError("the writing thread stopped")
 
     def put(self, job: Job | None) -> None:
         """Queue a tensor to write and what to call once it is written (None: the end) once
-        the threads have room; waits in short steps so that Ctrl-C is seen."""
-        shared = None if job is None else _Queued(job)
-        for jobs in self.queues:
-            while True:
-                self.check()
-                try:
-                    jobs.put(shared, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+        the thread has room; waits in short steps so that Ctrl-C is seen."""
+        while True:
+            self.check()
+            try:
+                self.jobs.put(job, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def close(self) -> None:
-        """Wait until every queued tensor is written and hashed; raise a thread's error."""
+        """Wait until every queued tensor is written; raise the thread's error."""
         self.put(None)
-        for thread in self.threads:
-            while thread.is_alive():
-                thread.join(0.1)
+        while self.thread.is_alive():
+            self.thread.join(0.1)
         if self.error is not None:
             raise self.error
 
     def abort(self) -> None:
-        """Stop the threads (after an error or an interrupt here) and wait for them."""
+        """Stop the thread (after an error or an interrupt here) and wait for it."""
         self.stopping.set()
-        for jobs, thread in zip(self.queues, self.threads, strict=True):
-            while thread.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    jobs.get_nowait()
-                with contextlib.suppress(queue.Full):
-                    jobs.put_nowait(None)
-                thread.join(0.1)
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.jobs.get_nowait()
+            with contextlib.suppress(queue.Full):
+                self.jobs.put_nowait(None)
+            self.thread.join(0.1)
 
 
 def _computed(
