@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +101,55 @@ class Run:
     seconds: float
     peak_anon: int
     peak_rss: int
+
+
+COPY_WRITER = """
+import os
+class Writer:
+    # dst.write; with behind, belle_decrypt's write-behind as well: each 8 MiB window handed
+    # to write-back at once and dropped from the page cache three windows later.
+    def __init__(self, dst, behind):
+        self.dst, self.behind, self.written, self.windows = dst, behind, 0, 0
+    def write(self, view):
+        self.dst.write(view)
+        self.written += len(view)
+        window = 8 << 20
+        while self.behind and (self.windows + 1) * window <= self.written:
+            for n in (self.windows, self.windows - 3):
+                if n >= 0:
+                    os.posix_fadvise(self.dst.fileno(), n * window, window, os.POSIX_FADV_DONTNEED)
+            self.windows += 1
+"""
+"""The copy scripts' writer. On these VMs a plain copy's time swings 2-4x from run to run
+(every fresh page-cache page is faulted in from the host: 1.5 to 10 s of kernel time for
+3.5 GiB), where the same copy with the write-behind belle_decrypt uses takes 1.4-1.8 s; the
+benchmarks give both, the second as the strict floor."""
+
+
+def interleaved(plan: dict[str, Callable[[], Run]], repeats: int) -> dict[str, list[Run]]:
+    """Each of ``plan``'s runs ``repeats`` times, one of each in turn (so that a slow minute
+    of the machine falls on all of them alike)."""
+    runs: dict[str, list[Run]] = {label: [] for label in plan}
+    for _ in range(repeats):
+        for label, run in plan.items():
+            runs[label].append(run())
+    return runs
+
+
+def median(runs: Sequence[Run]) -> Run:
+    """The median time (the upper one of an even count) and the largest peaks."""
+    ordered = sorted(run.seconds for run in runs)
+    return Run(
+        ordered[len(ordered) // 2],
+        max(run.peak_anon for run in runs),
+        max(run.peak_rss for run in runs),
+    )
+
+
+def spread(runs: Sequence[Run]) -> str:
+    """The fastest and slowest of ``runs``, as text."""
+    times = [run.seconds for run in runs]
+    return f"{min(times):.1f}-{max(times):.1f} s"
 
 
 def status_kib(pid: int) -> tuple[int, int]:
