@@ -8,20 +8,30 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from belle_decrypt.ground.errors import InputError
 from belle_decrypt.recipes import lora
 from belle_decrypt.recipes.lora import EMBEDDING, LINEAR, LoraItem, LoraRecipe, Step
-from belle_decrypt.tensors.buffers import Scratch, threads_beside_writer
+from belle_decrypt.tensors.buffers import BufferPool, Scratch, threads_beside_writer
 from belle_decrypt.tensors.journal import ShardWriter
-from belle_decrypt.tensors.protocol import BASE, DIFF, TensorInfo, TensorSource
-from belle_decrypt.tensors.sinks.shards import BackgroundWriter
+from belle_decrypt.tensors.protocol import (
+    BASE,
+    DIFF,
+    Item,
+    Piece,
+    TakeBuffer,
+    TensorInfo,
+    TensorSource,
+)
+from belle_decrypt.tensors.sinks.shards import BackgroundWriter, plan_shards, write_shard
 from belle_decrypt.tensors.sources import check_finite
 from belle_decrypt.tensors.sources.adapter import FileDigest, hash_sha256
 
@@ -237,3 +247,50 @@ def test_a_write_failure_stops_the_writer(tmp_path: Path, monkeypatch: pytest.Mo
             writer.put((torch.ones(10), None))
             writer.close()
         writer.abort()
+
+
+class HalfPieced:
+    """A produce that gives every other item as pieces (made in the taken buffers), the
+    others whole: a shard where the writing thread and the pieces written in place take
+    turns."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __call__(self, item: Item, out: torch.Tensor) -> torch.Tensor:
+        return out.copy_(self.tensors[item.name])
+
+    def pieces(self, item: Item, take: TakeBuffer) -> Iterator[Piece] | None:
+        if int(item.name) % 2 == 0:
+            return None
+        return self._pieces(self.tensors[item.name].view(-1), take)
+
+    def _pieces(self, data: torch.Tensor, take: TakeBuffer) -> Iterator[Piece]:
+        start = 0
+        while start < data.numel():
+            buffer = take()
+            count = min(buffer.numel() // 4, data.numel() - start, 777)
+            piece = buffer[: count * 4].view(torch.float32)
+            yield piece.copy_(data[start : start + count]), buffer
+            start += count
+
+
+def test_pieces_and_whole_tensors_are_written_in_the_shards_order(tmp_path: Path) -> None:
+    tensors = {str(n): torch.randn(n * 100 + 3, 7) for n in range(6)}
+    items = tuple(Item(name, "float32", tuple(t.shape), ()) for name, t in tensors.items())
+    shard = plan_shards(list(items), 10**9, "safetensors")[0]
+    with open(tmp_path / "model.safetensors", "wb") as handle:
+        out = ShardWriter(handle, "shard")
+        write_shard(
+            shard,
+            "safetensors",
+            out,
+            HalfPieced(tensors),
+            lambda count: None,
+            lambda item, tensor: None,
+            BufferPool(max(item.nbytes for item in items)),
+        )
+    written = load_file(tmp_path / "model.safetensors")
+    assert list(written) == list(tensors)
+    for name, tensor in tensors.items():
+        assert torch.equal(written[name], tensor), name

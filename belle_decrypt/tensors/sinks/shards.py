@@ -36,10 +36,11 @@ DEFAULT_MAX_SHARD = "2GB"
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.index.json")
 # Bytes written between two progress reports and cancellation checks.
 WRITE_CHUNK = 32 * 1024 * 1024
-# A piece of a tensor given in pieces (Meta's joined slices), and how many are in flight: the
-# memory a conversion holds besides the mapped files, whatever the number of Meta's files.
+# A piece of a tensor given in pieces (Meta's joined slices), made and written one at a time:
+# the memory a conversion holds besides the mapped files, whatever the number of Meta's files.
 PIECE_SIZE = 4 * 1024 * 1024
-PIECE_BUFFERS = 4
+# Tensors queued for the writing thread at most.
+QUEUED = 4
 # Room for a --bin shard's zip records and pickle beside its tensor data.
 BIN_OVERHEAD = 64 * 1024
 _DTYPE_NAMES = {
@@ -241,7 +242,7 @@ def write_shard(
     out.write(header)
     writer = BackgroundWriter(out)
     pieced = produce if isinstance(produce, PiecedProduce) else None
-    small = BufferPool(PIECE_SIZE, PIECE_BUFFERS)
+    small = BufferPool(PIECE_SIZE, 1)
     try:
         with threads_beside_writer():
             for item in shard.items:
@@ -272,8 +273,14 @@ def _write_pieces(
     pool: BufferPool,
     on_bytes: Callable[[int], None],
 ) -> None:
-    """Queue an item's pieces for writing as they are made, each buffer back to ``pool`` once
-    written; they must add up to the item's bytes in its dtype."""
+    """Write an item's pieces as they are made, in this thread, each buffer back to ``pool``
+    once written; they must add up to the item's bytes in its dtype.
+
+    The writing thread is drained first (the file's order). Pieces are only moved bytes: a
+    piece made here is still in this core's cache for its write, where the writing thread
+    reads it from another core's (measured on 8 layers: 3.1-3.3 s and 1.5-1.8 s of system
+    time against 3.4-3.9 s and 2.5-2.9 s through the thread)."""
+    writer.drain()
     done = 0
     with one_thread():
         for tensor, buffer in parts:
@@ -281,8 +288,12 @@ def _write_pieces(
                 raise AssertionError(f"{item.name}: a piece of {tensor.dtype}, not contiguous")
             count = tensor.numel() * tensor.element_size()
             done += count
-            writer.put((tensor, None if buffer is None else partial(pool.give_back, buffer)))
-            del tensor, buffer
+            for chunk in tensor_chunks(tensor):
+                writer.out.write(chunk)
+            del tensor
+            if buffer is not None:
+                pool.give_back(buffer)
+            del buffer
             on_bytes(count)
     if done != item.nbytes:
         raise AssertionError(f"{item.name}: pieces of {done} bytes, not {item.nbytes}")
@@ -305,7 +316,7 @@ class BackgroundWriter:
         self.out = out
         self.error: BaseException | None = None
         self.stopping = threading.Event()
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=PIECE_BUFFERS)
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=QUEUED)
         self.thread = threading.Thread(target=self._work, name="recover-write", daemon=True)
         self.thread.start()
 
@@ -328,6 +339,7 @@ class BackgroundWriter:
                 del tensor
                 if written is not None:
                     written()
+                self.jobs.task_done()
 
     def check(self) -> None:
         """Raise the thread's error, or say that it stopped, if it did."""
@@ -346,6 +358,15 @@ class BackgroundWriter:
                 return
             except queue.Full:
                 continue
+
+    def drain(self) -> None:
+        """Wait (in short steps, so that Ctrl-C is seen) until every queued tensor is
+        written; raise the thread's error."""
+        with self.jobs.all_tasks_done:
+            while self.jobs.unfinished_tasks:
+                self.check()
+                self.jobs.all_tasks_done.wait(0.1)
+        self.check()
 
     def close(self) -> None:
         """Wait until every queued tensor is written; raise the thread's error."""

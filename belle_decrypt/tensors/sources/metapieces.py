@@ -7,9 +7,8 @@ A column join (the embedding, ``wo``, ``w2``) is given as blocks of whole rows, 
 slices' rows side by side; q and k as blocks of each slice's rows in HF's order; every other
 tensor (a row join, a replicated norm, a single file's tensor) as its slices copied in blocks.
 Each block is made in a buffer the caller gives (its size bounds the block), also where the
-mapped slice could be written as it is: the copy reads the input once into memory that stays
-in the CPU's cache for the hash and the write after it, which are slower reading it twice from
-the mapping.
+mapped slice could be written as it is: write() from the mapping faults its pages in inside the
+kernel's copy, slower than this copy into memory that stays in the CPU's cache for the write.
 """
 
 from __future__ import annotations
