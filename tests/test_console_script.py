@@ -163,3 +163,42 @@ def test_ctrl_c_while_importing_is_one_line_and_130(tmp_path: Path, how: str, mo
     assert time.monotonic() - started <= 5
     assert (proc.returncode, proc.stderr) == (130, "belle-decrypt: error: interrupted\n")
     assert proc.stdout == ""
+
+
+LEAVE = """
+import sys
+from belle_decrypt import entry
+from belle_decrypt.cli import commands
+def run():
+    print("x" * 100_000, end="")  # buffered, not yet written
+    print("on stderr", file=sys.stderr, end="")
+    raise SystemExit(CODE)
+commands.main = run
+entry.main()
+"""
+
+
+@pytest.mark.parametrize(("code", "status"), [(0, 0), (None, 0), (2, 2), (130, 130)])
+def test_the_process_ends_with_the_commands_status_and_its_output_flushed(
+    code: int | None, status: int
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", LEAVE.replace("CODE", repr(code))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == status
+    assert proc.stdout == "x" * 100_000
+    assert proc.stderr == "on stderr"
+
+
+def test_a_message_as_the_exit_code_is_said_on_stderr_with_status_1() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", LEAVE.replace("CODE", repr("what went wrong"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stderr) == (1, "on stderrwhat went wrong\n")
+    assert proc.stdout == "x" * 100_000
