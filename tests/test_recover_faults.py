@@ -329,7 +329,7 @@ def test_a_pending_shard_renamed_by_another_run_is_computed_again(
 
     def other_run_renames_first(path: Path) -> FileIdentity | None:
         # The other run finishes between this run's look at the final name and the pending.
-        if path.name == ".belle-pending.model-00002-of-00004.safetensors":
+        if path.name == ".belle-pending.model-00002-of-00004.safetensors" and path.exists():
             os.replace(path, path.with_name(path.name.removeprefix(".belle-pending.")))
         return identity_of(path)
 

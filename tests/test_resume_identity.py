@@ -56,6 +56,19 @@ def finished(tmp_path: Path) -> tuple[tuple[str | Path, ...], Path, dict[str, to
     return args, out, expected
 
 
+def killed_after_two_shards(tmp_path: Path) -> tuple[list[str], Path, dict[str, torch.Tensor]]:
+    """A recovery in four shards killed (-9) once two are journalled: its arguments, OUT_DIR
+    and the expected tensors."""
+    diff_dir, base_dir, expected = release(tmp_path, "ziya", "bin-sharded")
+    out = tmp_path / "out"
+    args = [str(diff_dir), str(base_dir), str(out), "--recipe", "ziya", "--max-shard-size", "60KB"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "recover", *args], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    return args, out, expected
+
+
 def statuses(stdout: str) -> list[str]:
     return [line.split()[0] for line in stdout.splitlines()[1:5]]
 
@@ -64,13 +77,7 @@ def statuses(stdout: str) -> list[str]:
 def test_a_changed_pending_shard_is_computed_again(
     change: Callable[[Path], None], tmp_path: Path
 ) -> None:
-    diff_dir, base_dir, expected = release(tmp_path, "ziya", "bin-sharded")
-    out = tmp_path / "out"
-    args = [str(diff_dir), str(base_dir), str(out), "--recipe", "ziya", "--max-shard-size", "60KB"]
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER, "recover", *args], capture_output=True, text=True
-    )
-    assert killed.returncode == -signal.SIGKILL
+    args, out, expected = killed_after_two_shards(tmp_path)
     pending = [f".belle-pending.{name}" for name in SHARDS[:2]]
     assert listing(out) == [*pending, ".belle-recover.json"]
     change(out / pending[1])
@@ -131,3 +138,24 @@ def test_identity_of_what_is_not_a_regular_file(tmp_path: Path) -> None:
     assert FileIdentity.parse(identity.to_json()) == identity
     for bad in ([1, 2, 3], [1, 2, 3, -4], [1, 2, 3, 4.0], [1, 2, 3, False], "1 2 3 4", None):
         assert FileIdentity.parse(bad) is None
+
+
+def test_free_space_counts_a_changed_pending_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from belle_decrypt.ground.errors import OutputError
+    from belle_decrypt.tensors import run as recover_run
+
+    args, out, _ = killed_after_two_shards(tmp_path)
+    needs: list[int] = []
+
+    def no_room(folder: Path, needed: int) -> None:
+        needs.append(needed)
+        raise OutputError("no room (test)", folder)
+
+    monkeypatch.setattr(recover_run, "check_free_space", no_room)
+    assert run(*args).exit_code == 1
+    pending = out / f".belle-pending.{SHARDS[1]}"
+    same_size_rewrite(pending)
+    assert run(*args).exit_code == 1
+    assert needs[1] - needs[0] == pending.stat().st_size

@@ -207,7 +207,7 @@ class Recovery:
             self.journal = Journal.load(self.out_dir, key)
             self._check_nothing_in_the_way()
         self._remove_pending_not_kept()
-        to_write = sum(s.size for s in self.shards if s.name not in self.journal.shards)
+        to_write = sum(s.size for s in self.shards if self._recorded_file(s) is None)
         to_write += sum(p.stat().st_size for p in self.copies) + self.sink.overhead(self.shards)
         to_write += sum(len(data) for data in self.generated.values())
         check_free_space(self.out_dir, to_write)
@@ -351,8 +351,17 @@ class Recovery:
 
     def _kept(self, shard: Shard, advance: Callable[[int], None]) -> int | None:
         """The size of an earlier run's file for ``shard`` if it is there and still the file
-        the journal recorded (:class:`~belle_decrypt.tensors.journal.FileIdentity`), else
-        None."""
+        the journal recorded, else None."""
+        recorded = self._recorded_file(shard)
+        if recorded is None:
+            return None
+        advance(recorded.size)
+        return recorded.size
+
+    def _recorded_file(self, shard: Shard) -> FileIdentity | None:
+        """The journalled identity of ``shard``'s file
+        (:class:`~belle_decrypt.tensors.journal.FileIdentity`) if a file under its final or
+        pending name still has it, else None (the shard is to be written)."""
         assert self.journal is not None
         recorded = self.journal.identity(shard.name)
         if recorded is None:
@@ -361,8 +370,7 @@ class Recovery:
         # between the two looks (a rename is a new identity: then the shard is computed).
         for name in (shard.name, pending_name(shard.name), shard.name):
             if FileIdentity.of(self.out_dir / name) == recorded:
-                advance(recorded.size)
-                return recorded.size
+                return recorded
         return None
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
