@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from belle_decrypt.tensors.journal import FileIdentity
-from tests import runner
 from tests.conftest import listing
 from tests.test_recover import KILLER, assert_recovered, release, run
 
@@ -108,7 +107,9 @@ def test_the_journal_follows_the_rename_to_the_final_names(tmp_path: Path) -> No
         assert FileIdentity.parse(doc["shards"][name]["file"]) == FileIdentity.of(out / name)
 
 
-def test_a_journal_of_the_sha256_version_starts_afresh(tmp_path: Path) -> None:
+def test_a_journal_of_the_sha256_version_owns_its_files_and_writes_them_again(
+    tmp_path: Path,
+) -> None:
     args, out, expected = finished(tmp_path)
     journal = out / ".belle-recover.json"
     doc = json.loads(journal.read_text())
@@ -118,12 +119,11 @@ def test_a_journal_of_the_sha256_version_starts_afresh(tmp_path: Path) -> None:
         del entry["file"]
     journal.write_text(json.dumps(doc))
     result = run(*args)
-    assert result.exit_code == 1
-    assert "already exists and is not from this recovery" in result.stderr
-    result = runner.run("recover", *args, "--force")
     assert result.exit_code == 0, result.output
     assert statuses(result.stdout) == ["written"] * 4
     assert_recovered(out, expected)
+    assert json.loads(journal.read_text())["version"] == 2
+    assert statuses(run(*args).stdout) == ["kept"] * 4
 
 
 def test_identity_of_what_is_not_a_regular_file(tmp_path: Path) -> None:
@@ -159,3 +159,27 @@ def test_free_space_counts_a_changed_pending_shard(
     same_size_rewrite(pending)
     assert run(*args).exit_code == 1
     assert needs[1] - needs[0] == pending.stat().st_size
+
+
+def test_files_renamed_before_a_failed_index_write_are_kept_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from belle_decrypt.tensors.journal import write_small_file
+
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    args = (diff_dir, base_dir, out, "--recipe", "vicuna", "--max-shard-size", "60KB")
+
+    def full_disk_at_the_index(path: Path, data: bytes, *, fsync: bool) -> None:
+        if path.name.endswith(".index.json"):
+            raise OSError(28, "No space left on device")
+        write_small_file(path, data, fsync=fsync)
+
+    monkeypatch.setattr("belle_decrypt.tensors.run.write_small_file", full_disk_at_the_index)
+    assert run(*args).exit_code != 0
+    assert all((out / name).is_file() for name in SHARDS)
+    monkeypatch.undo()
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert statuses(result.stdout) == ["kept"] * 4
+    assert_recovered(out, expected)

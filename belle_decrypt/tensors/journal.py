@@ -23,7 +23,10 @@ from belle_decrypt.streams.output import AtomicFile, WriteBehind
 JOURNAL_NAME = ".belle-recover.json"
 PENDING_PREFIX = ".belle-pending."
 VERSION = 2
-"""1 recorded a SHA-256 of each shard; such a journal starts afresh."""
+LEGACY = 1
+"""Version 1 recorded a SHA-256 of each shard: such a journal of the same run is taken for the
+names of the files it made, each with no identity (``"file": null``): they are not in the way,
+and every shard is written again."""
 
 
 def pending_name(final_name: str) -> str:
@@ -59,9 +62,14 @@ class Journal:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return journal
-        if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        if not isinstance(doc, dict) or doc.get("version") not in (VERSION, LEGACY):
             return journal
         if json.dumps(doc.get("key"), sort_keys=True) != json.dumps(key, sort_keys=True):
+            return journal
+        if doc.get("version") == LEGACY:
+            names = doc.get("shards")
+            if isinstance(names, dict):
+                journal.shards = {name: {"file": None, "sums": []} for name in names}
             return journal
         shards = doc.get("shards")
         if not isinstance(shards, dict) or not all(map(_valid_entry, shards.values())):
@@ -75,10 +83,28 @@ class Journal:
         self.shards[name] = {"file": file.to_json(), "sums": sums}
         self.save(fsync=fsync)
 
+    def made(self, name: str) -> bool:
+        """Whether an earlier run of this journal wrote the shard ``name`` (a file under its
+        name is then this run's to keep or replace, not in the way)."""
+        return name in self.shards
+
     def identity(self, name: str) -> FileIdentity | None:
         """The recorded identity of a finished shard's file, or None."""
         entry = self.shards.get(name)
         return None if entry is None else FileIdentity.parse(entry["file"])
+
+    def vouched(self, name: str, out_dir: Path) -> FileIdentity | None:
+        """The recorded identity of the shard ``name`` if a file in ``out_dir`` under its final
+        or pending name still has it, else None (the shard is to be written)."""
+        recorded = self.identity(name)
+        if recorded is None:
+            return None
+        # The final name again last: another run into OUT_DIR may rename the pending file
+        # between the two looks (a rename is a new identity: then the shard is computed).
+        for candidate in (name, pending_name(name), name):
+            if FileIdentity.of(out_dir / candidate) == recorded:
+                return recorded
+        return None
 
     def moved(self, name: str, file: FileIdentity) -> None:
         """Note a finished shard's file under its new name (a rename changes its change
@@ -111,12 +137,13 @@ class Journal:
 
 
 def _valid_entry(entry: object) -> bool:
-    """Whether a finished shard's entry is ``{"file": identity, "sums": [numbers]}``."""
-    if not isinstance(entry, dict):
+    """Whether a finished shard's entry is ``{"file": identity or null, "sums": [numbers]}``
+    (null: made by a version 1 run, to be written again)."""
+    if not isinstance(entry, dict) or "file" not in entry:
         return False
-    sums = entry.get("sums")
+    sums, file = entry.get("sums"), entry["file"]
     return (
-        FileIdentity.parse(entry.get("file")) is not None
+        (file is None or FileIdentity.parse(file) is not None)
         and isinstance(sums, list)
         and all(isinstance(s, int | float) and not isinstance(s, bool) for s in sums)
     )
@@ -133,6 +160,8 @@ class FileIdentity:
     was fsynced before it was recorded (unless --no-fsync), so a file that still matches is
     the one written, and a re-run keeps it without reading it; one that does not is computed
     again. Git's index trusts the same fields; the journal's input fingerprint trusts fewer.
+    On Windows ``st_ctime`` is the creation time: there a rewrite that puts the modification
+    time back is not seen.
     """
 
     inode: int

@@ -4,7 +4,7 @@
 recipe and runs every check that can refuse the run (exit 2) before anything is written: the
 recipe's own, the pairing of every output tensor, the output folder, the journal, what is in
 the way, free space. ``Recovery.run`` writes each file the sink plans under a hidden pending
-name (journalled with its SHA-256), checks the diff against the model card's md5 list in a
+name (journalled with its file's identity), checks the diff against the model card's md5 list in a
 thread beside it (:mod:`~belle_decrypt.tensors.listed`), checks the integrity sum
 (:mod:`~belle_decrypt.tensors.sumcheck`), and only then copies the diff's config and tokenizer
 files, renames the files to their final names and writes the index last. A failed check
@@ -207,7 +207,8 @@ class Recovery:
             self.journal = Journal.load(self.out_dir, key)
             self._check_nothing_in_the_way()
         self._remove_pending_not_kept()
-        to_write = sum(s.size for s in self.shards if self._recorded_file(s) is None)
+        vouched = self.journal.vouched
+        to_write = sum(s.size for s in self.shards if vouched(s.name, self.out_dir) is None)
         to_write += sum(p.stat().st_size for p in self.copies) + self.sink.overhead(self.shards)
         to_write += sum(len(data) for data in self.generated.values())
         check_free_space(self.out_dir, to_write)
@@ -217,7 +218,7 @@ class Recovery:
         assert self.journal is not None
         for shard in self.shards:
             target = self.out_dir / shard.name
-            if target.exists() and shard.name not in self.journal.shards:
+            if target.exists() and not self.journal.made(shard.name):
                 raise _in_the_way(target)
         for path in self.copies:
             target = self.out_dir / path.name
@@ -344,34 +345,24 @@ class Recovery:
             self.sink.verify(shard, atomic.temp)
             atomic.commit(self.out_dir / pending_name(shard.name))
         sums.extend(zip((item.name for item in shard.items), shard_sums, strict=False))
-        written = FileIdentity.of(self.out_dir / pending_name(shard.name))
-        if written is not None:  # else gone already: another run into OUT_DIR renamed it
+        # Gone already from the pending name: another run into OUT_DIR renamed it (the same
+        # journalled work) to the final name, where the journal follows it.
+        written = FileIdentity.of(self.out_dir / pending_name(shard.name)) or FileIdentity.of(
+            self.out_dir / shard.name
+        )
+        if written is not None:
             self.journal.record(shard.name, written, shard_sums, fsync=fsync)
         return WRITTEN, out.count
 
     def _kept(self, shard: Shard, advance: Callable[[int], None]) -> int | None:
         """The size of an earlier run's file for ``shard`` if it is there and still the file
         the journal recorded, else None."""
-        recorded = self._recorded_file(shard)
+        assert self.journal is not None
+        recorded = self.journal.vouched(shard.name, self.out_dir)
         if recorded is None:
             return None
         advance(recorded.size)
         return recorded.size
-
-    def _recorded_file(self, shard: Shard) -> FileIdentity | None:
-        """The journalled identity of ``shard``'s file
-        (:class:`~belle_decrypt.tensors.journal.FileIdentity`) if a file under its final or
-        pending name still has it, else None (the shard is to be written)."""
-        assert self.journal is not None
-        recorded = self.journal.identity(shard.name)
-        if recorded is None:
-            return None
-        # The final name again last: another run into OUT_DIR may rename the pending file
-        # between the two looks (a rename is a new identity: then the shard is computed).
-        for name in (shard.name, pending_name(shard.name), shard.name):
-            if FileIdentity.of(self.out_dir / name) == recorded:
-                return recorded
-        return None
 
     def _produce(self, item: Item, out: torch.Tensor) -> torch.Tensor:
         tensors: dict[str, torch.Tensor] = {}
@@ -431,6 +422,7 @@ class Recovery:
             final = FileIdentity.of(self.out_dir / shard.name)
             if final is not None:
                 self.journal.moved(shard.name, final)
+        self.journal.save(fsync=fsync)  # at once: a re-run keeps the renamed files
         index = self.sink.index(self.shards)
         if index is not None:
             target = self.out_dir / index[0]

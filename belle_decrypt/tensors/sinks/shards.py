@@ -152,7 +152,7 @@ class ShardSink:
         """Nothing: shards need only the items."""
 
     def verify(self, shard: Shard, path: Path) -> None:
-        """Nothing: the journalled SHA-256 is what a shard is checked by."""
+        """Nothing: the journalled identity of its file is what a re-run keeps a shard by."""
 
     def plan(self, items: list[Item]) -> list[Shard]:
         """Shards of at most ``max_size`` bytes of tensor data (see :func:`plan_shards`)."""
