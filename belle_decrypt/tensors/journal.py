@@ -88,15 +88,11 @@ class Journal:
         name is then this run's to keep or replace, not in the way)."""
         return name in self.shards
 
-    def identity(self, name: str) -> FileIdentity | None:
-        """The recorded identity of a finished shard's file, or None."""
-        entry = self.shards.get(name)
-        return None if entry is None else FileIdentity.parse(entry["file"])
-
     def vouched(self, name: str, out_dir: Path) -> FileIdentity | None:
         """The recorded identity of the shard ``name`` if a file in ``out_dir`` under its final
         or pending name still has it, else None (the shard is to be written)."""
-        recorded = self.identity(name)
+        entry = self.shards.get(name)
+        recorded = None if entry is None else FileIdentity.parse(entry["file"])
         if recorded is None:
             return None
         # The final name again last: another run into OUT_DIR may rename the pending file
