@@ -183,3 +183,20 @@ def test_files_renamed_before_a_failed_index_write_are_kept_by_the_next_run(
     assert result.exit_code == 0, result.output
     assert statuses(result.stdout) == ["kept"] * 4
     assert_recovered(out, expected)
+
+
+def test_a_fifo_under_the_journals_name_starts_afresh_without_waiting(tmp_path: Path) -> None:
+    diff_dir, base_dir, expected = release(tmp_path, "vicuna")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / ".belle-recover.json")
+    args = [*map(str, (diff_dir, base_dir, out)), "--recipe", "vicuna", "--max-shard-size", "60KB"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "belle_decrypt", "recover", *args, "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert (out / ".belle-recover.json").is_file()
+    assert_recovered(out, expected)

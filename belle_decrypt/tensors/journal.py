@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from belle_decrypt.ground.cancel import forget_removed
+from belle_decrypt.ground.platform_io import open_regular
 from belle_decrypt.streams.output import AtomicFile, WriteBehind
 
 JOURNAL_NAME = ".belle-recover.json"
@@ -54,12 +55,16 @@ class Journal:
 
     @classmethod
     def load(cls, out_dir: Path, key: dict[str, Any]) -> Journal:
-        """The journal for ``key``; an absent, unreadable or different one, or one with a
-        damaged entry, starts afresh."""
+        """The journal for ``key``; an absent, unreadable or different one, one that is not a
+        regular file (a FIFO), or one with a damaged entry, starts afresh."""
         path = out_dir / JOURNAL_NAME
         journal = cls(path, key)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            fd = open_regular(path)  # a FIFO under the journal's name would block a read
+            if fd is None:
+                return journal
+            with open(fd, encoding="utf-8") as handle:
+                doc = json.loads(handle.read())
         except (OSError, ValueError):
             return journal
         if not isinstance(doc, dict) or doc.get("version") not in (VERSION, LEGACY):
