@@ -294,3 +294,18 @@ def test_pieces_and_whole_tensors_are_written_in_the_shards_order(tmp_path: Path
     assert list(written) == list(tensors)
     for name, tensor in tensors.items():
         assert torch.equal(written[name], tensor), name
+
+
+def test_a_writer_that_died_wakes_the_drain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: ShardWriter, data: bytes | memoryview) -> int:
+        raise OSError("write failed")
+
+    monkeypatch.setattr(ShardWriter, "write", broken)
+    with open(tmp_path / "shard", "wb") as handle:
+        writer = BackgroundWriter(ShardWriter(handle, "shard"))
+        writer.put((torch.ones(10), None))
+        with pytest.raises(OSError, match="write failed"):
+            writer.drain()
+        writer.abort()
